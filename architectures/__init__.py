@@ -28,6 +28,8 @@ register_architecture = ARCHITECTURES.register
 
 _MODULES = [
     "unet3d",
+    "transfuse",
+    "mctrans",
 ]
 
 

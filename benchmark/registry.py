@@ -64,7 +64,14 @@ class Registry:
         return self._entries[self.resolve(name)]
 
     def create(self, name: str, **kwargs):
-        return self.entry(name).factory(**kwargs)
+        entry = self.entry(name)
+        try:
+            return entry.factory(**kwargs)
+        except TypeError as e:
+            # a misspelt keyword (model.kwargs.widht=...) is the user's error, not a crash
+            if "unexpected keyword argument" in str(e) or "got multiple values" in str(e):
+                raise UsageError(f"{self.kind} {entry.name!r}: {str(e).split(': ', 1)[-1]}") from None
+            raise
 
     def names(self, include_aliases: bool = False) -> list[str]:
         out = sorted(self._entries)

@@ -21,6 +21,9 @@ register_loss = LOSSES.register
 _MODULES = [
     "dice",
     "deep_supervision",
+    "focal",
+    "tversky",
+    "residual_moment",
 ]
 
 

@@ -1,0 +1,199 @@
+"""The ``bench`` command line.
+
+    bench run --arch transfuse [--loss dice_bce] [--preset cpu] [train.epochs=5 optim.lr=3e-4 ...]
+    bench run --resume RUN_ID
+    bench archs | bench losses | bench data ... | bench baseline | bench ui | bench sync FILE
+    bench tune ... | bench suite ... | bench leaderboard ... | bench search bixnas ...
+
+Every user-caused problem ends as one line on stderr and a non-zero exit code (see
+``benchmark.errors``), never a traceback. ``LIDC_BENCH_DEBUG=1`` shows tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from .errors import BenchError, UsageError
+
+#: modules that add their own sub-commands with ``register(subparsers)``
+COMMAND_MODULES = ["benchmark.data.cli", "benchmark.tune", "benchmark.suite", "benchmark.leaderboard",
+                   "benchmark.nas"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit code 2)."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def add_config_arguments(p: argparse.ArgumentParser, arch_required: bool = False):
+    p.add_argument("--arch", required=arch_required, help="registered architecture (see `bench archs`)")
+    p.add_argument("--loss", help="registered loss (see `bench losses`)")
+    p.add_argument("--preset", help="smoke | cpu | paper (default: paper with CUDA, else cpu)")
+    p.add_argument("--config", help="YAML config file (e.g. a run's logged config.yaml)")
+    p.add_argument("--seed", type=int, help="training seed")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="any config field, e.g. train.epochs=5")
+
+
+def resolve_config(args, announce: bool = True):
+    from .config import build_config, default_preset, load_config_file
+    base = load_config_file(args.config) if getattr(args, "config", None) else None
+    preset = args.preset
+    if preset is None and not (base and base.get("preset")):
+        preset, why = default_preset()
+        if announce:
+            print(f"preset: {preset} ({why}); choose with --preset", file=sys.stderr)
+    top = {"model.arch": getattr(args, "arch", None), "loss.name": getattr(args, "loss", None),
+           "train.seed": getattr(args, "seed", None)}
+    cfg = build_config(preset, args.overrides, base=base, **top)
+    validate_names(cfg)
+    return cfg
+
+
+def validate_names(cfg):
+    from architectures import architecture_entry
+    from .losses import loss_entry
+    cfg.model.arch = architecture_entry(cfg.model.arch).name
+    cfg.loss.name = loss_entry(cfg.loss.name).name
+
+
+# ------------------------------------------------------------------------------------------
+def cmd_run(args):
+    from .train import run_experiment
+    if args.resume:
+        if args.arch or args.overrides or args.config or args.params_from:
+            raise UsageError("--resume takes no other config: the run's own config is used")
+        result = run_experiment(None, resume_run_id=args.resume, show_progress=not args.no_progress)
+    else:
+        if not args.arch and not args.config:
+            raise UsageError("bench run needs --arch NAME (see `bench archs`) or --config FILE")
+        tags = {}
+        if args.params_from:
+            from .tune import best_params_overrides
+            extra, tags = best_params_overrides(args.params_from, args.storage)
+            args.overrides = extra + list(args.overrides)
+        cfg = resolve_config(args)
+        if args.name:
+            cfg.name = args.name
+        result = run_experiment(cfg, tags=tags, show_progress=not args.no_progress)
+    t = result.test_summary
+    line = f"run {result.run_id}: best val Dice {result.best_val_dice:.4f} (epoch {result.best_epoch})"
+    if t:
+        d = t.get("dice", {})
+        h = t.get("hd95_mm", {})
+        line += f"; test Dice {_mean(d):.4f}, HD95 {_mean(h):.2f} mm"
+    print(line)
+
+
+def _mean(x):
+    return x.get("mean", float("nan")) if isinstance(x, dict) else float(x)
+
+
+def cmd_archs(args):
+    from .archs_table import print_table
+    print_table(args)
+
+
+def cmd_losses(args):
+    from .losses import LOSSES
+    for name in LOSSES.names():
+        e = LOSSES.entry(name)
+        print(f"{name:18s} {e.family:10s} {e.paper}")
+
+
+def cmd_ui(args):
+    import subprocess
+    from .tracking import load_settings
+    s = load_settings()
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", s.tracking_uri,
+           "--host", args.host, "--port", str(args.port)]
+    if s.artifact_location:
+        cmd += ["--default-artifact-root", s.artifact_location]
+    print(" ".join(cmd), file=sys.stderr)
+    raise SystemExit(subprocess.call(cmd))
+
+
+def cmd_sync(args):
+    from .tracking import sync_offline
+    n = sync_offline(args.path)
+    print(f"replayed {n} buffered records into MLflow")
+
+
+def cmd_baseline(args):
+    from .baseline_run import run_threshold_baseline
+    cfg = resolve_config(args)
+    run_id, summary = run_threshold_baseline(cfg)
+    print(f"run {run_id}: threshold baseline test Dice {_mean(summary.get('dice', {})):.4f}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bench", description="lidc-bench: fair, tracked 3D nodule-segmentation benchmarks")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    r = sub.add_parser("run", help="train an architecture on the fixed split and evaluate it on test")
+    add_config_arguments(r)
+    r.add_argument("--name", help="MLflow run name")
+    r.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run from its last completed epoch")
+    r.add_argument("--params-from", metavar="STUDY", help="train with the best parameters of an Optuna study")
+    r.add_argument("--storage", help="Optuna storage URL for --params-from (default: the project journal)")
+    r.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    r.set_defaults(func=cmd_run)
+
+    a = sub.add_parser("archs", help="list registered architectures with parameters, MACs and latency")
+    a.add_argument("--preset", help="patch size to measure at (default: cpu)")
+    a.add_argument("--no-cost", action="store_true", help="skip building models (names only)")
+    a.add_argument("--filter", default="*", help="glob over names")
+    a.set_defaults(func=cmd_archs)
+
+    lo = sub.add_parser("losses", help="list registered losses")
+    lo.set_defaults(func=cmd_losses)
+
+    b = sub.add_parser("baseline", help="evaluate the non-learned threshold baseline on test (an MLflow run)")
+    add_config_arguments(b)
+    b.set_defaults(func=cmd_baseline)
+
+    u = sub.add_parser("ui", help="serve the MLflow UI on the configured store")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(func=cmd_ui)
+
+    s = sub.add_parser("sync", help="replay metrics buffered while the tracking server was away")
+    s.add_argument("path", help="runs/offline/<run_id>.jsonl")
+    s.set_defaults(func=cmd_sync)
+
+    for mod in COMMAND_MODULES:
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name == mod:  # feature not present in this build
+                continue
+            raise
+        m.register(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    debug = os.environ.get("LIDC_BENCH_DEBUG") == "1"
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        args.func(args)
+        return 0
+    except BenchError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

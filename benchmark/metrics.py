@@ -1,0 +1,222 @@
+"""Per-nodule segmentation metrics and their aggregates: the one place metrics are computed.
+
+Every overlap and surface metric comes from MONAI (``monai.metrics``), so all architectures
+are scored by one pinned, widely used implementation; this module only fixes the
+conventions around it:
+
+* Masks are boolean (Z, Y, X) arrays in tensor order; ``spacing_mm`` is one float or a
+  (z, y, x) tuple, and every distance is in millimetres.
+* HD95 is MONAI's percentile Hausdorff distance: the 95th percentile of the surface-to-surface
+  distances in each direction, then the larger of the two. ASSD is MONAI's symmetric average
+  surface distance (the mean over the surface voxels of both masks). NSD is MONAI's surface
+  Dice at ``nsd_tolerance_mm``: the fraction of both surfaces lying within the tolerance of
+  the other surface. Surfaces are the masks' boundary voxels, so on a voxel grid distances are
+  exact only up to about a voxel.
+* Sensitivity = TP / |G|, precision = TP / |P|, RVE = (|P| - |G|) / |G| (signed: negative
+  for under-segmentation).
+
+Empty prediction (the model found nothing): the metrics above are undefined or infinite and
+MONAI returns NaN/inf for them, which ``mean()`` would silently drop. They are set explicitly
+instead, and ``empty_pred`` is True so the case is counted:
+    dice = iou = nsd = sensitivity = 0;  precision = 0 (0/0 taken as a miss, not as perfect);
+    rve = -1 (the formula's value);  hd95_mm = assd_mm = the crop's diagonal in mm,
+    sqrt(sum_k (n_k * spacing_k)^2), the largest distance any non-empty prediction inside the
+    crop could score, so a miss never looks better than a wrong guess.
+An empty ground truth cannot be scored and raises :class:`DataError` (the data build never
+produces one).
+
+``aggregate(df)`` summarises a per-nodule table (one row per nodule, the columns above plus
+``size_bin`` and ``texture``) into a flat, MLflow-safe dict.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import contextmanager
+from typing import Sequence
+
+import numpy as np
+import torch
+from monai.metrics import (
+    compute_average_surface_distance,
+    compute_confusion_matrix_metric,
+    compute_dice,
+    compute_hausdorff_distance,
+    compute_iou,
+    compute_surface_dice,
+    get_confusion_matrix,
+)
+
+from .errors import DataError
+
+__all__ = ["METRICS", "SIZE_BINS", "TEXTURES", "nodule_metrics", "empty_penalty_mm", "size_bin", "aggregate"]
+
+#: per-nodule metrics that ``aggregate`` summarises
+METRICS = ("dice", "iou", "hd95_mm", "assd_mm", "nsd", "sensitivity", "precision", "rve")
+#: diameter bins (mm) as the data tables spell them, with the MLflow-safe key used in aggregates
+SIZE_BINS = {"<6": "lt6", "6-10": "6-10", "10-20": "10-20", ">=20": "ge20"}
+TEXTURES = ("ground_glass", "part_solid", "solid")
+
+
+@contextmanager
+def _quiet_monai():
+    # MONAI 1.6's surface-distance code passes an argument it has itself deprecated, which
+    # would print a FutureWarning for every nodule; nothing for us to act on.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"monai\.")
+        warnings.filterwarnings("ignore", message=r".*always_return_as_numpy.*")
+        yield
+
+
+def _spacing3(spacing_mm) -> tuple[float, float, float]:
+    if isinstance(spacing_mm, (int, float, np.floating, np.integer)):
+        spacing = (float(spacing_mm),) * 3
+    else:
+        spacing = tuple(float(s) for s in spacing_mm)
+    if len(spacing) != 3 or not all(s > 0 and math.isfinite(s) for s in spacing):
+        raise ValueError(f"spacing_mm must be one positive number or three (z, y, x), got {spacing_mm!r}")
+    return spacing
+
+
+def _as_mask(a, what: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype != bool:
+        if not np.isin(a, (0, 1)).all():
+            raise ValueError(f"{what} mask must be boolean or 0/1, got values outside {{0, 1}} (dtype {a.dtype})")
+        a = a.astype(bool)
+    if a.ndim != 3:
+        raise ValueError(f"{what} mask must be 3-D (Z, Y, X), got shape {a.shape}")
+    return a
+
+
+def empty_penalty_mm(shape: Sequence[int], spacing_mm) -> float:
+    """HD95/ASSD given to an empty prediction: the diagonal of the crop in mm."""
+    return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, _spacing3(spacing_mm)))))
+
+
+def size_bin(diameter_mm: float) -> str:
+    """The diameter bin label ('<6', '6-10', '10-20', '>=20') of a nodule diameter in mm."""
+    if diameter_mm < 6:
+        return "<6"
+    if diameter_mm < 10:
+        return "6-10"
+    if diameter_mm < 20:
+        return "10-20"
+    return ">=20"
+
+
+def nodule_metrics(pred, gt, spacing_mm, nsd_tolerance_mm: float = 1.0, *, nodule_id: str | None = None) -> dict:
+    """Metrics of one predicted nodule mask against its ground truth.
+
+    Args:
+        pred, gt: boolean (or 0/1) arrays of the same (Z, Y, X) shape.
+        spacing_mm: voxel size, one float or (z, y, x).
+        nsd_tolerance_mm: the NSD tolerance.
+        nodule_id: only used to name the nodule in error messages.
+
+    Returns: dict with dice, iou, hd95_mm, assd_mm, nsd, sensitivity, precision, rve (floats),
+    pred_voxels, gt_voxels (ints) and empty_pred (bool). See the module docstring for the
+    empty-prediction convention.
+    """
+    who = f"nodule {nodule_id}" if nodule_id is not None else "nodule"
+    pred, gt = _as_mask(pred, "prediction"), _as_mask(gt, "ground-truth")
+    if pred.shape != gt.shape:
+        raise ValueError(f"{who}: prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    spacing = _spacing3(spacing_mm)
+    if not nsd_tolerance_mm > 0:
+        raise ValueError(f"nsd_tolerance_mm must be > 0, got {nsd_tolerance_mm}")
+    n_pred, n_gt = int(pred.sum()), int(gt.sum())
+    if n_gt == 0:
+        raise DataError(f"{who}: ground-truth mask is empty; it cannot be scored")
+
+    out = {"pred_voxels": n_pred, "gt_voxels": n_gt, "rve": (n_pred - n_gt) / n_gt, "empty_pred": n_pred == 0}
+    if n_pred == 0:
+        penalty = empty_penalty_mm(gt.shape, spacing)
+        out.update(dice=0.0, iou=0.0, nsd=0.0, sensitivity=0.0, precision=0.0, hd95_mm=penalty, assd_mm=penalty)
+        return _ordered(out)
+
+    # MONAI wants one-hot (B, C, Z, Y, X); the single foreground channel is "class 0" here,
+    # hence include_background=True everywhere.
+    p = torch.from_numpy(pred)[None, None].float()
+    g = torch.from_numpy(gt)[None, None].float()
+    confusion = get_confusion_matrix(p, g, include_background=True)
+    with _quiet_monai():
+        hd95 = compute_hausdorff_distance(p, g, include_background=True, percentile=95, spacing=spacing)
+        assd = compute_average_surface_distance(p, g, include_background=True, symmetric=True, spacing=spacing)
+        nsd = compute_surface_dice(p, g, class_thresholds=[float(nsd_tolerance_mm)], include_background=True,
+                                   spacing=spacing)
+    out.update(
+        dice=compute_dice(p, g, include_background=True).item(),
+        iou=compute_iou(p, g, include_background=True).item(),
+        sensitivity=compute_confusion_matrix_metric("sensitivity", confusion).item(),
+        precision=compute_confusion_matrix_metric("precision", confusion).item(),
+        hd95_mm=hd95.item(),
+        assd_mm=assd.item(),
+        nsd=nsd.item(),
+    )
+    bad = [k for k in METRICS if not math.isfinite(out[k])]
+    if bad:  # cannot happen for two non-empty masks; fail loudly rather than log a NaN
+        raise RuntimeError(f"{who}: MONAI returned non-finite {', '.join(bad)}")
+    return _ordered(out)
+
+
+def _ordered(d: dict) -> dict:
+    keys = (*METRICS, "pred_voxels", "gt_voxels", "empty_pred")
+    return {k: (bool(d[k]) if k == "empty_pred" else int(d[k]) if k.endswith("_voxels") else float(d[k]))
+            for k in keys}
+
+
+def _summary(frame, prefix: str) -> dict:
+    out = {f"{prefix}n": int(len(frame))}
+    if len(frame) == 0:
+        return out
+    out[f"{prefix}n_empty"] = int(frame["empty_pred"].astype(bool).sum())
+    for m in METRICS:
+        col = frame[m].astype(float)
+        out[f"{prefix}{m}_mean"] = float(col.mean())
+        out[f"{prefix}{m}_median"] = float(col.median())
+        if len(frame) > 1:  # the sample std of one nodule is undefined: left out, not NaN
+            out[f"{prefix}{m}_std"] = float(col.std(ddof=1))
+    return out
+
+
+def aggregate(df) -> dict:
+    """Summarise a per-nodule metrics table (pandas DataFrame, one row per nodule).
+
+    Required columns: the metrics in :data:`METRICS` and ``empty_pred``. Optional: ``size_bin``
+    (labels of :data:`SIZE_BINS`; derived from ``diameter_mm`` when only that is present) and
+    ``texture`` (one of :data:`TEXTURES`); a grouping whose column is absent is skipped.
+
+    Returns a flat dict with MLflow-safe keys: ``n``, ``n_empty``, ``{metric}_{mean,median,std}``
+    over all nodules (empty predictions included at their penalty values), and the same under
+    ``size_{lt6,6-10,10-20,ge20}/`` and ``texture_{ground_glass,part_solid,solid}/``. Every group
+    gets its ``n`` (0 when no nodule falls in it); std is left out for groups of one nodule.
+    """
+    missing = [c for c in (*METRICS, "empty_pred") if c not in df.columns]
+    if missing:
+        raise ValueError(f"per-nodule table lacks column(s) {', '.join(missing)}")
+    if len(df) == 0:
+        raise ValueError("per-nodule table is empty: nothing to aggregate")
+    nan_cols = [m for m in METRICS if df[m].isna().any()]
+    if nan_cols:
+        raise ValueError(f"per-nodule table has NaN in {', '.join(nan_cols)}; nodule_metrics never produces NaN")
+
+    out = _summary(df, "")
+    bins = None
+    if "size_bin" in df.columns:
+        bins = df["size_bin"]
+    elif "diameter_mm" in df.columns:
+        bins = df["diameter_mm"].map(size_bin)
+    if bins is not None:
+        unknown = sorted(set(bins) - set(SIZE_BINS))
+        if unknown:
+            raise ValueError(f"unknown size_bin label(s) {unknown}; expected {list(SIZE_BINS)}")
+        for label, key in SIZE_BINS.items():
+            out.update(_summary(df[bins == label], f"size_{key}/"))
+    if "texture" in df.columns:
+        unknown = sorted(set(df["texture"]) - set(TEXTURES))
+        if unknown:
+            raise ValueError(f"unknown texture label(s) {unknown}; expected {list(TEXTURES)}")
+        for label in TEXTURES:
+            out.update(_summary(df[df["texture"] == label], f"texture_{label}/"))
+    return out

@@ -1,0 +1,448 @@
+"""Training: one architecture on the fixed split, tracked in one MLflow run.
+
+Stages of ``run_experiment`` (each leaves files the next reads, so a run can resume):
+  1. resolve config, load the crop cache (``benchmark.data``), create or resume the MLflow run;
+  2. train epoch by epoch; after each epoch log metrics (step = epoch) and atomically write
+     ``last.pt`` (and ``best.pt`` on a new best validation Dice) under runs/checkpoints/<run_id>/;
+  3. early-stop on validation Dice; reload ``best.pt``;
+  4. evaluate on the test split (``benchmark.evaluate``) unless this is a tuning trial
+     (the test split is never touched by tuning).
+
+Determinism: the batch order and the augmentation of epoch ``e`` come from a generator seeded
+with ``(seed, e)``, and the global RNGs are re-seeded at each epoch start, so a run resumed
+from epoch ``e`` continues exactly as an uninterrupted one would (on the CPU).
+
+Distributed: under ``torchrun`` each rank takes an interleaved shard of every global batch
+(the same global batch as a single process), DDP averages gradients, validation sums are
+all-reduced, and only rank 0 talks to MLflow or writes files.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import RunConfig
+from .errors import TrainingError, UsageError
+from .paths import checkpoints_dir
+from .tracking import Tracker
+
+EpochCallback = Callable[[int, dict], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# setup helpers
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_kind: str) -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(cfg: RunConfig, dist: DistInfo) -> torch.device:
+    want = cfg.train.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise UsageError("train.device=cuda but no CUDA device is available")
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", dist.local_rank)
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int, deterministic: bool):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def build_model(cfg: RunConfig):
+    from architectures import create_architecture
+    return create_architecture(cfg.model.arch, in_channels=1, out_channels=1,
+                               spatial_size=cfg.data.patch_zyx, **cfg.model.kwargs)
+
+
+def build_loss(cfg: RunConfig, model):
+    from .losses import DeepSupervisionLoss, create_loss
+    weights = getattr(model, "deep_supervision_weights", None)
+    return DeepSupervisionLoss(create_loss(cfg.loss.name, **cfg.loss.kwargs), weights)
+
+
+def build_optimizer(cfg: RunConfig, params):
+    o = cfg.optim
+    if o.optimizer == "adam":
+        return torch.optim.Adam(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    if o.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0, weight_decay=o.weight_decay)
+
+
+def build_scheduler(cfg: RunConfig, optimizer):
+    """Per-epoch schedule with optional linear warm-up."""
+    o, total = cfg.optim, cfg.train.epochs
+
+    def factor(epoch: int) -> float:
+        if o.warmup_epochs and epoch < o.warmup_epochs:
+            return (epoch + 1) / (o.warmup_epochs + 1)
+        t = (epoch - o.warmup_epochs) / max(1, total - o.warmup_epochs)
+        if o.scheduler == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        if o.scheduler == "poly":
+            return max(0.0, 1 - t) ** 0.9
+        if o.scheduler == "step":
+            return 0.1 ** int(t * 3)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---------------------------------------------------------------------------------------------
+# batches
+# ---------------------------------------------------------------------------------------------
+def train_batches(store, rows: np.ndarray, batch_size: int, patch_zyx, gen: torch.Generator,
+                  dist: DistInfo, max_steps: Optional[int] = None):
+    """Yield augmented (image, mask) batches: random 64x64x32-style window + x/y flips.
+
+    The global batch is the same whatever the number of ranks; each rank keeps its
+    interleaved share, so DDP's averaged gradient equals the single-process one.
+    """
+    from .data.augment import random_window
+    perm = rows[torch.randperm(len(rows), generator=gen).numpy()]
+    n_batches = len(perm) // batch_size if len(perm) >= batch_size else 1
+    if max_steps:
+        n_batches = min(n_batches, max_steps)
+    for b in range(n_batches):
+        sel = perm[b * batch_size:(b + 1) * batch_size]
+        order = np.argsort(sel)  # memmap reads in file order are cheaper
+        sel = sel[order]
+        images = torch.from_numpy(np.ascontiguousarray(store.images[sel], dtype=np.float32)).unsqueeze(1)
+        masks = torch.from_numpy(np.ascontiguousarray(store.gt[sel], dtype=np.float32)).unsqueeze(1)
+        images, masks = random_window(images, masks, patch_zyx, gen)
+        if dist.world > 1:
+            images, masks = images[dist.rank::dist.world], masks[dist.rank::dist.world]
+        yield images, masks
+
+
+def center_batches(store, rows: np.ndarray, batch_size: int, patch_zyx):
+    from .data.augment import center_window
+    for i in range(0, len(rows), batch_size):
+        sel = rows[i:i + batch_size]
+        images = torch.from_numpy(np.ascontiguousarray(store.images[sel], dtype=np.float32)).unsqueeze(1)
+        masks = torch.from_numpy(np.ascontiguousarray(store.gt[sel], dtype=np.float32)).unsqueeze(1)
+        yield sel, *center_window(images, masks, patch_zyx)
+
+
+def main_output(out):
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    run_id: Optional[str]
+    best_val_dice: float
+    best_epoch: int
+    epochs_completed: int
+    stopped_early: bool
+    test_summary: dict = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, store, device: torch.device, dist: DistInfo):
+        self.cfg, self.store, self.device, self.dist = cfg, store, device, dist
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+        self.model = build_model(cfg).to(device)
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+        self.loss_fn = build_loss(cfg, self.model)
+        self.optimizer = build_optimizer(cfg, self.model.parameters())
+        self.scheduler = build_scheduler(cfg, self.optimizer)
+        self.use_amp = cfg.train.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.net = self.model
+        if dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            self.net = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.train.compile:
+            self.net = torch.compile(self.net)
+        self.train_rows = store.indices("train")
+        self.val_rows = store.indices("val")
+        if len(self.train_rows) == 0 or len(self.val_rows) == 0:
+            raise UsageError("the training or validation split is empty for this data config")
+
+    def _to(self, x):
+        x = x.to(self.device, non_blocking=True)
+        if self.cfg.train.channels_last and x.dim() == 5:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return x
+
+    def train_epoch(self, epoch: int, show_progress: bool) -> dict:
+        cfg = self.cfg
+        self.net.train()
+        gen = epoch_generator(cfg.train.seed, epoch)
+        torch.manual_seed(cfg.train.seed * 7919 + epoch)  # dropout etc.: resumable
+        total, count = 0.0, 0
+        batches = train_batches(self.store, self.train_rows, cfg.train.batch_size, cfg.data.patch_zyx, gen,
+                                self.dist, cfg.train.steps_per_epoch)
+        n = (len(self.train_rows) // cfg.train.batch_size) or 1
+        if cfg.train.steps_per_epoch:
+            n = min(n, cfg.train.steps_per_epoch)
+        bar = tqdm(batches, total=n, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+                   disable=not show_progress, unit="batch")
+        for images, masks in bar:
+            images, masks = self._to(images), self._to(masks)
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                out = self.net(images)
+            loss = self.loss_fn(_float(out), masks)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}; stopped, the last good "
+                                    f"checkpoint is kept")
+            self.scaler.scale(loss).backward()
+            if cfg.optim.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total += loss.item() * images.shape[0]
+            count += images.shape[0]
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        self.scheduler.step()
+        stats = torch.tensor([total, count], dtype=torch.float64)
+        _all_reduce(stats, self.dist)
+        return {"train_loss": float(stats[0] / max(stats[1], 1))}
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Validation Dice per nodule on the centre window (selection metric), and loss."""
+        from monai.metrics import compute_dice
+        self.net.eval()
+        rows = self.val_rows[self.dist.rank::self.dist.world]
+        sums = torch.zeros(3, dtype=torch.float64)  # dice sum, loss sum, count
+        for _, images, masks in center_batches(self.store, rows, self.cfg.train.batch_size, self.cfg.data.patch_zyx):
+            images, masks = self._to(images), self._to(masks)
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                logits = main_output(self.net(images))
+            logits = logits.float()
+            pred = (torch.sigmoid(logits) > self.cfg.eval.threshold).float()
+            dice = compute_dice(pred, masks, include_background=True, ignore_empty=False)
+            sums[0] += float(torch.nan_to_num(dice, nan=0.0).sum())
+            sums[1] += float(self.loss_fn(logits, masks)) * images.shape[0]
+            sums[2] += images.shape[0]
+        _all_reduce(sums, self.dist)
+        n = max(float(sums[2]), 1.0)
+        return {"val_dice": float(sums[0]) / n, "val_loss": float(sums[1]) / n}
+
+    def state(self, epoch: int, best: dict, history: list, elapsed: float, run_id: Optional[str]) -> dict:
+        return {
+            "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "best": dict(best), "history": list(history), "train_seconds": elapsed,
+            "config": self.cfg.model_dump(mode="json"), "run_id": run_id,
+        }
+
+    def load_state(self, state: dict):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def _float(out):
+    if isinstance(out, (list, tuple)):
+        return [o.float() for o in out]
+    return out.float()
+
+
+def _all_reduce(t: torch.Tensor, dist: DistInfo):
+    if dist.world > 1:
+        import torch.distributed as tdist
+        tdist.all_reduce(t)
+
+
+def data_tags(cfg: RunConfig, store) -> dict[str, str]:
+    return {
+        "data.source": cfg.data.source, "data.ground_truth": cfg.data.ground_truth,
+        "data.spacing_mm": str(cfg.data.spacing_mm), "data.split_hash": store.split_hash,
+        "data.content_hash": store.data_hash, "preset": cfg.preset, "arch": cfg.model.arch,
+        "loss": cfg.loss.name, "seed": str(cfg.train.seed), "config.fingerprint": cfg.fingerprint(),
+        "data.dataset": "lidc-" + cfg.data.source,
+    }
+
+
+def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags: Optional[dict] = None,
+                   parent_run_id: Optional[str] = None, on_epoch_end: Optional[EpochCallback] = None,
+                   evaluate_test: bool = True, experiment: Optional[str] = None,
+                   show_progress: bool = True, on_run_start: Optional[Callable[[str], None]] = None) -> RunResult:
+    """Train (or resume) one run; see the module docstring for the stages."""
+    from .data import load_crops
+
+    if resume_run_id:
+        state_path = checkpoints_dir(resume_run_id) / "last.pt"
+        if not state_path.exists():
+            raise UsageError(f"cannot resume run {resume_run_id}: no checkpoint at {state_path}")
+        resume_state = load_checkpoint(state_path)
+        cfg = RunConfig.model_validate(resume_state["config"])
+    else:
+        resume_state = None
+
+    device_kind = "cuda" if (cfg.train.device != "cpu" and torch.cuda.is_available()) else "cpu"
+    dist = init_distributed(device_kind)
+    device = pick_device(cfg, dist)
+    store = load_crops(cfg.data)
+
+    tracker: Optional[Tracker] = None
+    if dist.main:
+        if resume_run_id:
+            tracker = Tracker.resume(resume_run_id)
+            tracker.set_tags({"resumed_from_epoch": resume_state["epoch"]})
+        else:
+            from .cost import count_parameters  # noqa: F401  (fail early if the module is broken)
+            name = cfg.name or f"{cfg.model.arch}-{cfg.loss.name}-{cfg.preset}-s{cfg.train.seed}"
+            tracker = Tracker.start(name, {**data_tags(cfg, store), **(tags or {})},
+                                    experiment=experiment, parent_run_id=parent_run_id)
+            tracker.log_params(cfg.flat())
+            tracker.log_text(cfg.to_yaml(), "config.yaml")
+            tracker.set_tags({"world_size": dist.world})
+        tracker.start_system_metrics()
+    run_id = tracker.run_id if tracker else None
+    if on_run_start is not None and run_id:
+        on_run_start(run_id)
+
+    stopped_early = False
+    status = "FAILED"
+    ckpt_dir = None
+    try:
+        trainer = Trainer(cfg, store, device, dist)
+        start_epoch, history, elapsed = 0, [], 0.0
+        best = {"val_dice": -1.0, "epoch": -1, "bad_epochs": 0}
+        if resume_state is not None:
+            trainer.load_state(resume_state)
+            start_epoch = resume_state["epoch"]
+            history, elapsed, best = resume_state["history"], resume_state["train_seconds"], resume_state["best"]
+        ckpt_dir = checkpoints_dir(run_id) if run_id else None
+        if resume_state is not None and dist.main:
+            _backfill(tracker, history, best)
+        epochs = range(start_epoch, cfg.train.epochs)
+        bar = tqdm(epochs, desc=f"{cfg.model.arch} [{cfg.preset}]", unit="epoch", initial=start_epoch,
+                   total=cfg.train.epochs, disable=not (show_progress and dist.main))
+        for epoch in bar:
+            t0 = time.perf_counter()
+            metrics = trainer.train_epoch(epoch, show_progress and dist.main)
+            if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
+                metrics.update(trainer.validate())
+            metrics["lr"] = trainer.optimizer.param_groups[0]["lr"]
+            metrics["epoch_seconds"] = time.perf_counter() - t0
+            elapsed += metrics["epoch_seconds"]
+            history.append({"epoch": epoch + 1, **metrics})
+            improved = metrics.get("val_dice", -1.0) > best["val_dice"]
+            if improved:
+                best.update(val_dice=metrics["val_dice"], epoch=epoch + 1, bad_epochs=0)
+            elif "val_dice" in metrics:
+                best["bad_epochs"] += 1
+            if dist.main:
+                # checkpoint first, then metrics: a kill in between loses no step, and the resume
+                # back-fills metrics of epochs the checkpoint has but MLflow lacks (no duplicates)
+                state = trainer.state(epoch + 1, best, history, elapsed, run_id)
+                if improved:
+                    save_checkpoint(state, ckpt_dir / "best.pt")
+                save_checkpoint(state, ckpt_dir / "last.pt")
+                _log_epoch(tracker, history[-1], best)
+            bar.set_postfix(val_dice=f"{metrics.get('val_dice', float('nan')):.3f}", best=f"{best['val_dice']:.3f}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, metrics)
+            if best["bad_epochs"] >= cfg.train.early_stopping_patience:
+                stopped_early = True
+                break
+        result = RunResult(run_id, best["val_dice"], best["epoch"], len(history), stopped_early)
+        if dist.main:
+            tracker.log_metrics({"train_seconds": elapsed, "epochs_completed": len(history)}, step=len(history))
+            tracker.set_tags({"stopped_early": stopped_early})
+            _log_learning_curve(tracker, history, ckpt_dir)
+            if evaluate_test:
+                from .evaluate import evaluate_run
+                best_state = load_checkpoint(ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").exists() else None
+                if best_state is not None:
+                    trainer.model.load_state_dict(best_state["model"])
+                result.test_summary = evaluate_run(trainer.model, store, cfg, device, tracker, ckpt_dir, elapsed)
+        status = "FINISHED"
+        return result
+    except TrainingError as e:
+        if dist.main and ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
+            raise TrainingError(f"{e} ({ckpt_dir / 'last.pt'})") from None
+        raise
+    except KeyboardInterrupt:
+        status = "KILLED"
+        if dist.main:
+            print(f"\ninterrupted; resume with: bench run --resume {run_id}", file=sys.stderr)
+        raise
+    except BaseException as e:
+        if type(e).__name__ == "TrialPruned":
+            status = "KILLED"
+        raise
+    finally:
+        if tracker is not None:
+            tracker.finish(status)
+        if dist.world > 1:
+            import torch.distributed as tdist
+            if tdist.is_initialized():
+                tdist.destroy_process_group()
+
+
+def _log_epoch(tracker: Tracker, record: dict, best: dict):
+    step = record["epoch"]
+    tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=step)
+    tracker.log_metrics({"best_val_dice": best["val_dice"], "best_epoch": best["epoch"]}, step=step)
+
+
+def _backfill(tracker: Tracker, history: list, best: dict):
+    """Log epochs the checkpoint holds but the run lacks (killed between the two writes)."""
+    try:
+        logged = {m.step for m in tracker.client.get_metric_history(tracker.run_id, "train_loss")}
+    except Exception:  # noqa: BLE001 - server away: the offline buffer covers it
+        return
+    for record in history:
+        if record["epoch"] not in logged:
+            _log_epoch(tracker, record, best)
+
+
+def _log_learning_curve(tracker: Tracker, history: list, ckpt_dir: Path):
+    from .plots import learning_curve
+    path = ckpt_dir / "learning_curve.png"
+    learning_curve(history, path)
+    tracker.log_artifact(path, "plots")
+    tracker.log_text(yaml.safe_dump(history, sort_keys=False), "history.yaml")

@@ -1,0 +1,539 @@
+"""``bench tune``: Optuna studies on the validation split, tracked as MLflow parent/child runs.
+
+    bench tune --arch unet3d --trials 20 --study unet3d-cpu [--loss dice_bce] [--preset cpu]
+               [--storage URL] [--workers K] [--pruner median|hyperband]
+               [--fix optim.optimizer=adam] [--narrow optim.lr=1e-4:1e-3] [key=value ...]
+    bench tune --report unet3d-cpu
+    bench run --arch unet3d --params-from unet3d-cpu
+
+Search space: the common training knobs below, plus the ``search_space(trial)`` declared next
+to each architecture's and loss's code. ``--fix NAME=VALUE`` pins a parameter, ``--narrow
+NAME=LOW:HIGH`` (or ``NAME=a,b,c`` for a categorical) shrinks it; positional ``key=value``
+overrides fix config fields that are not searched.
+
+Objective: best validation Dice of the trial's training run, reported every epoch to the
+pruner (median by default). The test split is never evaluated by tuning.
+
+Storage: by default Optuna's journal file ``runs/optuna/journal.log`` (safe for several
+processes on one machine; open it with ``optuna-dashboard runs/optuna/journal.log``). An RDB
+URL (``postgresql://...``) serves several machines; SQLite is refused for parallel workers
+(it locks). Rerunning the same command resumes the same study until it holds ``--trials``
+finished (complete or pruned) trials.
+
+MLflow: one parent run per study (its id is stored in the study's user attributes), one
+child run per trial (tags ``optuna.trial``, ``optuna.state`` = COMPLETE / PRUNED / FAIL),
+written by :class:`MlflowTrialTracker` with explicit run ids (optuna-integration's
+MLflowCallback is deprecated and serialises parallel trials).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import UsageError
+from .paths import runs_dir
+
+JOURNAL_NAME = "journal.log"
+
+
+# ---------------------------------------------------------------------------------------------
+# storage
+# ---------------------------------------------------------------------------------------------
+def default_storage_path() -> Path:
+    return runs_dir() / "optuna" / JOURNAL_NAME
+
+
+def open_storage(url: Optional[str], workers: int = 1):
+    import optuna
+    if not url:
+        path = default_storage_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path))), str(path)
+    if url.startswith("sqlite"):
+        if workers > 1:
+            raise UsageError("SQLite storage is not safe for parallel Optuna workers; use the default journal "
+                             "file or a PostgreSQL URL")
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}}), url
+    if "://" in url:
+        try:
+            # heartbeats let a surviving worker fail the trial of a machine that died
+            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120), url
+        except Exception as e:  # noqa: BLE001
+            raise UsageError(f"cannot open Optuna storage {url}: {str(e).splitlines()[0][:200]}") from None
+    path = Path(url)
+    if not path.parent.exists():
+        raise UsageError(f"folder for the journal file does not exist: {path.parent}")
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path))), str(path)
+
+
+@contextlib.contextmanager
+def ask_lock(storage_label: str):
+    """Serialise "count finished trials, then ask" among local workers of a journal study."""
+    if "://" in storage_label:
+        yield
+        return
+    with open(storage_label + ".asklock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------------------------
+# search space
+# ---------------------------------------------------------------------------------------------
+class ConstrainedTrial:
+    """Wraps an Optuna trial so the CLI can fix or narrow any declared parameter."""
+
+    def __init__(self, trial, fixed: dict[str, Any], narrowed: dict[str, Any]):
+        self._trial, self._fixed, self._narrowed = trial, fixed, narrowed
+
+    def __getattr__(self, name):
+        return getattr(self._trial, name)
+
+    def suggest_float(self, name, low, high, *, log=False, step=None):
+        if name in self._fixed:
+            return float(self._fixed[name])
+        if name in self._narrowed:
+            low, high = self._narrowed[name]
+        return self._trial.suggest_float(name, low, high, log=log, step=step)
+
+    def suggest_int(self, name, low, high, *, log=False, step=1):
+        if name in self._fixed:
+            return int(self._fixed[name])
+        if name in self._narrowed:
+            low, high = (int(v) for v in self._narrowed[name])
+        return self._trial.suggest_int(name, low, high, log=log, step=step)
+
+    def suggest_categorical(self, name, choices):
+        if name in self._fixed:
+            return self._fixed[name]
+        if name in self._narrowed:
+            choices = self._narrowed[name]
+        return self._trial.suggest_categorical(name, list(choices))
+
+
+BATCH_CHOICES = {"smoke": [2, 4], "cpu": [4, 8, 16], "paper": [4, 8, 16]}
+
+
+def common_space(trial, preset: str) -> dict[str, Any]:
+    """Training knobs every architecture is tuned over (same budget, same ranges)."""
+    return {
+        "optim.lr": trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True),
+        "optim.weight_decay": trial.suggest_float("optim.weight_decay", 1e-6, 1e-3, log=True),
+        "optim.optimizer": trial.suggest_categorical("optim.optimizer", ["adam", "adamw", "sgd"]),
+        "train.batch_size": trial.suggest_categorical("train.batch_size", BATCH_CHOICES.get(preset, [4, 8])),
+    }
+
+
+def suggest_overrides(trial, arch: str, loss: str, preset: str) -> list[str]:
+    """All suggested values as config overrides (``optim.lr=...``, ``model.kwargs.x=...``)."""
+    from architectures import architecture_entry
+    from .losses import loss_entry
+    out = common_space(trial, preset)
+    a = architecture_entry(arch)
+    if a.search_space:
+        out.update({f"model.kwargs.{k}": v for k, v in a.search_space(trial).items()})
+    lo = loss_entry(loss)
+    if lo.search_space:
+        out.update({f"loss.kwargs.{k}": v for k, v in lo.search_space(trial).items()})
+    return [f"{k}={_yaml_value(v)}" for k, v in out.items()]
+
+
+def _yaml_value(v) -> str:
+    import yaml
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def parse_fix(items: list[str]) -> dict[str, Any]:
+    import yaml
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise UsageError(f"--fix {it!r} is not NAME=VALUE")
+        k, v = it.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def parse_narrow(items: list[str]) -> dict[str, Any]:
+    import yaml
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise UsageError(f"--narrow {it!r} is not NAME=LOW:HIGH or NAME=a,b")
+        k, v = it.split("=", 1)
+        if ":" in v:
+            lo, hi = (yaml.safe_load(x) for x in v.split(":", 1))
+            if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo < hi):
+                raise UsageError(f"--narrow {it!r}: need numeric LOW < HIGH")
+            out[k] = (lo, hi)
+        else:
+            out[k] = [yaml.safe_load(x) for x in v.split(",")]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow parent/child tracking
+# ---------------------------------------------------------------------------------------------
+class MlflowTrialTracker:
+    """Optuna callback: stamp each trial's child run with its final state and value."""
+
+    def __init__(self, parent_run_id: str):
+        from .tracking import client
+        self.client = client()
+        self.parent_run_id = parent_run_id
+
+    def __call__(self, study, trial):
+        from mlflow.entities import Metric, RunTag
+        import time
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        state = trial.state.name
+        if run_id:
+            tags = [RunTag("optuna.state", state), RunTag("optuna.trial", str(trial.number))]
+            self.client.log_batch(run_id, tags=tags)
+            if state == "FAIL":
+                with contextlib.suppress(Exception):
+                    self.client.set_terminated(run_id, "FAILED")
+        ts = int(time.time() * 1000)
+        metrics = []
+        if trial.value is not None:
+            metrics.append(Metric("trial_value", float(trial.value), ts, trial.number))
+        try:
+            metrics.append(Metric("best_value", float(study.best_value), ts, trial.number))
+        except ValueError:
+            pass
+        if metrics:
+            self.client.log_batch(self.parent_run_id, metrics=metrics)
+
+
+def ensure_parent_run(study, meta: dict[str, str]) -> str:
+    from .tracking import Tracker, client
+    pid = study.user_attrs.get("mlflow_parent_run_id")
+    if pid:
+        with contextlib.suppress(Exception):
+            client().get_run(pid)
+            return pid
+    tracker = Tracker.start(f"study-{study.study_name}", {"optuna.study": study.study_name, "optuna.role": "parent",
+                                                          **meta})
+    tracker.log_params({f"study.{k}": v for k, v in meta.items()})
+    study.set_user_attr("mlflow_parent_run_id", tracker.run_id)
+    return tracker.run_id
+
+
+def fail_dead_local_trials(study):
+    """Mark RUNNING trials whose worker process on this host is gone as FAIL (journal storage
+    has no heartbeat; a SIGKILLed worker would otherwise leave its trial RUNNING forever)."""
+    import optuna
+    host = socket.gethostname()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get("worker_host") != host:
+            continue
+        pid = t.user_attrs.get("worker_pid")
+        if pid and not _pid_alive(int(pid)):
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            failed.append(t)
+    if failed:
+        with contextlib.suppress(Exception):
+            cb = MlflowTrialTracker(study.user_attrs["mlflow_parent_run_id"])
+            for t in study.get_trials(deepcopy=False):
+                if t.number in {f.number for f in failed}:
+                    cb(study, t)
+    return len(failed)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie counts as dead
+    with contextlib.suppress(Exception):
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().split(")")[-1].split()[0] == "Z":
+                return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# the study
+# ---------------------------------------------------------------------------------------------
+def make_pruner(name: str):
+    import optuna
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise UsageError(f"unknown pruner {name!r} (median, hyperband, none)")
+
+
+def open_study(study_name: str, storage_url: Optional[str], workers: int, meta: Optional[dict] = None,
+               pruner: str = "median", create: bool = True):
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage, label = open_storage(storage_url, workers)
+    if create:
+        study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
+                                    pruner=make_pruner(pruner), load_if_exists=True)
+    else:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner(pruner))
+        except KeyError:
+            raise UsageError(f"no Optuna study {study_name!r} in {label}") from None
+    if meta:
+        old = study.user_attrs.get("meta")
+        if old is None:
+            study.set_user_attr("meta", meta)
+        else:
+            clash = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
+            if clash:
+                k, (a, b) = next(iter(clash.items()))
+                raise UsageError(f"study {study_name!r} was created with {k}={a}, this command asks {k}={b}; "
+                                 f"use another --study name")
+    return study, label
+
+
+def count_finished(study) -> int:
+    import optuna
+    S = optuna.trial.TrialState
+    return len(study.get_trials(deepcopy=False, states=(S.COMPLETE, S.PRUNED, S.RUNNING)))
+
+
+def objective_factory(base_overrides: list[str], meta: dict, fixed: dict, narrowed: dict, parent_run_id: str):
+    import optuna
+    from .config import build_config
+    from .train import run_experiment
+    from .cli import validate_names
+
+    def objective(trial) -> float:
+        trial.set_user_attr("worker_pid", os.getpid())
+        trial.set_user_attr("worker_host", socket.gethostname())
+        ct = ConstrainedTrial(trial, fixed, narrowed)
+        suggested = suggest_overrides(ct, meta["arch"], meta["loss"], meta["preset"])
+        for k, v in fixed.items():
+            trial.set_user_attr(f"fixed.{k}", v)
+        cfg = build_config(meta["preset"], suggested + base_overrides,
+                           **{"model.arch": meta["arch"], "loss.name": meta["loss"]})
+        validate_names(cfg)
+        cfg.name = f"{trial.study.study_name}-t{trial.number:03d}"
+
+        def report(epoch: int, metrics: dict):
+            if "val_dice" in metrics:
+                trial.report(metrics["val_dice"], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch + 1}")
+
+        def started(run_id: str):
+            trial.set_user_attr("mlflow_run_id", run_id)
+
+        res = run_experiment(cfg, parent_run_id=parent_run_id, evaluate_test=False, on_epoch_end=report,
+                             on_run_start=started, show_progress=False,
+                             tags={"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number)})
+        if not math.isfinite(res.best_val_dice):
+            raise optuna.TrialPruned("non-finite validation Dice")
+        return res.best_val_dice
+
+    return objective
+
+
+def run_worker(study_name: str, storage_url: Optional[str], n_trials: int, meta: dict, base_overrides: list[str],
+               fixed: dict, narrowed: dict, pruner: str, show_progress: bool = True) -> int:
+    """One worker process: ask/tell trials until the study holds ``n_trials`` finished ones."""
+    import optuna
+    from tqdm.auto import tqdm
+    study, label = open_study(study_name, storage_url, 2, meta, pruner)
+    parent = ensure_parent_run(study, meta)
+    fail_dead_local_trials(study)
+    objective = objective_factory(base_overrides, meta, fixed, narrowed, parent)
+    tracker_cb = MlflowTrialTracker(parent)
+    done = 0
+    bar = tqdm(total=n_trials, initial=min(count_finished(study), n_trials), desc=f"study {study_name}",
+               unit="trial", disable=not show_progress)
+    while True:
+        with ask_lock(label):
+            fail_dead_local_trials(study)
+            if count_finished(study) >= n_trials:
+                break
+            trial = study.ask()
+            trial.set_user_attr("worker_pid", os.getpid())
+            trial.set_user_attr("worker_host", socket.gethostname())
+        state, value = optuna.trial.TrialState.COMPLETE, None
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            state = optuna.trial.TrialState.PRUNED
+        except Exception as e:  # noqa: BLE001 - a failed trial must not stop the study
+            state = optuna.trial.TrialState.FAIL
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {str(e)[:300]}")
+            print(f"trial {trial.number} failed: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+        frozen = study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+        tracker_cb(study, frozen)
+        done += 1
+        bar.n = min(count_finished(study), n_trials)
+        bar.refresh()
+    bar.close()
+    return done
+
+
+def tune(args) -> None:
+    from .cli import resolve_config
+    cfg = resolve_config(args)
+    meta = {"arch": cfg.model.arch, "loss": cfg.loss.name, "preset": cfg.preset}
+    if args.trials < 1:
+        raise UsageError("--trials must be >= 1")
+    if args.workers < 1:
+        raise UsageError("--workers must be >= 1")
+    fixed, narrowed = parse_fix(args.fix), parse_narrow(args.narrow)
+    study, label = open_study(args.study, args.storage, args.workers, meta, args.pruner)
+    parent = ensure_parent_run(study, meta)
+    print(f"study {args.study} in {label}; MLflow parent run {parent}", file=sys.stderr)
+    if args.workers == 1:
+        run_worker(args.study, args.storage, args.trials, meta, args.overrides, fixed, narrowed, args.pruner,
+                   show_progress=not args.no_progress)
+    else:
+        cmd = [sys.executable, "-m", "benchmark.cli", "tune", "--arch", meta["arch"], "--loss", meta["loss"],
+               "--preset", meta["preset"], "--trials", str(args.trials), "--study", args.study,
+               "--pruner", args.pruner, "--workers", "1", "--no-progress", *args.overrides]
+        if args.storage:
+            cmd += ["--storage", args.storage]
+        for f in args.fix or []:
+            cmd += ["--fix", f]
+        for n in args.narrow or []:
+            cmd += ["--narrow", n]
+        procs = [subprocess.Popen(cmd) for _ in range(args.workers)]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            print(f"warning: worker exit codes {codes}; the study stays usable, rerun to complete it", file=sys.stderr)
+    study, _ = open_study(args.study, args.storage, 1, None, args.pruner, create=False)
+    print_summary(study)
+
+
+def print_summary(study):
+    import optuna
+    S = optuna.trial.TrialState
+    counts = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in (S.COMPLETE, S.PRUNED, S.FAIL, S.RUNNING)}
+    print(f"study {study.study_name}: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()))
+    try:
+        b = study.best_trial
+        print(f"best trial {b.number}: val Dice {b.value:.4f}  " + " ".join(f"{k}={v}" for k, v in b.params.items()))
+    except ValueError:
+        print("no completed trial yet")
+
+
+# ---------------------------------------------------------------------------------------------
+# report and reuse
+# ---------------------------------------------------------------------------------------------
+def report(args) -> None:
+    import optuna
+    from .tracking import Tracker
+    study, label = open_study(args.report, args.storage, 1, None, "median", create=False)
+    print_summary(study)
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not completed:
+        raise UsageError(f"study {args.report!r} has no completed trial to report on")
+    importances = {}
+    if len(completed) >= 2:
+        with contextlib.suppress(Exception):
+            importances = optuna.importance.get_param_importances(study)
+    if importances:
+        print("parameter importances:")
+        for k, v in importances.items():
+            print(f"  {k:32s} {v:.3f}")
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    if not parent:
+        return
+    from .tracking import client, load_settings
+    settings = load_settings()
+    t = Tracker(client(settings), parent, settings)
+    from optuna.visualization.matplotlib import (plot_optimization_history, plot_parallel_coordinate,
+                                                 plot_param_importances)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with tempfile.TemporaryDirectory() as d:
+        plots = [("optimization_history.png", plot_optimization_history)]
+        if importances:
+            plots.append(("param_importances.png", plot_param_importances))
+        plots.append(("parallel_coordinate.png", plot_parallel_coordinate))
+        for name, fn in plots:
+            try:
+                ax = fn(study)
+                fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+                fig.set_size_inches(9, 5)
+                fig.tight_layout()
+                fig.savefig(Path(d) / name, dpi=100)
+                plt.close(fig)
+                t.log_artifact(Path(d) / name, "optuna")
+            except Exception as e:  # noqa: BLE001 - one plot failing must not hide the others
+                print(f"warning: {name} not drawn: {e}", file=sys.stderr)
+        b = study.best_trial
+        t.log_metrics({"best_value": b.value, "n_trials": len(study.trials)})
+        t.set_tags({"best_trial": b.number, "best_run_id": b.user_attrs.get("mlflow_run_id", "")})
+        import json
+        t.log_text(json.dumps({"best_trial": b.number, "value": b.value, "params": b.params,
+                               "importances": importances}, indent=2), "optuna/best.json")
+    print(f"plots logged to MLflow parent run {parent}")
+
+
+def best_params_overrides(study_name: str, storage_url: Optional[str]) -> tuple[list[str], dict]:
+    """Config overrides reproducing a study's best trial, for ``bench run --params-from``."""
+    study, _ = open_study(study_name, storage_url, 1, None, "median", create=False)
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise UsageError(f"study {study_name!r} has no completed trial") from None
+    meta = study.user_attrs.get("meta", {})
+    params = dict(best.params)
+    params.update({k[len("fixed."):]: v for k, v in best.user_attrs.items() if k.startswith("fixed.")})
+    overrides = []
+    for k, v in params.items():
+        if k.startswith("arch."):
+            k = "model.kwargs." + k[len("arch."):]
+        elif k.startswith("loss."):
+            k = "loss.kwargs." + k[len("loss."):]
+        overrides.append(f"{k}={_yaml_value(v)}")
+    if meta:
+        overrides += [f"model.arch={meta['arch']}", f"loss.name={meta['loss']}"]
+    tags = {"optuna.study": study_name, "optuna.best_trial": str(best.number), "tuned": "true"}
+    return overrides, tags
+
+
+# ---------------------------------------------------------------------------------------------
+def register(sub) -> None:
+    from .cli import add_config_arguments
+    p = sub.add_parser("tune", help="Optuna study over an architecture's search space (validation split only)")
+    add_config_arguments(p)
+    p.add_argument("--trials", type=int, default=20, help="finished (complete or pruned) trials the study should hold")
+    p.add_argument("--study", help="study name (rerun the same command to resume it)")
+    p.add_argument("--storage", help="Optuna storage URL or journal path (default: runs/optuna/journal.log)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    p.add_argument("--fix", action="append", metavar="NAME=VALUE", help="pin a search parameter")
+    p.add_argument("--narrow", action="append", metavar="NAME=LOW:HIGH", help="shrink a search range")
+    p.add_argument("--report", metavar="STUDY", help="print and log the study's best trial, importances, plots")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_dispatch)
+
+
+def _dispatch(args):
+    if args.report:
+        return report(args)
+    if not args.study:
+        raise UsageError("bench tune needs --study NAME (or --report STUDY)")
+    if not args.arch:
+        raise UsageError("bench tune needs --arch NAME (see `bench archs`)")
+    return tune(args)

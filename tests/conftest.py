@@ -1,0 +1,82 @@
+"""Shared fixtures: every test session gets its own MLflow store and runs folder.
+
+The crop cache is shared with normal use (``.cache/crops`` in the project) so the smoke
+subset is built once per machine, not once per test.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("LIDC_BENCH_CACHE", str(ROOT / ".cache" / "crops"))
+os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+try:
+    import torch
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.fixture()
+def bench_home(tmp_path, monkeypatch):
+    """An empty project home: own MLflow SQLite store, checkpoints and journals."""
+    monkeypatch.setenv("LIDC_BENCH_HOME", str(tmp_path))
+    monkeypatch.delenv("LIDC_BENCH_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend, local artifact root)."""
+    d = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{d}/server.db",
+         "--default-artifact-root", str(d / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except Exception:
+            time.sleep(0.5)
+        if proc.poll() is not None:
+            raise RuntimeError("mlflow server exited: " + (d / "server.log").read_text()[-2000:])
+    else:
+        proc.kill()
+        raise RuntimeError("mlflow server did not come up in 90 s")
+    yield {"url": url, "proc": proc, "dir": d}
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def run_cli(*args, env=None, timeout=600):
+    """Run `python -m benchmark.cli ...` as a user would; returns CompletedProcess."""
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "benchmark.cli", *args], capture_output=True, text=True,
+                          env=e, timeout=timeout, cwd=ROOT)

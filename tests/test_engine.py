@@ -1,0 +1,115 @@
+"""`bench run` end to end on the smoke preset: MLflow contents, resume, real server, bad CLI input."""
+import os
+
+import pytest
+from conftest import run_cli
+
+from benchmark.config import build_config
+from benchmark.train import run_experiment
+
+SMOKE = ["train.epochs=2", "model.kwargs.base_channels=4"]
+
+
+def _client():
+    from benchmark.tracking import client
+    return client()
+
+
+def _history(cl, run_id, key):
+    return [(m.step, m.value) for m in cl.get_metric_history(run_id, key)]
+
+
+def test_smoke_run_logs_everything(bench_home):
+    cfg = build_config("smoke", SMOKE, **{"model.arch": "unet3d"})
+    res = run_experiment(cfg, show_progress=False)
+    cl = _client()
+    run = cl.get_run(res.run_id)
+    m, tags, params = run.data.metrics, run.data.tags, run.data.params
+    assert run.info.status == "FINISHED"
+    for key in ("test_dice", "test_hd95_mm", "best_val_dice", "params", "macs_per_patch", "latency_ms_median",
+                "train_seconds"):
+        assert key in m, key
+    assert 0.0 <= m["test_dice"] <= 1.0
+    assert params["model.arch"] == "unet3d" and params["train.epochs"] == "2"
+    for t in ("data.split_hash", "git.commit", "torch", "preset", "device"):
+        assert tags.get(t), t
+    assert [s for s, _ in _history(cl, res.run_id, "val_dice")] == [1, 2]
+    arts = {a.path for a in cl.list_artifacts(res.run_id)}
+    assert {"config.yaml", "evaluation", "plots", "checkpoints"} <= arts
+    evals = {a.path for a in cl.list_artifacts(res.run_id, "evaluation")}
+    assert "evaluation/per_nodule.csv" in evals
+    plots = {a.path for a in cl.list_artifacts(res.run_id, "plots")}
+    assert {"plots/learning_curve.png", "plots/test_overlays.png"} <= plots
+    # the logged config re-creates the run's config exactly
+    import yaml
+    from benchmark.config import RunConfig
+    logged = yaml.safe_load(open(cl.download_artifacts(res.run_id, "config.yaml")))
+    assert RunConfig.model_validate(logged).fingerprint() == cfg.fingerprint()
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_continues_same_run_without_duplicate_steps(bench_home):
+    cfg = build_config("smoke", ["train.epochs=3", "model.kwargs.base_channels=4", "train.early_stopping_patience=10"],
+                       **{"model.arch": "unet3d"})
+    reference = run_experiment(cfg, show_progress=False, evaluate_test=False)
+
+    def stop_after_two(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, show_progress=False, on_epoch_end=stop_after_two)
+    cl = _client()
+    runs = cl.search_runs([cl.get_experiment_by_name("lidc-bench").experiment_id], order_by=["start_time DESC"])
+    interrupted = runs[0].info.run_id
+    assert runs[0].info.status == "KILLED"
+    res = run_experiment(None, resume_run_id=interrupted, show_progress=False)
+    assert res.run_id == interrupted
+    steps = [s for s, _ in _history(cl, interrupted, "val_dice")]
+    assert steps == [1, 2, 3]
+    # resumed == uninterrupted (deterministic on the CPU)
+    ref = dict(_history(cl, reference.run_id, "train_loss"))
+    got = dict(_history(cl, interrupted, "train_loss"))
+    assert got == pytest.approx(ref, rel=1e-5)
+    assert cl.get_run(interrupted).info.status == "FINISHED"
+    assert "test_dice" in cl.get_run(interrupted).data.metrics
+
+
+def test_logs_to_real_mlflow_server(bench_home, mlflow_server, monkeypatch):
+    monkeypatch.setenv("LIDC_BENCH_TRACKING_URI", mlflow_server["url"])
+    cfg = build_config("smoke", ["train.epochs=1", "model.kwargs.base_channels=4"], **{"model.arch": "unet3d"})
+    res = run_experiment(cfg, show_progress=False)
+    from mlflow import MlflowClient
+    run = MlflowClient(mlflow_server["url"]).get_run(res.run_id)
+    assert "test_dice" in run.data.metrics and run.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "--arch", "unet3", "--preset", "smoke"], "did you mean unet3d"),
+    (["run", "--arch", "unet3d", "--preset", "tiny"], "unknown preset"),
+    (["run", "--arch", "unet3d", "--preset", "smoke", "train.epochs=-2"], "train.epochs"),
+    (["run", "--arch", "unet3d", "--preset", "smoke", "bogus"], "key=value"),
+    (["run", "--arch", "unet3d", "--loss", "dise", "--preset", "smoke"], "unknown loss"),
+    (["run", "--config", "/nonexistent/config.yaml"], "config file not found"),
+    (["run", "--resume", "0123456789abcdef"], "cannot resume"),
+    (["run"], "needs --arch"),
+    (["nosuchcommand"], "invalid choice"),
+    (["run", "--arch", "unet3d", "--preset", "smoke", "--seed", "x"], "invalid int"),
+])
+def test_bad_cli_input_is_one_line(bench_home, args, needle):
+    r = run_cli(*args, env={"LIDC_BENCH_HOME": str(bench_home)})
+    assert r.returncode != 0
+    err = [l for l in r.stderr.strip().splitlines() if l.strip() and "Warning" not in l and "warn" not in l]
+    assert len(err) == 1, r.stderr
+    assert needle in err[0] and "Traceback" not in r.stderr
+
+
+def test_unreachable_tracking_server_fails_before_training(bench_home):
+    r = run_cli("run", "--arch", "unet3d", "--preset", "smoke", *SMOKE,
+                env={"LIDC_BENCH_HOME": str(bench_home), "LIDC_BENCH_TRACKING_URI": "http://127.0.0.1:9"})
+    assert r.returncode == 5
+    assert "unreachable" in r.stderr and "Traceback" not in r.stderr
+    assert not (bench_home / "runs" / "checkpoints").exists()

@@ -1,0 +1,199 @@
+"""Faults: SIGKILL mid-epoch + resume, NaN loss, full disk, tracking server lost mid-run,
+a tuning worker killed mid-trial, and DDP under torchrun (gloo) matching one process."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, free_port, run_cli
+
+from benchmark.config import build_config
+from benchmark.errors import TrainingError
+from benchmark.train import run_experiment
+
+SLOW_SMOKE = ["train.epochs=5", "model.kwargs.base_channels=8", "train.batch_size=2",
+              "train.early_stopping_patience=10"]
+
+
+def _client():
+    from benchmark.tracking import client
+    return client()
+
+
+def _bench(*args, env):
+    e = dict(os.environ, **env)
+    return subprocess.Popen([sys.executable, "-m", "benchmark.cli", *args], cwd=ROOT, env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(home: Path, epoch: int, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for p in (home / "runs" / "checkpoints").glob("*/last.pt"):
+            try:
+                if torch.load(p, weights_only=False)["epoch"] >= epoch:
+                    return p.parent.name
+            except Exception:
+                pass
+        if proc.poll() is not None:
+            raise AssertionError("run ended before it could be killed: " + proc.stderr.read()[-2000:])
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(bench_home):
+    env = {"LIDC_BENCH_HOME": str(bench_home)}
+    proc = _bench("run", "--arch", "unet3d", "--preset", "smoke", "--no-progress", *SLOW_SMOKE, env=env)
+    run_id = _wait_for_checkpoint(bench_home, 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = run_cli("run", "--resume", run_id, "--no-progress", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith(f"run {run_id}")
+    cl = _client()
+    steps = [m.step for m in cl.get_metric_history(run_id, "train_loss")]
+    assert sorted(steps) == [1, 2, 3, 4, 5]
+    # the same config without interruption gives the same numbers
+    ref = run_cli("run", "--arch", "unet3d", "--preset", "smoke", "--no-progress", *SLOW_SMOKE, env=env)
+    ref_id = ref.stdout.split()[1].rstrip(":")
+    a, b = cl.get_run(run_id).data.metrics, cl.get_run(ref_id).data.metrics
+    for key in ("train_loss", "val_dice", "test_dice", "test_hd95_mm"):
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(bench_home):
+    from benchmark.losses import LOSSES, create_loss
+    calls = {"n": 0}
+
+    class NanAfter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = create_loss("dice_bce")
+
+        def forward(self, logits, target):
+            calls["n"] += 1
+            loss = self.inner(logits, target)
+            return loss * float("nan") if calls["n"] > 6 else loss
+
+    if "test_nan_after" not in LOSSES.names():
+        LOSSES.register("test_nan_after")(lambda: NanAfter())
+    cfg = build_config("smoke", ["train.epochs=5", "model.kwargs.base_channels=4", "train.batch_size=4"],
+                       **{"model.arch": "unet3d", "loss.name": "test_nan_after"})
+    with pytest.raises(TrainingError, match="non-finite loss") as e:
+        run_experiment(cfg, show_progress=False)
+    assert "last.pt" in str(e.value)
+    ckpt = Path(str(e.value).rsplit("(", 1)[1].rstrip(")"))
+    state = torch.load(ckpt, weights_only=False)
+    assert state["epoch"] >= 1 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    runs = _client().search_runs([_client().get_experiment_by_name("lidc-bench").experiment_id])
+    assert runs[0].info.status == "FAILED"
+
+
+def test_disk_full_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch):
+    from benchmark import checkpoint
+    target = tmp_path / "last.pt"
+    checkpoint.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, target)
+    before = target.read_bytes()
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(TrainingError, match="disk full"):
+        checkpoint.save_checkpoint({"epoch": 2}, target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_tracking_server_lost_mid_run_buffers_and_syncs(bench_home, tmp_path):
+    port = free_port()
+    db = tmp_path / "srv.db"
+
+    def start_server():
+        p = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
+                              "--default-artifact-root", str(tmp_path / "art"), "--host", "127.0.0.1",
+                              "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+        import urllib.request
+        for _ in range(180):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                return p
+            except Exception:
+                time.sleep(0.5)
+        raise AssertionError("server did not start")
+
+    server = start_server()
+    url = f"http://127.0.0.1:{port}"
+    env = {"LIDC_BENCH_HOME": str(bench_home), "LIDC_BENCH_TRACKING_URI": url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+    proc = _bench("run", "--arch", "unet3d", "--preset", "smoke", "--no-progress", *SLOW_SMOKE, env=env)
+    run_id = _wait_for_checkpoint(bench_home, 1, proc)
+    os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    assert "bench sync" in err
+    buffer = bench_home / "runs" / "offline" / f"{run_id}.jsonl"
+    assert buffer.exists()
+    kinds = {json.loads(l)["kind"] for l in buffer.read_text().splitlines()}
+    assert "metrics" in kinds
+    server = start_server()
+    try:
+        r = run_cli("sync", str(buffer), env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        from mlflow import MlflowClient
+        run = MlflowClient(url).get_run(run_id)
+        assert "test_dice" in run.data.metrics and run.info.status == "FINISHED"
+        assert sorted(m.step for m in MlflowClient(url).get_metric_history(run_id, "train_loss")) == [1, 2, 3, 4, 5]
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_tuning_worker_killed_mid_trial_leaves_study_usable(bench_home):
+    import optuna
+    from benchmark.tune import open_study
+    env = {"LIDC_BENCH_HOME": str(bench_home)}
+    args = ["tune", "--arch", "unet3d", "--preset", "smoke", "--study", "kill", "--pruner", "none", "--no-progress",
+            "--fix", "arch.base_channels=8", "--fix", "train.batch_size=2", "train.epochs=5"]
+    proc = _bench(*args, "--trials", "2", env=env)
+    _wait_for_checkpoint(bench_home, 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = run_cli(*args, "--trials", "2", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    study = open_study("kill", None, 1, None, create=False)[0]
+    states = [t.state for t in study.trials]
+    assert states[0] == optuna.trial.TrialState.FAIL
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+    killed_run = _client().get_run(study.trials[0].user_attrs["mlflow_run_id"])
+    assert killed_run.data.tags["optuna.state"] == "FAIL" and killed_run.info.status == "FAILED"
+
+
+def test_torchrun_two_processes_match_one(bench_home):
+    env = dict(os.environ, LIDC_BENCH_HOME=str(bench_home), OMP_NUM_THREADS="1")
+    common = ["run", "--arch", "unet3d", "--preset", "smoke", "--no-progress", "train.epochs=3",
+              "model.kwargs.base_channels=8", "model.kwargs.norm=instance", "train.batch_size=4"]
+    one = subprocess.run([sys.executable, "-m", "benchmark.cli", *common], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+                          str(free_port()), "-m", "benchmark.cli", *common], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    cl = _client()
+    exp = cl.get_experiment_by_name("lidc-bench").experiment_id
+    runs = cl.search_runs([exp], order_by=["start_time ASC"])
+    assert len(runs) == 2, "torchrun logged exactly one MLflow run"
+    a, b = runs[0].data.metrics, runs[1].data.metrics
+    assert runs[1].data.tags["world_size"] == "2"
+    # instance norm has no batch statistics, so the only difference is float summation order
+    assert a["test_dice"] == pytest.approx(b["test_dice"], abs=0.02)
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.02)

@@ -1,0 +1,124 @@
+"""`bench tune`: parent/child MLflow runs, parallel journal workers, pruning, resume, PostgreSQL."""
+import os
+
+import optuna
+import pytest
+from conftest import run_cli
+
+FAST = ["--fix", "arch.base_channels=8", "--fix", "train.batch_size=4", "train.epochs=2"]
+
+
+def _children(parent_id):
+    from benchmark.tracking import client
+    cl = client()
+    exp = cl.get_experiment_by_name("lidc-bench")
+    return cl.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def _study(name, storage=None):
+    from benchmark.tune import open_study
+    return open_study(name, storage, 1, None, create=False)[0]
+
+
+def test_tune_parent_with_four_children(bench_home):
+    r = run_cli("tune", "--arch", "unet3d", "--trials", "4", "--preset", "smoke", "--study", "s4", "--pruner", "none",
+                "--no-progress", *FAST, env={"LIDC_BENCH_HOME": str(bench_home)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    study = _study("s4")
+    assert len(study.trials) == 4
+    children = _children(study.user_attrs["mlflow_parent_run_id"])
+    assert len(children) == 4
+    assert {c.data.tags["optuna.state"] for c in children} == {"COMPLETE"}
+    assert all("test_dice" not in c.data.metrics for c in children)  # tuning never touches test
+    assert all("val_dice" in c.data.metrics for c in children)
+
+
+def test_two_workers_share_one_journal_study(bench_home):
+    r = run_cli("tune", "--arch", "unet3d", "--trials", "5", "--preset", "smoke", "--study", "par", "--workers", "2",
+                "--pruner", "none", "--no-progress", *FAST, env={"LIDC_BENCH_HOME": str(bench_home)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    study = _study("par")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 5 and len(states) == 5
+    pids = {t.user_attrs["worker_pid"] for t in study.trials}
+    assert len(pids) == 2, "both workers ran trials"
+    children = _children(study.user_attrs["mlflow_parent_run_id"])
+    assert sorted(int(c.data.tags["optuna.trial"]) for c in children) == [0, 1, 2, 3, 4]
+
+
+def test_rerun_resumes_same_study(bench_home):
+    args = ["tune", "--arch", "unet3d", "--preset", "smoke", "--study", "again", "--pruner", "none", "--no-progress", *FAST]
+    env = {"LIDC_BENCH_HOME": str(bench_home)}
+    assert run_cli(*args, "--trials", "1", env=env).returncode == 0
+    parent = _study("again").user_attrs["mlflow_parent_run_id"]
+    r = run_cli(*args, "--trials", "2", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    study = _study("again")
+    assert len(study.trials) == 2 and study.user_attrs["mlflow_parent_run_id"] == parent
+    assert len(_children(parent)) == 2
+
+
+def test_constructed_bad_trial_is_pruned(bench_home):
+    from benchmark.tune import open_study, run_worker
+    meta = {"arch": "unet3d", "loss": "dice_bce", "preset": "smoke"}
+    study, _ = open_study("prune", None, 1, meta, "median")
+    # two finished trials that reached validation Dice 0.99 at every epoch: anything real is worse
+    for _ in range(2):
+        study.add_trial(optuna.trial.create_trial(
+            params={"optim.lr": 1e-3}, distributions={"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)},
+            value=0.99, intermediate_values={0: 0.99, 1: 0.99, 2: 0.99}))
+    run_worker("prune", None, 3, meta, ["train.epochs=3"], {"arch.base_channels": 8, "train.batch_size": 4}, {},
+               "median", show_progress=False)
+    study = _study("prune")
+    bad = study.trials[-1]
+    assert bad.state == optuna.trial.TrialState.PRUNED
+    from benchmark.tracking import client
+    run = client().get_run(bad.user_attrs["mlflow_run_id"])
+    assert run.data.tags["optuna.state"] == "PRUNED" and run.info.status == "KILLED"
+
+
+def test_report_and_params_from(bench_home):
+    env = {"LIDC_BENCH_HOME": str(bench_home)}
+    assert run_cli("tune", "--arch", "unet3d", "--trials", "2", "--preset", "smoke", "--study", "rep", "--pruner", "none",
+                   "--no-progress", *FAST, env=env).returncode == 0
+    r = run_cli("tune", "--report", "rep", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "best trial" in r.stdout
+    from benchmark.tracking import client
+    parent = _study("rep").user_attrs["mlflow_parent_run_id"]
+    arts = {a.path for a in client().list_artifacts(parent, "optuna")}
+    assert "optuna/optimization_history.png" in arts and "optuna/parallel_coordinate.png" in arts
+    r = run_cli("run", "--params-from", "rep", "--preset", "smoke", "train.epochs=1", "--no-progress", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run_id = r.stdout.split()[1].rstrip(":")
+    run = client().get_run(run_id)
+    assert run.data.tags["optuna.study"] == "rep" and "test_dice" in run.data.metrics
+    best = _study("rep").best_trial
+    assert float(run.data.params["optim.lr"]) == pytest.approx(best.params["optim.lr"])
+
+
+def test_postgres_storage(bench_home):
+    url = os.environ.get("LIDC_BENCH_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("LIDC_BENCH_TEST_POSTGRES_URL not set: .ci/run starts PostgreSQL with .ci/start-postgres")
+    name = f"pg-{os.getpid()}"
+    r = run_cli("tune", "--arch", "unet3d", "--trials", "2", "--preset", "smoke", "--study", name, "--storage", url,
+                "--workers", "2", "--pruner", "none", "--no-progress", *FAST, env={"LIDC_BENCH_HOME": str(bench_home)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    study = _study(name, url)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) >= 2
+
+
+def test_sqlite_refused_for_parallel_workers(bench_home):
+    r = run_cli("tune", "--arch", "unet3d", "--trials", "2", "--preset", "smoke", "--study", "x", "--workers", "2",
+                "--storage", f"sqlite:///{bench_home}/o.db", env={"LIDC_BENCH_HOME": str(bench_home)})
+    assert r.returncode == 2 and "not safe for parallel" in r.stderr
+
+
+def test_second_command_with_other_arch_on_same_study_is_refused(bench_home):
+    env = {"LIDC_BENCH_HOME": str(bench_home)}
+    assert run_cli("tune", "--arch", "unet3d", "--trials", "1", "--preset", "smoke", "--study", "mine", "--no-progress",
+                   *FAST, env=env).returncode == 0
+    r = run_cli("tune", "--arch", "unet3d", "--loss", "dice", "--trials", "1", "--preset", "smoke", "--study", "mine",
+                env=env)
+    assert r.returncode == 2 and "was created with loss=dice_bce" in r.stderr
