@@ -73,20 +73,23 @@ class PadToMultiple(nn.Module):
     padding) because the benchmark runs with deterministic algorithms and CUDA has no
     deterministic backward for replication or reflection padding.
 
-    ``fixed_size_zyx`` is for networks built for one input size (UNETR's position embedding):
-    inputs are padded to exactly that size, and a larger input is refused with a message.
+    ``min_size_zyx`` pads small inputs further, for networks whose deepest feature map must keep
+    more than one voxel (instance norm over a single voxel is undefined). ``fixed_size_zyx`` is for
+    networks built for one input size (UNETR's position embedding): inputs are padded to exactly
+    that size, and a larger input is refused with a message.
 
     A list/tuple output (deep supervision) is cropped element by element; the wrapped module's
     ``deep_supervision_weights`` are re-exposed so losses find them on the wrapper.
     """
 
     def __init__(self, module: nn.Module, multiple_zyx: int | Sequence[int] = 1,
-                 fixed_size_zyx: Sequence[int] | None = None):
+                 min_size_zyx: Sequence[int] | None = None, fixed_size_zyx: Sequence[int] | None = None):
         super().__init__()
         self.module = module
         if isinstance(multiple_zyx, int):
             multiple_zyx = (multiple_zyx,) * 3
         self.multiple_zyx = tuple(int(m) for m in multiple_zyx)
+        self.min_size_zyx = (1, 1, 1) if min_size_zyx is None else tuple(int(s) for s in min_size_zyx)
         self.fixed_size_zyx = None if fixed_size_zyx is None else tuple(int(s) for s in fixed_size_zyx)
         if len(self.multiple_zyx) != 3 or min(self.multiple_zyx) < 1:
             raise ValueError(f"multiple_zyx must be three positive ints, got {multiple_zyx}")
@@ -101,7 +104,7 @@ class PadToMultiple(nn.Module):
                                  f"{self.fixed_size_zyx} (z, y, x) and got {tuple(size)}; build it with "
                                  f"spatial_size={tuple(size)}")
             return self.fixed_size_zyx
-        return tuple(math.ceil(s / m) * m for s, m in zip(size, self.multiple_zyx))
+        return tuple(math.ceil(max(s, lo) / m) * m for s, lo, m in zip(size, self.min_size_zyx, self.multiple_zyx))
 
     def forward(self, x):
         size = tuple(x.shape[2:])
@@ -126,4 +129,5 @@ class PadToMultiple(nn.Module):
     def extra_repr(self) -> str:
         if self.fixed_size_zyx is not None:
             return f"fixed_size_zyx={self.fixed_size_zyx}"
-        return f"multiple_zyx={self.multiple_zyx}"
+        extra = "" if self.min_size_zyx == (1, 1, 1) else f", min_size_zyx={self.min_size_zyx}"
+        return f"multiple_zyx={self.multiple_zyx}{extra}"

@@ -82,14 +82,8 @@ def cmd_run(args):
     t = result.test_summary
     line = f"run {result.run_id}: best val Dice {result.best_val_dice:.4f} (epoch {result.best_epoch})"
     if t:
-        d = t.get("dice", {})
-        h = t.get("hd95_mm", {})
-        line += f"; test Dice {_mean(d):.4f}, HD95 {_mean(h):.2f} mm"
+        line += f"; test Dice {t['dice_mean']:.4f}, HD95 {t['hd95_mm_mean']:.2f} mm ({t['n']} nodules)"
     print(line)
-
-
-def _mean(x):
-    return x.get("mean", float("nan")) if isinstance(x, dict) else float(x)
 
 
 def cmd_archs(args):
@@ -126,7 +120,7 @@ def cmd_baseline(args):
     from .baseline_run import run_threshold_baseline
     cfg = resolve_config(args)
     run_id, summary = run_threshold_baseline(cfg)
-    print(f"run {run_id}: threshold baseline test Dice {_mean(summary.get('dice', {})):.4f}")
+    print(f"run {run_id}: threshold baseline test Dice {summary['dice_mean']:.4f}, HD95 {summary['hd95_mm_mean']:.2f} mm")
 
 
 def build_parser() -> argparse.ArgumentParser:

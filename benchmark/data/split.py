@@ -1,0 +1,118 @@
+"""The one fixed, patient-disjoint train/val/test split (committed as datasets/lidc/split.json).
+
+Method: every patient gets a stratum = (size bin of its largest nodule, texture class of its
+least solid nodule), so that the rare ground-glass / part-solid and large-nodule patients
+spread over the three sets. Patients are ordered by stratum and, within it, by a seeded
+random key; the ordered list is cut into consecutive blocks of ten and each block is dealt
+out by a seeded shuffle of (7 x train, 1 x val, 2 x test). This is systematic stratified
+sampling: every stratum is split ~70/10/20 (exactly, up to one block boundary), and so is the
+whole cohort. Validation is for model selection and tuning; test only for final evaluation.
+
+``split_hash()`` is the sha256 of the file's bytes (16 hex digits); every run records it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import PROJECT_ROOT
+from ..errors import DataError
+from .index import INDEX_PATH, SIZE_BINS, TEXTURE_CLASSES, index_hash, load_index
+
+__all__ = ["SPLIT_PATH", "SPLITS", "make_split", "write_split", "load_split", "split_hash",
+           "split_of_nodules", "DEFAULT_SEED"]
+
+SPLIT_PATH = PROJECT_ROOT / "datasets" / "lidc" / "split.json"
+SPLITS = ("train", "val", "test")
+DEFAULT_SEED = 20240607
+_BLOCK = ("train",) * 7 + ("val",) + ("test",) * 2
+
+METHOD = ("patient-level systematic stratified sampling: stratum = (size bin of the patient's "
+          "largest nodule, texture class of its least solid nodule); patients sorted by stratum "
+          "then seeded random key; consecutive blocks of 10 dealt as a seeded shuffle of "
+          "7 train / 1 val / 2 test")
+
+
+def _patient_strata(index: pd.DataFrame) -> pd.DataFrame:
+    tex_rank = {t: i for i, t in enumerate(TEXTURE_CLASSES)}    # ground_glass < part_solid < solid
+    g = index.groupby("patient_id")
+    pat = pd.DataFrame({
+        "max_diameter": g["diameter_mm"].max(),
+        "min_texture_rank": g["texture_class"].agg(lambda s: min(tex_rank[t] for t in s)),
+    })
+    from .index import size_bin
+    pat["size_bin"] = pat["max_diameter"].map(size_bin)
+    pat["texture_class"] = pat["min_texture_rank"].map(lambda r: TEXTURE_CLASSES[r])
+    pat["stratum"] = pat["size_bin"] + "|" + pat["texture_class"]
+    return pat.sort_index()
+
+
+def make_split(index: pd.DataFrame, seed: int = DEFAULT_SEED, index_sha: str = "") -> dict:
+    rng = np.random.default_rng(seed)
+    pat = _patient_strata(index)
+    pat["key"] = rng.permutation(len(pat))          # patients are sorted by id first
+    size_rank = {b: i for i, b in enumerate(SIZE_BINS)}
+    tex_rank = {t: i for i, t in enumerate(TEXTURE_CLASSES)}
+    pat["s_rank"] = pat["size_bin"].map(size_rank)
+    pat["t_rank"] = pat["texture_class"].map(tex_rank)
+    order = pat.sort_values(["t_rank", "s_rank", "key"]).index.tolist()
+    assignment: dict[str, str] = {}
+    for start in range(0, len(order), len(_BLOCK)):
+        deal = list(rng.permutation(_BLOCK))
+        for pid, split in zip(order[start:start + len(_BLOCK)], deal):
+            assignment[pid] = str(split)
+    patients = {s: sorted(p for p, a in assignment.items() if a == s) for s in SPLITS}
+    nodules = {nid: assignment[pid] for nid, pid in
+               sorted(zip(index["nodule_id"], index["patient_id"]))}
+    counts = {s: {"patients": len(patients[s]),
+                  "nodules": sum(1 for v in nodules.values() if v == s)} for s in SPLITS}
+    strata = {s: {k: int(v) for k, v in pat.loc[patients[s], "stratum"].value_counts().sort_index().items()}
+              for s in SPLITS}
+    return {"seed": seed, "method": METHOD, "fractions": {"train": 0.7, "val": 0.1, "test": 0.2},
+            "index_sha256": index_sha, "counts": counts, "strata": strata,
+            "patients": patients, "nodules": nodules}
+
+
+def write_split(split: dict, path: Path = SPLIT_PATH) -> Path:
+    path = Path(path)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(split, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def build_split(seed: int = DEFAULT_SEED, index_path: Path = INDEX_PATH) -> dict:
+    return make_split(load_index(index_path), seed=seed, index_sha=index_hash(index_path))
+
+
+def load_split(path: Path = SPLIT_PATH) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"split file {path} is missing: run `bench data split`")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"split file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not {"patients", "nodules", "seed"} <= set(data):
+        raise DataError(f"split file {path} lacks patients/nodules/seed")
+    return data
+
+
+def split_hash(path: Path = SPLIT_PATH) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"split file {path} is missing: run `bench data split`")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def split_of_nodules(nodule_ids, path: Path = SPLIT_PATH) -> list[str]:
+    nodules = load_split(path)["nodules"]
+    missing = [n for n in nodule_ids if n not in nodules]
+    if missing:
+        raise DataError(f"nodules {missing[:3]}{'...' if len(missing) > 3 else ''} are not in "
+                        f"the split file {path}: the index and split are out of sync")
+    return [nodules[n] for n in nodule_ids]
