@@ -30,6 +30,7 @@ _MODULES = [
     "unet3d",
     "transfuse",
     "mctrans",
+    "nnunet", "smp_unet", "monai_transformers", "dints", "bionet", "bixnas",
 ]
 
 

@@ -19,6 +19,8 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.errors import UsageError
+
 __all__ = ["plan_strides", "total_stride", "PadToMultiple"]
 
 #: nnU-Net's ``UNet_featuremap_min_edge_length``: no axis of the bottleneck is shorter than this.
@@ -99,7 +101,6 @@ class PadToMultiple(nn.Module):
     def padded_size(self, size: Sequence[int]) -> tuple[int, int, int]:
         if self.fixed_size_zyx is not None:
             if any(s > f for s, f in zip(size, self.fixed_size_zyx)):
-                from benchmark.errors import UsageError
                 raise UsageError(f"{type(self.module).__name__} was built for inputs up to "
                                  f"{self.fixed_size_zyx} (z, y, x) and got {tuple(size)}; build it with "
                                  f"spatial_size={tuple(size)}")

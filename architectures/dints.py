@@ -29,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 from monai.networks.nets import DiNTS, TopologyInstance
 
+from benchmark.errors import UsageError
+
 from . import register_architecture
 from ._layers import PadToMultiple
 
@@ -83,7 +85,6 @@ def dints_model(in_channels: int = 1, out_channels: int = 1, channel_mul: float 
     num_blocks, num_depths = arch_code_a.shape[0], node_a.shape[1]
     if node_a.shape != (num_blocks + 1, num_depths) or arch_code_c.shape != arch_code_a.shape \
             or arch_code_a.shape[1] != 3 * num_depths - 2:
-        from benchmark.errors import UsageError
         raise UsageError(f"dints: inconsistent topology shapes node_a {node_a.shape}, arch_code_a "
                          f"{arch_code_a.shape}, arch_code_c {arch_code_c.shape}")
     space = TopologyInstance(arch_code=[arch_code_a, arch_code_c], channel_mul=channel_mul,

@@ -36,6 +36,8 @@ from dynamic_network_architectures.building_blocks.residual import BasicBlockD
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He, init_last_bn_before_add_to_0
 from torch import nn
 
+from benchmark.errors import UsageError
+
 from . import register_architecture
 from ._layers import PadToMultiple, plan_strides, total_stride
 
@@ -77,7 +79,6 @@ class NNUNet3D(nn.Module):
         self.plan = plan_nnunet(spatial_size, base_features, max_features)
         n = self.plan["n_stages"]
         if n < 2:
-            from benchmark.errors import UsageError
             raise UsageError(f"nnU-Net needs at least one pooling stage; patch {tuple(spatial_size)} (z, y, x) "
                              "is too small (an axis must be >= 8 voxels)")
         common = dict(

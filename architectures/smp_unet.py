@@ -24,6 +24,8 @@ from __future__ import annotations
 import segmentation_models_pytorch_3d as smp
 from segmentation_models_pytorch_3d.encoders.resnet import resnet_encoders
 
+from benchmark.errors import UsageError
+
 from . import register_architecture
 from ._layers import PadToMultiple, plan_strides, total_stride
 
@@ -38,7 +40,6 @@ def smp_unet_model(in_channels: int = 1, out_channels: int = 1, spatial_size=_PA
                    encoder_name: str = "resnet18", decoder_channels=(128, 64, 32, 16, 16)):
     """The bare library U-Net (no padding wrapper) and the multiple its input must be divisible by."""
     if encoder_name not in STRIDED_ENCODERS:
-        from benchmark.errors import UsageError
         raise UsageError(f"smp_unet: encoder {encoder_name!r} does not take per-axis strides in "
                          f"segmentation-models-pytorch-3d; use one of {', '.join(STRIDED_ENCODERS)}")
     strides = tuple(plan_strides(spatial_size, n_pools=5))

@@ -19,11 +19,16 @@ BASELINE_NAME = "threshold_baseline"
 
 
 def predict_baseline(store, rows, cfg: RunConfig):
+    import torch
+    from .data.augment import center_window
     from .data.baseline import predict_threshold
     preds, images, gts = [], [], []
     for sel, img, gt in center_batches(store, rows, 16, cfg.data.patch_zyx):
-        for k in range(img.shape[0]):
-            preds.append(predict_threshold(store.to_hu(img[k, 0].numpy())))
+        hu = torch.from_numpy(np.ascontiguousarray(store.images_hu[sel], dtype=np.float32)).unsqueeze(1)
+        hu = center_window(hu, None, cfg.data.patch_zyx)
+        hu = hu[0] if isinstance(hu, tuple) else hu
+        for k in range(hu.shape[0]):
+            preds.append(predict_threshold(hu[k, 0].numpy()))
         images.append(img.numpy()[:, 0])
         gts.append(gt.numpy()[:, 0] > 0.5)
     return np.stack(preds).astype(bool), np.concatenate(images), np.concatenate(gts)

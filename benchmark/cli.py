@@ -14,6 +14,12 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
+
+# Library deprecation chatter (torch.jit via MONAI/timm, pkg_resources via pylidc) is not for
+# the user of a command line: keep stderr for our own one-line messages.
+for _cat in (FutureWarning, DeprecationWarning, UserWarning):
+    warnings.filterwarnings("ignore", category=_cat)
 
 from .errors import BenchError, UsageError
 
@@ -170,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import logging
     debug = os.environ.get("LIDC_BENCH_DEBUG") == "1"
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

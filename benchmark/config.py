@@ -150,7 +150,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # minutes on two CPU cores: 2 mm voxels, 32x32x16 patches over the same field of view
     "cpu": {
         "data": {"spacing_mm": 2.0, "crop_xyz": (40, 40, 20), "patch_xyz": (32, 32, 16)},
-        "train": {"epochs": 12, "batch_size": 8, "early_stopping_patience": 6},
+        "train": {"epochs": 15, "batch_size": 8, "steps_per_epoch": 12, "early_stopping_patience": 6},
         "optim": {"lr": 2e-3},
         "eval": {"latency_repeats": 5},
     },
@@ -243,12 +243,27 @@ def build_config(preset: Optional[str] = None, overrides: list[str] | None = Non
         if path[0] not in valid_roots:
             raise UsageError(f"override {item!r}: unknown section {path[0]!r} (sections: {', '.join(sorted(valid_roots))})")
         _set_path(d, path, value, item)
+    _apply_arch_preset(d, preset)
     try:
         return RunConfig.model_validate(d)
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         raise UsageError(f"invalid config value for {loc}: {err['msg']}") from None
+
+
+def _apply_arch_preset(d: dict, preset: str) -> None:
+    """Merge the architecture's own size for this preset (``preset_kwargs`` declared beside its
+    code, e.g. a narrower unet3d for ``cpu``) under the user's ``model.kwargs``; the result is
+    part of the resolved, logged config."""
+    from architectures import ARCHITECTURES
+    try:
+        entry = ARCHITECTURES.entry(d["model"]["arch"])
+    except UsageError:
+        return  # reported by the caller's name validation, with close matches
+    d["model"]["arch"] = entry.name
+    sized = entry.meta.get("preset_kwargs", {}).get(preset, {})
+    d["model"]["kwargs"] = {**sized, **(d["model"].get("kwargs") or {})}
 
 
 def load_config_file(path: str | Path) -> dict:

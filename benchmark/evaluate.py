@@ -18,7 +18,14 @@ import yaml
 from .config import RunConfig
 from .tracking import Tracker
 
-NODULE_COLUMNS = ["nodule_id", "patient_id", "diameter_mm", "size_bin", "texture"]
+NODULE_COLUMNS = ["nodule_id", "patient_id", "diameter_mm", "size_bin"]
+
+
+def nodule_info(rec) -> dict:
+    """Identity and strata of one nodule (texture as its class: ground_glass/part_solid/solid)."""
+    out = {c: rec[c] for c in NODULE_COLUMNS if c in rec.index}
+    out["texture"] = rec["texture_class"] if "texture_class" in rec.index else rec.get("texture")
+    return out
 
 
 @torch.no_grad()
@@ -40,15 +47,23 @@ def score(preds: np.ndarray, gts: np.ndarray, store, rows: np.ndarray, cfg: RunC
     table = store.table.iloc[rows]
     records = []
     for i, (pred, gt) in enumerate(zip(preds, gts)):
+        if not gt.any():
+            # a nodule smaller than a voxel of a coarse preset vanishes from the resampled ground
+            # truth; it cannot be scored. Counted (gt_empty) and excluded from the aggregates.
+            records.append(nodule_info(table.iloc[i]) | {"gt_empty": True})
+            continue
         m = nodule_metrics(pred.astype(bool), gt.astype(bool), cfg.data.spacing_mm, nsd_tolerance_mm=cfg.eval.nsd_tolerance_mm)
-        row = {c: table.iloc[i][c] for c in NODULE_COLUMNS if c in table.columns}
-        records.append({**row, **m})
+        row = nodule_info(table.iloc[i])
+        records.append({**row, **m, "gt_empty": False})
     return pd.DataFrame.from_records(records)
 
 
 def summarize(df: pd.DataFrame) -> dict:
     from .metrics import aggregate
-    return aggregate(df)
+    scorable = df[~df["gt_empty"].astype(bool)].drop(columns=["gt_empty"])
+    out = aggregate(scorable)
+    out["n_gt_empty"] = int(df["gt_empty"].astype(bool).sum())
+    return out
 
 
 def flat_metrics(summary: dict, prefix: str = "test_") -> dict[str, float]:
@@ -67,6 +82,8 @@ def flat_metrics(summary: dict, prefix: str = "test_") -> dict[str, float]:
 
 def overlays(df: pd.DataFrame, preds, images, gts, path: Path, title: str) -> Path:
     from .plots import overlay_panel
+    keep = np.flatnonzero(~df["gt_empty"].astype(bool).to_numpy())
+    df, preds, images, gts = df.iloc[keep], preds[keep], images[keep], gts[keep]
     order = df["dice"].to_numpy().argsort()
     picks = [("best", order[-1]), ("median", order[len(order) // 2]), ("worst", order[0])]
     cases = [{"image": images[i], "gt": gts[i], "pred": preds[i],

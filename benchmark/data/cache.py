@@ -52,7 +52,11 @@ __all__ = ["SOURCES", "cache_root", "cache_dir", "build_cache", "validate_cache"
 
 SOURCES = ("phantom", "dicom")
 ARRAYS = ("images.npy", "gt.npy", "readers.npy")
-_CODE_FILES = ("geometry.py", "phantom.py", "ground_truth.py", "dicom_source.py", "cache.py")
+#: bump when the cache layout or the crop pipeline in this file changes
+CACHE_FORMAT = 1
+#: modules whose source shapes the pixels: editing them invalidates caches of that source
+_CODE_FILES = {"phantom": ("geometry.py", "ground_truth.py", "phantom.py"),
+               "dicom": ("geometry.py", "ground_truth.py", "dicom_source.py")}
 
 
 def cache_root() -> Path:
@@ -63,11 +67,11 @@ def cache_root() -> Path:
     return home() / ".cache" / "crops"
 
 
-def code_version() -> str:
-    """Hash of the modules that determine crop content: editing them invalidates caches."""
-    h = hashlib.sha256(__version__.encode())
+def code_version(source: str = "phantom") -> str:
+    """Hash of the code that determines crop content: editing it invalidates caches."""
+    h = hashlib.sha256(f"{__version__}/{CACHE_FORMAT}".encode())
     here = Path(__file__).parent
-    for name in _CODE_FILES:
+    for name in _CODE_FILES[source]:
         h.update((here / name).read_bytes())
     return h.hexdigest()[:16]
 
@@ -92,7 +96,7 @@ def expected_manifest(source, gt, spacing_mm, crop_zyx, seed, nodule_ids, index_
     return {"source": source, "ground_truth": gt, "spacing_mm": float(spacing_mm),
             "crop_zyx": [int(n) for n in crop_zyx],
             "phantom_seed": int(seed) if source == "phantom" else None,
-            "index_sha256": index_sha, "code_version": code_version(),
+            "index_sha256": index_sha, "code_version": code_version(source),
             "n_nodules": len(nodule_ids), "nodule_ids_sha256": _ids_hash(list(nodule_ids))}
 
 
@@ -171,6 +175,9 @@ def crop_one_scan(task) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
 
 def _worker_init():
     pla.reset_session()
+    # one thread per worker process: the pool already uses the cores
+    import SimpleITK as sitk
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
 def _tasks(table: pd.DataFrame, source, gt, spacing_mm, crop_zyx, seed):

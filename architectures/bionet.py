@@ -1,0 +1,168 @@
+"""BiO-Net-3D: the recurrent U-Net with forward and backward skips.
+
+Paper: Xiang, Zhang, Song, Cai, "BiO-Net: Learning Recurrent Bi-directional Connections for
+Encoder-Decoder Architecture", MICCAI 2020 (arXiv 2007.00243). Code lineage:
+tiangexiang/BiO-Net (PyTorch version), the backbone BiX-NAS searches over (``bixnas.py``).
+
+The network runs its encoder-decoder pass T times with the same convolution weights. Forward
+skips carry each encoder level's features to the decoder of the same pass (as in a U-Net);
+backward skips carry each decoder level's features into the encoder of the *next* pass, which
+concatenates them with its sequential input (on the first pass the sequential input is
+concatenated with itself, so every pass has the same input width and can share weights).
+Topology, as in the original:
+  stem (3 convs at full resolution, max-pool) -> T x [encoder levels 0..depth-1 (2 convs, skip
+  out, 1 conv widening to the next level, max-pool) -> middle (2 convs, transposed-conv up) ->
+  decoder levels depth-1..0 (2 convs on concat(up, forward skip), skip out, transposed-conv up)]
+  -> post (2 convs at full resolution, on the last pass or the concat of all passes with
+  ``integrate=True``) -> 1x1x1 head.
+
+What changed for 3D nodule patches:
+  * Conv3d / BatchNorm3d / MaxPool3d / ConvTranspose3d; widths base 16 (16..256) instead of 32;
+  * pooling per axis planned from the patch with nnU-Net's rule (``_layers.plan_strides``, an axis
+    is halved only while it stays >= 4 voxels): the original's five 2x poolings would take the
+    z axis of a 64x64x32 patch to 1 voxel; here the strides are (2,2,2) x3, (1,2,2), (1,1,1) and
+    every transposed convolution undoes its own level's stride (kernel = stride);
+  * downsampling is max-pooling (as in the original), not strided convolution;
+  * BatchNorm is separate per pass for *every* recurrent conv (including the middle block, whose
+    norm the original shares), with PyTorch momentum semantics, default 0.1: the original
+    PyTorch port uses 0.01, and BiX-NAS's 0.99 (a Keras carry-over) would make the running
+    statistics follow the last batch only;
+  * conv -> BN -> ReLU (the original applies ReLU before BN); convs before a norm have no bias;
+  * one sigmoid logit out, no output activation (the losses take logits); inputs zero-padded to
+    the total stride and cropped back (``PadToMultiple``).
+Defaults: T = 3, depth 4, base 16. Single output, no deep supervision.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from benchmark.errors import UsageError
+
+from . import register_architecture
+from ._layers import PadToMultiple, plan_strides, total_stride
+
+__all__ = ["BiONet3D", "RecurrentConv"]
+
+_PAPER_PATCH = (32, 64, 64)
+
+
+class RecurrentConv(nn.Module):
+    """One convolution shared by all passes, with its own BatchNorm per pass: conv -> BN[t] -> ReLU.
+
+    ``transposed=True`` makes it an up-sampling ConvTranspose3d with kernel = stride.
+    ``passes`` lists the passes that use it (BiX-Net builds norms only for passes it runs).
+    """
+
+    def __init__(self, cin: int, cout: int, passes, momentum: float = 0.1, stride=(1, 1, 1),
+                 transposed: bool = False):
+        super().__init__()
+        if transposed:
+            self.conv = nn.ConvTranspose3d(cin, cout, tuple(stride), stride=tuple(stride), bias=False)
+        else:
+            self.conv = nn.Conv3d(cin, cout, 3, stride=tuple(stride), padding=1, bias=False)
+        self.norms = nn.ModuleDict({str(t): nn.BatchNorm3d(cout, momentum=momentum) for t in passes})
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x, t: int):
+        return self.act(self.norms[str(t)](self.conv(x)))
+
+
+def _plain_conv(cin: int, cout: int, momentum: float) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, padding=1, bias=False),
+                         nn.BatchNorm3d(cout, momentum=momentum), nn.ReLU(inplace=True))
+
+
+class _EncoderLevel(nn.Module):
+    def __init__(self, cin: int, cout: int, passes, momentum: float, pool_stride):
+        super().__init__()
+        self.conv1 = RecurrentConv(2 * cin, cin, passes, momentum)
+        self.conv2 = RecurrentConv(cin, cin, passes, momentum)
+        self.widen = RecurrentConv(cin, cout, passes, momentum)
+        self.pool = nn.MaxPool3d(tuple(pool_stride), stride=tuple(pool_stride))
+
+    def forward(self, x, backward_skip, t: int):
+        skip = self.conv2(self.conv1(torch.cat([x, backward_skip], dim=1), t), t)
+        return skip, self.pool(self.widen(skip, t))
+
+
+class _DecoderLevel(nn.Module):
+    """``up_passes``: the passes whose up-sampled output is used (see BiONet3D)."""
+
+    def __init__(self, c_below: int, c: int, passes, momentum: float, up_stride, up_passes):
+        super().__init__()
+        self.conv1 = RecurrentConv(c_below + c, c, passes, momentum)
+        self.conv2 = RecurrentConv(c, c, passes, momentum)
+        self.up = RecurrentConv(c, c, up_passes, momentum, stride=up_stride, transposed=True)
+
+    def forward(self, x, forward_skip, t: int):
+        skip = self.conv2(self.conv1(torch.cat([x, forward_skip], dim=1), t), t)
+        return skip, (self.up(skip, t) if str(t) in self.up.norms else None)
+
+
+class BiONet3D(nn.Module):
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, spatial_size=_PAPER_PATCH,
+                 base_channels: int = 16, depth: int = 4, iterations: int = 3, integrate: bool = False,
+                 bn_momentum: float = 0.1):
+        super().__init__()
+        if depth < 1 or iterations < 1:
+            raise UsageError(f"bionet: depth and iterations must be >= 1, got depth={depth}, iterations={iterations}")
+        self.depth, self.iterations, self.integrate = depth, iterations, integrate
+        # one pooling after the stem, then one after each encoder level
+        self.strides = plan_strides(spatial_size, n_pools=depth + 1)
+        self.min_divisor = total_stride(self.strides)
+        widths = [base_channels * 2 ** i for i in range(depth + 1)]
+        passes = range(iterations)
+        m = bn_momentum
+        self.stem = nn.Sequential(_plain_conv(in_channels, widths[0], m), _plain_conv(widths[0], widths[0], m),
+                                  _plain_conv(widths[0], widths[0], m),
+                                  nn.MaxPool3d(self.strides[0], stride=self.strides[0]))
+        self.encoders = nn.ModuleList(_EncoderLevel(widths[l], widths[l + 1], passes, m, self.strides[l + 1])
+                                      for l in range(depth))
+        self.middle = nn.ModuleList([RecurrentConv(widths[depth], widths[depth], passes, m),
+                                     RecurrentConv(widths[depth], widths[depth], passes, m),
+                                     RecurrentConv(widths[depth], widths[depth], passes, m,
+                                                   stride=self.strides[depth], transposed=True)])
+        # decoders[l] works at encoder level l; its transposed conv undoes the pooling into level l.
+        # The finest level's up-sampling feeds only the post block, so without ``integrate`` only
+        # the last pass computes it (and only that pass gets a norm for it).
+        final_up = passes if integrate else [iterations - 1]
+        self.decoders = nn.ModuleList(_DecoderLevel(widths[l + 1], widths[l], passes, m, self.strides[l],
+                                                    passes if l > 0 else final_up)
+                                      for l in range(depth))
+        post_in = widths[0] * iterations if integrate else widths[0]
+        self.post = nn.Sequential(_plain_conv(post_in, widths[0], m), _plain_conv(widths[0], widths[0], m))
+        self.head = nn.Conv3d(widths[0], out_channels, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        backward = [None] * self.depth
+        passes_out = []
+        for t in range(self.iterations):
+            h, forward_skips = x, []
+            for l, enc in enumerate(self.encoders):
+                skip, h = enc(h, h if backward[l] is None else backward[l], t)
+                forward_skips.append(skip)
+            for conv in self.middle:
+                h = conv(h, t)
+            for l in reversed(range(self.depth)):
+                backward[l], h = self.decoders[l](h, forward_skips[l], t)
+            if h is not None:
+                passes_out.append(h)
+        h = torch.cat(passes_out, dim=1) if self.integrate else passes_out[-1]
+        return self.head(self.post(h))
+
+
+def _search_space(trial):
+    return {"base_channels": trial.suggest_categorical("arch.base_channels", [8, 16, 24]),
+            "iterations": trial.suggest_int("arch.iterations", 1, 3),
+            "integrate": trial.suggest_categorical("arch.integrate", [False, True])}
+
+
+@register_architecture("bionet", family="NAS",
+                       paper="Xiang et al. 2020, arXiv 2007.00243 (BiO-Net, 3D port)",
+                       search_space=_search_space)
+def bionet(in_channels: int = 1, out_channels: int = 1, spatial_size=None, **kwargs):
+    """BiO-Net-3D, T=3 passes, depth 4, base width 16, pooling planned for the patch."""
+    net = BiONet3D(in_channels, out_channels, spatial_size or _PAPER_PATCH, **kwargs)
+    return PadToMultiple(net, net.min_divisor)

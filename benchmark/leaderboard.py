@@ -1,0 +1,830 @@
+"""``bench leaderboard``: the benchmark's tables, generated from MLflow and nothing else.
+
+    bench leaderboard [--preset cpu] [--ranking aggregate|rank] [--out DIR]
+
+Every number in a leaderboard is recomputed from the runs' own ``evaluation/per_nodule.csv``
+artifacts (not from their logged aggregates), so a row can always be traced back to its runs;
+the run ids are printed beside it.
+
+Which runs share a table. A table holds runs that were scored on exactly the same test
+nodules under the same rules: same data source, ground truth, split hash, preset, data content
+hash, NSD tolerance and set of test nodule ids. Runs that differ in any of these are never
+mixed; when the filters leave more than one such group for one output file the command stops
+and lists the groups and the option that picks one. Inside a table, a row is one
+(architecture, loss) pair; its runs are its seeds. Two runs of the same configuration and seed
+(re-runs) count once: the most recent one is used. Runs of one (architecture, loss) whose
+configurations differ in more than the seed become separate rows, labelled by what differs.
+
+Statistics per row (metric m in Dice, NSD, HD95):
+  * mean ± std over seeds of each seed's mean over test nodules;
+  * a 95% percentile bootstrap interval over test nodules of the per-nodule mean across seeds
+    (``n_boot`` resamples of nodules, the same resamples for every row, seeded);
+  * Dice by nodule size bin, parameters, MACs per patch, median latency and training time
+    (means over seeds; the latter two depend on the machine named in the notes).
+
+Ranking (models only). ``aggregate`` (default): rank by mean Dice. ``rank``: rank the models
+on every test nodule by its Dice, average those ranks per model, rank the averages
+(rank-then-aggregate, Maier-Hein et al. 2018). Both orders' summary numbers are shown. Each
+row (models and references) is compared with the top-ranked model by a two-sided paired
+Wilcoxon signed-rank test over the test nodules (per-nodule Dice averaged over seeds); the
+p-values of one table form one Holm-corrected family. P(best) is the share of bootstrap
+resamples in which the model comes first under the chosen ranking.
+
+Reference rows (``inter_reader``: each radiologist against the STAPLE of the other three;
+``threshold_baseline``: the non-learned baseline) are shown below the models, marked, and not
+ranked; they are deterministic, so only their latest run is used.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .errors import TrackingError, UsageError
+
+__all__ = ["RunRecord", "TableKey", "Row", "Leaderboard", "collect_runs", "group_runs", "build_leaderboard",
+           "render_markdown", "render_csv", "render_html", "write_leaderboard", "generate", "holm", "register"]
+
+#: arch tag of reference runs -> what they are (the ``reference`` tag value)
+REFERENCE_ARCHS = {"inter_reader": "human", "threshold_baseline": "baseline"}
+#: the per-nodule metrics a leaderboard reports: (CSV column, display name, higher is better)
+METRICS = (("dice", "Dice", True), ("nsd", "NSD", True), ("hd95_mm", "HD95 (mm)", False))
+SIZE_BINS = ("<6", "6-10", "10-20", ">=20")
+SIZE_KEYS = {"<6": "lt6", "6-10": "6-10", "10-20": "10-20", ">=20": "ge20"}
+RANKINGS = ("aggregate", "rank")
+#: tags every scored run carries (see ``benchmark.train.data_tags``)
+REQUIRED_TAGS = ("arch", "loss", "preset", "data.source", "data.ground_truth", "data.split_hash",
+                 "data.content_hash")
+
+
+# ---------------------------------------------------------------------------------------------
+# reading MLflow
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class RunRecord:
+    """One finished, test-evaluated MLflow run and its per-nodule table."""
+    run_id: str
+    tags: dict
+    metrics: dict
+    config: dict
+    end_time: int
+    per_nodule: pd.DataFrame       # scored test nodules only
+    n_gt_empty: int = 0            # test nodules left unscored (no ground truth at this spacing)
+
+    @property
+    def arch(self) -> str:
+        return self.tags["arch"]
+
+    @property
+    def loss(self) -> str:
+        return self.tags["loss"]
+
+    @property
+    def reference(self) -> Optional[str]:
+        return REFERENCE_ARCHS.get(self.arch)
+
+    @property
+    def seed(self) -> str:
+        return self.tags.get("seed", "")
+
+    @property
+    def nsd_tolerance_mm(self) -> float:
+        return float((self.config.get("eval") or {}).get("nsd_tolerance_mm", 1.0))
+
+
+@dataclass(frozen=True)
+class TableKey:
+    """What runs must share to appear in one table."""
+    dataset: str
+    source: str
+    ground_truth: str
+    split_hash: str
+    preset: str
+    content_hash: str
+    nsd_tolerance_mm: float
+    test_set: str          # short hash of the sorted test nodule ids
+    n_nodules: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-{self.preset}"
+
+    def describe(self) -> str:
+        return (f"split {self.split_hash}, ground truth {self.ground_truth}, data {self.content_hash[:12]}, "
+                f"NSD tolerance {self.nsd_tolerance_mm:g} mm, {self.n_nodules} test nodules ({self.test_set})")
+
+
+def _search_all(cl, experiment_ids: list[str], filter_string: str):
+    runs, token = [], None
+    while True:
+        page = cl.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token,
+                              order_by=["attributes.start_time ASC"])
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _mlflow_filter(preset: Optional[str], source: Optional[str], ground_truth: Optional[str],
+                   split_hash: Optional[str], data_hash: Optional[str], extra: Optional[str]) -> str:
+    parts = ["attributes.status = 'FINISHED'"]
+    for tag, value in (("preset", preset), ("data.source", source), ("data.ground_truth", ground_truth),
+                       ("data.split_hash", split_hash)):
+        if value:
+            if "'" in value:
+                raise UsageError(f"filter value {value!r} may not contain a quote")
+            parts.append(f"tags.`{tag}` = '{value}'")
+    if data_hash:
+        parts.append(f"tags.`data.content_hash` LIKE '{data_hash.replace(chr(39), '')}%'")
+    if extra:
+        parts.append(extra)   # MLflow filters have no OR, so plain conjunction is safe
+    return " and ".join(parts)
+
+
+def collect_runs(cl, experiment_ids: list[str], filter_string: str, warn=None) -> list[RunRecord]:
+    """Finished runs that were evaluated on test, with their per-nodule CSVs downloaded.
+
+    Tuning trials (never evaluated on test), the leaderboard's own runs and anything without
+    the data tags are ignored; a scored run whose CSV is missing is reported through ``warn``.
+    """
+    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    try:
+        found = _search_all(cl, experiment_ids, filter_string)
+    except Exception as e:  # noqa: BLE001 - MLflow raises its own exception types
+        if "filter" in str(e).lower() or "invalid" in str(e).lower():
+            raise UsageError(f"MLflow rejected the run filter {filter_string!r}: {str(e).splitlines()[0]}") from None
+        raise TrackingError(f"could not search MLflow runs: {str(e).splitlines()[0]}") from None
+    records = []
+    quiet = _env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one bar per CSV would bury the table
+    with quiet, tempfile.TemporaryDirectory() as tmp:
+        for run in found:
+            tags, metrics = run.data.tags, run.data.metrics
+            if any(not tags.get(t) for t in REQUIRED_TAGS) or "test_dice" not in metrics:
+                continue
+            rid = run.info.run_id
+            dst = Path(tmp) / rid
+            dst.mkdir()
+            try:
+                csv = cl.download_artifacts(rid, "evaluation/per_nodule.csv", str(dst))
+                df = pd.read_csv(csv)
+            except Exception as e:  # noqa: BLE001
+                warn(f"run {rid} ({tags['arch']}) has test metrics but no readable evaluation/per_nodule.csv "
+                     f"({type(e).__name__}); left out")
+                continue
+            missing = [c for c in ("nodule_id", *[m for m, _, _ in METRICS]) if c not in df.columns]
+            n_gt_empty = 0
+            if not missing and "gt_empty" in df.columns:
+                # nodules without ground truth at this spacing: unscored by every run alike
+                empty = df["gt_empty"].astype(str).str.lower().isin(["true", "1"])
+                n_gt_empty = int(empty.sum())
+                df = df[~empty].reset_index(drop=True)
+            if missing or df.empty or df["nodule_id"].duplicated().any() or \
+                    df[[m for m, _, _ in METRICS]].isna().any().any():
+                why = "lacks " + ", ".join(missing) if missing else "empty, NaN or duplicated nodule ids"
+                warn(f"run {rid} ({tags['arch']}): per_nodule.csv is unusable ({why}); left out")
+                continue
+            try:
+                config = yaml.safe_load(Path(cl.download_artifacts(rid, "config.yaml", str(dst))).read_text()) or {}
+            except Exception:  # noqa: BLE001 - older runs: fall back to the params
+                config = _unflatten(run.data.params)
+            records.append(RunRecord(rid, dict(tags), dict(metrics), config, int(run.info.end_time or 0), df,
+                                     n_gt_empty))
+    return records
+
+
+@contextmanager
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _unflatten(params: dict) -> dict:
+    out: dict = {}
+    for k, v in params.items():
+        cur = out
+        parts = k.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+            if not isinstance(cur, dict):
+                break
+        else:
+            try:
+                cur[parts[-1]] = yaml.safe_load(v)
+            except yaml.YAMLError:
+                cur[parts[-1]] = v
+    return out
+
+
+def _short_hash(text: str, n: int = 10) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def table_key(run: RunRecord) -> TableKey:
+    ids = sorted(run.per_nodule["nodule_id"].astype(str))
+    t = run.tags
+    return TableKey(dataset=t.get("data.dataset") or f"lidc-{t['data.source']}", source=t["data.source"],
+                    ground_truth=t["data.ground_truth"], split_hash=t["data.split_hash"], preset=t["preset"],
+                    content_hash=t["data.content_hash"], nsd_tolerance_mm=run.nsd_tolerance_mm,
+                    test_set=_short_hash("\n".join(ids)), n_nodules=len(ids))
+
+
+def group_runs(runs: list[RunRecord]) -> dict[str, list[tuple[TableKey, list[RunRecord]]]]:
+    """Output name (``<dataset>-<preset>``) -> the compatible groups that would write to it."""
+    groups: dict[TableKey, list[RunRecord]] = {}
+    for r in runs:
+        groups.setdefault(table_key(r), []).append(r)
+    by_name: dict[str, list[tuple[TableKey, list[RunRecord]]]] = {}
+    for key in sorted(groups, key=lambda k: (k.name, k.split_hash, k.ground_truth, k.content_hash, k.test_set)):
+        by_name.setdefault(key.name, []).append((key, groups[key]))
+    return by_name
+
+
+def mixed_groups_message(name: str, groups: list[tuple[TableKey, list[RunRecord]]]) -> str:
+    lines = [f"the runs for {name} come from {len(groups)} incompatible groups; a leaderboard never mixes "
+             f"splits, ground truths, presets or test sets:"]
+    for key, runs in groups:
+        lines.append(f"  - {key.describe()}: {len(runs)} runs")
+    differ = []
+    keys = [k for k, _ in groups]
+    for attr, opt in (("split_hash", "--split-hash"), ("ground_truth", "--ground-truth"),
+                      ("content_hash", "--data-hash"), ("source", "--source")):
+        if len({getattr(k, attr) for k in keys}) > 1:
+            differ.append(opt)
+    how = ("choose one with " + " / ".join(differ)) if differ else \
+        "they differ in NSD tolerance or test nodules; choose one with --filter (an MLflow filter string)"
+    lines.append(how)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# rows and statistics
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    label: str
+    arch: str
+    loss: str
+    reference: Optional[str]
+    runs: list[RunRecord]
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[str]:
+        return [r.seed for r in self.runs]
+
+
+@dataclass
+class Leaderboard:
+    key: TableKey
+    rows: list[Row]                # models in rank order, then references
+    table: pd.DataFrame            # the CSV: one line per row, numbers unformatted
+    per_nodule: pd.DataFrame       # row label x nodule id: Dice averaged over seeds
+    size_counts: dict
+    ranking: str
+    n_boot: int
+    boot_seed: int
+    experiment: str = ""
+    n_source_runs: int = 0
+    devices: list = field(default_factory=list)
+    n_unscored: int = 0            # test nodules without ground truth at this spacing
+
+
+def _config_without_seed(run: RunRecord) -> dict:
+    from .config import flatten
+    flat = flatten(run.config) if run.config else {}
+    for k in ("name", "train.seed"):
+        flat.pop(k, None)
+    return {k: json.dumps(v, sort_keys=True) for k, v in flat.items()}
+
+
+def make_rows(runs: list[RunRecord]) -> list[Row]:
+    """(arch, loss[, config variant]) rows; re-runs of one configuration and seed count once."""
+    latest: dict[tuple, RunRecord] = {}
+    for r in runs:
+        # a reference is deterministic: its latest run stands for it
+        ident = (r.arch, r.loss) if r.reference else \
+            (r.arch, r.loss, r.tags.get("config.fingerprint") or r.run_id)
+        if ident not in latest or (r.end_time, r.run_id) > (latest[ident].end_time, latest[ident].run_id):
+            latest[ident] = r
+    by_pair: dict[tuple[str, str], list[RunRecord]] = {}
+    for r in latest.values():
+        by_pair.setdefault((r.arch, r.loss), []).append(r)
+    rows = []
+    for (arch, loss), group in sorted(by_pair.items()):
+        reference = REFERENCE_ARCHS.get(arch)
+        flats = {r.run_id: _config_without_seed(r) for r in group}
+        variants: dict[str, list[RunRecord]] = {}
+        for r in group:
+            variants.setdefault(json.dumps(flats[r.run_id], sort_keys=True), []).append(r)
+        differing = sorted({k for f in flats.values() for k in f
+                            if len({fl.get(k) for fl in flats.values()}) > 1}) if len(variants) > 1 else []
+        for members in variants.values():
+            members.sort(key=lambda r: (_seed_sort(r.seed), r.run_id))
+            label = arch if reference or loss in ("", "none") else f"{arch} / {loss}"
+            if differing:
+                f = flats[members[0].run_id]
+                label += " [" + ", ".join(f"{k}={json.loads(f[k]) if k in f else '-'}" for k in differing) + "]"
+            rows.append(Row(label, arch, loss, reference, members))
+    rows.sort(key=lambda r: r.label)
+    return rows
+
+
+def _seed_sort(seed: str):
+    try:
+        return (0, int(seed), "")
+    except ValueError:
+        return (1, 0, seed)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given; NaN stays NaN)."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m = len(ok)
+    running = 0.0
+    for j, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
+        running = max(running, min(1.0, (m - j) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+def _wilcoxon(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import wilcoxon
+    d = a - b
+    if len(d) == 0:
+        return float("nan")
+    if np.allclose(d, 0.0, atol=1e-12):
+        return 1.0   # identical on every nodule: no evidence of a difference
+    return float(wilcoxon(a, b).pvalue)
+
+
+def _rank_desc(values: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+    return rankdata(-np.asarray(values, dtype=float), method="min")
+
+
+def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggregate", n_boot: int = 2000,
+                      boot_seed: int = 0) -> Leaderboard:
+    if ranking not in RANKINGS:
+        raise UsageError(f"unknown ranking {ranking!r} (choose from {', '.join(RANKINGS)})")
+    rows = make_rows(runs)
+    nodules = sorted(rows[0].runs[0].per_nodule["nodule_id"].astype(str))
+    n = len(nodules)
+
+    # per row and metric: (seeds x nodules) matrix in one nodule order
+    mats: dict[str, dict[str, np.ndarray]] = {}
+    for row in rows:
+        mats[row.label] = {}
+        for m, _, _ in METRICS:
+            mats[row.label][m] = np.stack([
+                r.per_nodule.assign(nodule_id=r.per_nodule["nodule_id"].astype(str))
+                 .set_index("nodule_id").loc[nodules, m].to_numpy(float) for r in row.runs])
+    size_of = _size_bins(rows[0].runs[0].per_nodule, nodules)
+    size_counts = {b: int(sum(s == b for s in size_of)) for b in SIZE_BINS}
+
+    rng = np.random.default_rng(boot_seed)
+    idx = rng.integers(0, n, size=(n_boot, n))   # shared by all rows: a paired bootstrap
+
+    for row in rows:
+        s = row.stats
+        for m, _, _ in METRICS:
+            per_seed = mats[row.label][m].mean(axis=1)           # each seed's mean over nodules
+            per_nodule = mats[row.label][m].mean(axis=0)         # each nodule's mean over seeds
+            boot = per_nodule[idx].mean(axis=1)
+            s[f"{m}_mean"] = float(per_seed.mean())
+            s[f"{m}_std"] = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan")
+            s[f"{m}_ci_low"], s[f"{m}_ci_high"] = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+        dice_nod = mats[row.label]["dice"].mean(axis=0)
+        for b in SIZE_BINS:
+            sel = np.array([x == b for x in size_of])
+            s[f"dice_size_{SIZE_KEYS[b]}"] = float(dice_nod[sel].mean()) if sel.any() else float("nan")
+        for k in ("params", "macs_per_patch", "latency_ms_median", "train_seconds"):
+            vals = [r.metrics[k] for r in row.runs if k in r.metrics]
+            s[k] = float(np.mean(vals)) if vals else float("nan")
+
+    models = [r for r in rows if not r.reference]
+    refs = [r for r in rows if r.reference]
+    if models:
+        dice = np.stack([mats[r.label]["dice"].mean(axis=0) for r in models])   # models x nodules
+        nodule_ranks = np.stack([_rank_desc(dice[:, j]) for j in range(n)], axis=1)
+        mean_rank = nodule_ranks.mean(axis=1)
+        agg = np.array([r.stats["dice_mean"] for r in models])
+        if ranking == "aggregate":
+            final = _rank_desc(agg)
+            score = dice                      # bootstrap: which model has the highest mean Dice
+        else:
+            final = _rank_desc(-mean_rank)
+            score = -nodule_ranks             # bootstrap: which model has the lowest mean rank
+        boot_scores = score[:, idx].mean(axis=2)                        # models x n_boot
+        best = np.argmax(boot_scores, axis=0)
+        for i, r in enumerate(models):
+            r.stats.update(rank=int(final[i]), mean_nodule_rank=float(mean_rank[i]),
+                           p_best=float(np.mean(best == i)))
+        order = sorted(range(len(models)), key=lambda i: (final[i], -agg[i], models[i].label))
+        models = [models[i] for i in order]
+        top = mats[models[0].label]["dice"].mean(axis=0)
+        others = models[1:] + refs
+        raw = [_wilcoxon(mats[r.label]["dice"].mean(axis=0), top) for r in others]
+        for r, p, q in zip(others, raw, holm(raw)):
+            r.stats.update(wilcoxon_p=p, wilcoxon_p_holm=q)
+    refs.sort(key=lambda r: (-r.stats["dice_mean"], r.label))
+    ordered = models + refs
+
+    records = []
+    for r in ordered:
+        s = r.stats
+        rec = {"rank": s.get("rank", ""), "row": r.label, "arch": r.arch, "loss": r.loss,
+               "reference": r.reference or "", "n_seeds": len(r.runs), "seeds": ";".join(r.seeds),
+               "n_nodules": n}
+        for m, _, _ in METRICS:
+            for suffix in ("mean", "std", "ci_low", "ci_high"):
+                rec[f"{m}_{suffix}"] = s[f"{m}_{suffix}"]
+        for b in SIZE_BINS:
+            rec[f"dice_size_{SIZE_KEYS[b]}"] = s[f"dice_size_{SIZE_KEYS[b]}"]
+        for k in ("params", "macs_per_patch", "latency_ms_median", "train_seconds"):
+            rec[k] = s[k]
+        rec["mean_nodule_rank"] = s.get("mean_nodule_rank", float("nan"))
+        rec["p_best"] = s.get("p_best", float("nan"))
+        rec["wilcoxon_p"] = s.get("wilcoxon_p", float("nan"))
+        rec["wilcoxon_p_holm"] = s.get("wilcoxon_p_holm", float("nan"))
+        rec["run_ids"] = ";".join(x.run_id for x in r.runs)
+        records.append(rec)
+    per_nodule = pd.DataFrame({r.label: mats[r.label]["dice"].mean(axis=0) for r in ordered}, index=nodules).T
+    devices = sorted({x.tags.get("device", "") for r in models for x in r.runs} - {""})
+    return Leaderboard(key, ordered, pd.DataFrame.from_records(records), per_nodule, size_counts, ranking,
+                       n_boot, boot_seed, devices=devices,
+                       n_unscored=max(x.n_gt_empty for r in ordered for x in r.runs))
+
+
+def _size_bins(df: pd.DataFrame, nodules: list[str]) -> list[str]:
+    d = df.assign(nodule_id=df["nodule_id"].astype(str)).set_index("nodule_id")
+    if "size_bin" in d.columns:
+        return [str(v) for v in d.loc[nodules, "size_bin"]]
+    if "diameter_mm" in d.columns:
+        from .metrics import size_bin   # imports MONAI (seconds): only when the CSV lacks size_bin
+        return [size_bin(float(v)) for v in d.loc[nodules, "diameter_mm"]]
+    return [""] * len(nodules)
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering
+# ---------------------------------------------------------------------------------------------
+def _num(x, digits: int) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _metric_cell(s: dict, m: str, digits: int) -> str:
+    mean, std = s[f"{m}_mean"], s[f"{m}_std"]
+    cell = _num(mean, digits) + ("" if math.isnan(std) else f" ± {_num(std, digits)}")
+    return cell + f" [{_num(s[f'{m}_ci_low'], digits)}, {_num(s[f'{m}_ci_high'], digits)}]"
+
+
+def _si(x: float, unit: str = "") -> str:
+    if x is None or math.isnan(x):
+        return "–"
+    if x == 0:
+        return "0"
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= factor:
+            return f"{x / factor:.3g} {prefix}{unit}".rstrip()
+    return f"{x:.0f}{(' ' + unit) if unit else ''}"
+
+
+def _p(p) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "–"
+    return "<0.001" if p < 1e-3 else f"{p:.3f}"
+
+
+def table_cells(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells shared by the markdown and HTML renderings."""
+    tol = f"{lb.key.nsd_tolerance_mm:g}"
+    header = ["#", "Model", "Seeds", "Dice", f"NSD@{tol}mm", "HD95 (mm)"]
+    header += [f"Dice {b} mm (n={lb.size_counts[b]})" for b in SIZE_BINS]
+    header += ["Params", "MACs/patch", "Latency (ms)", "Train (s)", "Mean nodule rank", "P(best)",
+               "Wilcoxon p vs #1 (Holm)"]
+    body = []
+    for r in lb.rows:
+        s = r.stats
+        first = "ref" if r.reference else str(s["rank"])
+        name = f"{r.label} ({'reference: ' + r.reference})" if r.reference else r.label
+        seeds = "det." if r.reference else str(len(r.runs))
+        cells = [first, name, seeds, _metric_cell(s, "dice", 3), _metric_cell(s, "nsd", 3),
+                 _metric_cell(s, "hd95_mm", 2)]
+        cells += [_num(s[f"dice_size_{SIZE_KEYS[b]}"], 3) for b in SIZE_BINS]
+        cells += [_si(s["params"]), _si(s["macs_per_patch"]), _num(s["latency_ms_median"], 1),
+                  _num(s["train_seconds"], 0), _num(s.get("mean_nodule_rank", float("nan")), 2),
+                  _num(s.get("p_best", float("nan")), 2)]
+        is_top = not r.reference and r is lb.rows[0]
+        cells.append("(top)" if is_top else _p(s.get("wilcoxon_p_holm", float("nan"))))
+        body.append(cells)
+    return header, body
+
+
+def _notes(lb: Leaderboard) -> list[str]:
+    rank = ("aggregate-then-rank: models ranked by mean Dice" if lb.ranking == "aggregate" else
+            "rank-then-aggregate: models ranked on each test nodule by Dice, then by their mean rank")
+    notes = [
+        f"Test set: {lb.key.describe()}."
+        + (f" {lb.n_unscored} further test nodules have no ground-truth voxel in the window at this spacing "
+           f"and are scored by no row." if lb.n_unscored else ""),
+        "Metric cells: mean ± std over seeds of each seed's mean over test nodules, then the 95% percentile "
+        f"bootstrap interval over test nodules of the per-nodule mean across seeds ({lb.n_boot} resamples, "
+        f"seed {lb.boot_seed}, the same resamples for every row).",
+        f"Ranking: {rank} (ties share the better rank). Mean nodule rank is always the rank-then-aggregate "
+        "score; P(best) is the share of bootstrap resamples in which the model is first under the chosen ranking.",
+        "Wilcoxon: two-sided paired signed-rank test of each row's per-nodule Dice (mean over seeds) against "
+        "the top-ranked model's, over the same test nodules; all p-values of this table are one "
+        "Holm-corrected family.",
+        "Reference rows are not ranked: inter_reader = each radiologist's mask against the STAPLE of the "
+        "other three, averaged over the four radiologists (same window, spacing and metrics as the models); "
+        "threshold_baseline = non-learned intensity threshold. Both are deterministic (det.): their latest run "
+        "is used.",
+        "Params, MACs/patch, latency and training time are means over seeds; latency and training time were "
+        "measured on: " + (", ".join(lb.devices) if lb.devices else "unknown") + ".",
+    ]
+    return notes
+
+
+def _generated_line(lb: Leaderboard) -> str:
+    return (f"Generated by `bench leaderboard` from MLflow experiment `{lb.experiment}` "
+            f"({lb.n_source_runs} runs in this table); do not edit by hand.")
+
+
+def render_markdown(lb: Leaderboard) -> str:
+    header, body = table_cells(lb)
+    esc = [[c.replace("|", "\\|") for c in row] for row in body]
+    out = [f"# Leaderboard: {lb.key.dataset}, {lb.key.preset} preset", "", _generated_line(lb), "",
+           "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in esc]
+    out += ["", "## Notes", ""] + [f"- {n}" for n in _notes(lb)]
+    out += ["", "## MLflow runs", ""]
+    for r in lb.rows:
+        runs = ", ".join(f"seed {x.seed}: `{x.run_id}`" if not r.reference else f"`{x.run_id}`" for x in r.runs)
+        out.append(f"- {r.label}: {runs}")
+    return "\n".join(out) + "\n"
+
+
+def render_csv(lb: Leaderboard) -> str:
+    return lb.table.to_csv(index=False, float_format="%.6g", lineterminator="\n")
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated in (lower cost, higher score), sorted by cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def make_plots(lb: Leaderboard) -> dict[str, bytes]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = {}
+    models = [r for r in lb.rows if not r.reference]
+    refs = [r for r in lb.rows if r.reference]
+
+    # Dice vs MACs, Pareto front
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    pts = [(r.stats["macs_per_patch"], r.stats["dice_mean"]) for r in models
+           if r.stats["macs_per_patch"] > 0 and not math.isnan(r.stats["macs_per_patch"])]
+    costed = [r for r in models if r.stats["macs_per_patch"] > 0 and not math.isnan(r.stats["macs_per_patch"])]
+    front = set(pareto_front(pts))
+    for i, (r, (x, y)) in enumerate(zip(costed, pts)):
+        s = r.stats
+        ax.errorbar(x, y, yerr=[[y - s["dice_ci_low"]], [s["dice_ci_high"] - y]], fmt="o", capsize=3,
+                    color="C3" if i in front else "C0", ms=7 if i in front else 5)
+        ax.annotate(r.label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    if front:
+        fp = sorted((pts[i] for i in front))
+        ax.step([p[0] for p in fp], [p[1] for p in fp], where="post", color="C3", lw=1, ls="--",
+                label="Pareto front (fewer MACs, higher Dice)")
+    for j, r in enumerate(refs):
+        ax.axhline(r.stats["dice_mean"], color=f"C{j + 4}", ls=":", lw=1.2, label=f"{r.label} (reference)")
+    if pts:
+        ax.set_xscale("log")
+        ax.margins(x=0.2)     # room for the labels of the extreme points
+    ax.set_xlabel("MACs per patch (log scale)")
+    ax.set_ylabel("mean test Dice (95% bootstrap CI)")
+    ax.set_title(f"Dice vs compute, {lb.key.dataset} [{lb.key.preset}]", fontsize=10)
+    ax.grid(alpha=.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    plots["dice_vs_macs"] = _png(fig)
+
+    # per-nodule Dice distribution per row
+    labels = [r.label for r in lb.rows]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(labels) + 2), 4.5))
+    data = [lb.per_nodule.loc[lab].to_numpy(float) for lab in labels]
+    ax.boxplot(data, showmeans=True, widths=0.6, flierprops={"markersize": 0})
+    jitter = np.random.default_rng(0)
+    for i, (d, r) in enumerate(zip(data, lb.rows), start=1):
+        ax.scatter(i + jitter.uniform(-0.18, 0.18, len(d)), d, s=6, alpha=.45,
+                   color="C1" if r.reference else "C0", zorder=3)
+    ax.set_xticks(range(1, len(labels) + 1))
+    ax.set_xticklabels([lab + (" (ref)" if r.reference else "") for lab, r in zip(labels, lb.rows)],
+                       rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("per-nodule Dice (mean over seeds)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Per-nodule test Dice (box: quartiles, triangle: mean)", fontsize=10)
+    ax.grid(alpha=.3, axis="y")
+    fig.tight_layout()
+    plots["dice_per_nodule"] = _png(fig)
+
+    # Dice by size bin
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    xs = np.arange(len(SIZE_BINS))
+    for i, r in enumerate(lb.rows):
+        ys = [r.stats[f"dice_size_{SIZE_KEYS[b]}"] for b in SIZE_BINS]
+        ax.plot(xs, ys, marker="o", ls=":" if r.reference else "-", label=r.label + (" (ref)" if r.reference else ""),
+                color=f"C{i % 10}")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{b} mm\n(n={lb.size_counts[b]})" for b in SIZE_BINS])
+    ax.set_ylabel("mean test Dice")
+    ax.set_ylim(0, 1)
+    ax.set_title("Dice by nodule diameter", fontsize=10)
+    ax.grid(alpha=.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    plots["dice_by_size"] = _png(fig)
+    return plots
+
+
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}
+th{background:#f0f0f0}td:nth-child(2),th:nth-child(2){text-align:left}tr.ref{background:#fff6e0;font-style:italic}
+img{max-width:100%;margin:1em 0}code{font-size:12px}"""
+
+
+def render_html(lb: Leaderboard, plots: dict[str, bytes]) -> str:
+    header, body = table_cells(lb)
+    e = html.escape
+    parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
+             f"<title>Leaderboard {e(lb.key.name)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>Leaderboard: {e(lb.key.dataset)}, {e(lb.key.preset)} preset</h1>",
+             f"<p>{e(_generated_line(lb)).replace('`', '')}</p>", "<table><thead><tr>"]
+    parts += [f"<th>{e(h)}</th>" for h in header]
+    parts.append("</tr></thead><tbody>")
+    for r, cells in zip(lb.rows, body):
+        parts.append(f"<tr class='{'ref' if r.reference else 'model'}'>" + "".join(f"<td>{e(c)}</td>" for c in cells)
+                     + "</tr>")
+    parts.append("</tbody></table><h2>Notes</h2><ul>")
+    parts += [f"<li>{e(n)}</li>" for n in _notes(lb)]
+    parts.append("</ul><h2>Plots</h2>")
+    captions = {"dice_vs_macs": "Mean Dice against MACs per patch; red points and the dashed step are the Pareto "
+                                "front; dotted lines are the reference rows.",
+                "dice_per_nodule": "Distribution of per-nodule Dice per row.",
+                "dice_by_size": "Mean Dice per nodule-diameter bin."}
+    for name, png in plots.items():
+        b64 = base64.b64encode(png).decode("ascii")
+        parts.append(f"<figure><img alt='{e(name)}' src='data:image/png;base64,{b64}'>"
+                     f"<figcaption>{e(captions.get(name, name))}</figcaption></figure>")
+    parts.append("<h2>MLflow runs</h2><ul>")
+    for r in lb.rows:
+        ids = ", ".join(f"seed {e(x.seed)}: <code>{e(x.run_id)}</code>" if not r.reference
+                        else f"<code>{e(x.run_id)}</code>" for x in r.runs)
+        parts.append(f"<li>{e(r.label)}: {ids}</li>")
+    parts.append("</ul></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_leaderboard(lb: Leaderboard, out_dir: Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = out_dir / lb.key.name
+    files = [(base.with_suffix(".md"), render_markdown(lb)), (base.with_suffix(".csv"), render_csv(lb)),
+             (base.with_suffix(".html"), render_html(lb, make_plots(lb)))]
+    for path, text in files:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return [p for p, _ in files]
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Generated:
+    leaderboard: Leaderboard
+    files: list[Path]
+    markdown: str
+
+
+def generate(preset: Optional[str] = None, ranking: str = "aggregate", out_dir: Optional[Path] = None,
+             experiment: Optional[str] = None, source: Optional[str] = None, ground_truth: Optional[str] = None,
+             split_hash: Optional[str] = None, data_hash: Optional[str] = None, run_filter: Optional[str] = None,
+             n_boot: int = 2000, boot_seed: int = 0, log_to_mlflow: bool = True) -> list[Generated]:
+    """Build, write (and log) one leaderboard per output name; refuse ambiguous groups."""
+    from .paths import home
+    from .tracking import Tracker, client, load_settings
+    if ranking not in RANKINGS:
+        raise UsageError(f"unknown ranking {ranking!r} (choose from {', '.join(RANKINGS)})")
+    if n_boot < 100:
+        raise UsageError("--n-boot must be at least 100")
+    settings = load_settings()
+    exp_name = experiment or settings.experiment
+    cl = client(settings)
+    exp = cl.get_experiment_by_name(exp_name)
+    if exp is None:
+        raise UsageError(f"no MLflow experiment {exp_name!r} in {settings.tracking_uri}; run `bench suite` first")
+    flt = _mlflow_filter(preset, source, ground_truth, split_hash, data_hash, run_filter)
+    runs = collect_runs(cl, [exp.experiment_id], flt)
+    if not runs:
+        what = f" for preset {preset!r}" if preset else ""
+        raise UsageError(f"no finished, test-evaluated runs{what} in experiment {exp_name!r}; "
+                         f"run `bench suite --preset {preset or 'cpu'}` first")
+    by_name = group_runs(runs)
+    mixed = {n: g for n, g in by_name.items() if len(g) > 1}
+    if mixed:
+        raise UsageError("\n".join(mixed_groups_message(n, g) for n, g in mixed.items()))
+    out_dir = Path(out_dir) if out_dir else home() / "leaderboards"
+    results = []
+    for name, [(key, group)] in by_name.items():
+        if all(r.reference for r in group):
+            print(f"note: {name} has only reference runs", file=sys.stderr)
+        lb = build_leaderboard(key, group, ranking, n_boot, boot_seed)
+        lb.experiment = exp_name
+        lb.n_source_runs = sum(len(r.runs) for r in lb.rows)
+        files = write_leaderboard(lb, out_dir)
+        results.append(Generated(lb, files, files[0].read_text(encoding="utf-8")))
+    if log_to_mlflow:
+        label = results[0].leaderboard.key.name if len(results) == 1 else "all"
+        tracker = Tracker.start(f"leaderboard-{label}", {"kind": "leaderboard", "leaderboard.ranking": ranking},
+                                experiment=exp_name)
+        status = "FAILED"
+        try:
+            tracker.log_params({"ranking": ranking, "n_boot": n_boot, "boot_seed": boot_seed,
+                                "filter": flt})
+            for g in results:
+                tracker.set_tags({f"leaderboard.{g.leaderboard.key.name}.runs":
+                                  str(g.leaderboard.n_source_runs)})
+                for f in g.files:
+                    tracker.log_artifact(f, "leaderboards")
+            status = "FINISHED"
+        finally:
+            tracker.finish(status)
+    return results
+
+
+def register(sub) -> None:
+    p = sub.add_parser("leaderboard", help="write leaderboards/<dataset>-<preset>.{md,csv,html} from MLflow runs")
+    p.add_argument("--preset", help="only runs of this preset (default: every preset found, one table each)")
+    p.add_argument("--ranking", default="aggregate", choices=RANKINGS,
+                   help="aggregate-then-rank (default) or rank-then-aggregate over test nodules")
+    p.add_argument("--out", help="output folder (default: leaderboards/ in the project home)")
+    p.add_argument("--experiment", help="MLflow experiment (default: mlflow.yaml's)")
+    p.add_argument("--source", help="only this data source (phantom | dicom)")
+    p.add_argument("--ground-truth", help="only this ground truth (staple | consensus)")
+    p.add_argument("--split-hash", help="only runs on this split (tag data.split_hash)")
+    p.add_argument("--data-hash", help="only runs on this crop data (a prefix of tag data.content_hash)")
+    p.add_argument("--filter", dest="run_filter", help="extra MLflow filter string, e.g. \"tags.arch != 'x'\"")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--boot-seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--no-log", action="store_true", help="do not log the files to an MLflow run")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args) -> None:
+    results = generate(preset=args.preset, ranking=args.ranking, out_dir=args.out, experiment=args.experiment,
+                       source=args.source, ground_truth=args.ground_truth, split_hash=args.split_hash,
+                       data_hash=args.data_hash, run_filter=args.run_filter, n_boot=args.n_boot,
+                       boot_seed=args.boot_seed, log_to_mlflow=not args.no_log)
+    for g in results:
+        print(g.markdown)
+        print("wrote " + ", ".join(str(f) for f in g.files), file=sys.stderr)

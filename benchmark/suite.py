@@ -1,0 +1,273 @@
+"""``bench suite``: the benchmark matrix, restartable.
+
+    bench suite --preset cpu [--archs unet3d transfuse ...] [--losses dice_bce ...] [--seeds 3]
+                [key=value ...] [ARCH:key=value ...]
+
+Runs every (architecture, loss, seed) cell (default: every registered architecture, loss
+``dice_bce``, seeds 0, 1, 2) through the normal engine (``benchmark.train.run_experiment``),
+plus the two reference runs (threshold baseline and inter-reader agreement) once per data
+configuration. Overrides apply to every cell; ``ARCH:key=value`` applies to one architecture
+only (e.g. ``unet3d:model.kwargs.base_channels=8``).
+
+Restartable: a cell is skipped when the MLflow experiment already holds a FINISHED,
+test-evaluated run with the same ``config.fingerprint`` on the same data
+(``data.content_hash``); a cell whose run was interrupted (status KILLED, checkpoint on disk)
+is resumed from its last epoch instead of started again. Reference runs are matched by
+``reference.fingerprint`` (preset, data config, NSD tolerance). So the suite can be stopped
+with Ctrl-C at any point and started again with the same command.
+
+One progress bar covers the whole matrix (the runs' own bars are off). A failing cell is
+reported and the suite goes on; the command exits non-zero at the end if any cell failed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Optional
+
+from tqdm.auto import tqdm
+
+from .config import RunConfig, build_config
+from .errors import BenchError, UsageError
+
+__all__ = ["Cell", "SuiteResult", "SuiteFailed", "plan_cells", "run_suite", "register"]
+
+DEFAULT_LOSSES = ("dice_bce",)
+_ARCH_OVERRIDE = re.compile(r"^([A-Za-z0-9_\-]+):([^=]+=.*)$")
+
+
+class SuiteFailed(BenchError):
+    exit_code = 4
+
+
+@dataclass
+class Cell:
+    """One run of the matrix (or a reference run when ``reference`` is set)."""
+    arch: str
+    loss: str
+    seed: Optional[int]
+    cfg: RunConfig
+    reference: Optional[str] = None
+
+    @property
+    def label(self) -> str:
+        if self.reference:
+            return self.reference
+        return f"{self.arch}/{self.loss}/s{self.seed}"
+
+
+@dataclass
+class SuiteResult:
+    ran: list[tuple[str, str]] = field(default_factory=list)        # (cell label, run id)
+    resumed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)     # (cell label, message)
+    planned: list[Cell] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Separate global ``key=value`` overrides from ``ARCH:key=value`` ones."""
+    common, per_arch = [], {}
+    for item in overrides:
+        m = _ARCH_OVERRIDE.match(item)
+        if m:
+            per_arch.setdefault(m.group(1), []).append(m.group(2))
+        else:
+            common.append(item)
+    return common, per_arch
+
+
+def plan_cells(preset: str, archs: Optional[list[str]] = None, losses: Optional[list[str]] = None,
+               seeds: int = 3, overrides: Optional[list[str]] = None, references: bool = True) -> list[Cell]:
+    """Every cell's resolved config, built before anything runs (so a typo fails at once)."""
+    from architectures import architecture_entry, list_architectures
+
+    from .losses import loss_entry
+    from .reference import INTER_READER, reference_fingerprint
+    if seeds < 1:
+        raise UsageError("--seeds must be at least 1")
+    archs = list(archs) if archs else list_architectures()
+    losses = list(losses) if losses else list(DEFAULT_LOSSES)
+    archs = list(dict.fromkeys(architecture_entry(a).name for a in archs))    # aliases -> canonical names
+    losses = list(dict.fromkeys(loss_entry(lo).name for lo in losses))
+    common, per_arch = split_overrides(list(overrides or []))
+    per_arch = {architecture_entry(a).name: v for a, v in per_arch.items()}
+    stray = sorted(set(per_arch) - set(archs))
+    if stray:
+        raise UsageError(f"per-architecture override for {', '.join(stray)}, which is not in this suite "
+                         f"({', '.join(archs)})")
+    cells, seen = [], set()
+    for arch in archs:
+        for loss in losses:
+            for seed in range(seeds):
+                cfg = build_config(preset, common + per_arch.get(arch, []),
+                                   **{"model.arch": arch, "loss.name": loss, "train.seed": seed})
+                fp = cfg.fingerprint()
+                if fp not in seen:
+                    seen.add(fp)
+                    cells.append(Cell(arch, loss, seed, cfg))
+    if not references:
+        return cells
+    # one pair of reference runs per distinct data config (per-arch overrides may change it);
+    # they go first: quick, and they check the data path before hours of training
+    refs, done = [], set()
+    for c in cells:
+        key = reference_fingerprint(c.cfg)
+        if key not in done:
+            done.add(key)
+            refs += [Cell("threshold_baseline", "none", None, c.cfg, "threshold_baseline"),
+                     Cell(INTER_READER, "none", None, c.cfg, INTER_READER)]
+    return refs + cells
+
+
+def _existing_runs(cl, experiment_id: Optional[str], content_hash: str) -> tuple[dict, dict, dict]:
+    """Finished model runs by config fingerprint, finished references by reference
+    fingerprint and arch, and interrupted (KILLED) model runs by fingerprint, on these data."""
+    finished, refs, killed = {}, {}, {}
+    if experiment_id is None:
+        return finished, refs, killed
+    token = None
+    while True:
+        page = cl.search_runs([experiment_id], f"tags.`data.content_hash` = '{content_hash}'", max_results=1000,
+                              page_token=token, order_by=["attributes.start_time ASC"])
+        for run in page:
+            tags, status = run.data.tags, run.info.status
+            if status == "FINISHED" and tags.get("reference.fingerprint") and tags.get("arch"):
+                refs[(tags["arch"], tags["reference.fingerprint"])] = run.info.run_id
+            elif status == "FINISHED" and "test_dice" in run.data.metrics and tags.get("config.fingerprint"):
+                finished[tags["config.fingerprint"]] = run.info.run_id
+            elif status == "KILLED" and tags.get("config.fingerprint") and not tags.get("reference"):
+                killed[tags["config.fingerprint"]] = run.info.run_id
+        token = page.token
+        if not token:
+            return finished, refs, killed
+
+
+def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[list[str]] = None, seeds: int = 3,
+              overrides: Optional[list[str]] = None, experiment: Optional[str] = None, references: bool = True,
+              show_progress: bool = True, dry_run: bool = False) -> SuiteResult:
+    """Run (or resume, or skip) every cell; see the module docstring. Never raises for a
+    failing cell: failures are collected in the result."""
+    from .data import load_crops
+    from .paths import checkpoints_dir
+    from .reference import reference_fingerprint, run_inter_reader
+    from .tracking import client, load_settings
+    t0 = time.perf_counter()
+    cells = plan_cells(preset, archs, losses, seeds, overrides, references)
+    result = SuiteResult(planned=cells)
+
+    settings = load_settings()
+    cl = client(settings)
+    exp = cl.get_experiment_by_name(experiment or settings.experiment)
+    exp_id = exp.experiment_id if exp is not None else None
+
+    # Load each distinct data config once, before the bar starts: a first build of the crop
+    # cache shows its own progress, and its content hash is what "same data" means.
+    stores, existing = {}, {}
+    for c in cells:
+        key = c.cfg.data.model_dump_json()
+        if key not in stores:
+            stores[key] = load_crops(c.cfg.data)
+            existing[key] = _existing_runs(cl, exp_id, stores[key].data_hash)
+
+    bar = tqdm(total=len(cells), desc=f"suite [{preset}]", unit="run", disable=not show_progress,
+               dynamic_ncols=True)
+    try:
+        for c in cells:
+            key = c.cfg.data.model_dump_json()
+            finished, refs, killed = existing[key]
+            bar.set_postfix_str(c.label)
+            if c.reference:
+                done = refs.get((c.arch, reference_fingerprint(c.cfg)))
+            else:
+                done = finished.get(c.cfg.fingerprint())
+            if done:
+                result.skipped.append((c.label, done))
+                bar.update(1)
+                continue
+            if dry_run:
+                result.ran.append((c.label, ""))
+                bar.update(1)
+                continue
+            try:
+                if c.reference == "threshold_baseline":
+                    from .baseline_run import run_threshold_baseline
+                    rid, _ = run_threshold_baseline(c.cfg, experiment=experiment,
+                                                    tags={"reference.fingerprint": reference_fingerprint(c.cfg)})
+                    result.ran.append((c.label, rid))
+                elif c.reference:
+                    rid, _ = run_inter_reader(c.cfg, experiment=experiment, store=stores[key])
+                    result.ran.append((c.label, rid))
+                else:
+                    result_run, resumed = _run_cell(c, killed.get(c.cfg.fingerprint()), experiment, checkpoints_dir)
+                    (result.resumed if resumed else result.ran).append((c.label, result_run.run_id))
+            except Exception as e:  # noqa: BLE001 - one failing cell must not stop the matrix
+                msg = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
+                msg = msg.splitlines()[0] if msg else type(e).__name__
+                result.failed.append((c.label, msg))
+                tqdm.write(f"FAILED {c.label}: {msg}", file=sys.stderr)
+                if os.environ.get("LIDC_BENCH_DEBUG") == "1":
+                    traceback.print_exc()
+            bar.update(1)
+    finally:
+        bar.close()
+        result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _run_cell(c: Cell, killed_run: Optional[str], experiment: Optional[str], checkpoints_dir):
+    from .train import run_experiment
+    if killed_run and (checkpoints_dir(killed_run) / "last.pt").exists():
+        return run_experiment(None, resume_run_id=killed_run, show_progress=False), True
+    return run_experiment(c.cfg, experiment=experiment, show_progress=False), False
+
+
+# ---------------------------------------------------------------------------------------------
+def register(sub) -> None:
+    p = sub.add_parser("suite", help="run the matrix architectures x losses x seeds (+ reference runs); restartable")
+    p.add_argument("--preset", help="smoke | cpu | paper (default: paper with CUDA, else cpu)")
+    p.add_argument("--archs", nargs="+", metavar="ARCH", help="architectures (default: every registered one)")
+    p.add_argument("--losses", nargs="+", metavar="LOSS", help="losses (default: dice_bce)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per cell (default 3)")
+    p.add_argument("--experiment", help="MLflow experiment (default: mlflow.yaml's)")
+    p.add_argument("--no-references", action="store_true", help="skip the threshold-baseline and inter-reader runs")
+    p.add_argument("--dry-run", action="store_true", help="list what would run and what is already done")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides for every cell; ARCH:key=value for one architecture")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args) -> None:
+    from .config import default_preset
+    preset = args.preset
+    if preset is None:
+        preset, why = default_preset()
+        print(f"preset: {preset} ({why}); choose with --preset", file=sys.stderr)
+    # `--archs a b key=value` hands the overrides to --archs: give them back
+    overrides = list(args.overrides)
+    for attr in ("archs", "losses"):
+        names = getattr(args, attr) or []
+        overrides += [n for n in names if "=" in n]
+        setattr(args, attr, [n for n in names if "=" not in n] or None)
+    res = run_suite(preset, args.archs, args.losses, args.seeds, overrides, experiment=args.experiment,
+                    references=not args.no_references, show_progress=not args.no_progress, dry_run=args.dry_run)
+    if args.dry_run:
+        for label, rid in res.skipped:
+            print(f"done     {label:40s} {rid}")
+        for label, _ in res.ran:
+            print(f"to run   {label}")
+        return
+    n = len(res.planned)
+    print(f"suite [{preset}]: {n} runs planned: {len(res.ran)} ran, {len(res.resumed)} resumed, "
+          f"{len(res.skipped)} already done, {len(res.failed)} failed ({res.seconds / 60:.1f} min)")
+    if res.failed:
+        listing = "; ".join(f"{label}: {msg}" for label, msg in res.failed)
+        raise SuiteFailed(f"{len(res.failed)} of {n} suite runs failed ({listing}); rerun the same command to "
+                          f"retry them")
+    print(f"next: bench leaderboard --preset {preset}")

@@ -1,0 +1,137 @@
+"""The BiX-NAS search space: genotype files, pruning, Optuna sampling, and the built network."""
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import torch
+
+from architectures import create_architecture
+from architectures.bixnas import (GENOTYPE_PATH, BiXNet, Genotype, alive_nodes, load_genotype, prune,
+                                  sample_genotype, save_genotype, search_space_choices, search_stages)
+from benchmark.errors import UsageError
+
+SMOKE = (8, 16, 16)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _with_stage(g: Genotype, path: str, t: int, stage_inputs) -> Genotype:
+    return g.replace_stage(2 * t + (path == "dec"), tuple(tuple(i) for i in stage_inputs))
+
+
+def test_json_round_trip_keeps_genotype_and_meta(tmp_path):
+    g = _with_stage(Genotype.full(3, 4), "dec", 1, [[0, 2], [3], [0], [1, 4]])
+    path = save_genotype(g, tmp_path / "g.json", {"study": "bixnas-smoke", "mlflow_run_id": "abc123"})
+    back = load_genotype(path)
+    assert back == g
+    assert back.meta == {"study": "bixnas-smoke", "mlflow_run_id": "abc123"}
+    text = path.read_text()
+    assert json.loads(text)["decoder"][1] == [[0, 2], [3], [0], [1, 4]]
+    assert "    [[0, 2], [3], [0], [1, 4]]" in text  # one readable line per stage
+    assert hash(back) == hash(g)  # meta does not take part in identity
+
+
+def test_committed_genotype_is_the_full_placeholder():
+    g = load_genotype(GENOTYPE_PATH)
+    assert g == Genotype.full(3, 4)
+    assert g.meta["source"].startswith("placeholder")
+
+
+def test_bad_genotype_files_name_the_file(tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(UsageError, match="nope.json"):
+        load_genotype(missing)
+    bad = tmp_path / "bad.json"
+    d = Genotype.full(2, 3).to_dict()
+    d["encoder"][0][1] = [0, 2]  # pass 0's encoder has no decoder output to read
+    bad.write_text(json.dumps(d))
+    with pytest.raises(UsageError, match="bad.json.*sequential only"):
+        load_genotype(bad)
+
+
+def test_reading_a_pruned_block_is_rejected():
+    g = Genotype.full(2, 2)
+    with pytest.raises(UsageError, match="pruned"):
+        _with_stage(g, "dec", 0, [[0, 1], []])  # dec t0 L1 pruned, but dec t0 L0 reads it (seq)
+
+
+def test_alive_nodes_by_hand():
+    # One pass, two levels. Output = dec L0 <- enc L1 only; dec L1 is therefore dead, and with it
+    # the bridge; enc L1 needs enc L0 (sequential) which needs the stem.
+    g = Genotype(1, 2, encoder=(((0,), (0,)),), decoder=(((2,), (0, 1)),))
+    assert alive_nodes(g) == {("dec", 0, 0), ("enc", 0, 1), ("enc", 0, 0), ("stem",)}
+    assert prune(g).decoder[0] == ((2,), ())
+
+
+def test_pruning_removes_a_block_that_cannot_reach_the_output():
+    T, L = 3, 4
+    g = Genotype.full(T, L)
+    # Nothing reads enc t2 L2 any more: enc t2 L3 drops its sequential input and no decoder of
+    # pass 2 takes encoder level 2 (candidate 3).
+    g = _with_stage(g, "enc", 2, [[0, 1, 2, 3, 4]] * 3 + [[1, 2]])
+    g = _with_stage(g, "dec", 2, [[0, 1, 2, 4]] * 4)
+    p = prune(g)
+    assert g.encoder[2][2] and p.encoder[2][2] == ()
+    assert prune(p) == p  # idempotent
+    net = BiXNet(g, spatial_size=SMOKE)
+    assert "2" not in net.blocks["enc2"].conv1.norms  # no norm for the pruned block's pass
+    assert set(net.blocks["enc2"].conv1.norms) == {"0", "1"}
+    with torch.no_grad():
+        assert net.eval()(torch.randn(1, 1, *SMOKE)).shape == (1, 1, *SMOKE)
+
+
+def test_level_dead_in_every_pass_gets_no_conv():
+    T, L = 2, 3
+    g = Genotype.full(T, L)
+    # No decoder reads encoder level 2 (candidate 3) and the deepest decoder never takes its
+    # sequential input, so encoder level 2 and the bridge are dead in both passes.
+    for t in range(T):
+        g = _with_stage(g, "dec", t, [[0, 1, 2], [0, 1, 2], [1, 2]])
+    net = BiXNet(g, spatial_size=SMOKE)
+    assert "enc2" not in net.blocks and net.bridge is None
+    full = BiXNet(Genotype.full(T, L), spatial_size=SMOKE)
+    assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in full.parameters())
+
+
+def test_search_space_choices_cover_every_free_skip():
+    choices = search_space_choices(3, 4)
+    # last decoder stage: 4 levels x 4 encoder outputs (sequential kept); 4 other stages: 4 x 5
+    assert len(choices) == 16 + 4 * 20
+    assert len({c.name for c in choices}) == len(choices)
+    assert all(c.name.startswith("arch.") for c in choices)
+    assert [c.stage for c in choices][0] == 5 and search_stages(3) == [5, 4, 3, 2, 1]
+    assert not any(c.stage == 0 for c in choices)
+
+
+def test_sampled_genotype_builds_and_trains():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    trial = study.ask()
+    g = sample_genotype(trial, iterations=3, levels=4)
+    assert set(trial.params) == {c.name for c in search_space_choices(3, 4)}
+    assert all(0 in ins for ins in g.decoder[2])  # the last decoder stage keeps its sequential input
+    model = create_architecture("bixnas", spatial_size=SMOKE, genotype=g).train()
+    out = model(torch.randn(2, 1, *SMOKE))
+    assert out.shape == (2, 1, *SMOKE)
+    out.mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    study.tell(trial, 0.5)
+
+
+def test_stage_by_stage_sampling_keeps_the_other_stages():
+    base = Genotype.bio(3, 4)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    g = sample_genotype(trial, stages=[5], base=base)
+    assert {n.split(".")[2] for n in trial.params} == {"dec2"}
+    assert g.encoder == base.encoder and g.decoder[:2] == base.decoder[:2]
+    with pytest.raises(UsageError, match="stage 0"):
+        sample_genotype(study.ask(), stages=[0])

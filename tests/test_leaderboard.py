@@ -1,0 +1,215 @@
+"""`bench suite` and `bench leaderboard` on a small MLflow store built by the real engine.
+
+One store is built per module (unet3d x {dice_bce, dice} x 2 seeds on a few nodules, plus the
+two reference runs), because training is the slow part; tests that change tags work on a
+copy of its database in their own ``bench_home``, so they never disturb the others.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark.errors import UsageError
+
+ARCH_LOSSES = [("unet3d", "dice_bce"), ("unet3d", "dice")]
+SEEDS = 2
+#: small models and few epochs; the smoke preset's nodule subset
+SMALL = ["model.kwargs.base_channels=4", "train.epochs=1"]
+
+
+def _client():
+    from benchmark.tracking import client
+    return client()
+
+
+def _all_runs(cl):
+    exp = cl.get_experiment_by_name("lidc-bench")
+    return cl.search_runs([exp.experiment_id], "", max_results=1000) if exp else []
+
+
+def _csv_mean(cl, run_id: str, metric: str, tmp: Path) -> float:
+    path = cl.download_artifacts(run_id, "evaluation/per_nodule.csv", str(tmp))
+    return float(pd.read_csv(path)[metric].mean())
+
+
+@pytest.fixture(scope="module")
+def store_home(tmp_path_factory):
+    """A project home whose MLflow store holds one small suite (what bench_home gives a test,
+    but shared by this module's tests)."""
+    home = tmp_path_factory.mktemp("suite-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LIDC_BENCH_HOME", str(home))
+    mp.delenv("LIDC_BENCH_TRACKING_URI", raising=False)
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from benchmark.suite import run_suite
+    res = run_suite("smoke", archs=["unet3d"], losses=["dice_bce", "dice"], seeds=SEEDS, overrides=SMALL,
+                    show_progress=False)
+    assert not res.failed, res.failed
+    assert len(res.ran) == len(ARCH_LOSSES) * SEEDS + 2 and not res.skipped
+    yield home, res
+    mp.undo()
+
+
+@pytest.fixture()
+def at_store(store_home, monkeypatch):
+    home, res = store_home
+    monkeypatch.setenv("LIDC_BENCH_HOME", str(home))
+    monkeypatch.delenv("LIDC_BENCH_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return home, res
+
+
+def test_leaderboard_numbers_match_the_per_nodule_csvs(at_store, tmp_path, capsys):
+    from benchmark.cli import main
+    home, res = at_store
+    assert main(["leaderboard", "--preset", "smoke", "--out", str(tmp_path / "lb")]) == 0
+    printed = capsys.readouterr().out
+    files = {p.suffix: p for p in (tmp_path / "lb").iterdir()}
+    assert set(files) == {".md", ".csv", ".html"} and files[".md"].stem == "lidc-phantom-smoke"
+    assert files[".md"].read_text() in printed + "\n"   # the markdown is what was printed
+
+    table = pd.read_csv(files[".csv"], keep_default_na=False, na_values=[""])
+    cl = _client()
+    labels = {f"{a} / {lo}" for a, lo in ARCH_LOSSES}
+    models = table[table["reference"].isna()]
+    assert set(models["row"]) == labels
+    # ranks follow mean Dice (ties share the better rank)
+    from scipy.stats import rankdata
+    assert list(models["rank"].astype(int)) == list(rankdata(-models["dice_mean"].to_numpy(), method="min"))
+    for _, row in table.iterrows():     # models and references alike
+        ids = row["run_ids"].split(";")
+        assert row["n_seeds"] == len(ids) == (1 if isinstance(row["reference"], str) else SEEDS)
+        for metric in ("dice", "nsd", "hd95_mm"):
+            per_seed = [_csv_mean(cl, rid, metric, tmp_path / rid) for rid in ids]
+            assert row[f"{metric}_mean"] == pytest.approx(np.mean(per_seed), rel=1e-5, abs=1e-6)
+            if len(ids) > 1:
+                assert row[f"{metric}_std"] == pytest.approx(np.std(per_seed, ddof=1), rel=1e-4, abs=1e-6)
+            assert row[f"{metric}_ci_low"] - 1e-6 <= row[f"{metric}_mean"] <= row[f"{metric}_ci_high"] + 1e-6
+        assert {cl.get_run(r).data.tags["arch"] for r in ids} == {row["arch"]}
+        assert {cl.get_run(r).data.tags["loss"] for r in ids} == {row["loss"]}
+    top, second = models.iloc[0], models.iloc[1]
+    assert top["dice_mean"] >= second["dice_mean"]
+    assert np.isnan(top["wilcoxon_p_holm"]) and 0.0 <= second["wilcoxon_p_holm"] <= 1.0
+
+    refs = table[table["reference"].notna()].set_index("arch")
+    assert set(refs.index) == {"inter_reader", "threshold_baseline"}
+    assert refs.loc["inter_reader", "reference"] == "human"
+    assert np.isnan(pd.to_numeric(refs["rank"], errors="coerce")).all()   # shown, not ranked
+
+    html = files[".html"].read_text()
+    assert len(re.findall(r"src='data:image/png;base64,", html)) == 3
+    assert "http://" not in html and "https://" not in html     # renders offline
+    assert "inter_reader" in files[".md"].read_text()
+
+    # deterministic given the runs
+    from benchmark.leaderboard import generate
+    generate(preset="smoke", out_dir=tmp_path / "again", log_to_mlflow=False)
+    for suffix, path in files.items():
+        assert (tmp_path / "again" / path.name).read_bytes() == path.read_bytes(), suffix
+
+    # logged as artifacts of a `leaderboard` run
+    lb_runs = [r for r in _all_runs(cl) if r.data.tags.get("kind") == "leaderboard"]
+    assert lb_runs
+    arts = {a.path for a in cl.list_artifacts(lb_runs[0].info.run_id, "leaderboards")}
+    assert {f"leaderboards/lidc-phantom-smoke{s}" for s in (".md", ".csv", ".html")} <= arts
+
+
+def test_incompatible_runs_are_kept_apart(store_home, bench_home, tmp_path):
+    from benchmark.leaderboard import generate
+    home, res = store_home
+    (bench_home / "runs").mkdir()
+    shutil.copy(home / "runs" / "mlflow.db", bench_home / "runs" / "mlflow.db")   # artifacts stay where they are
+    cl = _client()
+    model_runs = [rid for label, rid in res.ran if label.startswith("unet3d/dice_bce")]
+    real_split = cl.get_run(model_runs[0]).data.tags["data.split_hash"]
+    cl.set_tag(model_runs[0], "data.split_hash", "0ther5plit")
+
+    with pytest.raises(UsageError) as e:
+        generate(preset="smoke", out_dir=tmp_path / "mixed", log_to_mlflow=False)
+    assert "incompatible" in str(e.value) and "0ther5plit" in str(e.value) and "--split-hash" in str(e.value)
+    assert not (tmp_path / "mixed").exists()
+
+    [main] = generate(preset="smoke", split_hash=real_split, out_dir=tmp_path / "main", log_to_mlflow=False)
+    row = main.leaderboard.table.set_index("row").loc["unet3d / dice_bce"]
+    assert row["n_seeds"] == SEEDS - 1 and model_runs[0] not in row["run_ids"]
+    [other] = generate(preset="smoke", split_hash="0ther5plit", out_dir=tmp_path / "other", log_to_mlflow=False)
+    assert list(other.leaderboard.table["run_ids"]) == [model_runs[0]]
+
+    # a different ground truth is refused the same way; a different preset gets its own file
+    cl.set_tag(model_runs[0], "data.split_hash", real_split)
+    cl.set_tag(model_runs[0], "data.ground_truth", "consensus")
+    with pytest.raises(UsageError, match="--ground-truth"):
+        generate(preset="smoke", out_dir=tmp_path / "mixed", log_to_mlflow=False)
+    cl.set_tag(model_runs[0], "data.ground_truth", "staple")
+    cl.set_tag(model_runs[0], "preset", "cpu")
+    written = generate(out_dir=tmp_path / "all", log_to_mlflow=False)
+    by_name = {g.leaderboard.key.name: g.leaderboard for g in written}
+    assert set(by_name) == {"lidc-phantom-smoke", "lidc-phantom-cpu"}
+    assert list(by_name["lidc-phantom-cpu"].table["run_ids"]) == [model_runs[0]]
+    assert model_runs[0] not in ";".join(by_name["lidc-phantom-smoke"].table["run_ids"])
+
+
+def test_second_suite_invocation_creates_no_runs(at_store, capsys):
+    from benchmark.cli import main
+    cl = _client()
+    before = {r.info.run_id for r in _all_runs(cl) if r.data.tags.get("kind") != "leaderboard"}
+    # overrides after --losses are handed back to the overrides, as a user would type them
+    argv = ["suite", "--preset", "smoke", "--archs", "unet3d", "--seeds", str(SEEDS), "--no-progress",
+            "--losses", "dice_bce", "dice", *SMALL]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"0 ran, 0 resumed, {len(before)} already done, 0 failed" in out
+    after = {r.info.run_id for r in _all_runs(cl) if r.data.tags.get("kind") != "leaderboard"}
+    assert after == before
+
+
+def test_plan_applies_per_architecture_overrides_and_rejects_typos():
+    from benchmark.suite import plan_cells
+    cells = plan_cells("smoke", archs=["unet3d", "transfuse"], seeds=2,
+                       overrides=["train.epochs=1", "unet3d:model.kwargs.base_channels=4"])
+    models = [c for c in cells if not c.reference]
+    assert [c.reference for c in cells[:2]] == ["threshold_baseline", "inter_reader"]
+    assert len(models) == 4 and {c.cfg.train.epochs for c in models} == {1}
+    assert all((c.cfg.model.kwargs.get("base_channels") == 4) == (c.arch == "unet3d") for c in models)
+    assert len({c.cfg.fingerprint() for c in models}) == 4
+    with pytest.raises(UsageError, match="unet3"):
+        plan_cells("smoke", archs=["unet3"])
+    with pytest.raises(UsageError, match="not in this suite"):
+        plan_cells("smoke", archs=["unet3d"], overrides=["transfuse:model.kwargs.depth=2"])
+
+
+def test_holm_matches_hand_computation():
+    from benchmark.leaderboard import holm
+    # sorted p: .01 (x3 = .03), .02 (x2 = .04), .04 (x1 = .04, kept monotone)
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    got = holm([0.5, float("nan"), 0.6])
+    assert got[0] == pytest.approx(1.0) and np.isnan(got[1]) and got[2] == pytest.approx(1.0)
+
+
+def test_interrupted_cell_is_resumed_not_restarted(store_home, bench_home):
+    from benchmark.config import build_config
+    from benchmark.suite import run_suite
+    from benchmark.train import run_experiment
+    home, _ = store_home
+    (bench_home / "runs").mkdir()
+    shutil.copy(home / "runs" / "mlflow.db", bench_home / "runs" / "mlflow.db")
+    cfg = build_config("smoke", SMALL, **{"model.arch": "unet3d", "loss.name": "dice_bce", "train.seed": SEEDS})
+
+    def stop(epoch, metrics):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, show_progress=False, on_epoch_end=stop)
+    cl = _client()
+    [killed] = [r.info.run_id for r in _all_runs(cl) if r.info.status == "KILLED"]
+    res = run_suite("smoke", archs=["unet3d"], losses=["dice_bce"], seeds=SEEDS + 1, overrides=SMALL,
+                    show_progress=False)
+    assert res.resumed == [(f"unet3d/dice_bce/s{SEEDS}", killed)]
+    assert not res.ran and not res.failed and len(res.skipped) == SEEDS + 2
+    run = cl.get_run(killed)
+    assert run.info.status == "FINISHED" and "test_dice" in run.data.metrics
