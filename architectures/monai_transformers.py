@@ -78,7 +78,8 @@ def swinunetr(in_channels: int = 1, out_channels: int = 1, spatial_size=None, **
 
 @register_architecture("unetr", family="library",
                        paper="Hatamizadeh et al. 2022, arXiv 2103.10504 (MONAI UNETR)",
-                       search_space=_unetr_space)
+                       search_space=_unetr_space,
+                       preset_kwargs={"smoke": {'hidden_size': 96, 'mlp_dim': 384, 'num_heads': 3, 'feature_size': 8}, "cpu": {'hidden_size': 96, 'mlp_dim': 384, 'num_heads': 3, 'feature_size': 12}})
 def unetr(in_channels: int = 1, out_channels: int = 1, spatial_size=None, **kwargs):
     """MONAI UNETR with a DeiT-Tiny-sized ViT, built for the patch rounded up to 16 voxels."""
     size = tuple(math.ceil(s / UNETR_PATCH) * UNETR_PATCH for s in (spatial_size or _PAPER_PATCH))

@@ -74,13 +74,16 @@ def cmd_run(args):
             raise UsageError("--resume takes no other config: the run's own config is used")
         result = run_experiment(None, resume_run_id=args.resume, show_progress=not args.no_progress)
     else:
-        if not args.arch and not args.config:
-            raise UsageError("bench run needs --arch NAME (see `bench archs`) or --config FILE")
         tags = {}
         if args.params_from:
             from .tune import best_params_overrides
-            extra, tags = best_params_overrides(args.params_from, args.storage)
+            extra, tags, meta = best_params_overrides(args.params_from, args.storage)
             args.overrides = extra + list(args.overrides)
+            args.arch = args.arch or meta.get("arch")
+            args.loss = args.loss or meta.get("loss")
+            args.preset = args.preset or meta.get("preset")
+        if not args.arch and not args.config:
+            raise UsageError("bench run needs --arch NAME (see `bench archs`) or --config FILE")
         cfg = resolve_config(args)
         if args.name:
             cfg.name = args.name

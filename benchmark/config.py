@@ -150,7 +150,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # minutes on two CPU cores: 2 mm voxels, 32x32x16 patches over the same field of view
     "cpu": {
         "data": {"spacing_mm": 2.0, "crop_xyz": (40, 40, 20), "patch_xyz": (32, 32, 16)},
-        "train": {"epochs": 15, "batch_size": 8, "steps_per_epoch": 12, "early_stopping_patience": 6},
+        "train": {"epochs": 10, "batch_size": 8, "steps_per_epoch": 10, "early_stopping_patience": 5},
         "optim": {"lr": 2e-3},
         "eval": {"latency_repeats": 5},
     },

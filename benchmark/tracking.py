@@ -224,7 +224,7 @@ class Tracker:
 
     # -- system metrics -----------------------------------------------------------------------
     def start_system_metrics(self):
-        if not self.settings.system_metrics:
+        if not self.settings.system_metrics or os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() == "false":
             return
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor

@@ -489,8 +489,9 @@ def report(args) -> None:
     print(f"plots logged to MLflow parent run {parent}")
 
 
-def best_params_overrides(study_name: str, storage_url: Optional[str]) -> tuple[list[str], dict]:
-    """Config overrides reproducing a study's best trial, for ``bench run --params-from``."""
+def best_params_overrides(study_name: str, storage_url: Optional[str]) -> tuple[list[str], dict, dict]:
+    """Config overrides reproducing a study's best trial, its tags, and the study's
+    (arch, loss, preset), for ``bench run --params-from``."""
     study, _ = open_study(study_name, storage_url, 1, None, "median", create=False)
     try:
         best = study.best_trial
@@ -506,10 +507,8 @@ def best_params_overrides(study_name: str, storage_url: Optional[str]) -> tuple[
         elif k.startswith("loss."):
             k = "loss.kwargs." + k[len("loss."):]
         overrides.append(f"{k}={_yaml_value(v)}")
-    if meta:
-        overrides += [f"model.arch={meta['arch']}", f"loss.name={meta['loss']}"]
     tags = {"optuna.study": study_name, "optuna.best_trial": str(best.number), "tuned": "true"}
-    return overrides, tags
+    return overrides, tags, meta
 
 
 # ---------------------------------------------------------------------------------------------

@@ -241,3 +241,13 @@ def test_patch_dataset_reproducible(smoke_store):
     ev = PatchDataset(store, store.indices("val"), cfg.data.patch_zyx, train=False)
     x, y, row = ev[0]
     assert torch.equal(x[0], torch.from_numpy(store.images[row])[1:9, 2:18, 2:18])
+
+
+def test_code_version_ignores_comments_not_code():
+    from pathlib import Path
+    src = (Path(cache_mod.__file__).parent / "phantom.py").read_text()
+    commented = src.replace("def _tube(", "# why, not what\ndef _tube(", 1)
+    changed = src.replace("edge = 0.5 * float(", "edge = 0.6 * float(", 1)
+    assert changed != src
+    assert cache_mod._code_fingerprint(commented) == cache_mod._code_fingerprint(src)
+    assert cache_mod._code_fingerprint(changed) != cache_mod._code_fingerprint(src)

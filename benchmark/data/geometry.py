@@ -19,10 +19,11 @@ nodule centroid with SimpleITK:
 * outside the scan (nodules near the volume edge): image air (-1000 HU), masks 0.
 
 Nodules larger than the window: the crop stays centred on the centroid and the masks are
-cut at the crop border (``gt_truncated`` in the cache table marks them). At the paper's
-80x80x40 mm crop every nodule fits; two nodules (LIDC-IDRI-0337, -0436) are deeper than the
-64x64x32 mm training/evaluation window, so their centre window cuts them on z; metrics are
-computed on the window like for every other case (documented in the dataset card).
+cut at the crop border (``gt_truncated`` in the cache table marks them). Measured at 1 mm:
+two nodules touch the 40 mm z border of the stored crop (LIDC-IDRI-0203_n02, -0337_n02: their
+centroid, the vote's centre of mass, sits off their z middle), and seven lose part of their
+ground truth to the 64x64x32 mm centre window (at most 10 %, LIDC-IDRI-0052_n02; all seven in
+the training split). They are kept and scored on the window like every other nodule.
 """
 from __future__ import annotations
 
