@@ -150,8 +150,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # minutes on two CPU cores: 2 mm voxels, 32x32x16 patches over the same field of view
     "cpu": {
         "data": {"spacing_mm": 2.0, "crop_xyz": (40, 40, 20), "patch_xyz": (32, 32, 16)},
-        "train": {"epochs": 10, "batch_size": 8, "steps_per_epoch": 10, "early_stopping_patience": 5},
-        "optim": {"lr": 2e-3},
+        "train": {"epochs": 20, "batch_size": 8, "steps_per_epoch": 10, "early_stopping_patience": 6,
+                  "channels_last": True},  # 1.6x faster on CPUs (PERFORMANCE.md)
+        "optim": {"lr": 3e-3},
         "eval": {"latency_repeats": 5},
     },
     # the paper: 1 mm, 64x64x32, for a GPU

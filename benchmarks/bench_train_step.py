@@ -114,18 +114,19 @@ def main():
     for preset in presets:
         from benchmark.config import build_config  # after setup(): the env points at the work dir
         bs = build_config(preset).train.batch_size
-        n_train = bs * args.steps
+        steps = min(args.steps, C.SUBSET["train"] // bs)
+        n_train = bs * steps
         ov = [f"model.arch={args.arch}", f"model.kwargs.base_channels={args.base_channels}",
-              f"train.steps_per_epoch={args.steps}", "train.device=cpu", "train.epochs=1000"]
-        cfg, store = C.subset_store(preset, {"train": n_train, "val": 2, "test": 2}, ov)
+              f"train.steps_per_epoch={steps}", "train.device=cpu", "train.epochs=1000"]
+        cfg, store = C.subset_store(preset, overrides=ov)
         rows = store.indices("train")
         desc = (f"{preset} preset: {cfg.model.arch} {cfg.model.kwargs}, patch (x,y,z) {cfg.data.patch_xyz} at "
-                f"{cfg.data.spacing_mm:g} mm, batch {bs}, {args.steps} steps/epoch, {len(rows)} training crops")
+                f"{cfg.data.spacing_mm:g} mm, batch {bs}, {steps} steps/epoch, {len(rows)} training crops")
         print(f"\n{desc}")
 
         # --- suite vs bare ------------------------------------------------------------------
         trainer = make_trainer(cfg, store)
-        cases = {"bare": bare_loop(cfg, preload(cfg, store, rows, args.steps)),
+        cases = {"bare": bare_loop(cfg, preload(cfg, store, rows, steps)),
                  "suite": suite_loop(trainer, [0]),
                  "suite data only": data_only(cfg, store, rows, [0])}
         res = C.interleaved(cases, reps, progress=f"{preset} suite/bare")
@@ -158,7 +159,7 @@ def main():
         print(C.table(out, ["loop", "patches/s", "noise", "cpu-ms/patch", "vs default", "cpu vs default"],
                       f"{preset}: engine flags (ratio > 1 = faster than default)"))
         if compile_s is not None:
-            print(f"torch.compile: first epoch (compilation + {args.steps} steps) took {compile_s:.1f} s")
+            print(f"torch.compile: first epoch (compilation + {steps} steps) took {compile_s:.1f} s")
         print("train.amp: only takes effect on CUDA (autocast float16 + GradScaler); not measurable here.")
 
         # --- scaling ------------------------------------------------------------------------
