@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     import logging
     debug = os.environ.get("LIDC_BENCH_DEBUG") == "1"
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema-creation chatter is not for users
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -198,6 +198,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        # a path the user gave that cannot be read or written (not a folder, no space, no permission)
+        if debug:
+            raise
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

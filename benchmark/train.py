@@ -328,6 +328,8 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
     device = pick_device(cfg, dist)
     store = load_crops(cfg.data)
 
+    if resume_state is None:
+        build_model(cfg)  # a bad architecture kwarg fails here, before an MLflow run exists
     tracker: Optional[Tracker] = None
     if dist.main:
         if resume_run_id:

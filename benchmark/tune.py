@@ -69,7 +69,7 @@ def open_storage(url: Optional[str], workers: int = 1):
         except Exception as e:  # noqa: BLE001
             raise UsageError(f"cannot open Optuna storage {url}: {str(e).splitlines()[0][:200]}") from None
     path = Path(url)
-    if not path.parent.exists():
+    if not path.parent.is_dir():
         raise UsageError(f"folder for the journal file does not exist: {path.parent}")
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path))), str(path)
 
