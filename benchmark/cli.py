@@ -184,7 +184,13 @@ def main(argv=None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema-creation chatter is not for users
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        # `key=value` overrides may come after options (`bench search bixnas --trials 3 train.epochs=2`)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+                args.overrides = list(args.overrides or []) + extra
+            else:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

@@ -63,6 +63,7 @@ def open_storage(url: Optional[str], workers: int = 1):
                              "file or a PostgreSQL URL")
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}}), url
     if "://" in url:
+        url = _postgres_driver(url)
         try:
             # heartbeats let a surviving worker fail the trial of a machine that died
             return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120), url
@@ -72,6 +73,15 @@ def open_storage(url: Optional[str], workers: int = 1):
     if not path.parent.is_dir():
         raise UsageError(f"folder for the journal file does not exist: {path.parent}")
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path))), str(path)
+
+
+def _postgres_driver(url: str) -> str:
+    """SQLAlchemy 2.1 defaults ``postgresql://`` to psycopg 3; use psycopg2 when only it is installed."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
 
 
 @contextlib.contextmanager

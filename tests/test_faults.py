@@ -85,8 +85,11 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(bench_home):
         LOSSES.register("test_nan_after")(lambda: NanAfter())
     cfg = build_config("smoke", ["train.epochs=5", "model.kwargs.base_channels=4", "train.batch_size=4"],
                        **{"model.arch": "unet3d", "loss.name": "test_nan_after"})
-    with pytest.raises(TrainingError, match="non-finite loss") as e:
-        run_experiment(cfg, show_progress=False)
+    try:
+        with pytest.raises(TrainingError, match="non-finite loss") as e:
+            run_experiment(cfg, show_progress=False)
+    finally:
+        LOSSES._entries.pop("test_nan_after", None)  # keep the registry as other tests expect it
     assert "last.pt" in str(e.value)
     ckpt = Path(str(e.value).rsplit("(", 1)[1].rstrip(")"))
     state = torch.load(ckpt, weights_only=False)
