@@ -308,8 +308,10 @@ def _dispatch(args):
     from .tune import ensure_parent_run
     parent = ensure_parent_run(s, meta)
     print(f"search study {study} in {label}; MLflow parent run {parent}", file=sys.stderr)
+    from .tune import close_parent_run
     if args.workers == 1:
         run_search_worker(study, args.storage, args.trials, meta, args.overrides, show_progress=not args.no_progress)
+        close_parent_run(parent)
         return
     cmd = [sys.executable, "-m", "benchmark.cli", "search", args.searcher, "--trials", str(args.trials), "--preset",
            args.preset, "--epochs", str(args.epochs), "--study", study, "--workers", "1", "--no-progress",
@@ -317,5 +319,6 @@ def _dispatch(args):
     if args.storage:
         cmd += ["--storage", args.storage]
     codes = [p.wait() for p in [subprocess.Popen(cmd) for _ in range(args.workers)]]
+    close_parent_run(parent)
     if any(codes):
         print(f"warning: worker exit codes {codes}; rerun the command to complete the search", file=sys.stderr)

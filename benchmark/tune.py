@@ -240,6 +240,13 @@ def ensure_parent_run(study, meta: dict[str, str]) -> str:
     return tracker.run_id
 
 
+def close_parent_run(parent_run_id: str) -> None:
+    """Mark the study's parent run finished (a later resume adds children to it all the same)."""
+    from .tracking import client
+    with contextlib.suppress(Exception):
+        client().set_terminated(parent_run_id, "FINISHED")
+
+
 def fail_dead_local_trials(study):
     """Mark RUNNING trials whose worker process on this host is gone as FAIL (journal storage
     has no heartbeat; a SIGKILLed worker would otherwise leave its trial RUNNING forever)."""
@@ -429,6 +436,7 @@ def tune(args) -> None:
         if any(codes):
             print(f"warning: worker exit codes {codes}; the study stays usable, rerun to complete it", file=sys.stderr)
     study, _ = open_study(args.study, args.storage, 1, None, args.pruner, create=False)
+    close_parent_run(parent)
     print_summary(study)
 
 
