@@ -326,10 +326,10 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
     device_kind = "cuda" if (cfg.train.device != "cpu" and torch.cuda.is_available()) else "cpu"
     dist = init_distributed(device_kind)
     device = pick_device(cfg, dist)
+    if resume_state is None:
+        build_model(cfg)  # a bad architecture kwarg fails here, before data or an MLflow run exist
     store = load_crops(cfg.data)
 
-    if resume_state is None:
-        build_model(cfg)  # a bad architecture kwarg fails here, before an MLflow run exists
     tracker: Optional[Tracker] = None
     if dist.main:
         if resume_run_id:

@@ -154,6 +154,13 @@ def cmd_montage(args):
     from .store import load_crops
     if args.n < 1:
         raise UsageError(f"--n must be >= 1, got {args.n}")
+    # fail on an unusable output path before spending time on a cache build
+    parent = Path(args.out).resolve().parent
+    for up in (parent, *parent.parents):
+        if up.exists():
+            if not up.is_dir():
+                raise UsageError(f"cannot write {args.out}: {up} is not a folder")
+            break
     d = _data_cfg(args)
     index = load_index()
     nodules = load_split()["nodules"]
