@@ -328,6 +328,9 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
     device = pick_device(cfg, dist)
     if resume_state is None:
         build_model(cfg)  # a bad architecture kwarg fails here, before data or an MLflow run exist
+    if dist.main:
+        from .tracking import check_reachable, load_settings
+        check_reachable(load_settings().tracking_uri)  # bad mlflow.yaml / dead server: before the data build
     store = load_crops(cfg.data)
 
     tracker: Optional[Tracker] = None
