@@ -94,15 +94,8 @@ def empty_penalty_mm(shape: Sequence[int], spacing_mm) -> float:
     return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, _spacing3(spacing_mm)))))
 
 
-def size_bin(diameter_mm: float) -> str:
-    """The diameter bin label ('<6', '6-10', '10-20', '>=20') of a nodule diameter in mm."""
-    if diameter_mm < 6:
-        return "<6"
-    if diameter_mm < 10:
-        return "6-10"
-    if diameter_mm < 20:
-        return "10-20"
-    return ">=20"
+# The diameter bins are defined once, where the index assigns them to nodules.
+from .data.index import size_bin  # noqa: E402
 
 
 def nodule_metrics(pred, gt, spacing_mm, nsd_tolerance_mm: float = 1.0, *, nodule_id: str | None = None) -> dict:

@@ -75,6 +75,7 @@ def texture_class(texture_median: float) -> str:
 
 
 def size_bin(diameter_mm: float) -> str:
+    """The diameter bin label ('<6', '6-10', '10-20', '>=20') of a nodule diameter in mm."""
     if diameter_mm < 6:
         return "<6"
     if diameter_mm < 10:
