@@ -80,3 +80,24 @@ def run_cli(*args, env=None, timeout=600):
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "benchmark.cli", *args], capture_output=True, text=True,
                           env=e, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch thread and a fixed seed: the cores are shared, and the small optimisation tests
+    of the architecture files stay deterministic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+def sphere_batch(size, batch=2):
+    """A bright ball on noise and its mask: a fixed, learnable toy problem, shape (B, 1, D, H, W)."""
+    g = torch.Generator().manual_seed(1)
+    d, h, w = size
+    zz, yy, xx = torch.meshgrid(torch.arange(d), torch.arange(h), torch.arange(w), indexing="ij")
+    r2 = ((zz - d / 2) / (d / 4)) ** 2 + ((yy - h / 2) / (h / 4)) ** 2 + ((xx - w / 2) / (w / 4)) ** 2
+    mask = (r2 <= 1).float()[None, None].repeat(batch, 1, 1, 1, 1)
+    return mask + 0.3 * torch.randn(mask.shape, generator=g), mask

@@ -11,34 +11,21 @@ import torch
 from architectures import architecture_entry, create_architecture
 from architectures._layers import PadToMultiple, plan_strides
 from benchmark.errors import UsageError
+from conftest import sphere_batch
+
 from benchmark.losses import DeepSupervisionLoss, create_loss
 
 NAMES = ["nnunet_plain", "nnunet_resenc", "smp_unet", "swinunetr", "unetr", "dints", "bionet", "bixnas"]
 SMOKE, CPU, PAPER = (8, 16, 16), (16, 32, 32), (32, 64, 64)  # (D, H, W) of the three presets
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The machine's cores are shared; one thread also keeps the optimisation test deterministic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _build(name, size):
     return create_architecture(name, in_channels=1, out_channels=1, spatial_size=size)
 
 
-def _sphere_batch(size, batch=2):
-    """A bright ball on noise and its mask: a fixed, learnable toy problem."""
-    g = torch.Generator().manual_seed(1)
-    d, h, w = size
-    zz, yy, xx = torch.meshgrid(torch.arange(d), torch.arange(h), torch.arange(w), indexing="ij")
-    r2 = ((zz - d / 2) / (d / 4)) ** 2 + ((yy - h / 2) / (h / 4)) ** 2 + ((xx - w / 2) / (w / 4)) ** 2
-    mask = (r2 <= 1).float()[None, None].repeat(batch, 1, 1, 1, 1)
-    return mask + 0.3 * torch.randn(mask.shape, generator=g), mask
 
 
 # Parameters the libraries create but never use in these configurations: nnU-Net's coarsest
@@ -65,7 +52,7 @@ def test_registered_with_metadata():
 def test_smoke_patch_trains(name):
     """Train-mode shapes, finite gradients on every parameter, and Adam lowering Dice+BCE."""
     model = _build(name, SMOKE).train()
-    image, mask = _sphere_batch(SMOKE, batch=1)  # batch 1: SwinUNETR pads this patch 16-fold
+    image, mask = sphere_batch(SMOKE, batch=1)  # batch 1: SwinUNETR pads this patch 16-fold
     criterion = _criterion(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []

@@ -10,35 +10,21 @@ import torch
 
 from architectures import architecture_entry, create_architecture
 from benchmark.errors import UsageError
+from conftest import sphere_batch
+
 from benchmark.losses import DeepSupervisionLoss, create_loss
 
 NAMES = ["transfuse_s", "transfuse_l", "mctrans"]
 SMOKE, CPU, PAPER = (8, 16, 16), (16, 32, 32), (32, 64, 64)  # (D, H, W) of the three presets
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's cores are shared; also makes the optimisation test deterministic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _build(name, size):
     return create_architecture(name, in_channels=1, out_channels=1, spatial_size=size)
 
 
-def _sphere_batch(size, batch=2):
-    """A bright ball on noise and its mask: a fixed, learnable toy problem."""
-    g = torch.Generator().manual_seed(1)
-    d, h, w = size
-    zz, yy, xx = torch.meshgrid(torch.arange(d), torch.arange(h), torch.arange(w), indexing="ij")
-    r2 = ((zz - d / 2) / (d / 4)) ** 2 + ((yy - h / 2) / (h / 4)) ** 2 + ((xx - w / 2) / (w / 4)) ** 2
-    mask = (r2 <= 1).float()[None, None].repeat(batch, 1, 1, 1, 1)
-    image = mask + 0.3 * torch.randn(mask.shape, generator=g)
-    return image, mask
 
 
 def _criterion(model):
@@ -91,7 +77,7 @@ def test_odd_size_is_padded_and_cropped(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_gradients_finite_and_reach_every_parameter(name):
     model = _build(name, SMOKE).train()
-    image, mask = _sphere_batch(SMOKE)
+    image, mask = sphere_batch(SMOKE)
     _criterion(model)(model(image), mask).backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{pname} receives no gradient"
@@ -104,7 +90,7 @@ def test_gradients_finite_and_reach_every_parameter(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_few_adam_steps_lower_the_loss(name):
     model = _build(name, SMOKE).train()
-    image, mask = _sphere_batch(SMOKE)
+    image, mask = sphere_batch(SMOKE)
     criterion = _criterion(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []

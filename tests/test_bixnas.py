@@ -15,13 +15,7 @@ from benchmark.errors import UsageError
 SMOKE = (8, 16, 16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _with_stage(g: Genotype, path: str, t: int, stage_inputs) -> Genotype:
