@@ -21,6 +21,7 @@ reported and the suite goes on; the command exits non-zero at the end if any cel
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -66,6 +67,7 @@ class SuiteResult:
     resumed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)     # (cell label, message)
+    elsewhere: list[tuple[str, str]] = field(default_factory=list)  # being trained by another live process
     planned: list[Cell] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -102,9 +104,11 @@ def plan_cells(preset: str, archs: Optional[list[str]] = None, losses: Optional[
         raise UsageError(f"per-architecture override for {', '.join(stray)}, which is not in this suite "
                          f"({', '.join(archs)})")
     cells, seen = [], set()
-    for arch in archs:
-        for loss in losses:
-            for seed in range(seeds):
+    # seed outermost: a suite stopped part-way has every architecture at the lowest seeds,
+    # which makes a usable (if less certain) leaderboard, instead of all seeds of a few archs
+    for seed in range(seeds):
+        for arch in archs:
+            for loss in losses:
                 cfg = build_config(preset, common + per_arch.get(arch, []),
                                    **{"model.arch": arch, "loss.name": loss, "train.seed": seed})
                 fp = cfg.fingerprint()
@@ -125,12 +129,17 @@ def plan_cells(preset: str, archs: Optional[list[str]] = None, losses: Optional[
     return refs + cells
 
 
-def _existing_runs(cl, experiment_id: Optional[str], content_hash: str) -> tuple[dict, dict, dict]:
+def _existing_runs(cl, experiment_id: Optional[str], content_hash: str) -> tuple[dict, dict, dict, dict]:
     """Finished model runs by config fingerprint, finished references by reference
-    fingerprint and arch, and interrupted (KILLED) model runs by fingerprint, on these data."""
-    finished, refs, killed = {}, {}, {}
+    fingerprint and arch, and interrupted model runs by fingerprint, on these data.
+
+    Interrupted means KILLED (Ctrl-C, SIGTERM) or still RUNNING although the process that ran
+    it on this host has exited (SIGKILL, OOM, reboot). A RUNNING run whose process is alive
+    here is being trained by another suite: it counts as in progress and is not started again."""
+    from .liveness import owner_is_dead
+    finished, refs, killed, live = {}, {}, {}, {}
     if experiment_id is None:
-        return finished, refs, killed
+        return finished, refs, killed, live
     token = None
     while True:
         page = cl.search_runs([experiment_id], f"tags.`data.content_hash` = '{content_hash}'", max_results=1000,
@@ -141,11 +150,14 @@ def _existing_runs(cl, experiment_id: Optional[str], content_hash: str) -> tuple
                 refs[(tags["arch"], tags["reference.fingerprint"])] = run.info.run_id
             elif status == "FINISHED" and "test_dice" in run.data.metrics and tags.get("config.fingerprint"):
                 finished[tags["config.fingerprint"]] = run.info.run_id
-            elif status == "KILLED" and tags.get("config.fingerprint") and not tags.get("reference"):
+            elif tags.get("config.fingerprint") and not tags.get("reference") and (
+                    status == "KILLED" or (status == "RUNNING" and owner_is_dead(tags))):
                 killed[tags["config.fingerprint"]] = run.info.run_id
+            elif status == "RUNNING" and owner_is_dead(tags) is False and tags.get("config.fingerprint"):
+                live[tags["config.fingerprint"]] = run.info.run_id
         token = page.token
         if not token:
-            return finished, refs, killed
+            return finished, refs, killed, live
 
 
 def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[list[str]] = None, seeds: int = 3,
@@ -180,7 +192,7 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
     try:
         for c in cells:
             key = c.cfg.data.model_dump_json()
-            finished, refs, killed = existing[key]
+            finished, refs, killed, live = existing[key]
             bar.set_postfix_str(c.label)
             if c.reference:
                 done = refs.get((c.arch, reference_fingerprint(c.cfg)))
@@ -188,6 +200,10 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
                 done = finished.get(c.cfg.fingerprint())
             if done:
                 result.skipped.append((c.label, done))
+                bar.update(1)
+                continue
+            if not c.reference and c.cfg.fingerprint() in live:
+                result.elsewhere.append((c.label, live[c.cfg.fingerprint()]))
                 bar.update(1)
                 continue
             if dry_run:
@@ -224,6 +240,10 @@ def _run_cell(c: Cell, killed_run: Optional[str], experiment: Optional[str], che
     from .train import run_experiment
     if killed_run and (checkpoints_dir(killed_run) / "last.pt").exists():
         return run_experiment(None, resume_run_id=killed_run, show_progress=False), True
+    if killed_run:  # died before its first checkpoint: nothing to resume, so stop it reading RUNNING
+        from .tracking import client
+        with contextlib.suppress(Exception):
+            client().set_terminated(killed_run, status="KILLED")
     return run_experiment(c.cfg, experiment=experiment, show_progress=False), False
 
 
@@ -266,6 +286,9 @@ def _cmd(args) -> None:
     n = len(res.planned)
     print(f"suite [{preset}]: {n} runs planned: {len(res.ran)} ran, {len(res.resumed)} resumed, "
           f"{len(res.skipped)} already done, {len(res.failed)} failed ({res.seconds / 60:.1f} min)")
+    if res.elsewhere:
+        print(f"left alone, running in another process on this host: "
+              f"{', '.join(f'{label} ({rid[:8]})' for label, rid in res.elsewhere)}")
     if res.failed:
         listing = "; ".join(f"{label}: {msg}" for label, msg in res.failed)
         raise SuiteFailed(f"{len(res.failed)} of {n} suite runs failed ({listing}); rerun the same command to "

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .errors import TrainingError, UsageError
+from .liveness import owner_tags
 from .paths import checkpoints_dir
 from .tracking import Tracker
 
@@ -346,6 +347,8 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
             tracker.log_params(cfg.flat())
             tracker.log_text(cfg.to_yaml(), "config.yaml")
             tracker.set_tags({"world_size": dist.world})
+        # who runs it now: lets `bench suite` tell a hard-killed run (still RUNNING) from a live one
+        tracker.set_tags(owner_tags())
         tracker.start_system_metrics()
     run_id = tracker.run_id if tracker else None
     if on_run_start is not None and run_id:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import UsageError
+from .liveness import pid_alive
 from .paths import runs_dir
 
 JOURNAL_NAME = "journal.log"
@@ -257,7 +258,7 @@ def fail_dead_local_trials(study):
         if t.user_attrs.get("worker_host") != host:
             continue
         pid = t.user_attrs.get("worker_pid")
-        if pid and not _pid_alive(int(pid)):
+        if pid and not pid_alive(int(pid)):
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
             failed.append(t)
     if failed:
@@ -267,21 +268,6 @@ def fail_dead_local_trials(study):
                 if t.number in {f.number for f in failed}:
                     cb(study, t)
     return len(failed)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie counts as dead
-    with contextlib.suppress(Exception):
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().split(")")[-1].split()[0] == "Z":
-                return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,8 +6,11 @@ copy of its database in their own ``bench_home``, so they never disturb the othe
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +178,7 @@ def test_plan_applies_per_architecture_overrides_and_rejects_typos():
     models = [c for c in cells if not c.reference]
     assert [c.reference for c in cells[:2]] == ["threshold_baseline", "inter_reader"]
     assert len(models) == 4 and {c.cfg.train.epochs for c in models} == {1}
+    assert [(c.seed, c.arch) for c in models] == [(0, "unet3d"), (0, "transfuse_s"), (1, "unet3d"), (1, "transfuse_s")]
     assert all((c.cfg.model.kwargs.get("base_channels") == 4) == (c.arch == "unet3d") for c in models)
     assert len({c.cfg.fingerprint() for c in models}) == 4
     with pytest.raises(UsageError, match="unet3"):
@@ -191,7 +195,16 @@ def test_holm_matches_hand_computation():
     assert got[0] == pytest.approx(1.0) and np.isnan(got[1]) and got[2] == pytest.approx(1.0)
 
 
-def test_interrupted_cell_is_resumed_not_restarted(store_home, bench_home):
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("how", ["ctrl_c", "sigkill"])
+def test_interrupted_cell_is_resumed_not_restarted(store_home, bench_home, how):
+    """ctrl_c: the run marked itself KILLED. sigkill: it could not, so it still reads RUNNING,
+    but the pid it recorded on this host is gone."""
     from benchmark.config import build_config
     from benchmark.suite import run_suite
     from benchmark.train import run_experiment
@@ -207,9 +220,37 @@ def test_interrupted_cell_is_resumed_not_restarted(store_home, bench_home):
         run_experiment(cfg, show_progress=False, on_epoch_end=stop)
     cl = _client()
     [killed] = [r.info.run_id for r in _all_runs(cl) if r.info.status == "KILLED"]
+    assert cl.get_run(killed).data.tags["pid"] == str(os.getpid())
+    if how == "sigkill":
+        cl.update_run(killed, status="RUNNING")
+        cl.set_tag(killed, "pid", str(_dead_pid()))
     res = run_suite("smoke", archs=["unet3d"], losses=["dice_bce"], seeds=SEEDS + 1, overrides=SMALL,
                     show_progress=False)
     assert res.resumed == [(f"unet3d/dice_bce/s{SEEDS}", killed)]
     assert not res.ran and not res.failed and len(res.skipped) == SEEDS + 2
     run = cl.get_run(killed)
     assert run.info.status == "FINISHED" and "test_dice" in run.data.metrics
+
+
+def test_run_alive_in_another_process_is_left_alone(store_home, bench_home):
+    from benchmark.config import build_config
+    from benchmark.suite import run_suite
+    from benchmark.train import run_experiment
+    home, _ = store_home
+    (bench_home / "runs").mkdir()
+    shutil.copy(home / "runs" / "mlflow.db", bench_home / "runs" / "mlflow.db")
+    cfg = build_config("smoke", SMALL, **{"model.arch": "unet3d", "loss.name": "dice_bce", "train.seed": SEEDS})
+
+    def stop(epoch, metrics):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, show_progress=False, on_epoch_end=stop)
+    cl = _client()
+    [running] = [r.info.run_id for r in _all_runs(cl) if r.info.status == "KILLED"]
+    cl.update_run(running, status="RUNNING")   # as if a second suite were training it now (pid: this test)
+    res = run_suite("smoke", archs=["unet3d"], losses=["dice_bce"], seeds=SEEDS + 1, overrides=SMALL,
+                    show_progress=False)
+    assert res.elsewhere == [(f"unet3d/dice_bce/s{SEEDS}", running)]
+    assert not res.ran and not res.resumed and not res.failed
+    assert cl.get_run(running).info.status == "RUNNING"

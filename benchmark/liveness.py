@@ -1,0 +1,45 @@
+"""Is the process that owns a RUNNING record still alive?
+
+A run or trial killed hard (SIGKILL, OOM killer, a reboot) never gets to mark itself
+finished, so MLflow and Optuna keep showing it as RUNNING forever. Every run records the
+host and pid that executed it; on the same host a dead pid proves the record is stale,
+and the suite and the tuner can then resume or fail it instead of waiting on it. On another
+host nothing can be proved, so such records are left alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming the process that is executing a run now."""
+    return {"host": platform.node(), "pid": str(os.getpid())}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    # a zombie has exited; only its parent has not reaped it yet
+    with contextlib.suppress(Exception):
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().split(")")[-1].split()[0] == "Z":
+                return False
+    return True
+
+
+def owner_is_dead(tags: dict[str, str]) -> bool | None:
+    """True: the recorded owner ran on this host and has exited; False: it is alive here;
+    None: unknown (another host, or a record without a pid)."""
+    pid, host = tags.get("pid"), tags.get("host")
+    if not pid or host != platform.node():
+        return None
+    try:
+        return not pid_alive(int(pid))
+    except ValueError:
+        return None
