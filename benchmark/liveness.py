@@ -43,3 +43,31 @@ def owner_is_dead(tags: dict[str, str]) -> bool | None:
         return not pid_alive(int(pid))
     except ValueError:
         return None
+
+
+class HostLock:
+    """An exclusive lock on a file, shared by the processes of one host, that can be let go
+    early (``release`` is idempotent): a suite worker holds it from "which cell is free?"
+    until its MLflow run exists and names its pid, so no two workers pick the same cell."""
+
+    def __init__(self, path):
+        self.path = path
+        self._f = None
+
+    def __enter__(self) -> "HostLock":
+        import fcntl
+        from pathlib import Path
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a")
+        fcntl.flock(self._f, fcntl.LOCK_EX)
+        return self
+
+    def release(self, *_args) -> None:
+        import fcntl
+        if self._f is not None:
+            fcntl.flock(self._f, fcntl.LOCK_UN)
+            self._f.close()
+            self._f = None
+
+    def __exit__(self, *exc) -> None:
+        self.release()

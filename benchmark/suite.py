@@ -34,6 +34,8 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig, build_config
 from .errors import BenchError, UsageError
+from .liveness import HostLock
+from .paths import runs_dir
 
 __all__ = ["Cell", "SuiteResult", "SuiteFailed", "plan_cells", "run_suite", "register"]
 
@@ -192,43 +194,52 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
     try:
         for c in cells:
             key = c.cfg.data.model_dump_json()
-            finished, refs, killed, live = existing[key]
             bar.set_postfix_str(c.label)
-            if c.reference:
-                done = refs.get((c.arch, reference_fingerprint(c.cfg)))
-            else:
-                done = finished.get(c.cfg.fingerprint())
-            if done:
-                result.skipped.append((c.label, done))
-                bar.update(1)
-                continue
-            if not c.reference and c.cfg.fingerprint() in live:
-                result.elsewhere.append((c.label, live[c.cfg.fingerprint()]))
-                bar.update(1)
-                continue
             if dry_run:
-                result.ran.append((c.label, ""))
+                _, refs, _, _ = existing[key]
+                done = (refs.get((c.arch, reference_fingerprint(c.cfg))) if c.reference
+                        else existing[key][0].get(c.cfg.fingerprint()))
+                (result.skipped if done else result.ran).append((c.label, done or ""))
                 bar.update(1)
                 continue
-            try:
-                if c.reference == "threshold_baseline":
-                    from .baseline_run import run_threshold_baseline
-                    rid, _ = run_threshold_baseline(c.cfg, experiment=experiment,
-                                                    tags={"reference.fingerprint": reference_fingerprint(c.cfg)})
-                    result.ran.append((c.label, rid))
-                elif c.reference:
-                    rid, _ = run_inter_reader(c.cfg, experiment=experiment, store=stores[key])
-                    result.ran.append((c.label, rid))
+            # Claim the cell under a host-wide lock, looking at the store afresh: other `bench
+            # suite` processes on this host may have finished or started cells meanwhile. The
+            # lock is let go as soon as this cell's run exists and names our pid.
+            with HostLock(runs_dir() / "suite.lock") as claim:
+                existing[key] = _existing_runs(cl, exp_id, stores[key].data_hash)
+                finished, refs, killed, live = existing[key]
+                if c.reference:
+                    done = refs.get((c.arch, reference_fingerprint(c.cfg)))
                 else:
-                    result_run, resumed = _run_cell(c, killed.get(c.cfg.fingerprint()), experiment, checkpoints_dir)
-                    (result.resumed if resumed else result.ran).append((c.label, result_run.run_id))
-            except Exception as e:  # noqa: BLE001 - one failing cell must not stop the matrix
-                msg = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
-                msg = msg.splitlines()[0] if msg else type(e).__name__
-                result.failed.append((c.label, msg))
-                tqdm.write(f"FAILED {c.label}: {msg}", file=sys.stderr)
-                if os.environ.get("LIDC_BENCH_DEBUG") == "1":
-                    traceback.print_exc()
+                    done = finished.get(c.cfg.fingerprint())
+                if done:
+                    result.skipped.append((c.label, done))
+                    bar.update(1)
+                    continue
+                if not c.reference and c.cfg.fingerprint() in live:
+                    result.elsewhere.append((c.label, live[c.cfg.fingerprint()]))
+                    bar.update(1)
+                    continue
+                try:
+                    if c.reference == "threshold_baseline":
+                        from .baseline_run import run_threshold_baseline
+                        rid, _ = run_threshold_baseline(
+                            c.cfg, experiment=experiment, tags={"reference.fingerprint": reference_fingerprint(c.cfg)})
+                        result.ran.append((c.label, rid))
+                    elif c.reference:
+                        rid, _ = run_inter_reader(c.cfg, experiment=experiment, store=stores[key])
+                        result.ran.append((c.label, rid))
+                    else:
+                        result_run, resumed = _run_cell(c, killed.get(c.cfg.fingerprint()), experiment,
+                                                        checkpoints_dir, on_run_start=claim.release)
+                        (result.resumed if resumed else result.ran).append((c.label, result_run.run_id))
+                except Exception as e:  # noqa: BLE001 - one failing cell must not stop the matrix
+                    msg = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
+                    msg = msg.splitlines()[0] if msg else type(e).__name__
+                    result.failed.append((c.label, msg))
+                    tqdm.write(f"FAILED {c.label}: {msg}", file=sys.stderr)
+                    if os.environ.get("LIDC_BENCH_DEBUG") == "1":
+                        traceback.print_exc()
             bar.update(1)
     finally:
         bar.close()
@@ -236,15 +247,15 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
     return result
 
 
-def _run_cell(c: Cell, killed_run: Optional[str], experiment: Optional[str], checkpoints_dir):
+def _run_cell(c: Cell, killed_run: Optional[str], experiment: Optional[str], checkpoints_dir, on_run_start=None):
     from .train import run_experiment
     if killed_run and (checkpoints_dir(killed_run) / "last.pt").exists():
-        return run_experiment(None, resume_run_id=killed_run, show_progress=False), True
+        return run_experiment(None, resume_run_id=killed_run, show_progress=False, on_run_start=on_run_start), True
     if killed_run:  # died before its first checkpoint: nothing to resume, so stop it reading RUNNING
         from .tracking import client
         with contextlib.suppress(Exception):
             client().set_terminated(killed_run, status="KILLED")
-    return run_experiment(c.cfg, experiment=experiment, show_progress=False), False
+    return run_experiment(c.cfg, experiment=experiment, show_progress=False, on_run_start=on_run_start), False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -254,3 +254,28 @@ def test_run_alive_in_another_process_is_left_alone(store_home, bench_home):
     assert res.elsewhere == [(f"unet3d/dice_bce/s{SEEDS}", running)]
     assert not res.ran and not res.resumed and not res.failed
     assert cl.get_run(running).info.status == "RUNNING"
+
+
+def test_two_suite_workers_share_the_matrix_without_duplicates(store_home, bench_home):
+    """Two `bench suite` processes on one host, one thread each: every new cell is trained
+    exactly once, and both processes finish cleanly."""
+    from conftest import ROOT
+    home, _ = store_home
+    (bench_home / "runs").mkdir()
+    shutil.copy(home / "runs" / "mlflow.db", bench_home / "runs" / "mlflow.db")
+    new_seeds = 2
+    env = dict(os.environ, LIDC_BENCH_HOME=str(bench_home), OMP_NUM_THREADS="1",
+               MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="false")
+    cmd = [sys.executable, "-m", "benchmark.cli", "suite", "--preset", "smoke", "--archs", "unet3d",
+           "--losses", "dice_bce", "--seeds", str(SEEDS + new_seeds), "--no-progress", *SMALL]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    cl = _client()
+    new = [r for r in _all_runs(cl) if r.data.tags.get("loss") == "dice_bce"
+           and int(r.data.tags.get("seed", -1)) >= SEEDS]
+    assert sorted(int(r.data.tags["seed"]) for r in new) == list(range(SEEDS, SEEDS + new_seeds))
+    assert all(r.info.status == "FINISHED" and r.data.tags["torch.threads"] == "1" for r in new)
+    ran = sum(int(re.search(r"(\d+) ran", out).group(1)) for out, _ in outs)
+    assert ran == new_seeds
