@@ -178,9 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a scheduler's time limit, torchrun stopping its workers) handled like
+    Ctrl-C, so a run is closed as KILLED with its last checkpoint instead of left RUNNING."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     import logging
+    import signal
+    import threading
     debug = os.environ.get("LIDC_BENCH_DEBUG") == "1"
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema-creation chatter is not for users
     try:
         parser = build_parser()
@@ -201,9 +214,9 @@ def main(argv=None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print("terminated" if isinstance(e, Terminated) else "interrupted", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except OSError as e:
         # a path the user gave that cannot be read or written (not a folder, no space, no permission)
         if debug:

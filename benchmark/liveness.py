@@ -14,8 +14,11 @@ import platform
 
 
 def owner_tags() -> dict[str, str]:
-    """Tags naming the process that is executing a run now."""
-    return {"host": platform.node(), "pid": str(os.getpid())}
+    """Tags naming the process that is executing a run now (set again on every resume)."""
+    import torch
+    return {"host": platform.node(), "pid": str(os.getpid()),
+            # e.g. two suite workers at OMP_NUM_THREADS=1 each on a 2-core machine
+            "torch.threads": str(torch.get_num_threads())}
 
 
 def pid_alive(pid: int) -> bool:

@@ -118,7 +118,6 @@ def environment_tags() -> dict[str, str]:
         "torch": torch.__version__,
         "host": platform.node(),
         "device": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"),
-        "torch.threads": str(torch.get_num_threads()),  # e.g. two suite workers at OMP_NUM_THREADS=1 each
     }
     for pkg in ("monai", "mlflow", "optuna", "SimpleITK", "timm", "numpy"):
         try:

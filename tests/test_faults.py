@@ -67,6 +67,18 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(bench_home):
         assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
 
 
+def test_sigterm_closes_the_run_as_killed_and_it_resumes(bench_home):
+    """kill (SIGTERM) is handled like Ctrl-C: exit 143, the run is KILLED, not left RUNNING."""
+    env = {"LIDC_BENCH_HOME": str(bench_home)}
+    proc = _bench("run", "--arch", "unet3d", "--preset", "smoke", "--no-progress", *SLOW_SMOKE, env=env)
+    run_id = _wait_for_checkpoint(bench_home, 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "terminated" in err and f"bench run --resume {run_id}" in err
+    assert _client().get_run(run_id).info.status == "KILLED"
+
+
 def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(bench_home):
     from benchmark.losses import LOSSES, create_loss
     calls = {"n": 0}
