@@ -191,55 +191,64 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
 
     bar = tqdm(total=len(cells), desc=f"suite [{preset}]", unit="run", disable=not show_progress,
                dynamic_ncols=True)
-    try:
-        for c in cells:
-            key = c.cfg.data.model_dump_json()
-            bar.set_postfix_str(c.label)
-            if dry_run:
-                _, refs, _, _ = existing[key]
-                done = (refs.get((c.arch, reference_fingerprint(c.cfg))) if c.reference
-                        else existing[key][0].get(c.cfg.fingerprint()))
-                (result.skipped if done else result.ran).append((c.label, done or ""))
-                bar.update(1)
-                continue
-            # Claim the cell under a host-wide lock, looking at the store afresh: other `bench
-            # suite` processes on this host may have finished or started cells meanwhile. The
-            # lock is let go as soon as this cell's run exists and names our pid.
-            with HostLock(runs_dir() / "suite.lock") as claim:
-                existing[key] = _existing_runs(cl, exp_id, stores[key].data_hash)
-                finished, refs, killed, live = existing[key]
-                if c.reference:
-                    done = refs.get((c.arch, reference_fingerprint(c.cfg)))
-                else:
-                    done = finished.get(c.cfg.fingerprint())
-                if done:
-                    result.skipped.append((c.label, done))
-                    bar.update(1)
-                    continue
-                if not c.reference and c.cfg.fingerprint() in live:
+
+    def attempt(c: Cell, last_look: bool) -> bool:
+        """Skip, run or resume one cell; False when another live process holds it (recorded
+        in ``result.elsewhere`` only on the last look)."""
+        key = c.cfg.data.model_dump_json()
+        bar.set_postfix_str(c.label)
+        if dry_run:
+            finished, refs, _, _ = existing[key]
+            done = refs.get((c.arch, reference_fingerprint(c.cfg))) if c.reference else finished.get(c.cfg.fingerprint())
+            (result.skipped if done else result.ran).append((c.label, done or ""))
+            return True
+        # Claim the cell under a host-wide lock, looking at the store afresh: other `bench
+        # suite` processes on this host may have finished or started cells meanwhile. The
+        # lock is let go as soon as this cell's run exists and names our pid.
+        with HostLock(runs_dir() / "suite.lock") as claim:
+            existing[key] = _existing_runs(cl, exp_id, stores[key].data_hash)
+            finished, refs, killed, live = existing[key]
+            done = refs.get((c.arch, reference_fingerprint(c.cfg))) if c.reference else finished.get(c.cfg.fingerprint())
+            if done:
+                result.skipped.append((c.label, done))
+                return True
+            if not c.reference and c.cfg.fingerprint() in live:
+                if last_look:
                     result.elsewhere.append((c.label, live[c.cfg.fingerprint()]))
-                    bar.update(1)
-                    continue
-                try:
-                    if c.reference == "threshold_baseline":
-                        from .baseline_run import run_threshold_baseline
-                        rid, _ = run_threshold_baseline(
-                            c.cfg, experiment=experiment, tags={"reference.fingerprint": reference_fingerprint(c.cfg)})
-                        result.ran.append((c.label, rid))
-                    elif c.reference:
-                        rid, _ = run_inter_reader(c.cfg, experiment=experiment, store=stores[key])
-                        result.ran.append((c.label, rid))
-                    else:
-                        result_run, resumed = _run_cell(c, killed.get(c.cfg.fingerprint()), experiment,
-                                                        checkpoints_dir, on_run_start=claim.release)
-                        (result.resumed if resumed else result.ran).append((c.label, result_run.run_id))
-                except Exception as e:  # noqa: BLE001 - one failing cell must not stop the matrix
-                    msg = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
-                    msg = msg.splitlines()[0] if msg else type(e).__name__
-                    result.failed.append((c.label, msg))
-                    tqdm.write(f"FAILED {c.label}: {msg}", file=sys.stderr)
-                    if os.environ.get("LIDC_BENCH_DEBUG") == "1":
-                        traceback.print_exc()
+                return False
+            try:
+                if c.reference == "threshold_baseline":
+                    from .baseline_run import run_threshold_baseline
+                    rid, _ = run_threshold_baseline(
+                        c.cfg, experiment=experiment, tags={"reference.fingerprint": reference_fingerprint(c.cfg)})
+                    result.ran.append((c.label, rid))
+                elif c.reference:
+                    rid, _ = run_inter_reader(c.cfg, experiment=experiment, store=stores[key])
+                    result.ran.append((c.label, rid))
+                else:
+                    result_run, resumed = _run_cell(c, killed.get(c.cfg.fingerprint()), experiment,
+                                                    checkpoints_dir, on_run_start=claim.release)
+                    (result.resumed if resumed else result.ran).append((c.label, result_run.run_id))
+            except Exception as e:  # noqa: BLE001 - one failing cell must not stop the matrix
+                msg = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
+                msg = msg.splitlines()[0] if msg else type(e).__name__
+                result.failed.append((c.label, msg))
+                tqdm.write(f"FAILED {c.label}: {msg}", file=sys.stderr)
+                if os.environ.get("LIDC_BENCH_DEBUG") == "1":
+                    traceback.print_exc()
+            return True
+
+    try:
+        held_elsewhere = []
+        for c in cells:
+            if attempt(c, last_look=False):
+                bar.update(1)
+            else:
+                held_elsewhere.append(c)
+        # a second look at cells another worker held: it may have finished them, or died (then
+        # its run is resumed here)
+        for c in held_elsewhere:
+            attempt(c, last_look=True)
             bar.update(1)
     finally:
         bar.close()

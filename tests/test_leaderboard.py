@@ -279,3 +279,38 @@ def test_two_suite_workers_share_the_matrix_without_duplicates(store_home, bench
     assert all(r.info.status == "FINISHED" and r.data.tags["torch.threads"] == "1" for r in new)
     ran = sum(int(re.search(r"(\d+) ran", out).group(1)) for out, _ in outs)
     assert ran == new_seeds
+
+
+def test_cell_whose_worker_dies_during_the_pass_is_resumed_on_the_second_look(store_home, bench_home,
+                                                                               monkeypatch):
+    import benchmark.suite as suite
+    from benchmark.config import build_config
+    from benchmark.train import run_experiment
+    home, _ = store_home
+    (bench_home / "runs").mkdir()
+    shutil.copy(home / "runs" / "mlflow.db", bench_home / "runs" / "mlflow.db")
+    cfg = build_config("smoke", SMALL, **{"model.arch": "unet3d", "loss.name": "dice_bce", "train.seed": SEEDS})
+
+    def stop(epoch, metrics):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, show_progress=False, on_epoch_end=stop)
+    cl = _client()
+    [held] = [r.info.run_id for r in _all_runs(cl) if r.info.status == "KILLED"]
+    other_worker = subprocess.Popen(["sleep", "600"])   # stands in for a live suite worker
+    cl.update_run(held, status="RUNNING")
+    cl.set_tag(held, "pid", str(other_worker.pid))
+    real_run_cell = suite._run_cell
+
+    def worker_dies_meanwhile(*args, **kwargs):   # the other worker dies while we train the next cell
+        other_worker.kill()
+        other_worker.wait()
+        return real_run_cell(*args, **kwargs)
+
+    monkeypatch.setattr(suite, "_run_cell", worker_dies_meanwhile)
+    res = suite.run_suite("smoke", archs=["unet3d"], losses=["dice_bce"], seeds=SEEDS + 2, overrides=SMALL,
+                          show_progress=False)
+    assert [label for label, _ in res.ran] == [f"unet3d/dice_bce/s{SEEDS + 1}"]
+    assert res.resumed == [(f"unet3d/dice_bce/s{SEEDS}", held)] and not res.elsewhere and not res.failed
+    assert cl.get_run(held).info.status == "FINISHED"
