@@ -310,12 +310,28 @@ class Leaderboard:
     n_unscored: int = 0            # test nodules without ground truth at this spacing
 
 
-def _config_without_seed(run: RunRecord) -> dict:
+def _ran_full_budget(run: RunRecord) -> bool:
+    return run.tags.get("stopped_early") == "False" or (
+        "epochs_completed" in run.metrics
+        and run.metrics["epochs_completed"] == (run.config.get("train") or {}).get("epochs"))
+
+
+def _protocol_config(run: RunRecord) -> dict:
+    """The run's config as it bears on the result: without its name, and without the early
+    stopping patience when early stopping never fired (it then made no difference, so such a
+    run is the same experiment as one with any larger patience; see RunConfig.budget_fingerprint)."""
     from .config import flatten
     flat = flatten(run.config) if run.config else {}
-    for k in ("name", "train.seed"):
-        flat.pop(k, None)
+    flat.pop("name", None)
+    if _ran_full_budget(run):
+        flat.pop("train.early_stopping_patience", None)
     return {k: json.dumps(v, sort_keys=True) for k, v in flat.items()}
+
+
+def _config_without_seed(run: RunRecord) -> dict:
+    flat = _protocol_config(run)
+    flat.pop("train.seed", None)
+    return flat
 
 
 def make_rows(runs: list[RunRecord]) -> list[Row]:
@@ -324,7 +340,7 @@ def make_rows(runs: list[RunRecord]) -> list[Row]:
     for r in runs:
         # a reference is deterministic: its latest run stands for it
         ident = (r.arch, r.loss) if r.reference else \
-            (r.arch, r.loss, r.tags.get("config.fingerprint") or r.run_id)
+            (r.arch, r.loss, json.dumps(_protocol_config(r), sort_keys=True) if r.config else r.run_id)
         if ident not in latest or (r.end_time, r.run_id) > (latest[ident].end_time, latest[ident].run_id):
             latest[ident] = r
     by_pair: dict[tuple[str, str], list[RunRecord]] = {}

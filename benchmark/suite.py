@@ -30,6 +30,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Optional
 
+import yaml
 from tqdm.auto import tqdm
 
 from .config import RunConfig, build_config
@@ -131,35 +132,85 @@ def plan_cells(preset: str, archs: Optional[list[str]] = None, losses: Optional[
     return refs + cells
 
 
-def _existing_runs(cl, experiment_id: Optional[str], content_hash: str) -> tuple[dict, dict, dict, dict]:
-    """Finished model runs by config fingerprint, finished references by reference
-    fingerprint and arch, and interrupted model runs by fingerprint, on these data.
+@dataclass
+class StoreView:
+    """What the MLflow store already holds for one data config (see ``_existing_runs``)."""
+    finished: dict = field(default_factory=dict)   # config fingerprint -> run id
+    refs: dict = field(default_factory=dict)       # (reference arch, reference fingerprint) -> run id
+    killed: dict = field(default_factory=dict)     # config fingerprint -> interrupted run id
+    live: dict = field(default_factory=dict)       # config fingerprint -> run held by a live process here
+    #: budget fingerprint -> [(run id, patience)] of finished runs that early stopping never cut short
+    complete: dict = field(default_factory=dict)
+
+    def done_for(self, c: Cell) -> Optional[str]:
+        from .reference import reference_fingerprint
+        if c.reference:
+            return self.refs.get((c.arch, reference_fingerprint(c.cfg)))
+        if c.cfg.fingerprint() in self.finished:
+            return self.finished[c.cfg.fingerprint()]
+        # A run that early stopping never cut short is the same experiment under any larger
+        # patience (training is deterministic per seed and epoch), so it counts as done.
+        for rid, patience in self.complete.get(c.cfg.budget_fingerprint(), []):
+            if patience <= c.cfg.train.early_stopping_patience:
+                return rid
+        return None
+
+
+def _budget_fingerprint_of(cl, run) -> Optional[str]:
+    """The run's budget fingerprint: its tag, or (runs logged before the tag existed) computed
+    from its logged config.yaml and written back as the tag."""
+    tag = run.data.tags.get("config.budget_fingerprint")
+    if tag:
+        return tag
+    import tempfile
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = cl.download_artifacts(run.info.run_id, "config.yaml", tmp)
+            with open(path) as f:
+                cfg = RunConfig.model_validate(yaml.safe_load(f))
+    except Exception:  # noqa: BLE001 - no usable config: the run just cannot stand in for another
+        return None
+    fp = cfg.budget_fingerprint()
+    with contextlib.suppress(Exception):
+        cl.set_tag(run.info.run_id, "config.budget_fingerprint", fp)
+    return fp
+
+
+def _existing_runs(cl, experiment_id: Optional[str], content_hash: str) -> StoreView:
+    """The runs of this experiment on these data, sorted into a ``StoreView``.
 
     Interrupted means KILLED (Ctrl-C, SIGTERM) or still RUNNING although the process that ran
     it on this host has exited (SIGKILL, OOM, reboot). A RUNNING run whose process is alive
     here is being trained by another suite: it counts as in progress and is not started again."""
     from .liveness import owner_is_dead
-    finished, refs, killed, live = {}, {}, {}, {}
+    view = StoreView()
     if experiment_id is None:
-        return finished, refs, killed, live
+        return view
     token = None
     while True:
         page = cl.search_runs([experiment_id], f"tags.`data.content_hash` = '{content_hash}'", max_results=1000,
                               page_token=token, order_by=["attributes.start_time ASC"])
         for run in page:
-            tags, status = run.data.tags, run.info.status
+            tags, status, rid = run.data.tags, run.info.status, run.info.run_id
+            fp = tags.get("config.fingerprint")
             if status == "FINISHED" and tags.get("reference.fingerprint") and tags.get("arch"):
-                refs[(tags["arch"], tags["reference.fingerprint"])] = run.info.run_id
-            elif status == "FINISHED" and "test_dice" in run.data.metrics and tags.get("config.fingerprint"):
-                finished[tags["config.fingerprint"]] = run.info.run_id
-            elif tags.get("config.fingerprint") and not tags.get("reference") and (
+                view.refs[(tags["arch"], tags["reference.fingerprint"])] = rid
+            elif status == "FINISHED" and "test_dice" in run.data.metrics and fp:
+                view.finished[fp] = rid
+                params = run.data.params
+                ran_all = run.data.metrics.get("epochs_completed") == float(params.get("train.epochs", "nan"))
+                if (tags.get("stopped_early") == "False" or ran_all) and "train.early_stopping_patience" in params:
+                    bfp = _budget_fingerprint_of(cl, run)
+                    if bfp:
+                        view.complete.setdefault(bfp, []).append((rid, int(params["train.early_stopping_patience"])))
+            elif fp and not tags.get("reference") and (
                     status == "KILLED" or (status == "RUNNING" and owner_is_dead(tags))):
-                killed[tags["config.fingerprint"]] = run.info.run_id
-            elif status == "RUNNING" and owner_is_dead(tags) is False and tags.get("config.fingerprint"):
-                live[tags["config.fingerprint"]] = run.info.run_id
+                view.killed[fp] = rid
+            elif status == "RUNNING" and owner_is_dead(tags) is False and fp:
+                view.live[fp] = rid
         token = page.token
         if not token:
-            return finished, refs, killed, live
+            return view
 
 
 def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[list[str]] = None, seeds: int = 3,
@@ -198,23 +249,21 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
         key = c.cfg.data.model_dump_json()
         bar.set_postfix_str(c.label)
         if dry_run:
-            finished, refs, _, _ = existing[key]
-            done = refs.get((c.arch, reference_fingerprint(c.cfg))) if c.reference else finished.get(c.cfg.fingerprint())
+            done = existing[key].done_for(c)
             (result.skipped if done else result.ran).append((c.label, done or ""))
             return True
         # Claim the cell under a host-wide lock, looking at the store afresh: other `bench
         # suite` processes on this host may have finished or started cells meanwhile. The
         # lock is let go as soon as this cell's run exists and names our pid.
         with HostLock(runs_dir() / "suite.lock") as claim:
-            existing[key] = _existing_runs(cl, exp_id, stores[key].data_hash)
-            finished, refs, killed, live = existing[key]
-            done = refs.get((c.arch, reference_fingerprint(c.cfg))) if c.reference else finished.get(c.cfg.fingerprint())
+            existing[key] = view = _existing_runs(cl, exp_id, stores[key].data_hash)
+            done = view.done_for(c)
             if done:
                 result.skipped.append((c.label, done))
                 return True
-            if not c.reference and c.cfg.fingerprint() in live:
+            if not c.reference and c.cfg.fingerprint() in view.live:
                 if last_look:
-                    result.elsewhere.append((c.label, live[c.cfg.fingerprint()]))
+                    result.elsewhere.append((c.label, view.live[c.cfg.fingerprint()]))
                 return False
             try:
                 if c.reference == "threshold_baseline":
@@ -226,7 +275,7 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
                     rid, _ = run_inter_reader(c.cfg, experiment=experiment, store=stores[key])
                     result.ran.append((c.label, rid))
                 else:
-                    result_run, resumed = _run_cell(c, killed.get(c.cfg.fingerprint()), experiment,
+                    result_run, resumed = _run_cell(c, view.killed.get(c.cfg.fingerprint()), experiment,
                                                     checkpoints_dir, on_run_start=claim.release)
                     (result.resumed if resumed else result.ran).append((c.label, result_run.run_id))
             except Exception as e:  # noqa: BLE001 - one failing cell must not stop the matrix

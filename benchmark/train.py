@@ -304,6 +304,7 @@ def data_tags(cfg: RunConfig, store) -> dict[str, str]:
         "data.spacing_mm": str(cfg.data.spacing_mm), "data.split_hash": store.split_hash,
         "data.content_hash": store.data_hash, "preset": cfg.preset, "arch": cfg.model.arch,
         "loss": cfg.loss.name, "seed": str(cfg.train.seed), "config.fingerprint": cfg.fingerprint(),
+        "config.budget_fingerprint": cfg.budget_fingerprint(),
         "data.dataset": "lidc-" + cfg.data.source,
     }
 

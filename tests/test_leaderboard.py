@@ -314,3 +314,43 @@ def test_cell_whose_worker_dies_during_the_pass_is_resumed_on_the_second_look(st
     assert [label for label, _ in res.ran] == [f"unet3d/dice_bce/s{SEEDS + 1}"]
     assert res.resumed == [(f"unet3d/dice_bce/s{SEEDS}", held)] and not res.elsewhere and not res.failed
     assert cl.get_run(held).info.status == "FINISHED"
+
+
+def test_a_run_never_cut_short_counts_for_a_larger_patience(store_home, bench_home):
+    """Raising only the early-stopping patience does not retrain runs that early stopping never
+    stopped (also for runs logged before the budget-fingerprint tag existed)."""
+    from benchmark.suite import run_suite
+    home, res = store_home
+    (bench_home / "runs").mkdir()
+    shutil.copy(home / "runs" / "mlflow.db", bench_home / "runs" / "mlflow.db")
+    cl = _client()
+    models = [r for r in _all_runs(cl) if "config.budget_fingerprint" in r.data.tags and r.data.tags["preset"] == "smoke"]
+    cl.delete_tag(models[0].info.run_id, "config.budget_fingerprint")   # as logged by an older version
+    more_patience = [*SMALL, "train.early_stopping_patience=9"]
+    res = run_suite("smoke", archs=["unet3d"], losses=["dice_bce", "dice"], seeds=SEEDS, overrides=more_patience,
+                    show_progress=False, dry_run=True)
+    assert not res.ran and len(res.skipped) == len(ARCH_LOSSES) * SEEDS + 2
+    assert {rid for _, rid in res.skipped} <= {r.info.run_id for r in _all_runs(cl)}
+    assert cl.get_run(models[0].info.run_id).data.tags["config.budget_fingerprint"]
+    # a smaller patience than the runs had is a different experiment: they might have stopped
+    less = run_suite("smoke", archs=["unet3d"], losses=["dice_bce"], seeds=1,
+                     overrides=[*SMALL, "train.early_stopping_patience=0"], show_progress=False, dry_run=True)
+    assert [label for label, _ in less.ran] == ["unet3d/dice_bce/s0"]
+
+
+def test_leaderboard_merges_runs_that_differ_only_in_an_unused_patience():
+    from benchmark.leaderboard import RunRecord, make_rows
+
+    def record(rid, seed, patience, stopped):
+        cfg = {"name": None, "train": {"seed": seed, "epochs": 20, "early_stopping_patience": patience}}
+        return RunRecord(rid, {"arch": "unet3d", "loss": "dice_bce", "seed": str(seed), "stopped_early": str(stopped)},
+                         {"epochs_completed": 7.0 if stopped else 20.0}, cfg, 0, pd.DataFrame())
+
+    rows = make_rows([record("a", 0, 6, False), record("b", 1, 20, False), record("c", 1, 6, True),
+                      record("d", 0, 20, False)])
+    by_members = sorted(sorted(r.run_id for r in row.runs) for row in rows)
+    # a (patience 6, never fired) and d (patience 20) are the same seed-0 experiment: one of them
+    # stands for it; c was cut short at patience 6, a different experiment with its own row
+    assert len(rows) == 2 and ["c"] in by_members
+    main = next(row for row in rows if "c" not in [r.run_id for r in row.runs])
+    assert sorted(r.seed for r in main.runs) == ["0", "1"]

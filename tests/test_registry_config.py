@@ -79,3 +79,14 @@ def test_fingerprint_ignores_name_only():
     b.name = "other"
     assert a.fingerprint() == b.fingerprint()
     assert build_config("smoke", ["train.seed=1"]).fingerprint() != a.fingerprint()
+
+
+def test_budget_fingerprint_ignores_only_the_patience():
+    from benchmark.config import build_config
+    a = build_config("cpu", ["train.early_stopping_patience=6"])
+    b = build_config("cpu", ["train.early_stopping_patience=20"])
+    c = build_config("cpu", ["train.early_stopping_patience=6", "train.epochs=21"])
+    assert a.fingerprint() != b.fingerprint() and a.budget_fingerprint() == b.budget_fingerprint()
+    assert a.budget_fingerprint() != c.budget_fingerprint()
+    # the cpu budget is short: every architecture gets all of it
+    assert b.train.early_stopping_patience >= b.train.epochs == build_config("cpu").train.epochs
