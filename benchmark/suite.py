@@ -137,8 +137,8 @@ class StoreView:
     """What the MLflow store already holds for one data config (see ``_existing_runs``)."""
     finished: dict = field(default_factory=dict)   # config fingerprint -> run id
     refs: dict = field(default_factory=dict)       # (reference arch, reference fingerprint) -> run id
-    killed: dict = field(default_factory=dict)     # config fingerprint -> interrupted run id
-    live: dict = field(default_factory=dict)       # config fingerprint -> run held by a live process here
+    killed: dict = field(default_factory=dict)     # budget fingerprint -> [(interrupted run id, patience)]
+    live: dict = field(default_factory=dict)       # budget fingerprint -> run held by a live process here
     #: budget fingerprint -> [(run id, patience)] of finished runs that early stopping never cut short
     complete: dict = field(default_factory=dict)
 
@@ -151,6 +151,17 @@ class StoreView:
         # A run that early stopping never cut short is the same experiment under any larger
         # patience (training is deterministic per seed and epoch), so it counts as done.
         for rid, patience in self.complete.get(c.cfg.budget_fingerprint(), []):
+            if patience <= c.cfg.train.early_stopping_patience:
+                return rid
+        return None
+
+    # Interrupted and in-progress runs are matched on the budget fingerprint too, so a worker
+    # started after a change of patience neither trains a cell twice nor throws away progress.
+    def held_elsewhere(self, c: Cell) -> Optional[str]:
+        return None if c.reference else self.live.get(c.cfg.budget_fingerprint())
+
+    def interrupted(self, c: Cell) -> Optional[str]:
+        for rid, patience in reversed(self.killed.get(c.cfg.budget_fingerprint(), [])):  # latest first
             if patience <= c.cfg.train.early_stopping_patience:
                 return rid
         return None
@@ -205,9 +216,13 @@ def _existing_runs(cl, experiment_id: Optional[str], content_hash: str) -> Store
                         view.complete.setdefault(bfp, []).append((rid, int(params["train.early_stopping_patience"])))
             elif fp and not tags.get("reference") and (
                     status == "KILLED" or (status == "RUNNING" and owner_is_dead(tags))):
-                view.killed[fp] = rid
+                bfp = _budget_fingerprint_of(cl, run)
+                if bfp and "train.early_stopping_patience" in run.data.params:
+                    view.killed.setdefault(bfp, []).append((rid, int(run.data.params["train.early_stopping_patience"])))
             elif status == "RUNNING" and owner_is_dead(tags) is False and fp:
-                view.live[fp] = rid
+                bfp = _budget_fingerprint_of(cl, run)
+                if bfp:
+                    view.live[bfp] = rid
         token = page.token
         if not token:
             return view
@@ -261,9 +276,10 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
             if done:
                 result.skipped.append((c.label, done))
                 return True
-            if not c.reference and c.cfg.fingerprint() in view.live:
+            holder = view.held_elsewhere(c)
+            if holder:
                 if last_look:
-                    result.elsewhere.append((c.label, view.live[c.cfg.fingerprint()]))
+                    result.elsewhere.append((c.label, holder))
                 return False
             try:
                 if c.reference == "threshold_baseline":
@@ -275,7 +291,7 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
                     rid, _ = run_inter_reader(c.cfg, experiment=experiment, store=stores[key])
                     result.ran.append((c.label, rid))
                 else:
-                    result_run, resumed = _run_cell(c, view.killed.get(c.cfg.fingerprint()), experiment,
+                    result_run, resumed = _run_cell(c, view.interrupted(c), experiment,
                                                     checkpoints_dir, on_run_start=claim.release)
                     (result.resumed if resumed else result.ran).append((c.label, result_run.run_id))
             except Exception as e:  # noqa: BLE001 - one failing cell must not stop the matrix

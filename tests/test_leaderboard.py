@@ -254,6 +254,10 @@ def test_run_alive_in_another_process_is_left_alone(store_home, bench_home):
     assert res.elsewhere == [(f"unet3d/dice_bce/s{SEEDS}", running)]
     assert not res.ran and not res.resumed and not res.failed
     assert cl.get_run(running).info.status == "RUNNING"
+    # a worker started with a larger patience sees the same cell as held, not as new
+    res = run_suite("smoke", archs=["unet3d"], losses=["dice_bce"], seeds=SEEDS + 1,
+                    overrides=[*SMALL, "train.early_stopping_patience=9"], show_progress=False)
+    assert res.elsewhere == [(f"unet3d/dice_bce/s{SEEDS}", running)] and not res.ran and not res.resumed
 
 
 def test_two_suite_workers_share_the_matrix_without_duplicates(store_home, bench_home):
