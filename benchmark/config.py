@@ -132,19 +132,33 @@ class RunConfig(_Strict):
 
     def fingerprint(self) -> str:
         """Hash of everything that defines the experiment (not its name)."""
-        d = self.model_dump(mode="json")
-        d.pop("name", None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return self._hash(with_patience=True)
 
     def budget_fingerprint(self) -> str:
         """The fingerprint without ``train.early_stopping_patience``: two configs that differ
         only there train identically until early stopping fires, so a run never cut short by
-        it stands for every config with the same budget fingerprint and a patience at least
-        as large (``bench suite`` uses this)."""
+        it (``ran_full_budget``) stands for every config with the same budget fingerprint and
+        a patience at least as large (``bench suite`` and the leaderboard use this)."""
+        return self._hash(with_patience=False)
+
+    def _hash(self, with_patience: bool) -> str:
         d = self.model_dump(mode="json")
         d.pop("name", None)
-        d["train"].pop("early_stopping_patience", None)
+        if not with_patience:
+            d["train"].pop("early_stopping_patience", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def ran_full_budget(stopped_early_tag: Optional[str], epochs_completed: Optional[float], epochs: Any) -> bool:
+    """Did early stopping leave a finished run alone? From its MLflow record: the
+    ``stopped_early`` tag, the ``epochs_completed`` metric and the planned ``train.epochs``
+    (stopping on the last epoch cuts nothing short)."""
+    if stopped_early_tag == "False":
+        return True
+    try:
+        return epochs_completed is not None and float(epochs_completed) == float(epochs)
+    except (TypeError, ValueError):
+        return False
 
 
 PRESETS: dict[str, dict[str, Any]] = {

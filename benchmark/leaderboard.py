@@ -310,20 +310,14 @@ class Leaderboard:
     n_unscored: int = 0            # test nodules without ground truth at this spacing
 
 
-def _ran_full_budget(run: RunRecord) -> bool:
-    return run.tags.get("stopped_early") == "False" or (
-        "epochs_completed" in run.metrics
-        and run.metrics["epochs_completed"] == (run.config.get("train") or {}).get("epochs"))
-
-
 def _protocol_config(run: RunRecord) -> dict:
     """The run's config as it bears on the result: without its name, and without the early
     stopping patience when early stopping never fired (it then made no difference, so such a
     run is the same experiment as one with any larger patience; see RunConfig.budget_fingerprint)."""
-    from .config import flatten
+    from .config import flatten, ran_full_budget
     flat = flatten(run.config) if run.config else {}
     flat.pop("name", None)
-    if _ran_full_budget(run):
+    if ran_full_budget(run.tags.get("stopped_early"), run.metrics.get("epochs_completed"), flat.get("train.epochs")):
         flat.pop("train.early_stopping_patience", None)
     return {k: json.dumps(v, sort_keys=True) for k, v in flat.items()}
 

@@ -33,9 +33,9 @@ from typing import Optional
 import yaml
 from tqdm.auto import tqdm
 
-from .config import RunConfig, build_config
+from .config import RunConfig, build_config, ran_full_budget
 from .errors import BenchError, UsageError
-from .liveness import HostLock
+from .liveness import HostLock, owner_is_dead
 from .paths import runs_dir
 
 __all__ = ["Cell", "SuiteResult", "SuiteFailed", "plan_cells", "run_suite", "register"]
@@ -167,12 +167,18 @@ class StoreView:
         return None
 
 
-def _budget_fingerprint_of(cl, run) -> Optional[str]:
-    """The run's budget fingerprint: its tag, or (runs logged before the tag existed) computed
+def _budget_of(cl, run) -> Optional[tuple[str, int]]:
+    """(budget fingerprint, early-stopping patience) of a model run, or None when unknown.
+    The fingerprint is the run's tag or, for runs logged before the tag existed, computed
     from its logged config.yaml and written back as the tag."""
-    tag = run.data.tags.get("config.budget_fingerprint")
-    if tag:
-        return tag
+    patience = run.data.params.get("train.early_stopping_patience")
+    if patience is None:
+        return None
+    bfp = run.data.tags.get("config.budget_fingerprint") or _budget_fingerprint_from_config(cl, run)
+    return (bfp, int(patience)) if bfp else None
+
+
+def _budget_fingerprint_from_config(cl, run) -> Optional[str]:
     import tempfile
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -193,7 +199,6 @@ def _existing_runs(cl, experiment_id: Optional[str], content_hash: str) -> Store
     Interrupted means KILLED (Ctrl-C, SIGTERM) or still RUNNING although the process that ran
     it on this host has exited (SIGKILL, OOM, reboot). A RUNNING run whose process is alive
     here is being trained by another suite: it counts as in progress and is not started again."""
-    from .liveness import owner_is_dead
     view = StoreView()
     if experiment_id is None:
         return view
@@ -206,23 +211,23 @@ def _existing_runs(cl, experiment_id: Optional[str], content_hash: str) -> Store
             fp = tags.get("config.fingerprint")
             if status == "FINISHED" and tags.get("reference.fingerprint") and tags.get("arch"):
                 view.refs[(tags["arch"], tags["reference.fingerprint"])] = rid
-            elif status == "FINISHED" and "test_dice" in run.data.metrics and fp:
+                continue
+            if not fp or tags.get("reference"):
+                continue
+            if status == "FINISHED" and "test_dice" in run.data.metrics:
                 view.finished[fp] = rid
-                params = run.data.params
-                ran_all = run.data.metrics.get("epochs_completed") == float(params.get("train.epochs", "nan"))
-                if (tags.get("stopped_early") == "False" or ran_all) and "train.early_stopping_patience" in params:
-                    bfp = _budget_fingerprint_of(cl, run)
-                    if bfp:
-                        view.complete.setdefault(bfp, []).append((rid, int(params["train.early_stopping_patience"])))
-            elif fp and not tags.get("reference") and (
-                    status == "KILLED" or (status == "RUNNING" and owner_is_dead(tags))):
-                bfp = _budget_fingerprint_of(cl, run)
-                if bfp and "train.early_stopping_patience" in run.data.params:
-                    view.killed.setdefault(bfp, []).append((rid, int(run.data.params["train.early_stopping_patience"])))
-            elif status == "RUNNING" and owner_is_dead(tags) is False and fp:
-                bfp = _budget_fingerprint_of(cl, run)
-                if bfp:
-                    view.live[bfp] = rid
+                cut_short = not ran_full_budget(tags.get("stopped_early"), run.data.metrics.get("epochs_completed"),
+                                                run.data.params.get("train.epochs"))
+                budget = None if cut_short else _budget_of(cl, run)
+                if budget:
+                    view.complete.setdefault(budget[0], []).append((rid, budget[1]))
+            elif status in ("KILLED", "RUNNING"):
+                dead = status == "KILLED" or owner_is_dead(tags)   # None: RUNNING elsewhere, unknown
+                budget = _budget_of(cl, run) if dead is not None else None
+                if budget and dead:
+                    view.killed.setdefault(budget[0], []).append((rid, budget[1]))
+                elif budget:
+                    view.live[budget[0]] = rid
         token = page.token
         if not token:
             return view

@@ -201,16 +201,17 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-@pytest.mark.parametrize("how", ["ctrl_c", "sigkill"])
-def test_interrupted_cell_is_resumed_not_restarted(store_home, bench_home, how):
-    """ctrl_c: the run marked itself KILLED. sigkill: it could not, so it still reads RUNNING,
-    but the pid it recorded on this host is gone."""
-    from benchmark.config import build_config
-    from benchmark.suite import run_suite
-    from benchmark.train import run_experiment
+def _copy_store(store_home, bench_home) -> None:
+    """Give this test's home a private copy of the module's small suite store."""
     home, _ = store_home
     (bench_home / "runs").mkdir()
     shutil.copy(home / "runs" / "mlflow.db", bench_home / "runs" / "mlflow.db")
+
+
+def _interrupted_run() -> str:
+    """Train the next seed's cell until Ctrl-C after its first epoch; its run id (KILLED)."""
+    from benchmark.config import build_config
+    from benchmark.train import run_experiment
     cfg = build_config("smoke", SMALL, **{"model.arch": "unet3d", "loss.name": "dice_bce", "train.seed": SEEDS})
 
     def stop(epoch, metrics):
@@ -218,8 +219,18 @@ def test_interrupted_cell_is_resumed_not_restarted(store_home, bench_home, how):
 
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, show_progress=False, on_epoch_end=stop)
+    [killed] = [r.info.run_id for r in _all_runs(_client()) if r.info.status == "KILLED"]
+    return killed
+
+
+@pytest.mark.parametrize("how", ["ctrl_c", "sigkill"])
+def test_interrupted_cell_is_resumed_not_restarted(store_home, bench_home, how):
+    """ctrl_c: the run marked itself KILLED. sigkill: it could not, so it still reads RUNNING,
+    but the pid it recorded on this host is gone."""
+    from benchmark.suite import run_suite
+    _copy_store(store_home, bench_home)
+    killed = _interrupted_run()
     cl = _client()
-    [killed] = [r.info.run_id for r in _all_runs(cl) if r.info.status == "KILLED"]
     assert cl.get_run(killed).data.tags["pid"] == str(os.getpid())
     if how == "sigkill":
         cl.update_run(killed, status="RUNNING")
@@ -233,21 +244,10 @@ def test_interrupted_cell_is_resumed_not_restarted(store_home, bench_home, how):
 
 
 def test_run_alive_in_another_process_is_left_alone(store_home, bench_home):
-    from benchmark.config import build_config
     from benchmark.suite import run_suite
-    from benchmark.train import run_experiment
-    home, _ = store_home
-    (bench_home / "runs").mkdir()
-    shutil.copy(home / "runs" / "mlflow.db", bench_home / "runs" / "mlflow.db")
-    cfg = build_config("smoke", SMALL, **{"model.arch": "unet3d", "loss.name": "dice_bce", "train.seed": SEEDS})
-
-    def stop(epoch, metrics):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(cfg, show_progress=False, on_epoch_end=stop)
+    _copy_store(store_home, bench_home)
+    running = _interrupted_run()
     cl = _client()
-    [running] = [r.info.run_id for r in _all_runs(cl) if r.info.status == "KILLED"]
     cl.update_run(running, status="RUNNING")   # as if a second suite were training it now (pid: this test)
     res = run_suite("smoke", archs=["unet3d"], losses=["dice_bce"], seeds=SEEDS + 1, overrides=SMALL,
                     show_progress=False)
@@ -264,9 +264,7 @@ def test_two_suite_workers_share_the_matrix_without_duplicates(store_home, bench
     """Two `bench suite` processes on one host, one thread each: every new cell is trained
     exactly once, and both processes finish cleanly."""
     from conftest import ROOT
-    home, _ = store_home
-    (bench_home / "runs").mkdir()
-    shutil.copy(home / "runs" / "mlflow.db", bench_home / "runs" / "mlflow.db")
+    _copy_store(store_home, bench_home)
     new_seeds = 2
     env = dict(os.environ, LIDC_BENCH_HOME=str(bench_home), OMP_NUM_THREADS="1",
                MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="false")
@@ -288,20 +286,9 @@ def test_two_suite_workers_share_the_matrix_without_duplicates(store_home, bench
 def test_cell_whose_worker_dies_during_the_pass_is_resumed_on_the_second_look(store_home, bench_home,
                                                                                monkeypatch):
     import benchmark.suite as suite
-    from benchmark.config import build_config
-    from benchmark.train import run_experiment
-    home, _ = store_home
-    (bench_home / "runs").mkdir()
-    shutil.copy(home / "runs" / "mlflow.db", bench_home / "runs" / "mlflow.db")
-    cfg = build_config("smoke", SMALL, **{"model.arch": "unet3d", "loss.name": "dice_bce", "train.seed": SEEDS})
-
-    def stop(epoch, metrics):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(cfg, show_progress=False, on_epoch_end=stop)
+    _copy_store(store_home, bench_home)
+    held = _interrupted_run()
     cl = _client()
-    [held] = [r.info.run_id for r in _all_runs(cl) if r.info.status == "KILLED"]
     other_worker = subprocess.Popen(["sleep", "600"])   # stands in for a live suite worker
     cl.update_run(held, status="RUNNING")
     cl.set_tag(held, "pid", str(other_worker.pid))
@@ -324,9 +311,7 @@ def test_a_run_never_cut_short_counts_for_a_larger_patience(store_home, bench_ho
     """Raising only the early-stopping patience does not retrain runs that early stopping never
     stopped (also for runs logged before the budget-fingerprint tag existed)."""
     from benchmark.suite import run_suite
-    home, res = store_home
-    (bench_home / "runs").mkdir()
-    shutil.copy(home / "runs" / "mlflow.db", bench_home / "runs" / "mlflow.db")
+    _copy_store(store_home, bench_home)
     cl = _client()
     models = [r for r in _all_runs(cl) if "config.budget_fingerprint" in r.data.tags and r.data.tags["preset"] == "smoke"]
     cl.delete_tag(models[0].info.run_id, "config.budget_fingerprint")   # as logged by an older version
