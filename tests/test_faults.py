@@ -253,3 +253,19 @@ def test_cli_puts_the_previous_sigterm_handler_back():
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_data_workers_do_not_rerun_the_callers_script():
+    """A spawned worker would normally re-run the caller's main script first: an unguarded
+    script would then run (and start pools) again in every worker, and code piped to
+    `python -` has no file to re-run, so the pool would respawn failing workers for ever."""
+    script = ("import os, sys\n"
+              "print('body', file=sys.stderr)\n"
+              "from benchmark.data.pool import worker_pool\n"
+              "with worker_pool(2) as pool:\n"
+              "    print(len(set(pool.starmap(os.getpid, [()] * 8))) >= 1)\n")
+    r = subprocess.run([sys.executable, "-"], input=script, cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "True"
+    assert r.stderr.count("body") == 1
