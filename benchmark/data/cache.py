@@ -187,7 +187,6 @@ def crop_one_scan(task) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
 
 
 def _worker_init():
-    pla.reset_session()
     # one thread per worker process: the pool already uses the cores
     import SimpleITK as sitk
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)

@@ -146,17 +146,13 @@ def nodule_rows_for_scan(scan_id: int) -> list[dict]:
     return rows
 
 
-def _worker_init():
-    pla.reset_session()
-
-
 def build_index(workers: int = 2, progress: bool = True,
                 scan_ids: Optional[list[int]] = None) -> pd.DataFrame:
     """Cluster every scan (``workers`` processes, tqdm bar) and return the index table."""
     from tqdm import tqdm
     ids = pla.scan_ids() if scan_ids is None else list(scan_ids)
     if workers > 1:
-        with worker_pool(workers, initializer=_worker_init) as pool:
+        with worker_pool(workers) as pool:
             it = pool.imap(nodule_rows_for_scan, ids, chunksize=4)
             per_scan = list(tqdm(it, total=len(ids), desc="index scans", disable=not progress))
     else:

