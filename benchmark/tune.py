@@ -320,7 +320,7 @@ def objective_factory(base_overrides: list[str], meta: dict, fixed: dict, narrow
     import optuna
     from .config import build_config
     from .train import run_experiment
-    from .cli import validate_names
+    from .run_args import validate_names
 
     def objective(trial) -> float:
         trial.set_user_attr("worker_pid", os.getpid())
@@ -393,7 +393,7 @@ def run_worker(study_name: str, storage_url: Optional[str], n_trials: int, meta:
 
 
 def tune(args) -> None:
-    from .cli import resolve_config
+    from .run_args import resolve_config
     cfg = resolve_config(args)
     meta = {"arch": cfg.model.arch, "loss": cfg.loss.name, "preset": cfg.preset}
     if args.trials < 1:
@@ -517,7 +517,7 @@ def best_params_overrides(study_name: str, storage_url: Optional[str]) -> tuple[
 
 # ---------------------------------------------------------------------------------------------
 def register(sub) -> None:
-    from .cli import add_config_arguments
+    from .run_args import add_config_arguments
     p = sub.add_parser("tune", help="Optuna study over an architecture's search space (validation split only)")
     add_config_arguments(p)
     p.add_argument("--trials", type=int, default=20, help="finished (complete or pruned) trials the study should hold")

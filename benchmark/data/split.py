@@ -24,7 +24,7 @@ from ..errors import DataError
 from .index import INDEX_PATH, SIZE_BINS, TEXTURE_CLASSES, index_hash, load_index
 
 __all__ = ["SPLIT_PATH", "SPLITS", "make_split", "write_split", "load_split", "split_hash",
-           "split_of_nodules", "DEFAULT_SEED"]
+           "DEFAULT_SEED"]
 
 SPLIT_PATH = PROJECT_ROOT / "datasets" / "lidc" / "split.json"
 SPLITS = ("train", "val", "test")
@@ -107,12 +107,3 @@ def split_hash(path: Path = SPLIT_PATH) -> str:
     if not path.is_file():
         raise DataError(f"split file {path} is missing: run `bench data split`")
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def split_of_nodules(nodule_ids, path: Path = SPLIT_PATH) -> list[str]:
-    nodules = load_split(path)["nodules"]
-    missing = [n for n in nodule_ids if n not in nodules]
-    if missing:
-        raise DataError(f"nodules {missing[:3]}{'...' if len(missing) > 3 else ''} are not in "
-                        f"the split file {path}: the index and split are out of sync")
-    return [nodules[n] for n in nodule_ids]

@@ -23,10 +23,6 @@ class _BCE(nn.Module):
         return nn.functional.binary_cross_entropy_with_logits(logits, target.float(), pos_weight=pw)
 
 
-def _dice_search_space(trial):
-    return {}
-
-
 @register_loss("dice", family="overlap", paper="Milletari et al. 2016, arXiv 1606.04797")
 def dice(smooth: float = 1e-5, batch: bool = False):
     """Soft Dice on sigmoid probabilities (MONAI DiceLoss)."""
