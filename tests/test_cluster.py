@@ -71,9 +71,9 @@ def test_killed_workers_cell_is_resumed_by_another_worker(dask_cluster, bench_ho
     driver = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "suite", *SMOKE, "--scheduler", address],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        victim, pid = _wait_for_checkpointed_run(bench_home, time.time() + 300)
+        victim, pid = _wait_for_checkpointed_run(bench_home, time.time() + 600)
         os.kill(pid, signal.SIGKILL)                 # the worker process, mid-training
-        out, err = driver.communicate(timeout=400)
+        out, err = driver.communicate(timeout=600)
     finally:
         if driver.poll() is None:
             driver.kill()
