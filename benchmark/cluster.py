@@ -33,6 +33,13 @@ Two attempts never train one cell at once:
   address whose pid differs (a restarted worker on a fixed port). Anything unknown counts as
   alive, and the cell is reported as held elsewhere rather than trained twice.
 
+What is left: a worker cut off from the scheduler while its process lives on (a network
+partition, not a crash) is dropped by the scheduler, and its cell handed on, before the worker
+notices and closes itself; during that window its current epoch overlaps the new attempt's
+start. A stopped driver (Ctrl-C) does not stop cells already running on a remote cluster (Dask
+cannot interrupt a running task): they finish, and the next ``bench suite`` skips them or reports
+them as running elsewhere.
+
 The seam for other runners (e.g. a tuned protocol): open an executor with
 ``DaskExecutor.connect(spec)`` (a context manager) and either
 
