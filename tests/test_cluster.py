@@ -93,9 +93,8 @@ def test_killed_workers_cell_is_resumed_by_another_worker(dask_cluster, bench_ho
     # every epoch logged once although the run was trained by two processes
     assert [m.step for m in cl.get_metric_history(victim, "train_loss")] == list(range(1, 7))
 
-    # the same matrix again, on another cluster (local:1 starts one worker process here): every
-    # cell is found finished in the shared store, nothing runs
-    again = run_cli("suite", *SMOKE, "--scheduler", "local:1", env=env, timeout=300)
+    # the same command again: every cell is found finished in the shared store, nothing runs
+    again = run_cli("suite", *SMOKE, "--scheduler", address, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "2 runs planned: 0 ran, 0 resumed, 2 already done, 0 failed" in again.stdout
 
