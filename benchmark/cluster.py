@@ -232,21 +232,40 @@ class _ClusterLiveness:
         from distributed import get_client, get_worker
         self._worker = get_worker()
         self._client = get_client()
-        self._workers: Optional[dict] = None
+        self._workers: Optional[set] = None
 
     def owner_is_dead(self, tags: dict) -> Optional[bool]:
-        here = owner_is_dead(tags)                  # decisive when the owner ran on this host
-        if here is not None:
-            return here
-        address, scheduler = tags.get("dask.worker"), tags.get("dask.scheduler")
-        if not address or scheduler != self._worker.scheduler.address:
-            return False if address else None       # another cluster's worker, or no worker at all
+        return owner_is_dead_on_cluster(tags, owner_is_dead(tags), self._worker.scheduler.address,
+                                        self._live_workers, self._pid_of)
+
+    def _live_workers(self) -> set:
         if self._workers is None:                   # once per look at the store
-            self._workers = self._client.scheduler_info(n_workers=-1).get("workers", {})
-        if address not in self._workers:
-            return True
-        try:   # the address is listed: the same process, or a new worker reusing a fixed port?
-            pid = self._client.run(os.getpid, workers=[address]).get(address)
-        except Exception:  # noqa: BLE001 - cannot tell: treat it as alive, never train a cell twice
-            return False
-        return pid is not None and str(pid) != tags.get("pid")
+            self._workers = set(self._client.scheduler_info(n_workers=-1).get("workers", {}))
+        return self._workers
+
+    def _pid_of(self, address: str) -> Optional[int]:
+        try:
+            return self._client.run(os.getpid, workers=[address]).get(address)
+        except Exception:  # noqa: BLE001 - cannot tell
+            return None
+
+
+def owner_is_dead_on_cluster(tags: dict, dead_here: Optional[bool], our_scheduler: str,
+                             live_workers: Callable[[], set], pid_of: Callable[[str], Optional[int]]
+                             ) -> Optional[bool]:
+    """The rule, apart from the calls that feed it. ``dead_here``: the host+pid verdict
+    (``liveness.owner_is_dead``), decisive when the owner ran on this host. Otherwise a run owned
+    by a worker of our scheduler is dead when the scheduler no longer lists that worker, or lists
+    a different process at its address (a restarted worker on a fixed port). A worker of another
+    scheduler, or a question that cannot be answered, counts as alive: never train a cell twice."""
+    if dead_here is not None:
+        return dead_here
+    address, scheduler = tags.get("dask.worker"), tags.get("dask.scheduler")
+    if not address:
+        return None                                 # not a Dask worker's run: nothing to ask
+    if scheduler != our_scheduler:
+        return False
+    if address not in live_workers():
+        return True
+    pid = pid_of(address)
+    return pid is not None and str(pid) != tags.get("pid")

@@ -112,3 +112,29 @@ def test_scheduler_addresses():
     assert parse_scheduler("local:3") == ("local", 3)
     assert parse_scheduler("tcp://10.0.0.5:8786") == ("remote", "tcp://10.0.0.5:8786")
     assert parse_scheduler("tls://head.example.org:8786") == ("remote", "tls://head.example.org:8786")
+
+
+OURS = "tcp://10.0.0.1:8786"
+WORKER = {"host": "node7", "pid": "4242", "dask.worker": "tcp://10.0.0.7:40001", "dask.scheduler": OURS}
+
+
+def _verdict(tags, dead_here=None, live=("tcp://10.0.0.7:40001",), pid=4242):
+    from benchmark.cluster import owner_is_dead_on_cluster
+    return owner_is_dead_on_cluster(tags, dead_here, OURS, lambda: set(live), lambda address: pid)
+
+
+def test_owner_on_this_host_is_judged_by_its_pid():
+    assert _verdict(WORKER, dead_here=True) is True
+    assert _verdict(WORKER, dead_here=False, live=()) is False     # alive here although the scheduler dropped it
+
+
+def test_owner_on_another_host_is_judged_by_our_scheduler():
+    assert _verdict(WORKER) is False                                 # listed, same process
+    assert _verdict(WORKER, live=()) is True                         # the scheduler no longer lists it
+    assert _verdict(WORKER, pid=999) is True                         # a new worker reuses the address
+    assert _verdict(WORKER, pid=None) is False                       # cannot ask it: alive, never train twice
+
+
+def test_owner_of_another_cluster_or_none_is_never_declared_dead():
+    assert _verdict({**WORKER, "dask.scheduler": "tcp://elsewhere:8786"}, live=()) is False
+    assert _verdict({**WORKER, "dask.worker": "", "dask.scheduler": ""}, live=()) is None   # a plain process
