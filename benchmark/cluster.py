@@ -144,7 +144,8 @@ class DaskExecutor:
         settings = load_settings()
         # create the store and the experiment here, once, before any worker touches them
         experiment_id(client(settings), settings, experiment)
-        jobs = [_CellJob(c, experiment, settings.tracking_uri) for c in cells]
+        # the driver's experiment and store, resolved here: a worker's own environment must not change them
+        jobs = [_CellJob(c, experiment or settings.experiment, settings.tracking_uri) for c in cells]
         names = ["cell-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", c.label) for c in cells]
         for job, out in self.map_unordered(_run_cell_job, jobs, names):
             if isinstance(out, BaseException):
@@ -158,7 +159,8 @@ class DaskExecutor:
 # What runs inside a worker
 
 class _CellJob:
-    """One cell as shipped to a worker, with the tracking URI the driver uses (checked there)."""
+    """One cell as shipped to a worker, with the experiment and tracking URI the driver uses
+    (the URI is checked there: it names a store, which a worker cannot be told to switch)."""
 
     def __init__(self, cell, experiment: Optional[str], tracking_uri: str):
         self.cell, self.experiment, self.tracking_uri = cell, experiment, tracking_uri
