@@ -14,11 +14,24 @@ import platform
 
 
 def owner_tags() -> dict[str, str]:
-    """Tags naming the process that is executing a run now (set again on every resume)."""
+    """Tags naming the process that is executing a run now (set again on every resume).
+    Inside a Dask worker also the worker's and its scheduler's addresses: on a cluster the
+    scheduler, not a pid, says whether that owner is still alive (``benchmark.cluster``)."""
+    import sys
+
     import torch
-    return {"host": platform.node(), "pid": str(os.getpid()),
+    tags = {"host": platform.node(), "pid": str(os.getpid()),
             # e.g. two suite workers at OMP_NUM_THREADS=1 each on a 2-core machine
-            "torch.threads": str(torch.get_num_threads())}
+            "torch.threads": str(torch.get_num_threads()),
+            # empty outside a worker: a run resumed outside the cluster must not keep naming
+            # the (dead) worker that ran it before
+            "dask.worker": "", "dask.scheduler": ""}
+    if "distributed" in sys.modules:      # only a process that uses Dask can be one of its workers
+        from distributed import get_worker
+        with contextlib.suppress(ValueError):    # not inside a worker's task
+            worker = get_worker()
+            tags.update({"dask.worker": worker.address, "dask.scheduler": worker.scheduler.address})
+    return tags
 
 
 def pid_alive(pid: int) -> bool:

@@ -18,6 +18,10 @@ with Ctrl-C at any point and started again with the same command.
 
 One progress bar covers the whole matrix (the runs' own bars are off). A failing cell is
 reported and the suite goes on; the command exits non-zero at the end if any cell failed.
+
+``--scheduler`` hands the cells to a Dask cluster instead (``benchmark.cluster``): each worker
+calls ``run_cell`` for its cell, the one function that claims, skips, resumes or runs a cell,
+here or there.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import yaml
 from tqdm.auto import tqdm
@@ -38,7 +42,7 @@ from .errors import BenchError, UsageError
 from .liveness import HostLock, owner_is_dead
 from .paths import runs_dir
 
-__all__ = ["Cell", "SuiteResult", "SuiteFailed", "plan_cells", "run_suite", "register"]
+__all__ = ["Cell", "CellOutcome", "SuiteResult", "SuiteFailed", "plan_cells", "run_cell", "run_suite", "register"]
 
 DEFAULT_LOSSES = ("dice_bce",)
 _ARCH_OVERRIDE = re.compile(r"^([A-Za-z0-9_\-]+):([^=]+=.*)$")
@@ -65,6 +69,15 @@ class Cell:
 
 
 @dataclass
+class CellOutcome:
+    """What ``run_cell`` did with one cell. ``kind``: ran | resumed | skipped | failed |
+    elsewhere (another live process holds it); ``detail``: the run id, or the failure message."""
+    kind: str
+    label: str
+    detail: str = ""
+
+
+@dataclass
 class SuiteResult:
     ran: list[tuple[str, str]] = field(default_factory=list)        # (cell label, run id)
     resumed: list[tuple[str, str]] = field(default_factory=list)
@@ -73,6 +86,9 @@ class SuiteResult:
     elsewhere: list[tuple[str, str]] = field(default_factory=list)  # being trained by another live process
     planned: list[Cell] = field(default_factory=list)
     seconds: float = 0.0
+
+    def record(self, outcome: CellOutcome) -> None:
+        getattr(self, outcome.kind).append((outcome.label, outcome.detail))
 
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -193,12 +209,18 @@ def _budget_fingerprint_from_config(cl, run) -> Optional[str]:
     return fp
 
 
-def _existing_runs(cl, experiment_id: Optional[str], content_hash: str) -> StoreView:
+OwnerCheck = Callable[[dict], Optional[bool]]   # a run's tags -> owner dead? (None: cannot tell)
+
+
+def _existing_runs(cl, experiment_id: Optional[str], content_hash: str,
+                   is_dead: OwnerCheck = owner_is_dead) -> StoreView:
     """The runs of this experiment on these data, sorted into a ``StoreView``.
 
     Interrupted means KILLED (Ctrl-C, SIGTERM) or still RUNNING although the process that ran
-    it on this host has exited (SIGKILL, OOM, reboot). A RUNNING run whose process is alive
-    here is being trained by another suite: it counts as in progress and is not started again."""
+    it has exited (SIGKILL, OOM, reboot), as ``is_dead`` judges from the run's owner tags (by
+    default: by pid, on this host only; on a cluster also by asking the scheduler). A RUNNING
+    run whose process is alive is being trained by another suite: it counts as in progress and
+    is not started again."""
     view = StoreView()
     if experiment_id is None:
         return view
@@ -222,7 +244,7 @@ def _existing_runs(cl, experiment_id: Optional[str], content_hash: str) -> Store
                 if budget:
                     view.complete.setdefault(budget[0], []).append((rid, budget[1]))
             elif status in ("KILLED", "RUNNING"):
-                dead = status == "KILLED" or owner_is_dead(tags)   # None: RUNNING elsewhere, unknown
+                dead = status == "KILLED" or is_dead(tags)   # None: RUNNING elsewhere, unknown
                 budget = _budget_of(cl, run) if dead is not None else None
                 if budget and dead:
                     view.killed.setdefault(budget[0], []).append((rid, budget[1]))
@@ -235,16 +257,19 @@ def _existing_runs(cl, experiment_id: Optional[str], content_hash: str) -> Store
 
 def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[list[str]] = None, seeds: int = 3,
               overrides: Optional[list[str]] = None, experiment: Optional[str] = None, references: bool = True,
-              show_progress: bool = True, dry_run: bool = False) -> SuiteResult:
+              show_progress: bool = True, dry_run: bool = False, executor=None) -> SuiteResult:
     """Run (or resume, or skip) every cell; see the module docstring. Never raises for a
-    failing cell: failures are collected in the result."""
+    failing cell: failures are collected in the result.
+
+    ``executor``: run the cells elsewhere instead of in this process; an object with
+    ``run_cells(cells, experiment)`` yielding ``(cell, CellOutcome)`` as cells end (see
+    ``benchmark.cluster.DaskExecutor``). The data are then loaded by the workers, not here."""
     from .data import load_crops
-    from .paths import checkpoints_dir
-    from .reference import reference_fingerprint, run_inter_reader
     from .tracking import client, load_settings
     t0 = time.perf_counter()
     cells = plan_cells(preset, archs, losses, seeds, overrides, references)
     result = SuiteResult(planned=cells)
+    remote = executor is not None and not dry_run
 
     settings = load_settings()
     cl = client(settings)
@@ -254,7 +279,7 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
     # Load each distinct data config once, before the bar starts: a first build of the crop
     # cache shows its own progress, and its content hash is what "same data" means.
     stores, existing = {}, {}
-    for c in cells:
+    for c in cells if not remote else []:
         key = c.cfg.data.model_dump_json()
         if key not in stores:
             stores[key] = load_crops(c.cfg.data)
@@ -263,67 +288,86 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
     bar = tqdm(total=len(cells), desc=f"suite [{preset}]", unit="run", disable=not show_progress,
                dynamic_ncols=True)
 
-    def attempt(c: Cell, last_look: bool) -> bool:
-        """Skip, run or resume one cell; False when another live process holds it (recorded
-        in ``result.elsewhere`` only on the last look)."""
+    def attempt(c: Cell) -> CellOutcome:
         key = c.cfg.data.model_dump_json()
         bar.set_postfix_str(c.label)
         if dry_run:
             done = existing[key].done_for(c)
-            (result.skipped if done else result.ran).append((c.label, done or ""))
-            return True
-        # Claim the cell under a host-wide lock, looking at the store afresh: other `bench
-        # suite` processes on this host may have finished or started cells meanwhile. The
-        # lock is let go as soon as this cell's run exists and names our pid.
+            return CellOutcome("skipped" if done else "ran", c.label, done or "")
+        # Claim the cell under a host-wide lock: other `bench suite` processes on this host may
+        # have finished or started cells meanwhile (run_cell lets it go once the run names our pid).
         with HostLock(runs_dir() / "suite.lock") as claim:
-            existing[key] = view = _existing_runs(cl, exp_id, stores[key].data_hash)
-            done = view.done_for(c)
-            if done:
-                result.skipped.append((c.label, done))
-                return True
-            holder = view.held_elsewhere(c)
-            if holder:
-                if last_look:
-                    result.elsewhere.append((c.label, holder))
-                return False
-            try:
-                if c.reference == "threshold_baseline":
-                    from .baseline_run import run_threshold_baseline
-                    rid, _ = run_threshold_baseline(
-                        c.cfg, experiment=experiment, tags={"reference.fingerprint": reference_fingerprint(c.cfg)})
-                    result.ran.append((c.label, rid))
-                elif c.reference:
-                    rid, _ = run_inter_reader(c.cfg, experiment=experiment, store=stores[key])
-                    result.ran.append((c.label, rid))
-                else:
-                    result_run, resumed = _run_cell(c, view.interrupted(c), experiment,
-                                                    checkpoints_dir, on_run_start=claim.release)
-                    (result.resumed if resumed else result.ran).append((c.label, result_run.run_id))
-            except Exception as e:  # noqa: BLE001 - one failing cell must not stop the matrix
-                msg = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
-                msg = msg.splitlines()[0] if msg else type(e).__name__
-                result.failed.append((c.label, msg))
-                tqdm.write(f"FAILED {c.label}: {msg}", file=sys.stderr)
-                if os.environ.get("LIDC_BENCH_DEBUG") == "1":
-                    traceback.print_exc()
-            return True
+            return run_cell(c, store=stores[key], claim=claim, experiment=experiment)
+
+    def each(todo: list[Cell]):
+        if remote:
+            yield from executor.run_cells(todo, experiment)
+        else:
+            for c in todo:
+                yield c, attempt(c)
 
     try:
         held_elsewhere = []
-        for c in cells:
-            if attempt(c, last_look=False):
-                bar.update(1)
-            else:
+        for c, outcome in each(cells):
+            if outcome.kind == "elsewhere":
                 held_elsewhere.append(c)
+                continue
+            result.record(outcome)
+            bar.update(1)
         # a second look at cells another worker held: it may have finished them, or died (then
         # its run is resumed here)
-        for c in held_elsewhere:
-            attempt(c, last_look=True)
+        for c, outcome in each(held_elsewhere):
+            result.record(outcome)
             bar.update(1)
     finally:
         bar.close()
         result.seconds = time.perf_counter() - t0
     return result
+
+
+def run_cell(c: Cell, *, store, claim, experiment: Optional[str] = None,
+             is_dead: OwnerCheck = owner_is_dead) -> CellOutcome:
+    """Skip, resume or run one cell in this process: the one place that decides what to do
+    with a cell, for the local suite and for cluster workers alike.
+
+    ``store``: the cell's loaded crops. ``claim``: a lock the caller has acquired, shared by
+    every process that may pick this cell; the store is looked at afresh under it, and its
+    ``release()`` is called as soon as the cell's MLflow run exists and names its owner
+    (``benchmark.liveness.owner_tags``), so no two processes start one cell. ``is_dead``
+    judges RUNNING runs by their owner tags (see ``_existing_runs``). Never raises for a
+    failing cell: the failure is the outcome."""
+    from .paths import checkpoints_dir
+    from .reference import reference_fingerprint, run_inter_reader
+    from .tracking import client, load_settings
+    settings = load_settings()
+    cl = client(settings)
+    exp = cl.get_experiment_by_name(experiment or settings.experiment)
+    view = _existing_runs(cl, exp.experiment_id if exp is not None else None, store.data_hash, is_dead)
+    done = view.done_for(c)
+    if done:
+        return CellOutcome("skipped", c.label, done)
+    holder = view.held_elsewhere(c)
+    if holder:
+        return CellOutcome("elsewhere", c.label, holder)
+    try:
+        if c.reference == "threshold_baseline":
+            from .baseline_run import run_threshold_baseline
+            rid, _ = run_threshold_baseline(
+                c.cfg, experiment=experiment, tags={"reference.fingerprint": reference_fingerprint(c.cfg)})
+            return CellOutcome("ran", c.label, rid)
+        if c.reference:
+            rid, _ = run_inter_reader(c.cfg, experiment=experiment, store=store)
+            return CellOutcome("ran", c.label, rid)
+        result_run, resumed = _run_cell(c, view.interrupted(c), experiment, checkpoints_dir,
+                                        on_run_start=claim.release)
+        return CellOutcome("resumed" if resumed else "ran", c.label, result_run.run_id)
+    except Exception as e:  # noqa: BLE001 - one failing cell must not stop the matrix
+        msg = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
+        msg = msg.splitlines()[0] if msg else type(e).__name__
+        tqdm.write(f"FAILED {c.label}: {msg}", file=sys.stderr)
+        if os.environ.get("LIDC_BENCH_DEBUG") == "1":
+            traceback.print_exc()
+        return CellOutcome("failed", c.label, msg)
 
 
 def _run_cell(c: Cell, killed_run: Optional[str], experiment: Optional[str], checkpoints_dir, on_run_start=None):
@@ -348,6 +392,9 @@ def register(sub) -> None:
     p.add_argument("--no-references", action="store_true", help="skip the threshold-baseline and inter-reader runs")
     p.add_argument("--dry-run", action="store_true", help="list what would run and what is already done")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the cells on a Dask cluster: tcp://HOST:PORT of a running scheduler, or local:N "
+                        "to start N worker processes here (see README, Scaling out)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides for every cell; ARCH:key=value for one architecture")
     p.set_defaults(func=_cmd)
@@ -365,8 +412,14 @@ def _cmd(args) -> None:
         names = getattr(args, attr) or []
         overrides += [n for n in names if "=" in n]
         setattr(args, attr, [n for n in names if "=" not in n] or None)
-    res = run_suite(preset, args.archs, args.losses, args.seeds, overrides, experiment=args.experiment,
-                    references=not args.no_references, show_progress=not args.no_progress, dry_run=args.dry_run)
+    with contextlib.ExitStack() as stack:
+        executor = None
+        if args.scheduler and not args.dry_run:
+            from .cluster import DaskExecutor
+            executor = stack.enter_context(DaskExecutor.connect(args.scheduler))
+        res = run_suite(preset, args.archs, args.losses, args.seeds, overrides, experiment=args.experiment,
+                        references=not args.no_references, show_progress=not args.no_progress,
+                        dry_run=args.dry_run, executor=executor)
     if args.dry_run:
         for label, rid in res.skipped:
             print(f"done     {label:40s} {rid}")
@@ -377,7 +430,7 @@ def _cmd(args) -> None:
     print(f"suite [{preset}]: {n} runs planned: {len(res.ran)} ran, {len(res.resumed)} resumed, "
           f"{len(res.skipped)} already done, {len(res.failed)} failed ({res.seconds / 60:.1f} min)")
     if res.elsewhere:
-        print(f"left alone, running in another process on this host: "
+        print(f"left alone, running in another live process: "
               f"{', '.join(f'{label} ({rid[:8]})' for label, rid in res.elsewhere)}")
     if res.failed:
         listing = "; ".join(f"{label}: {msg}" for label, msg in res.failed)
