@@ -25,7 +25,7 @@ from .errors import BenchError, UsageError
 
 #: modules that add their own sub-commands with ``register(subparsers)``
 COMMAND_MODULES = ["benchmark.data.cli", "benchmark.tune", "benchmark.suite", "benchmark.leaderboard",
-                   "benchmark.nas"]
+                   "benchmark.nas", "benchmark.protocol"]
 
 
 class _Parser(argparse.ArgumentParser):

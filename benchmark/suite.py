@@ -38,7 +38,7 @@ from .errors import BenchError, UsageError
 from .liveness import HostLock, owner_is_dead
 from .paths import runs_dir
 
-__all__ = ["Cell", "SuiteResult", "SuiteFailed", "plan_cells", "run_suite", "register"]
+__all__ = ["Cell", "SuiteResult", "SuiteFailed", "plan_cells", "run_suite", "run_cells", "register"]
 
 DEFAULT_LOSSES = ("dice_bce",)
 _ARCH_OVERRIDE = re.compile(r"^([A-Za-z0-9_\-]+):([^=]+=.*)$")
@@ -56,6 +56,9 @@ class Cell:
     seed: Optional[int]
     cfg: RunConfig
     reference: Optional[str] = None
+    #: extra MLflow tags and (file, artifact folder) pairs for this cell's run (``bench protocol``)
+    tags: dict = field(default_factory=dict)
+    artifacts: list = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -238,12 +241,19 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
               show_progress: bool = True, dry_run: bool = False) -> SuiteResult:
     """Run (or resume, or skip) every cell; see the module docstring. Never raises for a
     failing cell: failures are collected in the result."""
+    cells = plan_cells(preset, archs, losses, seeds, overrides, references)
+    return run_cells(cells, f"suite [{preset}]", experiment, show_progress, dry_run)
+
+
+def run_cells(cells: list[Cell], desc: str, experiment: Optional[str] = None, show_progress: bool = True,
+              dry_run: bool = False) -> SuiteResult:
+    """Skip, run or resume each planned cell in order (what ``bench suite`` and ``bench protocol``
+    share). Never raises for a failing cell: failures are collected in the result."""
     from .data import load_crops
     from .paths import checkpoints_dir
     from .reference import reference_fingerprint, run_inter_reader
     from .tracking import client, load_settings
     t0 = time.perf_counter()
-    cells = plan_cells(preset, archs, losses, seeds, overrides, references)
     result = SuiteResult(planned=cells)
 
     settings = load_settings()
@@ -260,7 +270,7 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
             stores[key] = load_crops(c.cfg.data)
             existing[key] = _existing_runs(cl, exp_id, stores[key].data_hash)
 
-    bar = tqdm(total=len(cells), desc=f"suite [{preset}]", unit="run", disable=not show_progress,
+    bar = tqdm(total=len(cells), desc=desc, unit="run", disable=not show_progress,
                dynamic_ncols=True)
 
     def attempt(c: Cell, last_look: bool) -> bool:
@@ -290,10 +300,11 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
                 if c.reference == "threshold_baseline":
                     from .baseline_run import run_threshold_baseline
                     rid, _ = run_threshold_baseline(
-                        c.cfg, experiment=experiment, tags={"reference.fingerprint": reference_fingerprint(c.cfg)})
+                        c.cfg, experiment=experiment,
+                        tags={**c.tags, "reference.fingerprint": reference_fingerprint(c.cfg)})
                     result.ran.append((c.label, rid))
                 elif c.reference:
-                    rid, _ = run_inter_reader(c.cfg, experiment=experiment, store=stores[key])
+                    rid, _ = run_inter_reader(c.cfg, experiment=experiment, store=stores[key], tags=c.tags or None)
                     result.ran.append((c.label, rid))
                 else:
                     result_run, resumed = _run_cell(c, view.interrupted(c), experiment,
@@ -334,7 +345,18 @@ def _run_cell(c: Cell, killed_run: Optional[str], experiment: Optional[str], che
         from .tracking import client
         with contextlib.suppress(Exception):
             client().set_terminated(killed_run, status="KILLED")
-    return run_experiment(c.cfg, experiment=experiment, show_progress=False, on_run_start=on_run_start), False
+
+    def started(run_id: str):
+        if c.artifacts:   # logged at once, so an interrupted run already says what it belongs to
+            from .tracking import Tracker, client, load_settings
+            settings = load_settings()
+            t = Tracker(client(settings), run_id, settings)
+            for path, folder in c.artifacts:
+                t.log_artifact(path, folder)
+        if on_run_start:
+            on_run_start(run_id)
+    return run_experiment(c.cfg, experiment=experiment, show_progress=False, on_run_start=started,
+                          tags=dict(c.tags) or None), False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -286,17 +286,39 @@ def make_pruner(name: str):
     raise UsageError(f"unknown pruner {name!r} (median, hyperband, none)")
 
 
+def make_sampler(spec: Optional[tuple[str, int]], study=None):
+    """Optuna sampler from (name, seed); None keeps Optuna's default (TPE, unseeded).
+
+    A resumed study gets a fresh sampler object; seeding it with the declared seed plus the
+    number of trials already in the study keeps a stop-and-rerun sequence reproducible and stops
+    its random start-up trials from repeating the first ones."""
+    import optuna
+    if spec is None:
+        return None
+    name, seed = spec
+    if study is not None:
+        seed = seed + len(study.get_trials(deepcopy=False))
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UsageError(f"unknown sampler {name!r} (tpe, random)")
+
+
 def open_study(study_name: str, storage_url: Optional[str], workers: int, meta: Optional[dict] = None,
-               pruner: str = "median", create: bool = True):
+               pruner: str = "median", create: bool = True, sampler: Optional[tuple[str, int]] = None):
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage, label = open_storage(storage_url, workers)
     if create:
         study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
                                     pruner=make_pruner(pruner), load_if_exists=True)
+        if sampler is not None:
+            study.sampler = make_sampler(sampler, study)
     else:
         try:
-            study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner(pruner))
+            study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner(pruner),
+                                      sampler=make_sampler(sampler))
         except KeyError:
             raise UsageError(f"no Optuna study {study_name!r} in {label}") from None
     if meta:
@@ -357,11 +379,12 @@ def objective_factory(base_overrides: list[str], meta: dict, fixed: dict, narrow
 
 
 def run_worker(study_name: str, storage_url: Optional[str], n_trials: int, meta: dict, base_overrides: list[str],
-               fixed: dict, narrowed: dict, pruner: str, show_progress: bool = True) -> int:
+               fixed: dict, narrowed: dict, pruner: str, show_progress: bool = True,
+               sampler: Optional[tuple[str, int]] = None) -> int:
     """One worker process: ask/tell trials until the study holds ``n_trials`` finished ones."""
     import optuna
     from tqdm.auto import tqdm
-    study, label = open_study(study_name, storage_url, 2, meta, pruner)
+    study, label = open_study(study_name, storage_url, 2, meta, pruner, sampler=sampler)
     parent = ensure_parent_run(study, meta)
     fail_dead_local_trials(study)
     objective = objective_factory(base_overrides, meta, fixed, narrowed, parent)
