@@ -15,20 +15,28 @@ and lists the groups and the option that picks one. Inside a table, a row is one
 (re-runs) count once: the most recent one is used. Runs of one (architecture, loss) whose
 configurations differ in more than the seed become separate rows, labelled by what differs.
 
-Statistics per row (metric m in Dice, NSD, HD95):
+Sections (``RunRecord.section``). With a protocol's final runs (tag ``protocol.part=final``) in
+the group, they make the main table ("Tuned protocol") and every other model run goes to a
+second one ("Default settings", with each row's gain from tuning); without, the default table
+is the main one. A protocol's loss study (``protocol.part=loss``, plus the final runs of the
+same architectures) is the last section. Reference rows appear in the main table.
+
+Statistics per row (``benchmark.stats``; metric m in Dice, NSD, HD95 and any listed extra column):
   * mean ± std over seeds of each seed's mean over test nodules;
-  * a 95% percentile bootstrap interval over test nodules of the per-nodule mean across seeds
-    (``n_boot`` resamples of nodules, the same resamples for every row, seeded);
-  * Dice by nodule size bin, parameters, MACs per patch, median latency and training time
-    (means over seeds; the latter two depend on the machine named in the notes).
+  * a 95% percentile interval from a two-level bootstrap: nodules resampled with one draw shared
+    by every row of every section (paired), seeds resampled within each row;
+  * median HD95 (mean over seeds of each seed's median), the count of empty predictions over
+    all seeds x nodules, Dice by nodule size bin, parameters, MACs per patch, median latency
+    and training time (means over seeds; the latter two depend on the machine named in the notes).
 
 Ranking (models only). ``aggregate`` (default): rank by mean Dice. ``rank``: rank the models
 on every test nodule by its Dice, average those ranks per model, rank the averages
 (rank-then-aggregate, Maier-Hein et al. 2018). Both orders' summary numbers are shown. Each
 row (models and references) is compared with the top-ranked model by a two-sided paired
 Wilcoxon signed-rank test over the test nodules (per-nodule Dice averaged over seeds); the
-p-values of one table form one Holm-corrected family. P(best) is the share of bootstrap
-resamples in which the model comes first under the chosen ranking.
+p-values of one table form one Holm-corrected family. Each model is also compared with the
+pre-declared reference architecture (``unet3d``), a second family. P(best) is the share of
+two-level bootstrap resamples in which the model comes first under the chosen ranking.
 
 Reference rows (``inter_reader``: each radiologist against the STAPLE of the other three;
 ``threshold_baseline``: the non-learned baseline) are shown below the models, marked, and not

@@ -11,6 +11,11 @@ to each architecture's and loss's code. ``--fix NAME=VALUE`` pins a parameter, `
 NAME=LOW:HIGH`` (or ``NAME=a,b,c`` for a categorical) shrinks it; positional ``key=value``
 overrides fix config fields that are not searched.
 
+Replay: each trial records the exact ``key=value`` list it trained with (user attribute
+``overrides``: its suggestions, then the command's fixed overrides); ``--params-from`` and
+``bench protocol`` rebuild the trial's config from it (``replay_overrides``), so the replayed
+config has the trial's fingerprint. Overrides given after it win (e.g. ``train.epochs=20``).
+
 Objective: best validation Dice of the trial's training run, reported every epoch to the
 pruner (median by default). The test split is never evaluated by tuning.
 
