@@ -258,6 +258,22 @@ def tune_arch(lp: LoadedProtocol, arch: str, storage: Optional[str], show_progre
     run_worker(lp.study_name(arch), storage, t.n_trials, meta, tuning_overrides(lp), {}, {}, t.pruner,
                show_progress=show_progress, sampler=(t.sampler, t.sampler_seed))
     close_parent_run(parent)
+    _tag_trial_runs(lp, arch, storage)
+
+
+def _tag_trial_runs(lp: LoadedProtocol, arch: str, storage: Optional[str]) -> None:
+    """Give the study's trial runs the protocol tags (their parent run holds the protocol file).
+    Done after the study, so a trial run of an interrupted study gets them on the next run."""
+    import optuna
+    from .tracking import Tracker, client, load_settings
+    from .tune import open_storage
+    settings = load_settings()
+    cl = client(settings)
+    study = optuna.load_study(study_name=lp.study_name(arch), storage=open_storage(storage)[0])
+    for t in study.get_trials(deepcopy=False):
+        rid = t.user_attrs.get("mlflow_run_id")
+        if rid:
+            Tracker(cl, rid, settings).set_tags({**lp.tags, "protocol.part": "tuning"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,6 +370,8 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
     if cells:
         out.suites.append(("defaults", run_cells(cells, f"defaults [{s.preset}]", experiment, show_progress)))
     archs = loss_study_archs(lp, out.studies)
+    if archs is None:
+        print("protocol: the loss study waits for every study to have a completed trial", file=sys.stderr)
     if archs:
         done = {a: st for a, st in out.studies.items() if st.best_trial is not None}
         cells = loss_cells(lp, done, [a for a in archs if a in done])

@@ -122,6 +122,7 @@ def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypa
     from benchmark.leaderboard import generate
     from benchmark.protocol import load_protocol, protocol_status, run_protocol
     from benchmark.tracking import client
+    from benchmark.tune import open_storage
     path = PROTOCOLS / "smoke.yaml"
     lp = load_protocol(path)
     res = run_protocol(path, show_progress=False)
@@ -140,6 +141,12 @@ def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypa
     assert run.data.tags["protocol.part"] == "final" and run.data.tags["optuna.study"] == "smoke-v1-unet3d"
     assert "protocol/smoke.yaml" in {a.path for a in cl.list_artifacts(final_id, "protocol")}
     assert "test_dice" in run.data.metrics
+    study = optuna.load_study(study_name="smoke-v1-unet3d", storage=open_storage(None)[0])
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    assert "protocol/smoke.yaml" in {a.path for a in cl.list_artifacts(parent, "protocol")}
+    trial_runs = [cl.get_run(t.user_attrs["mlflow_run_id"]) for t in study.trials]
+    assert all(r.data.tags.get("protocol.part") == "tuning" and r.data.tags.get("protocol.sha") == lp.sha
+               for r in trial_runs)
 
     out = generate(preset="smoke", out_dir=tmp_path / "lb", log_to_mlflow=False)[0]
     md = out.markdown
