@@ -448,11 +448,11 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
                          f"on {', '.join(named + [BEST])}")
             for a in named:
                 add(f"loss study {a}", _cost(lp, a, n_other * ls.seeds * final_epochs))
-            costs = [v for v in s.seconds_per_epoch.values()]
+            costs = list(s.seconds_per_epoch.values())
             if costs:
-                lo, hi = min(costs), max(costs)
-                lines.append(f"  '{BEST}' adds {n_other * ls.seeds * final_epochs * lo / 3600:.2f} to "
-                             f"{n_other * ls.seeds * final_epochs * hi / 3600:.2f} h depending on which architecture wins")
+                epochs = n_other * ls.seeds * final_epochs
+                lines.append(f"  '{BEST}' adds {epochs * min(costs) / 3600:.2f} to {epochs * max(costs) / 3600:.2f} h, "
+                             f"depending on which architecture wins")
         else:
             for a in archs:
                 res = run_cells(loss_cells(lp, states, [a]), "", experiment, show_progress=False, dry_run=True)
