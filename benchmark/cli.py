@@ -26,7 +26,7 @@ from .run_args import add_config_arguments, resolve_config
 
 #: modules that add their own sub-commands with ``register(subparsers)``
 COMMAND_MODULES = ["benchmark.data.cli", "benchmark.tune", "benchmark.suite", "benchmark.leaderboard",
-                   "benchmark.nas", "benchmark.export"]
+                   "benchmark.nas", "benchmark.protocol", "benchmark.export"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -15,20 +15,28 @@ and lists the groups and the option that picks one. Inside a table, a row is one
 (re-runs) count once: the most recent one is used. Runs of one (architecture, loss) whose
 configurations differ in more than the seed become separate rows, labelled by what differs.
 
-Statistics per row (metric m in Dice, NSD, HD95):
+Sections (``RunRecord.section``). With a protocol's final runs (tag ``protocol.part=final``) in
+the group, they make the main table ("Tuned protocol") and every other model run goes to a
+second one ("Default settings", with each row's gain from tuning); without, the default table
+is the main one. A protocol's loss study (``protocol.part=loss``, plus the final runs of the
+same architectures) is the last section. Reference rows appear in the main table.
+
+Statistics per row (``benchmark.stats``; metric m in Dice, NSD, HD95 and any listed extra column):
   * mean ± std over seeds of each seed's mean over test nodules;
-  * a 95% percentile bootstrap interval over test nodules of the per-nodule mean across seeds
-    (``n_boot`` resamples of nodules, the same resamples for every row, seeded);
-  * Dice by nodule size bin, parameters, MACs per patch, median latency and training time
-    (means over seeds; the latter two depend on the machine named in the notes).
+  * a 95% percentile interval from a two-level bootstrap: nodules resampled with one draw shared
+    by every row of every section (paired), seeds resampled within each row;
+  * median HD95 (mean over seeds of each seed's median), the count of empty predictions over
+    all seeds x nodules, Dice by nodule size bin, parameters, MACs per patch, median latency
+    and training time (means over seeds; the latter two depend on the machine named in the notes).
 
 Ranking (models only). ``aggregate`` (default): rank by mean Dice. ``rank``: rank the models
 on every test nodule by its Dice, average those ranks per model, rank the averages
 (rank-then-aggregate, Maier-Hein et al. 2018). Both orders' summary numbers are shown. Each
 row (models and references) is compared with the top-ranked model by a two-sided paired
 Wilcoxon signed-rank test over the test nodules (per-nodule Dice averaged over seeds); the
-p-values of one table form one Holm-corrected family. P(best) is the share of bootstrap
-resamples in which the model comes first under the chosen ranking.
+p-values of one table form one Holm-corrected family. Each model is also compared with the
+pre-declared reference architecture (``unet3d``), a second family. P(best) is the share of
+two-level bootstrap resamples in which the model comes first under the chosen ranking.
 
 Reference rows (``inter_reader``: each radiologist against the STAPLE of the other three;
 ``threshold_baseline``: the non-learned baseline) are shown below the models, marked, and not
@@ -55,8 +63,11 @@ import pandas as pd
 import yaml
 
 from .errors import TrackingError, UsageError
+from .protocol import REFERENCE_ARCH as REFERENCE_ARCH_NAME
+from .stats import holm  # noqa: F401 - part of this module's interface (tests, scripts)
 
 __all__ = ["RunRecord", "TableKey", "Row", "Leaderboard", "collect_runs", "group_runs", "build_leaderboard",
+           "build_sections", "add_tuning_gain", "add_loss_tests",
            "render_markdown", "render_csv", "render_html", "write_leaderboard", "generate", "holm", "register"]
 
 #: arch tag of reference runs -> what they are (the ``reference`` tag value)
@@ -66,6 +77,9 @@ METRICS = (("dice", "Dice", True), ("nsd", "NSD", True), ("hd95_mm", "HD95 (mm)"
 SIZE_BINS = ("<6", "6-10", "10-20", ">=20")
 SIZE_KEYS = {"<6": "lt6", "6-10": "6-10", "10-20": "10-20", ">=20": "ge20"}
 RANKINGS = ("aggregate", "rank")
+#: per-nodule columns shown when every run of a table has them: (CSV column, display, higher is better)
+EXTRA_METRICS: list[tuple[str, str, bool]] = [("dice_vs_truth", "Dice vs truth", True)]
+SECTION_TITLES = {"tuned": "Tuned protocol", "default": "Default settings", "loss": "Loss study"}
 #: tags every scored run carries (see ``benchmark.train.data_tags``)
 REQUIRED_TAGS = ("arch", "loss", "preset", "data.source", "data.ground_truth", "data.split_hash",
                  "data.content_hash")
@@ -95,7 +109,18 @@ class RunRecord:
 
     @property
     def reference(self) -> Optional[str]:
-        return REFERENCE_ARCHS.get(self.arch)
+        """What kind of reference run this is (its ``reference`` tag; older runs: by arch), or None
+        for a model. Any run tagged ``reference=<kind>`` becomes a reference row."""
+        return self.tags.get("reference") or REFERENCE_ARCHS.get(self.arch)
+
+    @property
+    def section(self) -> str:
+        """Which table the run belongs to: ``tuned`` (a protocol's final runs), ``loss`` (its loss
+        study), ``reference``, or ``default`` (everything else: default settings, ad-hoc runs)."""
+        if self.reference:
+            return "reference"
+        part = self.tags.get("protocol.part")
+        return {"final": "tuned", "loss": "loss"}.get(part, "default")
 
     @property
     def seed(self) -> str:
@@ -293,6 +318,11 @@ class Row:
     def seeds(self) -> list[str]:
         return [r.seed for r in self.runs]
 
+    def tag(self, name: str) -> str:
+        """The tag's value when every run of the row agrees on it, else ''."""
+        vals = {r.tags.get(name, "") for r in self.runs}
+        return vals.pop() if len(vals) == 1 else ""
+
 
 @dataclass
 class Leaderboard:
@@ -308,6 +338,12 @@ class Leaderboard:
     n_source_runs: int = 0
     devices: list = field(default_factory=list)
     n_unscored: int = 0            # test nodules without ground truth at this spacing
+    section: str = "default"       # tuned | default | loss (see RunRecord.section)
+    metrics: tuple = METRICS       # METRICS plus the EXTRA_METRICS every run of the table has
+    boots: dict = field(default_factory=dict)   # row label -> metric -> two-level bootstrap means
+    reference_arch: str = ""       # the pre-declared comparator, when it has a row
+    #: the tables below the main one (default settings when the main one is tuned; the loss study)
+    sections: list = field(default_factory=list)
 
 
 def _protocol_config(run: RunRecord) -> dict:
@@ -367,65 +403,50 @@ def _seed_sort(seed: str):
         return (1, 0, seed)
 
 
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (same order as given; NaN stays NaN)."""
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    m = len(ok)
-    running = 0.0
-    for j, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
-        running = max(running, min(1.0, (m - j) * p[i]))
-        out[i] = running
-    return out.tolist()
-
-
-def _wilcoxon(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import wilcoxon
-    d = a - b
-    if len(d) == 0:
-        return float("nan")
-    if np.allclose(d, 0.0, atol=1e-12):
-        return 1.0   # identical on every nodule: no evidence of a difference
-    return float(wilcoxon(a, b).pvalue)
-
-
 def _rank_desc(values: np.ndarray) -> np.ndarray:
     from scipy.stats import rankdata
     return rankdata(-np.asarray(values, dtype=float), method="min")
 
 
 def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggregate", n_boot: int = 2000,
-                      boot_seed: int = 0) -> Leaderboard:
+                      boot_seed: int = 0, section: str = "default") -> Leaderboard:
+    """One table: rows, their two-level bootstrap statistics (``benchmark.stats``), ranks and tests."""
+    from . import stats
+    from .protocol import REFERENCE_ARCH
     if ranking not in RANKINGS:
         raise UsageError(f"unknown ranking {ranking!r} (choose from {', '.join(RANKINGS)})")
     rows = make_rows(runs)
     nodules = sorted(rows[0].runs[0].per_nodule["nodule_id"].astype(str))
     n = len(nodules)
+    metrics = METRICS + tuple(x for x in EXTRA_METRICS if all(x[0] in r.per_nodule.columns for r in runs))
+    has_empty = all("empty_pred" in r.per_nodule.columns for r in runs)
 
-    # per row and metric: (seeds x nodules) matrix in one nodule order
-    mats: dict[str, dict[str, np.ndarray]] = {}
-    for row in rows:
-        mats[row.label] = {}
-        for m, _, _ in METRICS:
-            mats[row.label][m] = np.stack([
-                r.per_nodule.assign(nodule_id=r.per_nodule["nodule_id"].astype(str))
-                 .set_index("nodule_id").loc[nodules, m].to_numpy(float) for r in row.runs])
+    def matrix(row: Row, col: str) -> np.ndarray:
+        """(seeds x nodules) in one nodule order."""
+        return np.stack([r.per_nodule.assign(nodule_id=r.per_nodule["nodule_id"].astype(str))
+                         .set_index("nodule_id").loc[nodules, col].to_numpy(float) for r in row.runs])
+
+    mats = {row.label: {m: matrix(row, m) for m, _, _ in metrics} for row in rows}
     size_of = _size_bins(rows[0].runs[0].per_nodule, nodules)
     size_counts = {b: int(sum(s == b for s in size_of)) for b in SIZE_BINS}
 
-    rng = np.random.default_rng(boot_seed)
-    idx = rng.integers(0, n, size=(n_boot, n))   # shared by all rows: a paired bootstrap
-
+    # one nodule draw for every row of every section (same seed, same nodules: paired across
+    # tables too, e.g. tuned minus default); each row's seeds drawn from its own stream
+    res = stats.draw_resamples({f"{section}:{row.label}": len(row.runs) for row in rows}, n, n_boot, boot_seed)
+    boots: dict[str, dict[str, np.ndarray]] = {}
     for row in rows:
         s = row.stats
-        for m, _, _ in METRICS:
+        boots[row.label] = {}
+        for m, _, _ in metrics:
             per_seed = mats[row.label][m].mean(axis=1)           # each seed's mean over nodules
-            per_nodule = mats[row.label][m].mean(axis=0)         # each nodule's mean over seeds
-            boot = per_nodule[idx].mean(axis=1)
+            boot = stats.two_level_bootstrap(mats[row.label][m], res, f"{section}:{row.label}")
+            boots[row.label][m] = boot
             s[f"{m}_mean"] = float(per_seed.mean())
             s[f"{m}_std"] = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan")
-            s[f"{m}_ci_low"], s[f"{m}_ci_high"] = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+            s[f"{m}_ci_low"], s[f"{m}_ci_high"] = stats.percentile_interval(boot)
+        s["hd95_mm_median"] = stats.seed_median(mats[row.label]["hd95_mm"])
+        s["n_empty"], s["n_predictions"] = stats.empty_count(matrix(row, "empty_pred")) if has_empty else \
+            (float("nan"), float("nan"))
         dice_nod = mats[row.label]["dice"].mean(axis=0)
         for b in SIZE_BINS:
             sel = np.array([x == b for x in size_of])
@@ -433,44 +454,53 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
         for k in ("params", "macs_per_patch", "latency_ms_median", "train_seconds"):
             vals = [r.metrics[k] for r in row.runs if k in r.metrics]
             s[k] = float(np.mean(vals)) if vals else float("nan")
+        s["train_seconds_total"] = float(sum(r.metrics.get("train_seconds", 0.0) for r in row.runs))
 
     models = [r for r in rows if not r.reference]
     refs = [r for r in rows if r.reference]
+    per_nodule_dice = {r.label: mats[r.label]["dice"].mean(axis=0) for r in rows}
+    reference_arch = ""
     if models:
-        dice = np.stack([mats[r.label]["dice"].mean(axis=0) for r in models])   # models x nodules
+        dice = np.stack([per_nodule_dice[r.label] for r in models])   # models x nodules
         nodule_ranks = np.stack([_rank_desc(dice[:, j]) for j in range(n)], axis=1)
         mean_rank = nodule_ranks.mean(axis=1)
         agg = np.array([r.stats["dice_mean"] for r in models])
         if ranking == "aggregate":
             final = _rank_desc(agg)
-            score = dice                      # bootstrap: which model has the highest mean Dice
+            pb = stats.p_best(np.stack([boots[r.label]["dice"] for r in models]))
         else:
             final = _rank_desc(-mean_rank)
-            score = -nodule_ranks             # bootstrap: which model has the lowest mean rank
-        boot_scores = score[:, idx].mean(axis=2)                        # models x n_boot
-        best = np.argmax(boot_scores, axis=0)
+            pb = stats.rank_p_best([mats[r.label]["dice"] for r in models],
+                                   [f"{section}:{r.label}" for r in models], res)
         for i, r in enumerate(models):
-            r.stats.update(rank=int(final[i]), mean_nodule_rank=float(mean_rank[i]),
-                           p_best=float(np.mean(best == i)))
+            r.stats.update(rank=int(final[i]), mean_nodule_rank=float(mean_rank[i]), p_best=float(pb[i]))
         order = sorted(range(len(models)), key=lambda i: (final[i], -agg[i], models[i].label))
         models = [models[i] for i in order]
-        top = mats[models[0].label]["dice"].mean(axis=0)
-        others = models[1:] + refs
-        raw = [_wilcoxon(mats[r.label]["dice"].mean(axis=0), top) for r in others]
-        for r, p, q in zip(others, raw, holm(raw)):
-            r.stats.update(wilcoxon_p=p, wilcoxon_p_holm=q)
+        # against the top-ranked model: every other row, one Holm family
+        for label, (p, q) in stats.pvalues_against(per_nodule_dice, models[0].label,
+                                                   [r.label for r in models + refs]).items():
+            next(r for r in rows if r.label == label).stats.update(wilcoxon_p=p, wilcoxon_p_holm=q)
+        # against the pre-declared reference architecture: the other models, one Holm family
+        ref_row = next((r for r in models if r.arch == REFERENCE_ARCH), None)
+        if ref_row is not None:
+            reference_arch = ref_row.label
+            for label, (p, q) in stats.pvalues_against(per_nodule_dice, ref_row.label,
+                                                       [r.label for r in models]).items():
+                next(r for r in rows if r.label == label).stats.update(p_vs_reference=p, p_vs_reference_holm=q)
     refs.sort(key=lambda r: (-r.stats["dice_mean"], r.label))
     ordered = models + refs
 
     records = []
     for r in ordered:
         s = r.stats
-        rec = {"rank": s.get("rank", ""), "row": r.label, "arch": r.arch, "loss": r.loss,
+        rec = {"section": section, "rank": s.get("rank", ""), "row": r.label, "arch": r.arch, "loss": r.loss,
                "reference": r.reference or "", "n_seeds": len(r.runs), "seeds": ";".join(r.seeds),
                "n_nodules": n}
-        for m, _, _ in METRICS:
+        for m, _, _ in metrics:
             for suffix in ("mean", "std", "ci_low", "ci_high"):
                 rec[f"{m}_{suffix}"] = s[f"{m}_{suffix}"]
+        rec["hd95_mm_median"] = s["hd95_mm_median"]
+        rec["n_empty"], rec["n_predictions"] = s["n_empty"], s["n_predictions"]
         for b in SIZE_BINS:
             rec[f"dice_size_{SIZE_KEYS[b]}"] = s[f"dice_size_{SIZE_KEYS[b]}"]
         for k in ("params", "macs_per_patch", "latency_ms_median", "train_seconds"):
@@ -479,13 +509,53 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
         rec["p_best"] = s.get("p_best", float("nan"))
         rec["wilcoxon_p"] = s.get("wilcoxon_p", float("nan"))
         rec["wilcoxon_p_holm"] = s.get("wilcoxon_p_holm", float("nan"))
+        rec["p_vs_reference_holm"] = s.get("p_vs_reference_holm", float("nan"))
+        rec["study"] = r.tag("optuna.study")
+        rec["tuning_budget"] = r.tag("tuning.budget")
+        rec["protocol"] = f"{r.tag('protocol.name')} v{r.tag('protocol.version')}" if r.tag("protocol.name") else ""
         rec["run_ids"] = ";".join(x.run_id for x in r.runs)
         records.append(rec)
-    per_nodule = pd.DataFrame({r.label: mats[r.label]["dice"].mean(axis=0) for r in ordered}, index=nodules).T
+    per_nodule = pd.DataFrame({r.label: per_nodule_dice[r.label] for r in ordered}, index=nodules).T
     devices = sorted({x.tags.get("device", "") for r in models for x in r.runs} - {""})
     return Leaderboard(key, ordered, pd.DataFrame.from_records(records), per_nodule, size_counts, ranking,
                        n_boot, boot_seed, devices=devices,
-                       n_unscored=max(x.n_gt_empty for r in ordered for x in r.runs))
+                       n_unscored=max(x.n_gt_empty for r in ordered for x in r.runs), section=section,
+                       metrics=metrics, boots=boots, reference_arch=reference_arch)
+
+
+def add_tuning_gain(default: Leaderboard, tuned: Leaderboard) -> None:
+    """Each default row's gain from tuning: the tuned row of the same (architecture, loss) minus
+    it, mean Dice with the interval of the paired bootstrap difference (same nodule draws)."""
+    from . import stats
+    by_pair = {(r.arch, r.loss): r for r in tuned.rows if not r.reference}
+    for r in default.rows:
+        t = by_pair.get((r.arch, r.loss))
+        if r.reference or t is None:
+            continue
+        mean, lo, hi = stats.difference_interval(tuned.boots[t.label]["dice"], default.boots[r.label]["dice"])
+        r.stats.update(gain=t.stats["dice_mean"] - r.stats["dice_mean"], gain_ci_low=lo, gain_ci_high=hi)
+    default.table["tuning_gain"] = [r.stats.get("gain", float("nan")) for r in default.rows]
+    default.table["tuning_gain_ci_low"] = [r.stats.get("gain_ci_low", float("nan")) for r in default.rows]
+    default.table["tuning_gain_ci_high"] = [r.stats.get("gain_ci_high", float("nan")) for r in default.rows]
+
+
+def add_loss_tests(loss: Leaderboard, comparator: str = "dice_bce") -> None:
+    """Paired Wilcoxon of every loss against ``comparator`` on the same architecture (per-nodule
+    Dice, mean over seeds); all comparisons of the loss study form one Holm family."""
+    from . import stats
+    pairs = []
+    for r in loss.rows:
+        base = next((b for b in loss.rows if b.arch == r.arch and b.loss == comparator), None)
+        if base is not None and r is not base:
+            pairs.append((r, stats.wilcoxon_p(loss.per_nodule.loc[r.label].to_numpy(float),
+                                              loss.per_nodule.loc[base.label].to_numpy(float))))
+    for (r, p), q in zip(pairs, stats.holm([p for _, p in pairs])):
+        r.stats.update(p_vs_comparator=p, p_vs_comparator_holm=q)
+    loss.rows.sort(key=lambda r: (r.arch, r.loss != comparator, -r.stats["dice_mean"], r.label))
+    order = {r.label: i for i, r in enumerate(loss.rows)}
+    loss.table = loss.table.assign(_o=loss.table["row"].map(order)).sort_values("_o").drop(columns="_o") \
+        .reset_index(drop=True)
+    loss.table["p_vs_dice_bce_holm"] = [r.stats.get("p_vs_comparator_holm", float("nan")) for r in loss.rows]
 
 
 def _size_bins(df: pd.DataFrame, nodules: list[str]) -> list[str]:
@@ -528,13 +598,32 @@ def _p(p) -> str:
     return "<0.001" if p < 1e-3 else f"{p:.3f}"
 
 
+def _hours(row: Row) -> str:
+    """Tuning and final training time of a tuned row, in CPU or GPU hours."""
+    kind = "GPU" if any("cpu" not in x.tags.get("device", "cpu").lower() for x in row.runs) else "CPU"
+    tuning = float(row.tag("tuning.seconds") or "nan") / 3600
+    final = row.stats.get("train_seconds_total", float("nan")) / 3600
+    return f"{_num(tuning, 1)} + {_num(final, 1)} {kind} h"
+
+
 def table_cells(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells shared by the markdown and HTML renderings."""
+    if lb.section == "loss":
+        return _loss_cells(lb)
     tol = f"{lb.key.nsd_tolerance_mm:g}"
-    header = ["#", "Model", "Seeds", "Dice", f"NSD@{tol}mm", "HD95 (mm)"]
+    extra = [x for x in lb.metrics if x not in METRICS]
+    has_gain = any("gain" in r.stats for r in lb.rows)
+    header = ["#", "Model", "Seeds", "Dice", f"NSD@{tol}mm", "HD95 (mm)", "HD95 median (mm)", "Empty"]
+    header += [name for _, name, _ in extra]
     header += [f"Dice {b} mm (n={lb.size_counts[b]})" for b in SIZE_BINS]
     header += ["Params", "MACs/patch", "Latency (ms)", "Train (s)", "Mean nodule rank", "P(best)",
                "Wilcoxon p vs #1 (Holm)"]
+    if lb.reference_arch:
+        header.append(f"p vs {lb.reference_arch} (Holm)")
+    if lb.section == "tuned":
+        header += ["Study and tuning budget", "Tuning + final"]
+    if has_gain:
+        header.append("Gain from tuning (Dice)")
     body = []
     for r in lb.rows:
         s = r.stats
@@ -542,39 +631,94 @@ def table_cells(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
         name = f"{r.label} ({'reference: ' + r.reference})" if r.reference else r.label
         seeds = "det." if r.reference else str(len(r.runs))
         cells = [first, name, seeds, _metric_cell(s, "dice", 3), _metric_cell(s, "nsd", 3),
-                 _metric_cell(s, "hd95_mm", 2)]
+                 _metric_cell(s, "hd95_mm", 2), _num(s["hd95_mm_median"], 2), _empty_cell(s)]
+        cells += [_metric_cell(s, m, 3) for m, _, _ in extra]
         cells += [_num(s[f"dice_size_{SIZE_KEYS[b]}"], 3) for b in SIZE_BINS]
         cells += [_si(s["params"]), _si(s["macs_per_patch"]), _num(s["latency_ms_median"], 1),
                   _num(s["train_seconds"], 0), _num(s.get("mean_nodule_rank", float("nan")), 2),
                   _num(s.get("p_best", float("nan")), 2)]
         is_top = not r.reference and r is lb.rows[0]
         cells.append("(top)" if is_top else _p(s.get("wilcoxon_p_holm", float("nan"))))
+        if lb.reference_arch:
+            cells.append("(reference)" if r.label == lb.reference_arch else
+                         _p(s.get("p_vs_reference_holm", float("nan"))))
+        if lb.section == "tuned":
+            study = r.tag("optuna.study")
+            cells += [f"{study}: {r.tag('tuning.budget')}" if study else "–",
+                      "–" if r.reference else _hours(r)]
+        if has_gain:
+            cells.append(f"{s['gain']:+.3f} [{s['gain_ci_low']:+.3f}, {s['gain_ci_high']:+.3f}]" if "gain" in s
+                         else "–")
         body.append(cells)
+    return header, body
+
+
+def _empty_cell(s: dict) -> str:
+    n = s.get("n_empty", float("nan"))
+    return "–" if isinstance(n, float) and math.isnan(n) else f"{n:.0f}/{s['n_predictions']:.0f}"
+
+
+def _loss_cells(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
+    header = ["Architecture", "Loss", "Seeds", "Dice", "HD95 (mm)", "HD95 median (mm)", "Empty",
+              "Wilcoxon p vs dice_bce (Holm)"]
+    body = []
+    for r in lb.rows:
+        s = r.stats
+        body.append([r.arch, r.loss, str(len(r.runs)), _metric_cell(s, "dice", 3), _metric_cell(s, "hd95_mm", 2),
+                     _num(s["hd95_mm_median"], 2), _empty_cell(s),
+                     "(comparator)" if r.loss == "dice_bce" else _p(s.get("p_vs_comparator_holm", float("nan")))])
     return header, body
 
 
 def _notes(lb: Leaderboard) -> list[str]:
     rank = ("aggregate-then-rank: models ranked by mean Dice" if lb.ranking == "aggregate" else
             "rank-then-aggregate: models ranked on each test nodule by Dice, then by their mean rank")
+    sections = [lb] + lb.sections
     notes = [
         f"Test set: {lb.key.describe()}."
         + (f" {lb.n_unscored} further test nodules have no ground-truth voxel in the window at this spacing "
            f"and are scored by no row." if lb.n_unscored else ""),
-        "Metric cells: mean ± std over seeds of each seed's mean over test nodules, then the 95% percentile "
-        f"bootstrap interval over test nodules of the per-nodule mean across seeds ({lb.n_boot} resamples, "
-        f"seed {lb.boot_seed}, the same resamples for every row).",
+        "Metric cells: mean ± std over seeds of each seed's mean over test nodules, then a 95% percentile "
+        f"interval from a two-level bootstrap ({lb.n_boot} resamples, seed {lb.boot_seed}): each resample draws "
+        "the test nodules with replacement (one draw shared by every row of every table, so comparisons are "
+        "paired) and, within each model, its seeds with replacement; the resample's value is the mean over the "
+        "drawn seeds of the mean over the drawn nodules. A model whose seeds disagree therefore gets a wider "
+        "interval than one whose seeds agree.",
+        "HD95: the mean is dominated by empty predictions, which score the window diagonal; the median "
+        "(mean over seeds of each seed's median over nodules) is not. Empty: predictions with no foreground "
+        "voxel, over all seeds x test nodules.",
         f"Ranking: {rank} (ties share the better rank). Mean nodule rank is always the rank-then-aggregate "
-        "score; P(best) is the share of bootstrap resamples in which the model is first under the chosen ranking.",
-        "Wilcoxon: two-sided paired signed-rank test of each row's per-nodule Dice (mean over seeds) against "
-        "the top-ranked model's, over the same test nodules; all p-values of this table are one "
-        "Holm-corrected family.",
-        "Reference rows are not ranked: inter_reader = each radiologist's mask against the STAPLE of the "
-        "other three, averaged over the four radiologists (same window, spacing and metrics as the models); "
-        "threshold_baseline = non-learned intensity threshold. Both are deterministic (det.): their latest run "
-        "is used.",
+        "score; P(best) is the share of two-level bootstrap resamples in which the model is first under the "
+        "chosen ranking.",
+        "Wilcoxon: two-sided paired signed-rank tests over the test nodules of per-nodule Dice (mean over "
+        "seeds). 'vs #1' compares every row with the top-ranked model (a post-hoc comparison); "
+        f"'vs {REFERENCE_ARCH_NAME}' compares every model with the pre-declared reference architecture, the seed "
+        "paper's model. Each column of each table is one Holm-corrected family.",
+        "Reference rows are not ranked and are deterministic (det.: their latest run is used). inter_reader = "
+        "each radiologist's mask against the STAPLE of the other three, averaged over the four radiologists; "
+        "threshold_baseline = non-learned intensity threshold. Why readers and models have different "
+        "ground truths: a reader scored against the four-reader STAPLE would be scored partly against their "
+        "own mask, which inflates agreement, so each reader is scored against the other three; the models "
+        "contributed to no ground truth, so they are scored against the best one available, the four-reader "
+        "STAPLE. The human row's reference has one reader fewer, which makes it a slightly conservative "
+        "estimate of reader agreement.",
         "Params, MACs/patch, latency and training time are means over seeds; latency and training time were "
         "measured on: " + (", ".join(lb.devices) if lb.devices else "unknown") + ".",
     ]
+    if any(x.section == "tuned" for x in sections):
+        notes.append(
+            "Tuned protocol: each architecture was tuned by its own Optuna study on the validation split with "
+            "the same budget for all (named in each row: trials x epochs per trial, pruner), over the shared "
+            "optimiser space plus the architecture's own space; the best trial's exact configuration then "
+            "trained the listed seeds with the preset's epoch budget. 'Tuning + final' is the wall time of the "
+            "study's trials and the training time of the final runs. The default-settings table shows the same "
+            "architectures untuned; its gain column is tuned minus default mean Dice with the 95% interval of "
+            "the paired two-level bootstrap difference.")
+    if any(x.section == "loss" for x in sections):
+        notes.append(
+            "Loss study: on the listed architectures, each loss trained with that architecture's tuned "
+            "settings (loss at its defaults) and the same seeds; each loss is compared with dice_bce on the "
+            "same architecture by a paired Wilcoxon test over nodules; all comparisons form one Holm family.")
     return notes
 
 
@@ -583,22 +727,51 @@ def _generated_line(lb: Leaderboard) -> str:
             f"({lb.n_source_runs} runs in this table); do not edit by hand.")
 
 
-def render_markdown(lb: Leaderboard) -> str:
+def _markdown_table(lb: Leaderboard) -> list[str]:
     header, body = table_cells(lb)
     esc = [[c.replace("|", "\\|") for c in row] for row in body]
-    out = [f"# Leaderboard: {lb.key.dataset}, {lb.key.preset} preset", "", _generated_line(lb), "",
-           "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(row) + " |" for row in esc]
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
+        ["| " + " | ".join(row) + " |" for row in esc]
+
+
+def render_markdown(lb: Leaderboard) -> str:
+    out = [f"# Leaderboard: {lb.key.dataset}, {lb.key.preset} preset", "", _generated_line(lb), ""]
+    if lb.sections:
+        out += [f"## {SECTION_TITLES[lb.section]}", ""]
+    out += _markdown_table(lb)
+    for sec in lb.sections:
+        out += ["", f"## {SECTION_TITLES[sec.section]}", ""] + _markdown_table(sec)
     out += ["", "## Notes", ""] + [f"- {n}" for n in _notes(lb)]
     out += ["", "## MLflow runs", ""]
-    for r in lb.rows:
+    for r in _all_rows(lb):
         runs = ", ".join(f"seed {x.seed}: `{x.run_id}`" if not r.reference else f"`{x.run_id}`" for x in r.runs)
-        out.append(f"- {r.label}: {runs}")
+        out.append(f"- {_run_list_label(lb, r)}: {runs}")
     return "\n".join(out) + "\n"
 
 
+def _all_rows(lb: Leaderboard) -> list[Row]:
+    """Every row of every section, each once (the loss study reuses the final runs' rows)."""
+    seen, out = set(), []
+    for sec in [lb] + lb.sections:
+        for r in sec.rows:
+            key = tuple(x.run_id for x in r.runs)
+            if key not in seen:
+                seen.add(key)
+                out.append(r)
+    return out
+
+
+def _run_list_label(lb: Leaderboard, row: Row) -> str:
+    """A row's name in the run listing: with its section's title when there are sections."""
+    if not lb.sections or row.reference:
+        return row.label
+    sec = next(s for s in [lb] + lb.sections if row in s.rows)
+    return f"{SECTION_TITLES[sec.section]}: {row.label}"
+
+
 def render_csv(lb: Leaderboard) -> str:
-    return lb.table.to_csv(index=False, float_format="%.6g", lineterminator="\n")
+    table = pd.concat([lb.table] + [s.table for s in lb.sections], ignore_index=True) if lb.sections else lb.table
+    return table.to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
 def _png(fig) -> bytes:
@@ -702,18 +875,23 @@ img{max-width:100%;margin:1em 0}code{font-size:12px}"""
 
 
 def render_html(lb: Leaderboard, plots: dict[str, bytes]) -> str:
-    header, body = table_cells(lb)
     e = html.escape
     parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
              f"<title>Leaderboard {e(lb.key.name)}</title><style>{_CSS}</style></head><body>",
              f"<h1>Leaderboard: {e(lb.key.dataset)}, {e(lb.key.preset)} preset</h1>",
-             f"<p>{e(_generated_line(lb)).replace('`', '')}</p>", "<table><thead><tr>"]
-    parts += [f"<th>{e(h)}</th>" for h in header]
-    parts.append("</tr></thead><tbody>")
-    for r, cells in zip(lb.rows, body):
-        parts.append(f"<tr class='{'ref' if r.reference else 'model'}'>" + "".join(f"<td>{e(c)}</td>" for c in cells)
-                     + "</tr>")
-    parts.append("</tbody></table><h2>Notes</h2><ul>")
+             f"<p>{e(_generated_line(lb)).replace('`', '')}</p>"]
+    for sec in [lb] + lb.sections:
+        if lb.sections:
+            parts.append(f"<h2>{e(SECTION_TITLES[sec.section])}</h2>")
+        header, body = table_cells(sec)
+        parts.append("<table><thead><tr>")
+        parts += [f"<th>{e(h)}</th>" for h in header]
+        parts.append("</tr></thead><tbody>")
+        for r, cells in zip(sec.rows, body):
+            parts.append(f"<tr class='{'ref' if r.reference else 'model'}'>"
+                         + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
+        parts.append("</tbody></table>")
+    parts.append("<h2>Notes</h2><ul>")
     parts += [f"<li>{e(n)}</li>" for n in _notes(lb)]
     parts.append("</ul><h2>Plots</h2>")
     captions = {"dice_vs_macs": "Mean Dice against MACs per patch; red points and the dashed step are the Pareto "
@@ -725,10 +903,10 @@ def render_html(lb: Leaderboard, plots: dict[str, bytes]) -> str:
         parts.append(f"<figure><img alt='{e(name)}' src='data:image/png;base64,{b64}'>"
                      f"<figcaption>{e(captions.get(name, name))}</figcaption></figure>")
     parts.append("<h2>MLflow runs</h2><ul>")
-    for r in lb.rows:
+    for r in _all_rows(lb):
         ids = ", ".join(f"seed {e(x.seed)}: <code>{e(x.run_id)}</code>" if not r.reference
                         else f"<code>{e(x.run_id)}</code>" for x in r.runs)
-        parts.append(f"<li>{e(r.label)}: {ids}</li>")
+        parts.append(f"<li>{e(_run_list_label(lb, r))}: {ids}</li>")
     parts.append("</ul></body></html>")
     return "\n".join(parts) + "\n"
 
@@ -749,6 +927,32 @@ def write_leaderboard(lb: Leaderboard, out_dir: Path) -> list[Path]:
 # ---------------------------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------------------------
+def build_sections(key: TableKey, runs: list[RunRecord], ranking: str = "aggregate", n_boot: int = 2000,
+                   boot_seed: int = 0) -> Leaderboard:
+    """The main table and the sections below it (see ``RunRecord.section``): with tuned runs, the
+    tuned table comes first and the default-settings table (with each architecture's gain from
+    tuning) second; without, the default-settings table is the main one. The loss study, when
+    there is one, comes last. Reference rows are shown in the main table only."""
+    refs = [r for r in runs if r.section == "reference"]
+    tuned = [r for r in runs if r.section == "tuned"]
+    default = [r for r in runs if r.section == "default"]
+    if tuned:
+        lb = build_leaderboard(key, tuned + refs, ranking, n_boot, boot_seed, section="tuned")
+        if default:
+            d = build_leaderboard(key, default, ranking, n_boot, boot_seed, section="default")
+            add_tuning_gain(d, lb)
+            lb.sections.append(d)
+    else:
+        lb = build_leaderboard(key, default + refs, ranking, n_boot, boot_seed, section="default")
+    loss_archs = {r.arch for r in runs if r.section == "loss"}
+    if loss_archs:
+        study = [r for r in runs if r.section in ("tuned", "loss") and r.arch in loss_archs]
+        ls = build_leaderboard(key, study, ranking, n_boot, boot_seed, section="loss")
+        add_loss_tests(ls)
+        lb.sections.append(ls)
+    return lb
+
+
 @dataclass
 class Generated:
     leaderboard: Leaderboard
@@ -788,9 +992,9 @@ def generate(preset: Optional[str] = None, ranking: str = "aggregate", out_dir: 
     for name, [(key, group)] in by_name.items():
         if all(r.reference for r in group):
             print(f"note: {name} has only reference runs", file=sys.stderr)
-        lb = build_leaderboard(key, group, ranking, n_boot, boot_seed)
+        lb = build_sections(key, group, ranking, n_boot, boot_seed)
         lb.experiment = exp_name
-        lb.n_source_runs = sum(len(r.runs) for r in lb.rows)
+        lb.n_source_runs = len({x.run_id for r in _all_rows(lb) for x in r.runs})
         files = write_leaderboard(lb, out_dir)
         results.append(Generated(lb, files, files[0].read_text(encoding="utf-8")))
     if log_to_mlflow:

@@ -42,7 +42,8 @@ from .errors import BenchError, UsageError
 from .liveness import HostLock, owner_is_dead
 from .paths import runs_dir
 
-__all__ = ["Cell", "CellOutcome", "SuiteResult", "SuiteFailed", "plan_cells", "run_cell", "run_suite", "register"]
+__all__ = ["Cell", "CellOutcome", "SuiteResult", "SuiteFailed", "plan_cells", "run_cell", "run_cells", "run_suite",
+           "register"]
 
 DEFAULT_LOSSES = ("dice_bce",)
 _ARCH_OVERRIDE = re.compile(r"^([A-Za-z0-9_\-]+):([^=]+=.*)$")
@@ -60,6 +61,9 @@ class Cell:
     seed: Optional[int]
     cfg: RunConfig
     reference: Optional[str] = None
+    #: extra MLflow tags and (file, artifact folder) pairs for this cell's run (``bench protocol``)
+    tags: dict = field(default_factory=dict)
+    artifacts: list = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -261,13 +265,22 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
     """Run (or resume, or skip) every cell; see the module docstring. Never raises for a
     failing cell: failures are collected in the result.
 
-    ``executor``: run the cells elsewhere instead of in this process; an object with
-    ``run_cells(cells, experiment)`` yielding ``(cell, CellOutcome)`` as cells end (see
-    ``benchmark.cluster.DaskExecutor``). The data are then loaded by the workers, not here."""
+    ``executor``: run the cells elsewhere instead of in this process (see ``run_cells``)."""
+    cells = plan_cells(preset, archs, losses, seeds, overrides, references)
+    return run_cells(cells, f"suite [{preset}]", experiment, show_progress, dry_run, executor)
+
+
+def run_cells(cells: list[Cell], desc: str, experiment: Optional[str] = None, show_progress: bool = True,
+              dry_run: bool = False, executor=None) -> SuiteResult:
+    """Skip, run or resume each planned cell in order (what ``bench suite`` and ``bench protocol``
+    share). Never raises for a failing cell: failures are collected in the result.
+
+    ``executor``: an object with ``run_cells(cells, experiment)`` yielding ``(cell, CellOutcome)``
+    as cells end (see ``benchmark.cluster.DaskExecutor``); the data are then loaded by the
+    workers, not here."""
     from .data import load_crops
     from .tracking import client, load_settings
     t0 = time.perf_counter()
-    cells = plan_cells(preset, archs, losses, seeds, overrides, references)
     result = SuiteResult(planned=cells)
     remote = executor is not None and not dry_run
 
@@ -285,7 +298,7 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
             stores[key] = load_crops(c.cfg.data)
             existing[key] = _existing_runs(cl, exp_id, stores[key].data_hash)
 
-    bar = tqdm(total=len(cells), desc=f"suite [{preset}]", unit="run", disable=not show_progress,
+    bar = tqdm(total=len(cells), desc=desc, unit="run", disable=not show_progress,
                dynamic_ncols=True)
 
     def attempt(c: Cell) -> CellOutcome:
@@ -353,10 +366,10 @@ def run_cell(c: Cell, *, store, claim, experiment: Optional[str] = None,
         if c.reference == "threshold_baseline":
             from .baseline_run import run_threshold_baseline
             rid, _ = run_threshold_baseline(
-                c.cfg, experiment=experiment, tags={"reference.fingerprint": reference_fingerprint(c.cfg)})
+                c.cfg, experiment=experiment, tags={**c.tags, "reference.fingerprint": reference_fingerprint(c.cfg)})
             return CellOutcome("ran", c.label, rid)
         if c.reference:
-            rid, _ = run_inter_reader(c.cfg, experiment=experiment, store=store)
+            rid, _ = run_inter_reader(c.cfg, experiment=experiment, store=store, tags=c.tags or None)
             return CellOutcome("ran", c.label, rid)
         result_run, resumed = _run_cell(c, view.interrupted(c), experiment, checkpoints_dir,
                                         on_run_start=claim.release)
@@ -378,7 +391,18 @@ def _run_cell(c: Cell, killed_run: Optional[str], experiment: Optional[str], che
         from .tracking import client
         with contextlib.suppress(Exception):
             client().set_terminated(killed_run, status="KILLED")
-    return run_experiment(c.cfg, experiment=experiment, show_progress=False, on_run_start=on_run_start), False
+
+    def started(run_id: str):
+        if c.artifacts:   # logged at once, so an interrupted run already says what it belongs to
+            from .tracking import Tracker, client, load_settings
+            settings = load_settings()
+            t = Tracker(client(settings), run_id, settings)
+            for path, folder in c.artifacts:
+                t.log_artifact(path, folder)
+        if on_run_start:
+            on_run_start(run_id)
+    return run_experiment(c.cfg, experiment=experiment, show_progress=False, on_run_start=started,
+                          tags=dict(c.tags) or None), False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,11 @@ to each architecture's and loss's code. ``--fix NAME=VALUE`` pins a parameter, `
 NAME=LOW:HIGH`` (or ``NAME=a,b,c`` for a categorical) shrinks it; positional ``key=value``
 overrides fix config fields that are not searched.
 
+Replay: each trial records the exact ``key=value`` list it trained with (user attribute
+``overrides``: its suggestions, then the command's fixed overrides); ``--params-from`` and
+``bench protocol`` rebuild the trial's config from it (``replay_overrides``), so the replayed
+config has the trial's fingerprint. Overrides given after it win (e.g. ``train.epochs=20``).
+
 Objective: best validation Dice of the trial's training run, reported every epoch to the
 pruner (median by default). The test split is never evaluated by tuning.
 
@@ -146,8 +151,10 @@ def common_space(trial, preset: str) -> dict[str, Any]:
     }
 
 
-def suggest_overrides(trial, arch: str, loss: str, preset: str) -> list[str]:
-    """All suggested values as config overrides (``optim.lr=...``, ``model.kwargs.x=...``)."""
+def suggest_overrides(trial, arch: str, loss: str, preset: str, loss_space: bool = True) -> list[str]:
+    """All suggested values as config overrides (``optim.lr=...``, ``model.kwargs.x=...``).
+    ``loss_space=False`` leaves the loss at its defaults (the protocol tunes architecture and
+    optimiser only, so that its loss study compares losses on equal terms)."""
     from architectures import architecture_entry
     from .losses import loss_entry
     out = common_space(trial, preset)
@@ -155,7 +162,7 @@ def suggest_overrides(trial, arch: str, loss: str, preset: str) -> list[str]:
     if a.search_space:
         out.update({f"model.kwargs.{k}": v for k, v in a.search_space(trial).items()})
     lo = loss_entry(loss)
-    if lo.search_space:
+    if loss_space and lo.search_space:
         out.update({f"loss.kwargs.{k}": v for k, v in lo.search_space(trial).items()})
     return [f"{k}={_yaml_value(v)}" for k, v in out.items()]
 
@@ -284,17 +291,39 @@ def make_pruner(name: str):
     raise UsageError(f"unknown pruner {name!r} (median, hyperband, none)")
 
 
+def make_sampler(spec: Optional[tuple[str, int]], study=None):
+    """Optuna sampler from (name, seed); None keeps Optuna's default (TPE, unseeded).
+
+    A resumed study gets a fresh sampler object; seeding it with the declared seed plus the
+    number of trials already in the study keeps a stop-and-rerun sequence reproducible and stops
+    its random start-up trials from repeating the first ones."""
+    import optuna
+    if spec is None:
+        return None
+    name, seed = spec
+    if study is not None:
+        seed = seed + len(study.get_trials(deepcopy=False))
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UsageError(f"unknown sampler {name!r} (tpe, random)")
+
+
 def open_study(study_name: str, storage_url: Optional[str], workers: int, meta: Optional[dict] = None,
-               pruner: str = "median", create: bool = True):
+               pruner: str = "median", create: bool = True, sampler: Optional[tuple[str, int]] = None):
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage, label = open_storage(storage_url, workers)
     if create:
         study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
                                     pruner=make_pruner(pruner), load_if_exists=True)
+        if sampler is not None:
+            study.sampler = make_sampler(sampler, study)
     else:
         try:
-            study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner(pruner))
+            study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner(pruner),
+                                      sampler=make_sampler(sampler))
         except KeyError:
             raise UsageError(f"no Optuna study {study_name!r} in {label}") from None
     if meta:
@@ -318,7 +347,6 @@ def count_finished(study) -> int:
 
 def objective_factory(base_overrides: list[str], meta: dict, fixed: dict, narrowed: dict, parent_run_id: str):
     import optuna
-    from .config import build_config
     from .train import run_experiment
     from .run_args import validate_names
 
@@ -326,12 +354,14 @@ def objective_factory(base_overrides: list[str], meta: dict, fixed: dict, narrow
         trial.set_user_attr("worker_pid", os.getpid())
         trial.set_user_attr("worker_host", socket.gethostname())
         ct = ConstrainedTrial(trial, fixed, narrowed)
-        suggested = suggest_overrides(ct, meta["arch"], meta["loss"], meta["preset"])
+        overrides = trial_run_overrides(ct, meta, base_overrides)
         for k, v in fixed.items():
             trial.set_user_attr(f"fixed.{k}", v)
-        cfg = build_config(meta["preset"], suggested + base_overrides,
-                           **{"model.arch": meta["arch"], "loss.name": meta["loss"]})
+        # the exact list this trial trains with: replaying it is replaying the trial
+        trial.set_user_attr(OVERRIDES_ATTR, overrides)
+        cfg = config_from_overrides(meta, overrides)
         validate_names(cfg)
+        trial.set_user_attr("config_fingerprint", cfg.fingerprint())
         cfg.name = f"{trial.study.study_name}-t{trial.number:03d}"
 
         def report(epoch: int, metrics: dict):
@@ -354,11 +384,12 @@ def objective_factory(base_overrides: list[str], meta: dict, fixed: dict, narrow
 
 
 def run_worker(study_name: str, storage_url: Optional[str], n_trials: int, meta: dict, base_overrides: list[str],
-               fixed: dict, narrowed: dict, pruner: str, show_progress: bool = True) -> int:
+               fixed: dict, narrowed: dict, pruner: str, show_progress: bool = True,
+               sampler: Optional[tuple[str, int]] = None) -> int:
     """One worker process: ask/tell trials until the study holds ``n_trials`` finished ones."""
     import optuna
     from tqdm.auto import tqdm
-    study, label = open_study(study_name, storage_url, 2, meta, pruner)
+    study, label = open_study(study_name, storage_url, 2, meta, pruner, sampler=sampler)
     parent = ensure_parent_run(study, meta)
     fail_dead_local_trials(study)
     objective = objective_factory(base_overrides, meta, fixed, narrowed, parent)
@@ -502,17 +533,46 @@ def best_params_overrides(study_name: str, storage_url: Optional[str]) -> tuple[
     except ValueError:
         raise UsageError(f"study {study_name!r} has no completed trial") from None
     meta = study.user_attrs.get("meta", {})
-    params = dict(best.params)
-    params.update({k[len("fixed."):]: v for k, v in best.user_attrs.items() if k.startswith("fixed.")})
-    overrides = []
-    for k, v in params.items():
-        if k.startswith("arch."):
-            k = "model.kwargs." + k[len("arch."):]
-        elif k.startswith("loss."):
-            k = "loss.kwargs." + k[len("loss."):]
-        overrides.append(f"{k}={_yaml_value(v)}")
     tags = {"optuna.study": study_name, "optuna.best_trial": str(best.number), "tuned": "true"}
-    return overrides, tags, meta
+    return replay_overrides(best, meta), tags, meta
+
+
+# ---------------------------------------------------------------------------------------------
+# exact replay
+# ---------------------------------------------------------------------------------------------
+#: trial user attribute holding the exact ``key=value`` list the trial's run was built from
+OVERRIDES_ATTR = "overrides"
+
+
+def trial_run_overrides(trial, meta: dict, base_overrides: list[str]) -> list[str]:
+    """The overrides a trial trains with: its suggestions, then the study's fixed overrides
+    (which win, as they come last)."""
+    return suggest_overrides(trial, meta["arch"], meta["loss"], meta["preset"],
+                             loss_space=meta.get("loss_space", True)) + list(base_overrides)
+
+
+def config_from_overrides(meta: dict, overrides: list[str]):
+    """The RunConfig a trial (or its replay) trains: preset + arch + loss + overrides."""
+    from .config import build_config
+    return build_config(meta["preset"], list(overrides), **{"model.arch": meta["arch"], "loss.name": meta["loss"]})
+
+
+def replay_overrides(trial, meta: dict) -> list[str]:
+    """The overrides that rebuild ``trial``'s own config exactly.
+
+    Trials record their list (``OVERRIDES_ATTR``). For trials from before that record, the
+    search space is re-run on the stored parameter values (``optuna.trial.FixedTrial``), so
+    derived values (unetr's width preset -> hidden_size and num_heads, Tversky's alpha = 1 -
+    beta) come out as they did in the trial; the study's own fixed overrides are then not known
+    and must be given again."""
+    import optuna
+    stored = trial.user_attrs.get(OVERRIDES_ATTR)
+    if stored is not None:
+        return list(stored)
+    fixed = {k[len("fixed."):]: v for k, v in trial.user_attrs.items() if k.startswith("fixed.")}
+    params = {k: v for k, v in trial.params.items() if k not in fixed}
+    ct = ConstrainedTrial(optuna.trial.FixedTrial(params, trial.number), fixed, {})
+    return suggest_overrides(ct, meta["arch"], meta["loss"], meta["preset"], loss_space=meta.get("loss_space", True))
 
 
 # ---------------------------------------------------------------------------------------------

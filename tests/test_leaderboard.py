@@ -343,3 +343,46 @@ def test_leaderboard_merges_runs_that_differ_only_in_an_unused_patience():
     assert len(rows) == 2 and ["c"] in by_members
     main = next(row for row in rows if "c" not in [r.run_id for r in row.runs])
     assert sorted(r.seed for r in main.runs) == ["0", "1"]
+
+
+def _synthetic_record(run_id, arch, loss, seed, dice, part=None, empty=None, variant=0):
+    """A RunRecord with a made-up per-nodule table (no MLflow, no training)."""
+    from benchmark.leaderboard import RunRecord
+    n = len(dice)
+    df = pd.DataFrame({"nodule_id": [f"n{i}" for i in range(n)], "dice": dice, "nsd": dice,
+                       "hd95_mm": np.where(np.asarray(dice) == 0, 96.0, 3.0),
+                       "empty_pred": empty if empty is not None else [False] * n, "size_bin": ["6-10"] * n})
+    tags = {"arch": arch, "loss": loss, "seed": str(seed), "preset": "cpu", "data.source": "phantom",
+            "data.ground_truth": "staple", "data.split_hash": "s", "data.content_hash": "c"}
+    if part:
+        tags.update({"protocol.part": part, "tuned": "true", "optuna.study": f"cpu-v1-{arch}",
+                     "tuning.budget": "12 trials x 6 epochs, median pruner", "tuning.seconds": "3600"})
+    config = {"model": {"arch": arch, "kwargs": {"w": variant}}, "loss": {"name": loss}, "train": {"seed": seed}}
+    return RunRecord(run_id, tags, {"test_dice": 0.0, "train_seconds": 100.0}, config, seed, df)
+
+
+def test_sections_gain_loss_study_and_empty_count_on_synthetic_runs():
+    from benchmark.leaderboard import build_sections, render_markdown, table_key
+    g = np.random.default_rng(0)
+    n = 30
+    base = g.uniform(0.4, 0.6, n)
+    runs = []
+    for s in range(3):
+        runs.append(_synthetic_record(f"d{s}", "unet3d", "dice_bce", s, base + g.normal(0, .01, n)))
+        runs.append(_synthetic_record(f"t{s}", "unet3d", "dice_bce", s, base + 0.2 + g.normal(0, .01, n),
+                                      part="final", variant=1))
+        empty = [i < 2 for i in range(n)]
+        runs.append(_synthetic_record(f"l{s}", "unet3d", "dice", s,
+                                      np.where(empty, 0.0, base + 0.1), part="loss", empty=empty, variant=1))
+    lb = build_sections(table_key(runs[0]), runs, n_boot=500)
+    assert lb.section == "tuned" and [x.section for x in lb.sections] == ["default", "loss"]
+    assert [r.label for r in lb.rows] == ["unet3d / dice_bce"] and lb.rows[0].runs[0].run_id.startswith("t")
+    gain = lb.sections[0].rows[0].stats
+    assert gain["gain"] == pytest.approx(0.2, abs=0.01) and 0 < gain["gain_ci_low"] < 0.2 < gain["gain_ci_high"]
+    loss = {r.loss: r.stats for r in lb.sections[1].rows}
+    assert loss["dice"]["n_empty"] == 6 and loss["dice"]["n_predictions"] == 3 * n   # 2 nodules x 3 seeds
+    assert loss["dice"]["p_vs_comparator_holm"] < 0.001 and "p_vs_comparator_holm" not in loss["dice_bce"]
+    assert loss["dice"]["hd95_mm_median"] == 3.0 and loss["dice"]["hd95_mm_mean"] > 3.0
+    md = render_markdown(lb)
+    assert "cpu-v1-unet3d: 12 trials x 6 epochs, median pruner" in md and "1.0 + 0.1 CPU h" in md
+    assert "+0.200 [" in md and "| unet3d | dice | 3 |" in md and "6/90" in md

@@ -122,3 +122,75 @@ def test_second_command_with_other_arch_on_same_study_is_refused(bench_home):
     r = run_cli("tune", "--arch", "unet3d", "--loss", "dice", "--trials", "1", "--preset", "smoke", "--study", "mine",
                 env=env)
     assert r.returncode == 2 and "was created with loss=dice_bce" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# exact replay: no training, the config a trial's objective builds against its replay
+# ---------------------------------------------------------------------------------------------
+def _sampled_trials(meta, base, n=3, fixed=None):
+    """Frozen trials of an in-memory study whose objective builds (not trains) the trial's config,
+    each with the fingerprint of the config the trial itself would have trained."""
+    from benchmark.tune import (OVERRIDES_ATTR, ConstrainedTrial, config_from_overrides,
+                                trial_run_overrides)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=7))
+
+    def objective(trial):
+        overrides = trial_run_overrides(ConstrainedTrial(trial, fixed or {}, {}), meta, base)
+        for k, v in (fixed or {}).items():
+            trial.set_user_attr(f"fixed.{k}", v)
+        trial.set_user_attr(OVERRIDES_ATTR, overrides)
+        trial.set_user_attr("config_fingerprint", config_from_overrides(meta, overrides).fingerprint())
+        return 0.0
+
+    study.optimize(objective, n_trials=n)
+    return study.trials
+
+
+def _spaces():
+    from architectures import list_architectures
+    from benchmark.losses import list_losses
+    cases = [("arch", a, "dice_bce") for a in list_architectures()]
+    cases += [("loss", "unet3d", lo) for lo in list_losses()]
+    return cases
+
+
+@pytest.mark.parametrize("kind,arch,loss", _spaces(), ids=lambda v: str(v))
+def test_replay_rebuilds_the_trial_config_exactly(kind, arch, loss):
+    from benchmark.tune import OVERRIDES_ATTR, config_from_overrides, replay_overrides
+    meta = {"arch": arch, "loss": loss, "preset": "cpu"}
+    base = ["train.epochs=3"]
+    for t in _sampled_trials(meta, base):
+        want = t.user_attrs["config_fingerprint"]
+        assert config_from_overrides(meta, replay_overrides(t, meta)).fingerprint() == want
+        # a trial from before the overrides were recorded: its search space is re-run on its params
+        old = optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=0.0,
+                                        user_attrs={k: v for k, v in t.user_attrs.items() if k != OVERRIDES_ATTR})
+        assert config_from_overrides(meta, replay_overrides(old, meta) + base).fingerprint() == want
+
+
+def test_replay_keeps_derived_values():
+    """The two cases the parameter-name rebuild got wrong: unetr's width, Tversky's alpha."""
+    from benchmark.tune import config_from_overrides, replay_overrides
+    meta = {"arch": "unetr", "loss": "tversky", "preset": "cpu"}
+    old = optuna.trial.create_trial(
+        params={"optim.lr": 1e-3, "optim.weight_decay": 1e-5, "optim.optimizer": "adam", "train.batch_size": 8,
+                "arch.vit_width": "small", "arch.dropout_rate": 0.1, "loss.beta": 0.8},
+        distributions={"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+                       "optim.weight_decay": optuna.distributions.FloatDistribution(1e-6, 1e-3, log=True),
+                       "optim.optimizer": optuna.distributions.CategoricalDistribution(["adam", "adamw", "sgd"]),
+                       "train.batch_size": optuna.distributions.CategoricalDistribution([4, 8, 16]),
+                       "arch.vit_width": optuna.distributions.CategoricalDistribution(["tiny", "small"]),
+                       "arch.dropout_rate": optuna.distributions.FloatDistribution(0.0, 0.2),
+                       "loss.beta": optuna.distributions.FloatDistribution(0.5, 0.9)}, value=0.5)
+    cfg = config_from_overrides(meta, replay_overrides(old, meta))
+    assert cfg.model.kwargs["hidden_size"] == 384 and cfg.model.kwargs["num_heads"] == 6
+    assert "vit_width" not in cfg.model.kwargs
+    assert cfg.loss.kwargs["alpha"] == pytest.approx(0.2) and cfg.loss.kwargs["beta"] == pytest.approx(0.8)
+
+
+def test_protocol_tuning_leaves_the_loss_at_its_defaults():
+    from benchmark.tune import config_from_overrides
+    meta = {"arch": "unet3d", "loss": "dice_bce", "preset": "cpu", "loss_space": False}
+    for t in _sampled_trials(meta, [], n=2):
+        assert not any(o.startswith("loss.") for o in t.user_attrs["overrides"])
+        assert config_from_overrides(meta, t.user_attrs["overrides"]).loss.kwargs == {}

@@ -1,0 +1,499 @@
+"""``bench protocol``: the declared, tuned benchmark protocol, restartable.
+
+    bench protocol run protocols/cpu.yaml [--experiment NAME] [--no-progress]
+    bench protocol status protocols/cpu.yaml
+
+A protocol is a versioned YAML file in ``protocols/`` (validated by :class:`Protocol`). Running it
+does, in this order, skipping whatever the tracking store and the Optuna journal already hold:
+
+  1. **tuning**: per architecture one Optuna study on the validation split, with the same budget
+     for every architecture (trials, epochs per trial, pruner, sampler and its seed), over the
+     shared optimiser space (``benchmark.tune.common_space``) plus the architecture's own
+     ``search_space``; the loss (``tuning.loss``) stays at its defaults. The study is named
+     ``<protocol>-v<version>-<arch>``, so a new protocol version never reuses an old study;
+  2. **final**: right after its study holds ``n_trials`` finished trials, the best trial's exact
+     configuration (``benchmark.tune.replay_overrides``) trains ``final.seeds`` seeds with the
+     preset's epoch budget and is evaluated on the test split;
+  3. **defaults**: the same architectures at the preset's default settings for ``defaults.seeds``
+     seeds (``bench suite`` cells, with the reference runs): the leaderboard's second section and
+     the baseline of each architecture's gain from tuning;
+  4. **loss study**: on each of ``loss_study.archs`` (``best`` = the tuned architecture with the
+     highest best-trial validation Dice; the test split plays no part in that choice; when the
+     best is an architecture already listed, the runner-up takes its place) every listed loss x
+     ``loss_study.seeds`` seeds with that architecture's tuned settings. Its ``dice_bce`` cells
+     are the final runs themselves (same fingerprint), so they are not trained again.
+
+Restartable like ``bench suite`` (whose cell machinery runs stages 2-4): stop at any point and
+rerun the command. A study resumes until it holds its trials (a trial whose process died is
+marked failed and replaced); a finished cell is skipped by its config fingerprint; an
+interrupted cell resumes from its last checkpoint.
+
+Every run the protocol starts carries the tags ``protocol.name``, ``protocol.version``,
+``protocol.sha`` (of the file's bytes) and ``protocol.part`` (final / default / loss; tuning
+trials are children of their study's parent run, which carries the same tags), and logs the
+protocol file as the artifact ``protocol/<file name>``.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from .errors import UsageError
+
+__all__ = ["Protocol", "load_protocol", "plan", "run_protocol", "protocol_status", "register"]
+
+REFERENCE_ARCH = "unet3d"
+BEST = "best"   # loss_study.archs entry standing for the best tuned architecture
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TuningSpec(_Strict):
+    n_trials: int
+    epochs: int
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    sampler: Literal["tpe", "random"] = "tpe"
+    sampler_seed: int = 0
+    #: loss trained during tuning (at its default settings)
+    loss: str = "dice_bce"
+    #: config overrides for every trial (after the suggestions: they win)
+    overrides: list[str] = []
+
+    @field_validator("n_trials", "epochs")
+    @classmethod
+    def _positive(cls, v):
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+
+class FinalSpec(_Strict):
+    seeds: int
+    #: training epochs of the final runs (default: the preset's)
+    epochs: Optional[int] = None
+    overrides: list[str] = []
+
+
+class DefaultsSpec(_Strict):
+    #: seeds of the default-settings section; 0 leaves it out
+    seeds: int = 0
+    references: bool = True
+
+
+class LossStudySpec(_Strict):
+    archs: list[str]
+    losses: list[str]
+    seeds: int
+
+
+class Protocol(_Strict):
+    name: str
+    version: int
+    preset: str
+    #: what is searched: the shared optimiser space plus each architecture's own space
+    search_space: Literal["optimiser+architecture"] = "optimiser+architecture"
+    architectures: list[str]
+    reference_arch: str = REFERENCE_ARCH
+    tuning: TuningSpec
+    final: FinalSpec
+    defaults: DefaultsSpec = DefaultsSpec()
+    loss_study: Optional[LossStudySpec] = None
+    #: measured training seconds per epoch at the preset (for ``status``'s cost estimate only)
+    seconds_per_epoch: dict[str, float] = {}
+    #: where ``seconds_per_epoch`` was measured (machine, commit); shown by ``status``
+    seconds_per_epoch_source: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not _NAME.match(v):
+            raise ValueError("must be lower-case letters, digits, '-' or '_' (it names Optuna studies)")
+        return v
+
+    @model_validator(mode="after")
+    def _rules(self):
+        from .config import PRESETS
+        if self.version < 1:
+            raise ValueError("version must be >= 1")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r} (choose from {', '.join(PRESETS)})")
+        min_seeds = 2 if self.preset == "smoke" else 3   # the smoke preset is for tests only
+        if self.final.seeds < min_seeds:
+            raise ValueError(f"final.seeds must be >= {min_seeds}")
+        if self.loss_study and self.loss_study.seeds < min_seeds:
+            raise ValueError(f"loss_study.seeds must be >= {min_seeds}")
+        if not self.architectures:
+            raise ValueError("architectures is empty")
+        if self.reference_arch not in self.architectures:
+            raise ValueError(f"reference_arch {self.reference_arch!r} is not in architectures")
+        if self.loss_study:
+            if self.tuning.loss not in self.loss_study.losses:
+                raise ValueError(f"loss_study.losses must include the tuning loss {self.tuning.loss!r} "
+                                 f"(every other loss is compared with it)")
+            stray = [a for a in self.loss_study.archs if a != BEST and a not in self.architectures]
+            if stray:
+                raise ValueError(f"loss_study.archs {stray} are not in architectures")
+        return self
+
+
+@dataclass
+class LoadedProtocol:
+    spec: Protocol
+    path: Path
+    sha: str
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {"protocol.name": self.spec.name, "protocol.version": str(self.spec.version),
+                "protocol.sha": self.sha}
+
+    def study_name(self, arch: str) -> str:
+        return f"{self.spec.name}-v{self.spec.version}-{arch}"
+
+
+def load_protocol(path: str | Path) -> LoadedProtocol:
+    """Read, parse (``yaml.safe_load``) and validate a protocol file; names are checked against
+    the registries and canonicalised."""
+    from architectures import architecture_entry
+    from .losses import loss_entry
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"protocol file not found: {p}")
+    raw = p.read_bytes()
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise UsageError(f"protocol file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"protocol file {p} must hold a mapping")
+    try:
+        spec = Protocol.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "protocol"
+        raise UsageError(f"protocol file {p}: {loc}: {err['msg']}") from None
+    spec.architectures = list(dict.fromkeys(architecture_entry(a).name for a in spec.architectures))
+    spec.reference_arch = architecture_entry(spec.reference_arch).name
+    spec.tuning.loss = loss_entry(spec.tuning.loss).name
+    if spec.loss_study:
+        spec.loss_study.losses = list(dict.fromkeys(loss_entry(x).name for x in spec.loss_study.losses))
+        spec.loss_study.archs = [a if a == BEST else architecture_entry(a).name for a in spec.loss_study.archs]
+    return LoadedProtocol(spec, p, hashlib.sha256(raw).hexdigest()[:12])
+
+
+# ---------------------------------------------------------------------------------------------
+# studies
+# ---------------------------------------------------------------------------------------------
+def study_meta(lp: LoadedProtocol, arch: str) -> dict:
+    """The study's identity (a rerun with different values is refused by ``open_study``)."""
+    s = lp.spec
+    return {"arch": arch, "loss": s.tuning.loss, "preset": s.preset, "loss_space": False,
+            "protocol": f"{s.name}/v{s.version}", "n_trials": s.tuning.n_trials, "epochs": s.tuning.epochs,
+            "pruner": s.tuning.pruner, "sampler": f"{s.tuning.sampler}:{s.tuning.sampler_seed}"}
+
+
+def tuning_overrides(lp: LoadedProtocol) -> list[str]:
+    return list(lp.spec.tuning.overrides) + [f"train.epochs={lp.spec.tuning.epochs}"]
+
+
+@dataclass
+class StudyState:
+    arch: str
+    name: str
+    finished: int                 # complete + pruned trials
+    n_trials: int
+    best_trial: object = None     # optuna FrozenTrial of the best complete trial, once the study is done
+    seconds: float = 0.0          # wall time of its trials so far
+
+    @property
+    def done(self) -> bool:
+        return self.finished >= self.n_trials and self.best_trial is not None
+
+
+def study_state(lp: LoadedProtocol, arch: str, storage: Optional[str]) -> StudyState:
+    import optuna
+    from .tune import open_storage
+    name = lp.study_name(arch)
+    st = StudyState(arch, name, 0, lp.spec.tuning.n_trials)
+    storage_obj, _ = open_storage(storage)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage_obj)
+    except KeyError:
+        return st
+    S = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    st.finished = sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials)
+    st.seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+                     if t.datetime_complete and t.datetime_start)
+    if st.finished >= st.n_trials:
+        try:
+            st.best_trial = study.best_trial
+        except ValueError:
+            st.best_trial = None   # every trial pruned or failed: nothing to train
+    return st
+
+
+def tune_arch(lp: LoadedProtocol, arch: str, storage: Optional[str], show_progress: bool) -> None:
+    """Run (or resume) the architecture's study until it holds ``n_trials`` finished trials."""
+    from .tracking import Tracker, client, load_settings
+    from .tune import close_parent_run, ensure_parent_run, open_study, run_worker
+    t = lp.spec.tuning
+    meta = study_meta(lp, arch)
+    study, _ = open_study(lp.study_name(arch), storage, 1, meta, t.pruner)
+    new_parent = "mlflow_parent_run_id" not in study.user_attrs
+    parent = ensure_parent_run(study, {**meta, **lp.tags})
+    if new_parent:
+        settings = load_settings()
+        Tracker(client(settings), parent, settings).log_artifact(lp.path, "protocol")
+    run_worker(lp.study_name(arch), storage, t.n_trials, meta, tuning_overrides(lp), {}, {}, t.pruner,
+               show_progress=show_progress, sampler=(t.sampler, t.sampler_seed))
+    close_parent_run(parent)
+    _tag_trial_runs(lp, arch, storage)
+
+
+def _tag_trial_runs(lp: LoadedProtocol, arch: str, storage: Optional[str]) -> None:
+    """Give the study's trial runs the protocol tags (their parent run holds the protocol file).
+    Done after the study, so a trial run of an interrupted study gets them on the next run."""
+    import optuna
+    from .tracking import Tracker, client, load_settings
+    from .tune import open_storage
+    settings = load_settings()
+    cl = client(settings)
+    study = optuna.load_study(study_name=lp.study_name(arch), storage=open_storage(storage)[0])
+    for t in study.get_trials(deepcopy=False):
+        rid = t.user_attrs.get("mlflow_run_id")
+        if rid:
+            Tracker(cl, rid, settings).set_tags({**lp.tags, "protocol.part": "tuning"})
+
+
+# ---------------------------------------------------------------------------------------------
+# cells
+# ---------------------------------------------------------------------------------------------
+def final_overrides(lp: LoadedProtocol, seed: int) -> list[str]:
+    """What the final runs add to a replayed trial: the preset's (or the declared) epoch budget
+    and the seed (later overrides win over the trial's own ``train.epochs``)."""
+    from .config import PRESETS
+    epochs = lp.spec.final.epochs or PRESETS[lp.spec.preset].get("train", {}).get("epochs")
+    out = list(lp.spec.final.overrides)
+    if epochs:
+        out.append(f"train.epochs={epochs}")
+    return out + [f"train.seed={seed}"]
+
+
+def tuned_cell(lp: LoadedProtocol, st: StudyState, loss: str, seed: int, part: str):
+    from .cli import validate_names
+    from .suite import Cell
+    from .tune import config_from_overrides, replay_overrides
+    meta = study_meta(lp, st.arch)
+    overrides = replay_overrides(st.best_trial, meta) + final_overrides(lp, seed)
+    cfg = config_from_overrides({**meta, "loss": loss}, overrides)
+    validate_names(cfg)
+    budget = f"{lp.spec.tuning.n_trials} trials x {lp.spec.tuning.epochs} epochs, {lp.spec.tuning.pruner} pruner"
+    tags = {**lp.tags, "protocol.part": part, "tuned": "true", "optuna.study": st.name,
+            "optuna.best_trial": str(st.best_trial.number), "tuning.budget": budget,
+            "tuning.seconds": f"{st.seconds:.0f}", "tuning.best_value": f"{st.best_trial.value:.6g}"}
+    return Cell(st.arch, cfg.loss.name, seed, cfg, tags=tags, artifacts=[(str(lp.path), "protocol")])
+
+
+def default_cells(lp: LoadedProtocol) -> list:
+    from .suite import plan_cells
+    d = lp.spec.defaults
+    if d.seeds < 1:
+        return []
+    cells = plan_cells(lp.spec.preset, lp.spec.architectures, [lp.spec.tuning.loss], d.seeds, [], d.references)
+    for c in cells:
+        c.tags = {**lp.tags, "protocol.part": "reference" if c.reference else "default"}
+        if not c.reference:
+            c.artifacts = [(str(lp.path), "protocol")]
+    return cells
+
+
+def loss_study_archs(lp: LoadedProtocol, states: dict[str, StudyState]) -> Optional[list[str]]:
+    """The loss study's architectures, ``best`` resolved; None while a study is unfinished."""
+    ls = lp.spec.loss_study
+    if not ls:
+        return []
+    fixed = [a for a in ls.archs if a != BEST]
+    if BEST not in ls.archs:
+        return fixed
+    if not all(s.done for s in states.values()):
+        return None
+    ranked = sorted(states.values(), key=lambda s: (-s.best_trial.value, s.arch))
+    best = next((s.arch for s in ranked if s.arch not in fixed), None)
+    return fixed + ([best] if best else [])
+
+
+def loss_cells(lp: LoadedProtocol, states: dict[str, StudyState], archs: list[str]) -> list:
+    ls = lp.spec.loss_study
+    return [tuned_cell(lp, states[a], loss, seed, "loss")
+            for seed in range(ls.seeds) for a in archs for loss in ls.losses]
+
+
+# ---------------------------------------------------------------------------------------------
+# run and status
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ProtocolResult:
+    studies: dict = field(default_factory=dict)
+    suites: list = field(default_factory=list)    # (stage, SuiteResult)
+
+
+def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Optional[str] = None,
+                 show_progress: bool = True) -> ProtocolResult:
+    """Run or continue every stage; see the module docstring."""
+    from .suite import run_cells
+    lp = load_protocol(path)
+    s = lp.spec
+    out = ProtocolResult()
+    for arch in s.architectures:
+        st = study_state(lp, arch, storage)
+        if st.finished < st.n_trials:
+            tune_arch(lp, arch, storage, show_progress)
+            st = study_state(lp, arch, storage)
+        out.studies[arch] = st
+        if st.best_trial is None:
+            print(f"protocol: study {st.name} has no completed trial; {arch} gets no tuned runs", file=sys.stderr)
+            continue
+        cells = [tuned_cell(lp, st, s.tuning.loss, seed, "final") for seed in range(s.final.seeds)]
+        out.suites.append((f"final {arch}", run_cells(cells, f"final [{arch}]", experiment, show_progress)))
+    cells = default_cells(lp)
+    if cells:
+        out.suites.append(("defaults", run_cells(cells, f"defaults [{s.preset}]", experiment, show_progress)))
+    archs = loss_study_archs(lp, out.studies)
+    if archs is None:
+        print("protocol: the loss study waits for every study to have a completed trial", file=sys.stderr)
+    if archs:
+        done = {a: st for a, st in out.studies.items() if st.best_trial is not None}
+        cells = loss_cells(lp, done, [a for a in archs if a in done])
+        out.suites.append(("loss study", run_cells(cells, "loss study", experiment, show_progress)))
+    return out
+
+
+def _cost(lp: LoadedProtocol, arch: str, epochs: float, batch_factor: float = 1.0) -> Optional[float]:
+    sec = lp.spec.seconds_per_epoch.get(arch)
+    return None if sec is None else sec * epochs * batch_factor
+
+
+def tuning_batch_factor(preset: str) -> float:
+    """Mean tuning batch over the preset's batch: trials sample ``train.batch_size`` and an epoch
+    is a fixed number of steps, so an epoch's cost grows with the batch."""
+    from .config import PRESETS
+    from .tune import BATCH_CHOICES
+    choices = BATCH_CHOICES.get(preset, [4, 8])
+    return (sum(choices) / len(choices)) / PRESETS[preset].get("train", {}).get("batch_size", 16)
+
+
+def protocol_status(path: str | Path, experiment: Optional[str] = None, storage: Optional[str] = None) -> str:
+    """What is done, what is left, and the estimated two-core cost of what is left (from the
+    protocol's measured seconds per epoch; pruning makes the tuning figure an upper bound)."""
+    from .config import PRESETS
+    from .suite import run_cells
+    lp = load_protocol(path)
+    s = lp.spec
+    final_epochs = s.final.epochs or PRESETS[s.preset].get("train", {}).get("epochs", 1)
+    bf = tuning_batch_factor(s.preset)
+    lines = [f"protocol {s.name} v{s.version} (sha {lp.sha}), preset {s.preset}, {len(s.architectures)} architectures"]
+    left_total, unknown = 0.0, []
+    states = {}
+
+    def add(arch, sec):
+        nonlocal left_total
+        if sec is None:
+            unknown.append(arch)
+        else:
+            left_total += sec
+
+    lines.append(f"{'architecture':16s} {'tuning':>10s} {'final':>7s} {'default':>8s}  cost left (h)")
+    for arch in s.architectures:
+        st = study_state(lp, arch, storage)
+        states[arch] = st
+        trials_left = max(0, st.n_trials - st.finished)
+        left = _cost(lp, arch, trials_left * s.tuning.epochs, bf)
+        if st.done:
+            cells = [tuned_cell(lp, st, s.tuning.loss, seed, "final") for seed in range(s.final.seeds)]
+            res = run_cells(cells, "", experiment, show_progress=False, dry_run=True)
+            fin_done, fin_left = len(res.skipped), len(res.ran)
+        else:
+            fin_done, fin_left = 0, s.final.seeds
+        c = _cost(lp, arch, fin_left * final_epochs)
+        left = None if left is None or c is None else left + c
+        d_done = d_left = 0
+        if s.defaults.seeds:
+            from .suite import plan_cells
+            cells = plan_cells(s.preset, [arch], [s.tuning.loss], s.defaults.seeds, [], references=False)
+            res = run_cells(cells, "", experiment, show_progress=False, dry_run=True)
+            d_done, d_left = len(res.skipped), len(res.ran)
+            c = _cost(lp, arch, d_left * final_epochs)
+            left = None if left is None or c is None else left + c
+        add(arch, left)
+        lines.append(f"{arch:16s} {st.finished:>4d}/{st.n_trials:<5d} {fin_done:>3d}/{s.final.seeds:<3d} "
+                     f"{d_done:>4d}/{s.defaults.seeds:<3d}  {'?' if left is None else f'{left / 3600:.2f}'}")
+    if s.loss_study:
+        archs = loss_study_archs(lp, states)
+        ls = s.loss_study
+        n_other = len([x for x in ls.losses if x != s.tuning.loss])
+        if archs is None:
+            named = [a for a in ls.archs if a != BEST]
+            lines.append(f"loss study: waiting for tuning to pick '{BEST}'; {len(ls.losses)} losses x {ls.seeds} seeds "
+                         f"on {', '.join(named + [BEST])}")
+            for a in named:
+                add(f"loss study {a}", _cost(lp, a, n_other * ls.seeds * final_epochs))
+            costs = list(s.seconds_per_epoch.values())
+            if costs:
+                epochs = n_other * ls.seeds * final_epochs
+                lines.append(f"  '{BEST}' adds {epochs * min(costs) / 3600:.2f} to {epochs * max(costs) / 3600:.2f} h, "
+                             f"depending on which architecture wins")
+        else:
+            for a in archs:
+                res = run_cells(loss_cells(lp, states, [a]), "", experiment, show_progress=False, dry_run=True)
+                add(f"loss study {a}", _cost(lp, a, len(res.ran) * final_epochs))
+                lines.append(f"loss study {a}: {len(res.skipped)} done, {len(res.ran)} left")
+    lines.append(f"estimated cost left: {left_total / 3600:.1f} h on the machine the figures come from"
+                 + (f" ({s.seconds_per_epoch_source})" if s.seconds_per_epoch_source else "")
+                 + "; tuning counted without pruning (an upper bound)")
+    if unknown:
+        lines.append(f"no seconds_per_epoch for: {', '.join(unknown)} (not counted)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+def register(sub) -> None:
+    p = sub.add_parser("protocol", help="run or inspect a declared, tuned benchmark protocol (protocols/*.yaml)")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="{run,status}")
+    for verb, help_ in (("run", "tune every architecture, train the tuned seeds, defaults and the loss study; "
+                                "restartable"),
+                        ("status", "what is done, what is left, and its estimated cost")):
+        v = verbs.add_parser(verb, help=help_)
+        v.add_argument("file", help="protocol file, e.g. protocols/cpu.yaml")
+        v.add_argument("--experiment", help="MLflow experiment (default: mlflow.yaml's)")
+        v.add_argument("--storage", help="Optuna storage URL or journal path (default: runs/optuna/journal.log)")
+        if verb == "run":
+            v.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+        v.set_defaults(func=_cmd)
+
+
+def _cmd(args) -> None:
+    from .suite import SuiteFailed
+    if args.verb == "status":
+        print(protocol_status(args.file, args.experiment, args.storage))
+        return
+    res = run_protocol(args.file, args.experiment, args.storage, show_progress=not args.no_progress)
+    failed = []
+    for stage, r in res.suites:
+        print(f"{stage}: {len(r.planned)} runs: {len(r.ran)} ran, {len(r.resumed)} resumed, "
+              f"{len(r.skipped)} already done, {len(r.failed)} failed")
+        failed += [f"{stage} {label}: {msg}" for label, msg in r.failed]
+    if failed:
+        raise SuiteFailed(f"{len(failed)} protocol runs failed ({'; '.join(failed)}); rerun the same command to "
+                          f"retry them")
+    print(f"next: bench leaderboard --preset {load_protocol(args.file).spec.preset}")
