@@ -15,7 +15,8 @@ import torch
 from benchmark.config import build_config
 from benchmark.data import cache as cache_mod
 from benchmark.data import geometry, ground_truth, index as ix, phantom, split as sp
-from benchmark.data.augment import PatchDataset, center_window, random_window
+from benchmark.data.augment import center_window, random_window
+from benchmark.data.loader import PatchDataset
 
 torch.set_num_threads(1)
 
