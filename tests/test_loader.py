@@ -5,7 +5,6 @@ batches for the same seed, and a training step must not wait for the device.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
