@@ -86,7 +86,7 @@ def normalise_hu_tensor(hu: torch.Tensor, window: Sequence[float]) -> torch.Tens
     """float32 in [0, 1]: HU clipped to ``window`` and mapped linearly (as ``store.normalise_hu``,
     value for value, on whichever device ``hu`` is)."""
     lo, hi = float(window[0]), float(window[1])
-    return hu.float().sub_(lo).div_(hi - lo).clamp_(0.0, 1.0)
+    return hu.to(torch.float32, copy=True).sub_(lo).div_(hi - lo).clamp_(0.0, 1.0)   # never in place
 
 
 def to_model_input(images: torch.Tensor, masks: torch.Tensor, device: torch.device, hu_window: Sequence[float],
