@@ -71,15 +71,34 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return torch.randperm(n, generator=g).numpy()
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """splitmix64's finaliser: a well-spread 64-bit hash of ``x``."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
 def sample_draws(seed: int, epoch: int, row: int, crop_zyx: Sequence[int], patch_zyx: Sequence[int],
                  flip: bool = True) -> tuple[tuple[int, int, int], tuple[bool, bool]]:
     """Window offset (z, y, x), uniform in [0, crop - patch] per axis, and (flip x, flip y) of
-    one training sample, from (seed, epoch, row) only."""
-    rng = np.random.default_rng([seed, epoch, row])
-    span = [c - p + 1 for c, p in zip(crop_zyx, patch_zyx)]
-    offset = tuple(int(v) for v in rng.integers(0, span))
-    flips = rng.random(2) < 0.5
-    return offset, ((bool(flips[0]), bool(flips[1])) if flip else (False, False))
+    one training sample, from (seed, epoch, row) only.
+
+    A counter-based hash rather than a seeded generator: a few microseconds per sample instead
+    of the ~100 us of building a numpy generator, and (the point) the same draws wherever and in
+    whatever order the sample is made. The modulo bias is below 1e-17 (spans of at most ~100).
+    """
+    key = _mix64(_mix64(_mix64(seed & _MASK64) ^ (epoch & _MASK64)) ^ (row & _MASK64))
+    offset = []
+    for c, p in zip(crop_zyx, patch_zyx):
+        key = _mix64(key)
+        offset.append(key % (int(c) - int(p) + 1))
+    key = _mix64(key)
+    flips = (bool(key & 1), bool(key & 2)) if flip else (False, False)
+    return (offset[0], offset[1], offset[2]), flips
 
 
 def normalise_hu_tensor(hu: torch.Tensor, window: Sequence[float]) -> torch.Tensor:
