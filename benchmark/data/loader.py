@@ -11,7 +11,7 @@ Three things make a batch cheap (issue 19):
   ``torch.utils.data.DataLoader`` with ``data.num_workers`` worker processes (persistent,
   prefetching, pinned memory on CUDA), so batch preparation overlaps the device's step.
 * **Or not at all on the host.** With ``data.on_device: true`` the whole training split's
-  crops are copied to the device once (:class:`DeviceCrops`, ~0.4 GB at 1 mm) and every batch
+  crops are copied to the device once (:class:`DeviceCrops`, 0.48 GB at 1 mm) and every batch
   is a single gather there: no host work, no host-to-device copy per step.
 
 Reproducibility. The order of an epoch is a permutation drawn from ``(seed, epoch)``; the
