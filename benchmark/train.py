@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
-from .data.loader import center_batches  # noqa: F401  (evaluate.py and baseline_run.py take it from here)
+# center_batches is also what evaluate.py and baseline_run.py import from here
+from .data.loader import TrainBatches, center_batches, to_model_input
 from .errors import TrainingError, UsageError
 from .liveness import owner_tags
 from .paths import checkpoints_dir
@@ -182,7 +183,6 @@ class Trainer:
         self.val_rows = store.indices("val")
         if len(self.train_rows) == 0 or len(self.val_rows) == 0:
             raise UsageError("the training or validation split is empty for this data config")
-        from .data.loader import TrainBatches
         self.batches = TrainBatches(store, self.train_rows, cfg.data, cfg.train.batch_size, cfg.train.seed,
                                     cfg.train.steps_per_epoch, device, dist.rank, dist.world,
                                     local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -195,7 +195,6 @@ class Trainer:
 
     def train_epoch(self, epoch: int, show_progress: bool) -> dict:
         """One epoch; nothing in a step waits for the device (see ``LOSS_CHECK_EVERY``)."""
-        from .data.loader import to_model_input
         cfg = self.cfg
         self.net.train()
         torch.manual_seed(cfg.train.seed * 7919 + epoch)  # dropout etc.: resumable
