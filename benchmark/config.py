@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import UsageError
 
@@ -38,12 +38,26 @@ class DataConfig(_Strict):
     phantom_seed: int = 0
     #: HU window mapped to [0, 1] before normalisation (see datasets/lidc/CARD.md)
     hu_window: tuple[float, float] = (-1000.0, 400.0)
+    # How batches are made, not what they are: every setting gives the same batches
+    # (tests/test_loader.py), so these two are left out of the logged config, the fingerprints
+    # and the leaderboard's grouping (exclude=True); runs record them as tags instead.
+    #: training-loader worker processes; "auto": 0 on the CPU, cores - 1 (at most 8) on a GPU
+    num_workers: Union[Literal["auto"], int] = Field("auto", exclude=True)
+    #: hold the training crops on the training device and cut batches there (GPU: no host work)
+    on_device: bool = Field(False, exclude=True)
 
     @field_validator("spacing_mm")
     @classmethod
     def _positive(cls, v):
         if v <= 0:
             raise ValueError("spacing_mm must be > 0")
+        return v
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, v):
+        if v != "auto" and v < 0:
+            raise ValueError("num_workers must be 'auto' or >= 0")
         return v
 
     @property

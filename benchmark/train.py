@@ -8,9 +8,10 @@ Stages of ``run_experiment`` (each leaves files the next reads, so a run can res
   4. evaluate on the test split (``benchmark.evaluate``) unless this is a tuning trial
      (the test split is never touched by tuning).
 
-Determinism: the batch order and the augmentation of epoch ``e`` come from a generator seeded
-with ``(seed, e)``, and the global RNGs are re-seeded at each epoch start, so a run resumed
-from epoch ``e`` continues exactly as an uninterrupted one would (on the CPU).
+Determinism: the batch order of epoch ``e`` comes from ``(seed, e)`` and each sample's
+augmentation from ``(seed, e, row)`` (``benchmark.data.loader``, whatever the number of loader
+workers), and the global RNGs are re-seeded at each epoch start, so a run resumed from epoch
+``e`` continues exactly as an uninterrupted one would (on the CPU).
 
 Distributed: under ``torchrun`` each rank takes an interleaved shard of every global batch
 (the same global batch as a single process), DDP averages gradients, validation sums are
@@ -34,6 +35,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
+# center_batches is also what evaluate.py and baseline_run.py import from here
+from .data.loader import TrainBatches, center_batches, to_model_input
 from .errors import TrainingError, UsageError
 from .liveness import owner_tags
 from .paths import checkpoints_dir
@@ -81,12 +84,10 @@ def seed_everything(seed: int, deterministic: bool):
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+    # cuDNN's autotuner picks the fastest convolution per shape (patch shapes are fixed), but
+    # its choice can differ between runs, so only where exact determinism is not asked for
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def build_model(cfg: RunConfig):
@@ -101,13 +102,17 @@ def build_loss(cfg: RunConfig, model):
     return DeepSupervisionLoss(create_loss(cfg.loss.name, **cfg.loss.kwargs), weights)
 
 
-def build_optimizer(cfg: RunConfig, params):
+def build_optimizer(cfg: RunConfig, params, fused: bool = False):
+    """``fused`` (CUDA): one kernel per step, and ``GradScaler`` passes it the inf check as a
+    device tensor instead of reading it back to the host every step (a per-step sync)."""
     o = cfg.optim
+    kw = {"fused": True} if fused else {}
     if o.optimizer == "adam":
-        return torch.optim.Adam(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        return torch.optim.Adam(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, **kw)
     if o.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0, weight_decay=o.weight_decay)
+        return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, **kw)
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0,
+                           weight_decay=o.weight_decay, **kw)
 
 
 def build_scheduler(cfg: RunConfig, optimizer):
@@ -130,39 +135,13 @@ def build_scheduler(cfg: RunConfig, optimizer):
 
 
 # ---------------------------------------------------------------------------------------------
-# batches
+# batches come from benchmark.data.loader (DataLoader workers, or cut on the device)
 # ---------------------------------------------------------------------------------------------
-def train_batches(store, rows: np.ndarray, batch_size: int, patch_zyx, gen: torch.Generator,
-                  dist: DistInfo, max_steps: Optional[int] = None):
-    """Yield augmented (image, mask) batches: random 64x64x32-style window + x/y flips.
-
-    The global batch is the same whatever the number of ranks; each rank keeps its
-    interleaved share, so DDP's averaged gradient equals the single-process one.
-    """
-    from .data.augment import random_window
-    perm = rows[torch.randperm(len(rows), generator=gen).numpy()]
-    n_batches = len(perm) // batch_size if len(perm) >= batch_size else 1
-    if max_steps:
-        n_batches = min(n_batches, max_steps)
-    for b in range(n_batches):
-        sel = perm[b * batch_size:(b + 1) * batch_size]
-        order = np.argsort(sel)  # memmap reads in file order are cheaper
-        sel = sel[order]
-        images = torch.from_numpy(np.ascontiguousarray(store.images[sel], dtype=np.float32)).unsqueeze(1)
-        masks = torch.from_numpy(np.ascontiguousarray(store.gt[sel], dtype=np.float32)).unsqueeze(1)
-        images, masks = random_window(images, masks, patch_zyx, gen)
-        if dist.world > 1:
-            images, masks = images[dist.rank::dist.world], masks[dist.rank::dist.world]
-        yield images, masks
-
-
-def center_batches(store, rows: np.ndarray, batch_size: int, patch_zyx):
-    from .data.augment import center_window
-    for i in range(0, len(rows), batch_size):
-        sel = rows[i:i + batch_size]
-        images = torch.from_numpy(np.ascontiguousarray(store.images[sel], dtype=np.float32)).unsqueeze(1)
-        masks = torch.from_numpy(np.ascontiguousarray(store.gt[sel], dtype=np.float32)).unsqueeze(1)
-        yield sel, *center_window(images, masks, patch_zyx)
+#: the training loop reads its per-step losses back to the host (to check them and refresh the
+#: progress bar) once every this many steps and at the end of the epoch, never every step: each
+#: read waits for the device to finish everything queued, which would stop the host from
+#: preparing the next steps while the device computes
+LOSS_CHECK_EVERY = 25
 
 
 def main_output(out):
@@ -190,7 +169,7 @@ class Trainer:
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
         self.loss_fn = build_loss(cfg, self.model)
-        self.optimizer = build_optimizer(cfg, self.model.parameters())
+        self.optimizer = build_optimizer(cfg, self.model.parameters(), fused=device.type == "cuda")
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.use_amp = cfg.train.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -204,6 +183,9 @@ class Trainer:
         self.val_rows = store.indices("val")
         if len(self.train_rows) == 0 or len(self.val_rows) == 0:
             raise UsageError("the training or validation split is empty for this data config")
+        self.batches = TrainBatches(store, self.train_rows, cfg.data, cfg.train.batch_size, cfg.train.seed,
+                                    cfg.train.steps_per_epoch, device, dist.rank, dist.world,
+                                    local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
     def _to(self, x):
         x = x.to(self.device, non_blocking=True)
@@ -212,40 +194,53 @@ class Trainer:
         return x
 
     def train_epoch(self, epoch: int, show_progress: bool) -> dict:
+        """One epoch; nothing in a step waits for the device (see ``LOSS_CHECK_EVERY``)."""
         cfg = self.cfg
         self.net.train()
-        gen = epoch_generator(cfg.train.seed, epoch)
         torch.manual_seed(cfg.train.seed * 7919 + epoch)  # dropout etc.: resumable
-        total, count = 0.0, 0
-        batches = train_batches(self.store, self.train_rows, cfg.train.batch_size, cfg.data.patch_zyx, gen,
-                                self.dist, cfg.train.steps_per_epoch)
-        n = (len(self.train_rows) // cfg.train.batch_size) or 1
-        if cfg.train.steps_per_epoch:
-            n = min(n, cfg.train.steps_per_epoch)
-        bar = tqdm(batches, total=n, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+        n = len(self.batches)
+        losses = torch.zeros(n, dtype=torch.float32, device=self.device)   # per step, on the device
+        sizes: list[int] = []
+        checked = 0
+        bar = tqdm(self.batches.epoch(epoch), total=n, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
                    disable=not show_progress, unit="batch")
-        for images, masks in bar:
-            images, masks = self._to(images), self._to(masks)
+        for step, (images, masks) in enumerate(bar):
+            images, masks = to_model_input(images, masks, self.device, cfg.data.hu_window, cfg.train.channels_last)
             self.optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
                 out = self.net(images)
             loss = self.loss_fn(_float(out), masks)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}; stopped, the last good "
-                                    f"checkpoint is kept")
             self.scaler.scale(loss).backward()
             if cfg.optim.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            total += loss.item() * images.shape[0]
-            count += images.shape[0]
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            losses[step] = loss.detach()
+            sizes.append(images.shape[0])
+            if (step + 1) % LOSS_CHECK_EVERY == 0:
+                checked = self._check_losses(losses, checked, step + 1, epoch, bar if show_progress else None)
+        self._check_losses(losses, checked, len(sizes), epoch, None)
         self.scheduler.step()
-        stats = torch.tensor([total, count], dtype=torch.float64)
-        _all_reduce(stats, self.dist)
+        weights = torch.tensor(sizes, dtype=torch.float64, device=self.device)
+        stats = torch.stack([(losses[:len(sizes)].double() * weights).sum(), weights.sum()])
+        _all_reduce(stats, self.dist)   # on the device: NCCL reduces device tensors only
+        stats = stats.cpu()
         return {"train_loss": float(stats[0] / max(stats[1], 1))}
+
+    def _check_losses(self, losses: torch.Tensor, start: int, stop: int, epoch: int, bar) -> int:
+        """Read steps ``start:stop``'s losses back (one host sync) and stop on a non-finite one.
+        A non-finite loss is caught at most ``LOSS_CHECK_EVERY`` steps late and always before the
+        epoch's checkpoint is written, so the last checkpoint on disk is still a good one."""
+        values = losses[start:stop].cpu()
+        bad = (~torch.isfinite(values)).nonzero().flatten()
+        if len(bad):
+            k = int(bad[0])
+            raise TrainingError(f"non-finite loss ({float(values[k])}) at epoch {epoch + 1}, step {start + k + 1}; "
+                                f"stopped, the last good checkpoint is kept")
+        if bar is not None and len(values):
+            bar.set_postfix(loss=f"{float(values[-1]):.4f}")
+        return stop
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -253,7 +248,8 @@ class Trainer:
         from monai.metrics import compute_dice
         self.net.eval()
         rows = self.val_rows[self.dist.rank::self.dist.world]
-        sums = torch.zeros(3, dtype=torch.float64)  # dice sum, loss sum, count
+        # accumulated on the device and read back once (no host sync per batch)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # dice sum, loss sum, count
         for _, images, masks in center_batches(self.store, rows, self.cfg.train.batch_size, self.cfg.data.patch_zyx):
             images, masks = self._to(images), self._to(masks)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
@@ -263,10 +259,11 @@ class Trainer:
             # nodules that vanish from a coarse preset's ground truth are not scored (as on test)
             scorable = masks.flatten(1).any(1)
             dice = compute_dice(pred, masks, include_background=True, ignore_empty=False).flatten()
-            sums[0] += float(torch.nan_to_num(dice[scorable], nan=0.0).sum())
-            sums[1] += float(self.loss_fn(logits, masks)) * images.shape[0]
-            sums[2] += float(scorable.sum())
+            sums[0] += (torch.nan_to_num(dice, nan=0.0) * scorable).sum()
+            sums[1] += self.loss_fn(logits, masks).double() * images.shape[0]
+            sums[2] += scorable.sum()
         _all_reduce(sums, self.dist)
+        sums = sums.cpu()
         n = max(float(sums[2]), 1.0)
         n_all = max(len(self.val_rows), 1)
         return {"val_dice": float(sums[0]) / n, "val_loss": float(sums[1]) / n_all}
@@ -306,6 +303,8 @@ def data_tags(cfg: RunConfig, store) -> dict[str, str]:
         "loss": cfg.loss.name, "seed": str(cfg.train.seed), "config.fingerprint": cfg.fingerprint(),
         "config.budget_fingerprint": cfg.budget_fingerprint(),
         "data.dataset": "lidc-" + cfg.data.source,
+        # how batches were made (not part of the config's identity: every way gives the same batches)
+        "data.num_workers": str(cfg.data.num_workers), "data.on_device": str(cfg.data.on_device),
     }
 
 

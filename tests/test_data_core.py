@@ -15,7 +15,8 @@ import torch
 from benchmark.config import build_config
 from benchmark.data import cache as cache_mod
 from benchmark.data import geometry, ground_truth, index as ix, phantom, split as sp
-from benchmark.data.augment import PatchDataset, center_window, random_window
+from benchmark.data.augment import center_window, random_window
+from benchmark.data.loader import PatchDataset
 
 torch.set_num_threads(1)
 
@@ -236,11 +237,12 @@ def test_patch_dataset_reproducible(smoke_store):
     ds = PatchDataset(store, store.indices("train"), cfg.data.patch_zyx, train=True, seed=3)
     a, m, r = ds[1]
     b, m2, r2 = ds[1]
-    assert a.shape == (1, 8, 16, 16) and m.dtype == torch.float32 and r == r2
+    # raw cache dtypes (HU float16, uint8 mask): converted and normalised on the training device
+    assert a.shape == (1, 8, 16, 16) and a.dtype == torch.float16 and m.dtype == torch.uint8 and r == r2
     assert torch.equal(a, b) and torch.equal(m, m2)
     ev = PatchDataset(store, store.indices("val"), cfg.data.patch_zyx, train=False)
     x, y, row = ev[0]
-    assert torch.equal(x[0], torch.from_numpy(store.images[row])[1:9, 2:18, 2:18])
+    assert torch.equal(x[0].float(), torch.from_numpy(store.images_hu[row])[1:9, 2:18, 2:18])
 
 
 def test_code_version_ignores_comments_not_code():

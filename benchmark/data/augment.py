@@ -1,19 +1,21 @@
-"""Training windows and flips (on torch tensors, batched) and a Dataset for DataLoader use.
+"""Training windows and flips (on torch tensors, batched).
 
 The stored crop is larger than the network's patch (80x80x40 mm vs 64x64x32 mm). Training
 takes a random window, i.e. the nodule shifted by up to (crop - patch) / 2 voxels per axis
 (8, 8, 4 at 1 mm), plus random flips in x and y (left-right, anterior-posterior; never z,
 whose orientation carries the slice-thickness blur), the same for image and mask.
 Evaluation takes the centre window. Shapes are (B, 1, Z, Y, X).
+
+The training loader (``benchmark.data.loader``) cuts windows one sample at a time on the host
+(:func:`window_slices`) or all of a batch at once on the device (:func:`gather_windows`).
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 
-__all__ = ["random_window", "center_window", "window_offsets", "PatchDataset"]
+__all__ = ["random_window", "center_window", "window_offsets", "window_slices", "gather_windows"]
 
 
 def _check(images: torch.Tensor, patch_zyx: Sequence[int]):
@@ -60,36 +62,21 @@ def random_window(images: torch.Tensor, masks: torch.Tensor, patch_zyx: Sequence
     return torch.stack(out_i), torch.stack(out_m)
 
 
-class PatchDataset(torch.utils.data.Dataset):
-    """(image (1, Z, Y, X) float32 in [0, 1], mask (1, Z, Y, X) float32, row index).
+def window_slices(offset: Sequence[int], patch_zyx: Sequence[int]) -> tuple[slice, slice, slice]:
+    """(z, y, x) slices of the window at ``offset``."""
+    return tuple(slice(int(o), int(o) + int(p)) for o, p in zip(offset, patch_zyx))
 
-    ``train``: a random window and flips drawn from a generator seeded by (seed, epoch,
-    row), so a sample is reproducible whatever the worker count or order; call
-    :meth:`set_epoch` each epoch for fresh draws. Otherwise the centre window.
-    """
 
-    def __init__(self, store, indices, patch_zyx: Sequence[int], train: bool, seed: int = 0):
-        self.store = store
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.patch_zyx = tuple(int(p) for p in patch_zyx)
-        self.train = train
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        row = int(self.indices[i])
-        image = torch.from_numpy(np.ascontiguousarray(self.store.images[row]))[None, None]
-        mask = torch.from_numpy(np.ascontiguousarray(self.store.gt[row])).float()[None, None]
-        if self.train:
-            g = torch.Generator().manual_seed(
-                int(np.random.SeedSequence([self.seed, self.epoch, row]).generate_state(1)[0]))
-            image, mask = random_window(image, mask, self.patch_zyx, g)
-        else:
-            image, mask = center_window(image, mask, self.patch_zyx)
-        return image[0].contiguous(), mask[0].contiguous(), row
+def gather_windows(volumes: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor,
+                   patch_zyx: Sequence[int]) -> torch.Tensor:
+    """Windows of ``volumes`` (N, Z, Y, X) as one gather on their device: sample k is
+    ``volumes[index[k]]`` at ``offsets[k]`` (z, y, x), flipped in x if ``flips[k, 0]`` and in y
+    if ``flips[k, 1]``. Returns (B, 1, Z, Y, X): what slicing and ``flip`` give, value for value."""
+    pz, py, px = (int(p) for p in patch_zyx)
+    dev = volumes.device
+    az, ay, ax = (torch.arange(n, device=dev) for n in (pz, py, px))
+    z = offsets[:, 0, None] + az
+    y = offsets[:, 1, None] + torch.where(flips[:, 1, None], py - 1 - ay, ay)
+    x = offsets[:, 2, None] + torch.where(flips[:, 0, None], px - 1 - ax, ax)
+    out = volumes[index[:, None, None, None], z[:, :, None, None], y[:, None, :, None], x[:, None, None, :]]
+    return out[:, None]

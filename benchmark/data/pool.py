@@ -27,7 +27,9 @@ from typing import Callable, Optional
 
 
 @contextmanager
-def _without_callers_main():
+def without_callers_main():
+    """Processes spawned inside this block run none of the caller's main script (the training
+    loader's workers use it too)."""
     # Pool() starts all its workers before it returns; they read __main__ only then.
     callers_main = sys.modules["__main__"]
     sys.modules["__main__"] = types.ModuleType("__main__")
@@ -43,5 +45,5 @@ def worker_pool(processes: int, initializer: Optional[Callable[[], None]] = None
     ``initializer`` and the functions mapped over the pool must be module-level functions of
     an importable module (not of the caller's script), and their arguments picklable.
     """
-    with _without_callers_main():
+    with without_callers_main():
         return mp.get_context("spawn").Pool(processes, initializer=initializer)

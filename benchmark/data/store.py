@@ -75,7 +75,8 @@ class CropStore:
     texture_class, size_bin and every index column, plus gt_voxels / gt_volume_mm3 /
     gt_truncated), ``images`` (N, Z, Y, X) float32 in [0, 1], ``images_hu`` (same, HU),
     ``gt`` (N, Z, Y, X) uint8, ``readers`` (N, 4, Z, Y, X) uint8, ``spacing_mm``,
-    ``manifest``, ``split_hash``, ``data_hash``, ``path``.
+    ``manifest``, ``split_hash``, ``data_hash``, ``path``, ``file_rows`` (the row of each
+    store row in the cache's files; None when the store spans the whole cache).
     """
 
     def __init__(self, path: Path, rows: Optional[Sequence[int]] = None,
@@ -83,6 +84,7 @@ class CropStore:
         self.path = Path(path)
         self.manifest = json.loads((self.path / "manifest.json").read_text())
         rows_arr = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.file_rows = rows_arr
         table = pd.read_csv(self.path / "nodules.csv", keep_default_na=False,
                             dtype={"annotation_ids": str, "quirk": str, "study_uid": str, "series_uid": str})
         if rows_arr is not None:

@@ -6,11 +6,13 @@ What ``run_experiment`` does at the end of every epoch, timed piece by piece:
     ``best.pt`` too on epochs that improve validation Dice), with the cpu preset's unet3d.
 Stores: a fresh SQLite file in the script's work folder, and an ``mlflow server`` on
 127.0.0.1 (a free port) that the script starts with its own SQLite store and stops at the end.
-The per-epoch total is set against the cpu preset's measured epoch (10 steps + validation)
-on the same machine in the same run. System-metrics sampling is off here (it runs in a
+The per-epoch total is set against a cpu-preset epoch as ``bench run --preset cpu`` runs it:
+``train.steps_per_epoch`` steps (the preset's, 20) plus validation over the whole validation
+split, timed per step and per validation nodule on the script's subset in the same run and
+scaled to those counts. System-metrics sampling is off here (it runs in a
 background thread every 10 s in real runs; its cost is not part of the epoch path).
 
-    python benchmarks/bench_mlflow.py
+    python perf/bench_mlflow.py
 """
 from __future__ import annotations
 
@@ -93,11 +95,19 @@ def main():
     print(f"model: {cfg.model.arch} {cfg.model.kwargs} (cpu preset size), "
           f"{sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f} M parameters")
 
-    # the denominator: one real cpu-preset epoch (its steps scaled to the preset's 10) + validation
-    steps_run = min(cfg.train.steps_per_epoch or 10**9, len(store.indices("train")) // cfg.train.batch_size)
+    # the denominator: a real cpu-preset epoch, i.e. the preset's steps per epoch and its whole
+    # validation split, from per-step and per-nodule times measured on the subset
+    from benchmark.data.split import load_split
+    steps_run = len(trainer.batches)
+    n_val_subset = len(store.indices("val"))
+    n_val_preset = sum(1 for s in load_split()["nodules"].values() if s == "val")
     ep = C.interleaved({"train": lambda: (trainer.train_epoch(0, False), steps_run)[1],
-                        "val": lambda: (trainer.validate(), 1)[1]}, 3, progress="reference epoch")
-    epoch_s = C.med(ep["train"]["wall"]) * (cfg.train.steps_per_epoch or steps_run) + C.med(ep["val"]["wall"])
+                        "val": lambda: (trainer.validate(), n_val_subset)[1]}, 3, progress="reference epoch")
+    preset_steps = cfg.train.steps_per_epoch or steps_run
+    epoch_s = C.med(ep["train"]["wall"]) * preset_steps + C.med(ep["val"]["wall"]) * n_val_preset
+    print(f"cpu-preset epoch: {preset_steps} steps x {1000 * C.med(ep['train']['wall']):.0f} ms + validation of "
+          f"{n_val_preset} nodules x {1000 * C.med(ep['val']['wall']):.1f} ms = {epoch_s:.2f} s "
+          f"(batch {cfg.train.batch_size}, channels_last={cfg.train.channels_last}, {torch.get_num_threads()} thread(s))")
 
     proc, server_uri, startup = start_server(folder / "server")
     try:

@@ -13,7 +13,7 @@ sensitivity, precision; RVE is arithmetic):
 The ratio column is MONAI-per-nodule time over each row's time (1.0 = as fast as MONAI).
 Then the suite's time against the number of nodules scored (linear is expected).
 
-    python benchmarks/bench_eval.py                  # cpu and paper presets (1 mm subset built once)
+    python perf/bench_eval.py                  # cpu and paper presets (1 mm subset built once)
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import _common as C  # noqa: E402
 def masks(cfg, store, rows):
     import numpy as np
 
-    from benchmark.train import center_batches
+    from benchmark.data.loader import center_batches
     gts = np.concatenate([g.numpy()[:, 0] > 0.5 for _, _, g in center_batches(store, rows, 16, cfg.data.patch_zyx)])
     keep = gts.reshape(len(gts), -1).any(1)       # empty ground truth is not scored (see evaluate.score)
     gts, rows = gts[keep], rows[keep]

@@ -1,20 +1,23 @@
-"""Training-step throughput: the suite's loop against a bare PyTorch loop (target: within 5%).
+"""Training-step throughput: the suite's loop against a like-for-like bare PyTorch loop (target: within 5%).
 
-Suite: ``Trainer.train_epoch`` exactly as ``bench run`` calls it, i.e. batches read from the
-memory-mapped crop store, HU normalisation, random window + flips, progress bar (disabled),
-the finite-loss check, ``GradScaler`` (a no-op off CUDA), loss bookkeeping and the scheduler.
-Bare: the same architecture and batch size, the batches already cut and sitting in memory,
-``torch.optim.Adam`` and MONAI's ``DiceCELoss(sigmoid=True)`` (what the suite's ``dice_bce``
-is), and nothing else: zero_grad, forward, loss, backward, step.
+Suite: ``Trainer.train_epoch`` exactly as ``bench run`` calls it: batches from the training
+loader (``benchmark.data.loader``: window cut from the memory-mapped cache, HU normalised,
+random window + flips), the progress bar (disabled), the periodic finite-loss check,
+``GradScaler`` (a no-op off CUDA), loss bookkeeping and the scheduler.
+Bare: the same model (``build_model``), loss (``build_loss``), optimiser (``build_optimizer``),
+batch size, memory format (channels-last exactly when the suite's config has it), threads and
+AMP setting, on batches the suite's own loader cut once and that sit in memory already
+converted; and nothing else: zero_grad, forward, loss, backward, step. The settings compared
+are printed above each table.
 
 The two alternate epoch by epoch (A/B/B/A...) and the medians are compared; see _common.py.
-A third row, "suite data only", runs the suite's batch generator without the model, to show
-how much of the step is data. Then the optional engine flags (``train.channels_last``,
-``train.compile``) against the default, and how throughput and the suite's overhead scale with
-patch size and batch size at a fixed model.
+A third row, "suite data only", runs the suite's loader (and the conversion to model input)
+without the model, to show how much of the step is data. Then the engine flags
+(``train.channels_last``, ``train.compile``), each switched off and on with everything else
+equal, and how throughput and the suite's overhead scale with patch size and batch size.
 
-    python benchmarks/bench_train_step.py                 # cpu preset, unet3d base_channels=8
-    python benchmarks/bench_train_step.py --preset smoke --no-compile
+    python perf/bench_train_step.py                 # cpu preset, unet3d base_channels=8
+    python perf/bench_train_step.py --preset smoke --no-compile
 """
 from __future__ import annotations
 
@@ -34,30 +37,40 @@ def make_trainer(cfg, store):
     return Trainer(cfg, store, torch.device("cpu"), DistInfo())
 
 
+def with_train(cfg, **update):
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=update)})
+
+
 def preload(cfg, store, rows, steps):
-    """``steps`` augmented batches cut once by the suite's own generator, kept in memory."""
-    from benchmark.train import DistInfo, epoch_generator, train_batches
-    gen = epoch_generator(cfg.train.seed, 0)
-    return [(x.contiguous(), y.contiguous()) for x, y in
-            train_batches(store, rows, cfg.train.batch_size, cfg.data.patch_zyx, gen, DistInfo(), steps)]
+    """``steps`` augmented batches cut once by the suite's own loader, converted to model input
+    (float32, channels-last when ``cfg`` says so) and kept in memory."""
+    import torch
+
+    from benchmark.data.loader import TrainBatches, to_model_input
+    tb = TrainBatches(store, rows, cfg.data, cfg.train.batch_size, cfg.train.seed, steps, torch.device("cpu"))
+    return [to_model_input(x, m, torch.device("cpu"), cfg.data.hu_window, cfg.train.channels_last)
+            for x, m in tb.epoch(0)]
 
 
 def bare_loop(cfg, batches):
-    """A closure running one pass over ``batches`` with a fresh model/optimiser of cfg's shape."""
+    """A closure running one pass over ``batches`` with a fresh model/loss/optimiser built by the
+    suite's own builders from ``cfg``."""
     import torch
-    from monai.losses import DiceCELoss
 
-    from benchmark.train import build_model
+    from benchmark.train import build_loss, build_model, build_optimizer
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas)
-    loss_fn = DiceCELoss(sigmoid=True)
+    loss_fn = build_loss(cfg, model)
+    opt = build_optimizer(cfg, model.parameters())
 
     def epoch():
         for x, y in batches:
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            out = model(x)
+            loss = loss_fn([o.float() for o in out] if isinstance(out, (list, tuple)) else out.float(), y)
             loss.backward()
             opt.step()
         return sum(x.shape[0] for x, _ in batches)
@@ -68,21 +81,33 @@ def suite_loop(trainer, counter):
     def epoch():
         counter[0] += 1
         trainer.train_epoch(counter[0], show_progress=False)
-        return trainer.cfg.train.batch_size * trainer.cfg.train.steps_per_epoch
+        return trainer.cfg.train.batch_size * len(trainer.batches)
     return epoch
 
 
-def data_only(cfg, store, rows, counter):
-    from benchmark.train import DistInfo, epoch_generator, train_batches
+def data_only(trainer, counter):
+    import torch
+
+    from benchmark.data.loader import to_model_input
+    cfg = trainer.cfg
 
     def epoch():
         counter[0] += 1
         n = 0
-        for x, _ in train_batches(store, rows, cfg.train.batch_size, cfg.data.patch_zyx,
-                                  epoch_generator(cfg.train.seed, counter[0]), DistInfo(), cfg.train.steps_per_epoch):
+        for x, m in trainer.batches.epoch(counter[0]):
+            x, _ = to_model_input(x, m, torch.device("cpu"), cfg.data.hu_window, cfg.train.channels_last)
             n += x.shape[0]
         return n
     return epoch
+
+
+def settings(cfg) -> str:
+    import torch
+    t = cfg.train
+    return (f"settings compared (both sides): {cfg.model.arch} {cfg.model.kwargs}, loss {cfg.loss.name}, "
+            f"{cfg.optim.optimizer} lr {cfg.optim.lr}, patch (x,y,z) {cfg.data.patch_xyz}, batch {t.batch_size}, "
+            f"channels_last={t.channels_last}, compile={t.compile}, amp=off (CPU), "
+            f"{torch.get_num_threads()} intra-op thread(s), device cpu")
 
 
 def row(name, res, base=None):
@@ -126,23 +151,25 @@ def main():
 
         # --- suite vs bare ------------------------------------------------------------------
         trainer = make_trainer(cfg, store)
+        print(settings(cfg))
         cases = {"bare": bare_loop(cfg, preload(cfg, store, rows, steps)),
                  "suite": suite_loop(trainer, [0]),
-                 "suite data only": data_only(cfg, store, rows, [0])}
+                 "suite data only": data_only(trainer, [0])}
         res = C.interleaved(cases, reps, progress=f"{preset} suite/bare")
         out = [row("bare PyTorch", res["bare"]), row("suite (Trainer.train_epoch)", res["suite"], res["bare"]),
-               row("suite data only (train_batches)", res["suite data only"])]
+               row("suite data only (loader + conversion)", res["suite data only"])]
         share = C.med(res["suite data only"]["wall"]) / C.med(res["suite"]["wall"])
         print(C.table(out, COLS, f"{preset}: suite vs bare loop"))
         print(f"data share of the suite's step: {100 * share:.1f}% (wall)")
 
-        # --- engine flags -------------------------------------------------------------------
-        flag_cases = {"default": suite_loop(trainer, [0])}
+        # --- engine flags: each switched off and on, everything else as the preset has it ------
+        base = with_train(cfg, channels_last=False, compile=False)
+        print(f"flags: baseline = {settings(base)}; each row changes one flag only")
+        flag_cases = {"channels_last=false, compile=false": suite_loop(make_trainer(base, store), [0]),
+                      "channels_last=true": suite_loop(make_trainer(with_train(base, channels_last=True), store), [0])}
         compile_s = None
-        cl_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"channels_last": True})})
-        flag_cases["channels_last=true"] = suite_loop(make_trainer(cl_cfg, store), [0])
         if not args.no_compile:
-            co_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"compile": True})})
+            co_cfg = with_train(base, compile=True)
             try:
                 t0 = time.perf_counter()
                 co = make_trainer(co_cfg, store)
@@ -152,12 +179,12 @@ def main():
             except Exception as e:  # noqa: BLE001 - report, do not hide: inductor needs a C++ toolchain
                 print(f"torch.compile failed on this machine: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
         res = C.interleaved(flag_cases, max(3, reps - 2), progress=f"{preset} flags")
-        out = [row(f"suite, {k}", v, res["default"]) for k, v in res.items()]
+        out = [row(f"suite, {k}", v, res["channels_last=false, compile=false"]) for k, v in res.items()]
         for r in out:
-            r["vs default"] = r.pop("wall vs bare")
-            r["cpu vs default"] = r.pop("cpu vs bare")
-        print(C.table(out, ["loop", "patches/s", "noise", "cpu-ms/patch", "vs default", "cpu vs default"],
-                      f"{preset}: engine flags (ratio > 1 = faster than default)"))
+            r["vs both off"] = r.pop("wall vs bare")
+            r["cpu vs both off"] = r.pop("cpu vs bare")
+        print(C.table(out, ["loop", "patches/s", "noise", "cpu-ms/patch", "vs both off", "cpu vs both off"],
+                      f"{preset}: engine flags (ratio > 1 = faster than both off)"))
         if compile_s is not None:
             print(f"torch.compile: first epoch (compilation + {steps} steps) took {compile_s:.1f} s")
         print("train.amp: only takes effect on CUDA (autocast float16 + GradScaler); not measurable here.")

@@ -25,6 +25,9 @@ from typing import Callable, Optional, Sequence
 
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "lidc-bench-perf"
 
+# measure the checkout this script is in, not whichever copy of the package is installed
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 
 def parser(description: str, presets: Sequence[str] = ("cpu",)) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
@@ -48,6 +51,11 @@ def setup(args) -> list[str]:
     import torch
     torch.set_num_threads(args.threads)
     return args.preset or args._default_presets
+
+
+def threads() -> int:
+    import torch
+    return torch.get_num_threads()
 
 
 def machine() -> str:

@@ -9,8 +9,8 @@ EXTRAPOLATION (per-nodule time x 897), labelled as such; the build of the projec
 cache, when its manifest is present, is printed beside it as a measured cross-check.
 A second table times 1/3, 2/3 and all of the subset with 2 workers (cost against nodule count).
 
-    python benchmarks/bench_build.py
-    python benchmarks/bench_build.py --nodules 20 --spacing 4
+    python perf/bench_build.py
+    python perf/bench_build.py --nodules 20 --spacing 4
 """
 from __future__ import annotations
 
