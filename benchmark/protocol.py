@@ -291,7 +291,7 @@ def final_overrides(lp: LoadedProtocol, seed: int) -> list[str]:
 
 
 def tuned_cell(lp: LoadedProtocol, st: StudyState, loss: str, seed: int, part: str):
-    from .cli import validate_names
+    from .run_args import validate_names
     from .suite import Cell
     from .tune import config_from_overrides, replay_overrides
     meta = study_meta(lp, st.arch)
