@@ -306,6 +306,9 @@ def data_tags(cfg: RunConfig, store) -> dict[str, str]:
         "loss": cfg.loss.name, "seed": str(cfg.train.seed), "config.fingerprint": cfg.fingerprint(),
         "config.budget_fingerprint": cfg.budget_fingerprint(),
         "data.dataset": "lidc-" + cfg.data.source,
+        # which phantom generated the images ("none" for real CT): results on two phantom
+        # versions are not comparable (their content hashes differ too)
+        "data.phantom_version": str(getattr(store, "phantom_version", None) or "none"),
     }
 
 
