@@ -69,6 +69,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
 from .geometry import AIR_HU
+from .true_shape import SUPERSAMPLE_MM, supersample_factors, upsample_linear
 
 __all__ = ["render_phantom", "nodule_signal", "nodule_membership", "PARAMS", "PHANTOM_VERSION", "nodule_rng"]
 
@@ -109,7 +110,7 @@ PARAMS = {
     "part_solid_core_hu": (-60.0, 40.0),
     "calcified_hu": (300.0, 900.0),
     "heterogeneity_std_hu": (10.0, 30.0),
-    "supersample_mm": 0.25,
+    "supersample_mm": SUPERSAMPLE_MM,
     "margin_blur_sigma_mm": (1.0, 0.7, 0.4, 0.2, 0.0),   # LIDC margin rating 1..5
     "psf_fwhm_mm": (0.8, 1.2),
     "noise_std_hu": (18.0, 40.0),
@@ -279,23 +280,6 @@ def _fissure(rng, grid: _Grid, R: float) -> np.ndarray:
     return occ.astype(np.float32)
 
 
-def _upsample_linear(a: np.ndarray, factors) -> np.ndarray:
-    """Linear interpolation of ``a`` at the centres of a grid ``factors`` times finer per axis."""
-    for axis, f in enumerate(int(v) for v in factors):
-        n = a.shape[axis]
-        if f == 1 or n == 1:
-            a = np.repeat(a, f, axis=axis)
-            continue
-        pos = (np.arange(n * f) + 0.5) / f - 0.5
-        i0 = np.clip(np.floor(pos).astype(int), 0, n - 2)
-        w = np.clip(pos - i0, 0, 1).astype(np.float32)
-        shape = [1] * a.ndim
-        shape[axis] = -1
-        w = w.reshape(shape)
-        a = np.take(a, i0, axis=axis) * (1 - w) + np.take(a, i0 + 1, axis=axis) * w
-    return a
-
-
 def _margin_sigma_mm(row) -> float:
     rating = float(np.clip(float(row["margin"]), 1, 5))
     return float(np.interp(rating, [1, 2, 3, 4, 5], PARAMS["margin_blur_sigma_mm"]))
@@ -324,8 +308,8 @@ def nodule_membership(row, phi: np.ndarray) -> np.ndarray:
     sub = _nodule_box(phi, spacing, row)
     if sub is None:
         return memb
-    f = np.maximum(1, np.ceil(spacing / PARAMS["supersample_mm"] - 1e-9)).astype(int)
-    fine = _upsample_linear(phi[sub].astype(np.float32), f) < 0
+    f = supersample_factors(spacing)
+    fine = upsample_linear(phi[sub].astype(np.float32), f) < 0
     n = fine.shape
     frac = fine.reshape(n[0] // f[0], f[0], n[1] // f[1], f[1], n[2] // f[2], f[2]).mean(
         axis=(1, 3, 5), dtype=np.float32)
