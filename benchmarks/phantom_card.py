@@ -15,7 +15,7 @@ The crops come from the shared cache (a test-split subset cache is built when no
 exists), so the figures are those of the data the runs see.
 
     python benchmarks/phantom_card.py --preset cpu paper          # 2 mm and 1 mm (CARD.md)
-    python benchmarks/phantom_card.py --preset smoke --ceiling-only  # ceiling only at 4 mm
+    python benchmarks/phantom_card.py --preset smoke --probes-only   # ceiling, oracle, volumes at 4 mm
 """
 from __future__ import annotations
 
@@ -35,28 +35,56 @@ def _mean(x) -> float:
     return float(np.mean(x)) if len(x) else float("nan")
 
 
-def probe_ceiling(preset: str, seed: int) -> dict:
-    """Ceiling only, from the probes (no image rendered, no cache): for the smoke preset."""
+def probe_card(preset: str, seed: int, with_oracle: bool = True) -> dict:
+    """The figures that need no image: ceiling Dice, threshold oracle and volume ratios, from
+    the probes alone (no cache, no rendering of the clutter)."""
     from benchmark.config import build_config
     from benchmark.data import oracle
     from benchmark.data.index import load_index
     from benchmark.data.split import load_split
+    import pandas as pd
     d = build_config(preset).data
     index = load_index()
     split = load_split()
     test = index[[split["nodules"][n] == "test" for n in index["nodule_id"]]]
-    dice, n_empty = [], 0
+    dice, vs_gt, vs_truth, vols, n_empty = [], [], [], [], 0
+    t0 = time.time()
     for row in test.to_dict("records"):
         p = oracle.probe_nodule(row, d.spacing_mm, d.crop_zyx, seed=seed, gt_method=d.ground_truth)
         g = oracle.window(p.gt.astype(np.uint8), d.patch_zyx) > 0
         t = oracle.window(p.truth.astype(np.uint8), d.patch_zyx) > 0
+        cut = bool(np.take(p.gt, [0, -1], axis=0).any() or np.take(p.gt, [0, -1], axis=1).any()
+                   or np.take(p.gt, [0, -1], axis=2).any())
+        vols.append({"size_bin": row["size_bin"], "truncated": cut, "consensus_mm3": p.native_consensus_mm3,
+                     "native_gt_mm3": p.native_gt_mm3, "gt_mm3": float(p.gt.sum()) * d.spacing_mm ** 3,
+                     "truth_mm3": float(p.truth.sum()) * d.spacing_mm ** 3})
         if not g.any():
             n_empty += 1
             continue
         dice.append(oracle.dice_per_level(t.astype(np.float32), g, levels=[0.5])[0])
-    return {"preset": preset, "spacing_mm": d.spacing_mm, "patch_zyx": list(d.patch_zyx), "seed": seed,
-            "ceiling": {"dice": _mean(dice), "dice_median": float(np.median(dice)), "n": len(dice)},
-            "n_gt_empty": n_empty}
+        if with_oracle:
+            s = oracle.window(p.signal, d.patch_zyx)
+            vs_gt.append(oracle.dice_per_level(s, g))
+            vs_truth.append(oracle.dice_per_level(s, t))
+    out = {"preset": preset, "spacing_mm": d.spacing_mm, "patch_zyx": list(d.patch_zyx), "seed": seed,
+           "n_test": int(len(test)), "ceiling": {"dice": _mean(dice), "dice_median": float(np.median(dice)),
+                                                  "n": len(dice)},
+           "n_gt_empty": n_empty, "seconds": round(time.time() - t0, 1)}
+    if with_oracle:
+        vs_gt, vs_truth = np.array(vs_gt), np.array(vs_truth)
+        k = int(vs_gt.mean(axis=0).argmax())
+        out["oracle"] = {"global_dice": float(vs_gt.mean(axis=0)[k]), "global_level": float(oracle.LEVELS[k]),
+                         "per_nodule_dice": float(vs_gt.max(axis=1).mean()),
+                         "global_dice_vs_truth": float(vs_truth.mean(axis=0).max()),
+                         "per_nodule_dice_vs_truth": float(vs_truth.max(axis=1).mean()), "n": int(len(vs_gt))}
+    v = pd.DataFrame(vols)
+    v = v[~v["truncated"]]
+    out["volume_ratios"] = {b: {"n": int(len(g)),
+                                "gt_over_consensus_median": float((g["gt_mm3"] / g["consensus_mm3"]).median()),
+                                "native_gt_over_consensus_median": float((g["native_gt_mm3"] / g["consensus_mm3"]).median()),
+                                "truth_over_consensus_median": float((g["truth_mm3"] / g["consensus_mm3"]).median())}
+                            for b, g in v.groupby("size_bin")}
+    return out
 
 
 def card(preset: str, seed: int, oracle_on: bool, workers: int) -> dict:
@@ -147,14 +175,15 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", nargs="+", default=["cpu", "paper"])
     ap.add_argument("--seed", type=int, default=0, help="phantom seed")
     ap.add_argument("--no-oracle", action="store_true", help="skip the oracle and volume probes (slow at 1 mm)")
-    ap.add_argument("--ceiling-only", action="store_true",
-                    help="only the ceiling's Dice, from the probes (no images, no cache; for the smoke preset)")
+    ap.add_argument("--probes-only", action="store_true",
+                    help="only what needs no image (ceiling Dice, oracle, volumes), from the probes: no cache")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=None, help="JSON file (default: print only)")
     a = ap.parse_args(argv)
     results = []
     for preset in a.preset:
-        r = probe_ceiling(preset, a.seed) if a.ceiling_only else card(preset, a.seed, not a.no_oracle, a.workers)
+        r = (probe_card(preset, a.seed, not a.no_oracle) if a.probes_only
+             else card(preset, a.seed, not a.no_oracle, a.workers))
         print(json.dumps(r, indent=1), flush=True)
         results.append(r)
     if a.out:
