@@ -51,8 +51,8 @@ from .phantom import PHANTOM_VERSION
 from .ground_truth import GROUND_TRUTHS, nodule_native_data
 from .index import INDEX_PATH, index_hash, load_index
 
-__all__ = ["SOURCES", "arrays_for", "phantom_version", "content_hash", "cache_root", "cache_dir", "build_cache", "validate_cache", "ensure_cache",
-           "code_version", "expected_manifest", "crop_one_scan"]
+__all__ = ["SOURCES", "arrays_for", "phantom_version", "content_hash", "cache_root", "cache_dir", "build_cache",
+           "validate_cache", "ensure_cache", "code_version", "expected_manifest", "crop_one_scan"]
 
 SOURCES = ("phantom", "dicom")
 ARRAYS = ("images.npy", "gt.npy", "readers.npy")
