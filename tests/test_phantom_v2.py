@@ -60,6 +60,7 @@ def test_true_shape_fixed_per_seed_and_nodule_whatever_the_crop(index):
     assert not np.array_equal(phi4, other)          # another phantom seed, another truth
 
 
+@pytest.mark.slow
 def test_true_shape_is_binary_and_near_consensus_volume(index):
     row = index[(index["quirk"] == "") & index["diameter_mm"].between(6, 12)].iloc[5].to_dict()
     spacing = np.array([row["slice_spacing"], row["pixel_spacing"], row["pixel_spacing"]])
