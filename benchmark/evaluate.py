@@ -2,8 +2,11 @@
 
 Predictions are made on the centre window of each stored crop (the same window for every
 architecture), thresholded at ``eval.threshold``, and scored against the ground truth in that
-window with ``benchmark.metrics`` (MONAI's implementations, one pinned place). Empty
-predictions are counted (``n_empty``), never dropped. Everything is written as files first
+window with ``benchmark.metrics`` (MONAI's implementations, one pinned place). On the phantom,
+whose true shape is known, the same metrics are also computed against the true shape
+(per-nodule columns ``dice_vs_truth``, ...; run metrics ``test_dice_vs_truth``, ...): the
+readers' ground truth is one noisy observation of it. Empty predictions are counted
+(``n_empty``), never dropped. Everything is written as files first
 (``per_nodule.csv``, ``summary.yaml``, overlay PNG) and then logged to the run.
 """
 from __future__ import annotations
@@ -19,6 +22,27 @@ from .config import RunConfig
 from .tracking import Tracker
 
 NODULE_COLUMNS = ["nodule_id", "patient_id", "diameter_mm", "size_bin"]
+#: suffix of the per-nodule columns and run metrics scored against the phantom's true shape
+VS_TRUTH = "_vs_truth"
+
+
+def truth_windows(store, rows: np.ndarray, patch_zyx):
+    """Centre windows (N, Z, Y, X) bool of the phantom's true shapes; None when the data has none."""
+    if getattr(store, "truth", None) is None:
+        return None
+    from .data.augment import center_window
+    t = torch.from_numpy(np.ascontiguousarray(store.truth[np.asarray(rows)]))[:, None]
+    win, _ = center_window(t, None, patch_zyx)
+    return win[:, 0].numpy() > 0
+
+
+def vs_truth_columns(pred: np.ndarray, truth, spacing_mm: float, nsd_tolerance_mm: float, nodule_id=None) -> dict:
+    """``{metric}_vs_truth`` of one prediction; NaN when the true shape is empty in the window."""
+    from .metrics import METRICS, nodule_metrics
+    if truth is None or not truth.any():
+        return {m + VS_TRUTH: float("nan") for m in METRICS}
+    m = nodule_metrics(pred, truth, spacing_mm, nsd_tolerance_mm=nsd_tolerance_mm, nodule_id=nodule_id)
+    return {k + VS_TRUTH: m[k] for k in METRICS}
 
 
 def nodule_info(rec) -> dict:
@@ -45,6 +69,7 @@ def predict_center(model, store, rows: np.ndarray, cfg: RunConfig, device, batch
 def score(preds: np.ndarray, gts: np.ndarray, store, rows: np.ndarray, cfg: RunConfig) -> pd.DataFrame:
     from .metrics import nodule_metrics
     table = store.table.iloc[rows]
+    truths = truth_windows(store, rows, cfg.data.patch_zyx)
     records = []
     for i, (pred, gt) in enumerate(zip(preds, gts)):
         if not gt.any():
@@ -54,6 +79,9 @@ def score(preds: np.ndarray, gts: np.ndarray, store, rows: np.ndarray, cfg: RunC
             continue
         m = nodule_metrics(pred.astype(bool), gt.astype(bool), cfg.data.spacing_mm, nsd_tolerance_mm=cfg.eval.nsd_tolerance_mm)
         row = nodule_info(table.iloc[i])
+        if truths is not None:
+            m |= vs_truth_columns(pred.astype(bool), truths[i], cfg.data.spacing_mm, cfg.eval.nsd_tolerance_mm,
+                                  row.get("nodule_id"))
         records.append({**row, **m, "gt_empty": False})
     return pd.DataFrame.from_records(records)
 
@@ -63,6 +91,33 @@ def summarize(df: pd.DataFrame) -> dict:
     scorable = df[~df["gt_empty"].astype(bool)].drop(columns=["gt_empty"])
     out = aggregate(scorable)
     out["n_gt_empty"] = int(df["gt_empty"].astype(bool).sum())
+    out.update(truth_summary(scorable))
+    return out
+
+
+def truth_summary(scorable: pd.DataFrame) -> dict:
+    """Overall aggregates of the ``*_vs_truth`` columns, keyed ``dice_vs_truth_mean``, ...
+
+    (``flat_metrics`` turns them into ``test_dice_vs_truth``, ...). Empty when the table has
+    no such columns (real images); nodules whose true shape is empty in the window are left
+    out and counted (``n_vs_truth``).
+    """
+    from .metrics import METRICS, aggregate
+    cols = [m + VS_TRUTH for m in METRICS]
+    if not set(cols) <= set(scorable.columns):
+        return {}
+    t = scorable[scorable[cols[0]].notna()]
+    if len(t) == 0:
+        return {}
+    renamed = t[cols].rename(columns=lambda c: c[:-len(VS_TRUTH)])
+    agg = aggregate(renamed.assign(empty_pred=t["empty_pred"].astype(bool).to_numpy()))
+    out = {}
+    for key, value in agg.items():
+        if key in ("n", "n_empty"):
+            out[key + VS_TRUTH] = value
+        else:
+            metric, stat = key.rsplit("_", 1)
+            out[f"{metric}{VS_TRUTH}_{stat}"] = value
     return out
 
 

@@ -1,4 +1,16 @@
-"""The human reference: how well do the radiologists agree with each other?
+"""Reference rows: how well do the radiologists agree, and what is the best any model can do?
+
+Two reference runs, scored like a model on the test split:
+
+* ``inter_reader`` (``reference = human``): each radiologist against the others (below) and,
+  on the phantom, each radiologist against the true shape (``*_vs_truth`` columns, "readers
+  vs truth": where a model's ``dice_vs_truth`` stands against a radiologist's).
+* ``phantom_ceiling`` (``reference = phantom``, phantom only): the phantom's true shape
+  scored as a prediction against the readers' ground truth on the same windows and metrics.
+  The image is rendered from the true shape, so no model can be expected to beat it: it is
+  the phantom's ceiling, the top of the scale the leaderboard's ``test_dice`` lives on.
+
+The inter-reader reference in detail:
 
 For every test nodule and each of its four readers, that reader's mask is scored against the
 STAPLE of the other three readers, exactly as a model's prediction is scored against the
@@ -47,10 +59,11 @@ from .config import RunConfig
 from .errors import DataError
 from .tracking import Tracker
 
-__all__ = ["INTER_READER", "inter_reader_nodule", "score_inter_reader", "run_inter_reader",
-           "reference_fingerprint"]
+__all__ = ["INTER_READER", "PHANTOM_CEILING", "inter_reader_nodule", "score_inter_reader", "run_inter_reader",
+           "ceiling_nodule", "score_phantom_ceiling", "run_phantom_ceiling", "reference_fingerprint"]
 
 INTER_READER = "inter_reader"
+PHANTOM_CEILING = "phantom_ceiling"
 
 
 def reference_fingerprint(cfg: RunConfig) -> str:
@@ -72,14 +85,19 @@ def _window(volumes: np.ndarray, patch_zyx) -> np.ndarray:
 
 
 def inter_reader_nodule(readers: np.ndarray, gt: np.ndarray, patch_zyx, spacing_mm: float,
-                        nsd_tolerance_mm: float = 1.0, nodule_id: Optional[str] = None) -> dict:
+                        nsd_tolerance_mm: float = 1.0, nodule_id: Optional[str] = None,
+                        truth: Optional[np.ndarray] = None) -> dict:
     """One nodule: mean over readers of (reader vs STAPLE of the others) in the centre window.
 
     Args:
         readers: (R, Z, Y, X) boolean reader masks on the stored crop.
         gt: (Z, Y, X) ground truth on the stored crop (used only by the fallback).
+        truth: (Z, Y, X) the phantom's true shape on the stored crop, or None.
     Returns the metrics of ``nodule_metrics`` averaged over the scored readers, plus
-    ``n_readers``, ``reference_fallback`` and ``dice_reader{k}`` (NaN for an unscored reader).
+    ``n_readers``, ``reference_fallback`` and ``dice_reader{k}`` (NaN for an unscored reader);
+    with ``truth``, also ``{metric}_vs_truth`` averaged over all readers (each reader's mask
+    scored against the true shape; NaN where the true shape is empty in the window) and
+    ``dice_vs_truth_reader{k}``.
     """
     from .data.ground_truth import staple
     from .metrics import METRICS, nodule_metrics
@@ -107,7 +125,24 @@ def inter_reader_nodule(readers: np.ndarray, gt: np.ndarray, patch_zyx, spacing_
     out["reference_fallback"] = fallback
     for k in range(n_readers):
         out[f"dice_reader{k}"] = per[k]["dice"] if k in per else float("nan")
+    if truth is not None:
+        from .evaluate import VS_TRUTH, vs_truth_columns
+        t_win = _window(np.asarray(truth, dtype=np.uint8)[None], patch_zyx)[0].astype(bool)
+        vs = [vs_truth_columns(own[k], t_win, spacing_mm, nsd_tolerance_mm, f"{nodule_id} reader {k}")
+              for k in range(n_readers)]
+        for m in METRICS:
+            out[m + VS_TRUTH] = float(np.mean([v[m + VS_TRUTH] for v in vs]))
+        for k in range(n_readers):
+            out[f"dice{VS_TRUTH}_reader{k}"] = vs[k]["dice" + VS_TRUTH]
     return out
+
+
+def ceiling_nodule(truth: np.ndarray, gt: np.ndarray, patch_zyx, spacing_mm: float,
+                   nsd_tolerance_mm: float = 1.0, nodule_id: Optional[str] = None) -> dict:
+    """One nodule: the true shape as a prediction against the ground truth, in the centre window."""
+    from .metrics import nodule_metrics
+    both = _window(np.stack([np.asarray(truth, np.uint8), np.asarray(gt, np.uint8)]), patch_zyx).astype(bool)
+    return nodule_metrics(both[0], both[1], spacing_mm, nsd_tolerance_mm=nsd_tolerance_mm, nodule_id=nodule_id)
 
 
 def score_inter_reader(store, rows: np.ndarray, cfg: RunConfig) -> pd.DataFrame:
@@ -127,36 +162,48 @@ def score_inter_reader(store, rows: np.ndarray, cfg: RunConfig) -> pd.DataFrame:
             # keep the row, flagged, so the two tables list the same nodules
             records.append({**info, "gt_empty": True})
             continue
+        truth = store.truth[int(row)] if getattr(store, "truth", None) is not None else None
         m = inter_reader_nodule(store.readers[int(row)], gt, cfg.data.patch_zyx, cfg.data.spacing_mm,
-                                cfg.eval.nsd_tolerance_mm, nodule_id=nid)
+                                cfg.eval.nsd_tolerance_mm, nodule_id=nid, truth=truth)
         records.append({**info, **m, "gt_empty": False})
     return pd.DataFrame.from_records(records)
 
 
-def run_inter_reader(cfg: RunConfig, experiment: Optional[str] = None, tags: Optional[dict] = None,
-                     store=None) -> tuple[str, dict]:
-    """Score the inter-reader reference on the test split and log it as an MLflow run."""
-    from .data import load_crops
+def score_phantom_ceiling(store, rows: np.ndarray, cfg: RunConfig) -> pd.DataFrame:
+    """Per-nodule table of the true shape scored against the ground truth (phantom only)."""
+    from .evaluate import nodule_info
+    if getattr(store, "truth", None) is None:
+        raise DataError("the phantom ceiling needs the phantom's true shape; this data has none "
+                        f"(source {store.manifest.get('source')!r})")
+    table = store.table.iloc[rows]
+    records = []
+    for i, row in enumerate(rows):
+        info = nodule_info(table.iloc[i])
+        gt = store.gt[int(row)]
+        if not _window(np.asarray(gt, dtype=np.uint8)[None], cfg.data.patch_zyx).any():
+            records.append({**info, "gt_empty": True})
+            continue
+        m = ceiling_nodule(store.truth[int(row)], gt, cfg.data.patch_zyx, cfg.data.spacing_mm,
+                           cfg.eval.nsd_tolerance_mm, nodule_id=str(info.get("nodule_id")))
+        records.append({**info, **m, "gt_empty": False})
+    return pd.DataFrame.from_records(records)
+
+
+def _log_reference(cfg: RunConfig, store, arch: str, kind: str, df: pd.DataFrame, extra_metrics: dict,
+                   experiment: Optional[str], tags: Optional[dict]) -> tuple[str, dict]:
+    """Log a reference table as an MLflow run shaped like a model's (metrics, per_nodule.csv)."""
     from .evaluate import _plain, flat_metrics, summarize
     from .train import data_tags
-    store = store if store is not None else load_crops(cfg.data)
-    rows = store.indices("test")
-    if len(rows) == 0:
-        raise DataError("the test split is empty for this data config; nothing to score")
-    df = score_inter_reader(store, rows, cfg)
     summary = summarize(df)
-    t = {**data_tags(cfg, store), "arch": INTER_READER, "loss": "none", "reference": "human",
+    t = {**data_tags(cfg, store), "arch": arch, "loss": "none", "reference": kind,
          "reference.fingerprint": reference_fingerprint(cfg), **(tags or {})}
-    tracker = Tracker.start(f"{INTER_READER}-{cfg.preset}", t, experiment=experiment)
+    tracker = Tracker.start(f"{arch}-{cfg.preset}", t, experiment=experiment)
     status = "FAILED"
     try:
         tracker.log_params({**{"data." + k: v for k, v in cfg.data.model_dump(mode="json").items()},
                             "eval.nsd_tolerance_mm": cfg.eval.nsd_tolerance_mm})
         tracker.log_text(cfg.to_yaml(), "config.yaml")
-        scored = df[~df["gt_empty"].astype(bool)]
-        tracker.log_metrics({**flat_metrics(summary),
-                             "n_reference_fallback": float(scored["reference_fallback"].astype(bool).sum()),
-                             "mean_readers_scored": float(scored["n_readers"].mean())})
+        tracker.log_metrics({**flat_metrics(summary), **extra_metrics})
         with tempfile.TemporaryDirectory() as d:
             csv = Path(d) / "per_nodule.csv"
             df.to_csv(csv, index=False)
@@ -167,3 +214,31 @@ def run_inter_reader(cfg: RunConfig, experiment: Optional[str] = None, tags: Opt
     finally:
         tracker.finish(status)
     return tracker.run_id, summary
+
+
+def _test_rows(cfg: RunConfig, store):
+    from .data import load_crops
+    store = store if store is not None else load_crops(cfg.data)
+    rows = store.indices("test")
+    if len(rows) == 0:
+        raise DataError("the test split is empty for this data config; nothing to score")
+    return store, rows
+
+
+def run_inter_reader(cfg: RunConfig, experiment: Optional[str] = None, tags: Optional[dict] = None,
+                     store=None) -> tuple[str, dict]:
+    """Score the inter-reader reference on the test split and log it as an MLflow run."""
+    store, rows = _test_rows(cfg, store)
+    df = score_inter_reader(store, rows, cfg)
+    scored = df[~df["gt_empty"].astype(bool)]
+    extra = {"n_reference_fallback": float(scored["reference_fallback"].astype(bool).sum()),
+             "mean_readers_scored": float(scored["n_readers"].mean())}
+    return _log_reference(cfg, store, INTER_READER, "human", df, extra, experiment, tags)
+
+
+def run_phantom_ceiling(cfg: RunConfig, experiment: Optional[str] = None, tags: Optional[dict] = None,
+                        store=None) -> tuple[str, dict]:
+    """Score the phantom ceiling (true shape vs ground truth) on the test split and log it."""
+    store, rows = _test_rows(cfg, store)
+    df = score_phantom_ceiling(store, rows, cfg)
+    return _log_reference(cfg, store, PHANTOM_CEILING, "phantom", df, {}, experiment, tags)

@@ -305,6 +305,9 @@ def data_tags(cfg: RunConfig, store) -> dict[str, str]:
         "data.dataset": "lidc-" + cfg.data.source,
         # how batches were made (not part of the config's identity: every way gives the same batches)
         "data.num_workers": str(cfg.data.num_workers), "data.on_device": str(cfg.data.on_device),
+        # which phantom generated the images ("none" for real CT): results on two phantom
+        # versions are not comparable (their content hashes differ too)
+        "data.phantom_version": str(getattr(store, "phantom_version", None) or "none"),
     }
 
 

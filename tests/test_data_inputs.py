@@ -46,8 +46,8 @@ def _write_dicom(root, row, seed=0):
     sp = (row["slice_spacing"], row["pixel_spacing"], row["pixel_spacing"])
     c = np.array([row["centroid_k"], row["centroid_i"], row["centroid_j"]])
     lo, hi = geometry.box_bounds(c, sp, CROP, SPACING)
-    readers, _ = ground_truth.nodule_native_masks(row, lo, hi)
-    img = phantom.render_phantom(row, readers, lo, seed)
+    _, _, phi = ground_truth.nodule_native_data(row, lo, hi, truth_seed=seed)
+    img = phantom.render_phantom(row, phi, lo, seed)
     k0, k1 = max(lo[0], 0), min(hi[0], int(row["n_slices"]))
     vol = np.full((k1 - k0, 512, 512), -1000.0, np.float32)
     vol[:, lo[1]:hi[1], lo[2]:hi[2]] = img[k0 - lo[0]:k1 - lo[0]]

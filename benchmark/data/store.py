@@ -74,9 +74,11 @@ class CropStore:
     Attributes: ``table`` (DataFrame: nodule_id, patient_id, split, diameter_mm,
     texture_class, size_bin and every index column, plus gt_voxels / gt_volume_mm3 /
     gt_truncated), ``images`` (N, Z, Y, X) float32 in [0, 1], ``images_hu`` (same, HU),
-    ``gt`` (N, Z, Y, X) uint8, ``readers`` (N, 4, Z, Y, X) uint8, ``spacing_mm``,
-    ``manifest``, ``split_hash``, ``data_hash``, ``path``, ``file_rows`` (the row of each
-    store row in the cache's files; None when the store spans the whole cache).
+    ``gt`` (N, Z, Y, X) uint8, ``readers`` (N, 4, Z, Y, X) uint8, ``truth`` (N, Z, Y, X)
+    uint8 or None (the phantom's known true shape; real images have none), ``spacing_mm``,
+    ``manifest``, ``split_hash``, ``data_hash``, ``phantom_version`` (None for real images),
+    ``path``, ``file_rows`` (the row of each store row in the cache's files; None when the
+    store spans the whole cache).
     """
 
     def __init__(self, path: Path, rows: Optional[Sequence[int]] = None,
@@ -108,6 +110,11 @@ class CropStore:
                                transform=lambda a: normalise_hu(a, self.hu_window))
         self.gt = _RowView(mm["gt"], rows_arr, np.uint8)
         self.readers = _RowView(mm["readers"], rows_arr, np.uint8)
+        # the phantom's known true shape (None for real images, which have no known truth)
+        truth_file = self.path / "truth.npy"
+        self.truth = (_RowView(np.load(truth_file, mmap_mode="r"), rows_arr, np.uint8)
+                      if truth_file.is_file() else None)
+        self.phantom_version = self.manifest.get("phantom_version")
 
     def __len__(self):
         return len(self.table)
