@@ -10,7 +10,7 @@ best level per nodule (``per nodule``, which also looks at the answer). The phan
 would mean the picture carries the readers' votes beyond the true shape.
 
 Everything here works per nodule from the index (no crop cache needed), so the tests can run
-it on a few dozen real nodules, and ``benchmarks/phantom_card.py`` on the test split.
+it on a few dozen real nodules, and ``datasets/lidc/phantom_card.py`` on the test split.
 """
 from __future__ import annotations
 
