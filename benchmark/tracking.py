@@ -438,7 +438,12 @@ def register_model(run_id: str, name: str, description: str | None = None,
                    settings: TrackingSettings | None = None):
     """Register a finished run's MLflow model under ``name`` in the model registry; the
     description (e.g. its leaderboard row) goes on the new version. Returns the ModelVersion."""
+    import re
     from mlflow.exceptions import MlflowException
+    if not re.fullmatch(r"[0-9a-f]{32}", run_id or ""):
+        raise UsageError(f"{run_id!r} is not a run id (32 hex digits)")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name or ""):
+        raise UsageError(f"model name {name!r}: use letters, digits, '.', '_' and '-'")
     cl = client(settings)
     try:
         run = cl.get_run(run_id)
