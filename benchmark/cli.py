@@ -113,6 +113,15 @@ def cmd_run(args):
         print(where_the_run_went(result.run_id, smoke=(getattr(args, "preset", None) == "smoke")), file=sys.stderr)
 
 
+def model_uri(run_id: str) -> str:
+    """The run's MLflow model URI (its ``model_uri`` tag), or a note that it has none."""
+    from .tracking import client
+    try:
+        return client().get_run(run_id).data.tags.get("model_uri") or "(no MLflow model logged)"
+    except Exception:  # noqa: BLE001 - the server went away at the very end; the rest still helps
+        return "(see the run's model_uri tag)"
+
+
 def where_the_run_went(run_id: str, smoke: bool = False) -> str:
     """The closing lines of `bench run`: where its files went and what to run next."""
     from .paths import checkpoints_dir
@@ -126,7 +135,7 @@ def where_the_run_went(run_id: str, smoke: bool = False) -> str:
     lines += [f"  MLflow run   {run_id} in {s.tracking_uri} (experiment {s.experiment})",
               f"  checkpoints  {checkpoints_dir(run_id)}",
               f"  artifacts    {(s.artifact_location or 'the server') }  (config.yaml, evaluation/, plots/, model/)",
-              f"  model        runs:/{run_id}/model  (mlflow.pytorch.load_model; trusted runs only: it unpickles)",
+              f"  model        {model_uri(run_id)}  (mlflow.pytorch.load_model; trusted runs only: it unpickles)",
               "next:",
               "  bench ui                                              # the runs table, sorted by test Dice",
               f"  bench predict --run {run_id} --ct scan.nii.gz --at X,Y,Z --out pred/   # segment a nodule",

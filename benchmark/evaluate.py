@@ -125,7 +125,7 @@ def evaluate_run(model, store, cfg: RunConfig, device, tracker: Tracker, out_dir
     if (out_dir / "best.pt").exists():
         tracker.log_artifact(out_dir / "best.pt", "checkpoints")
     if len(images):
-        # the selected model as an MLflow model: `mlflow.pytorch.load_model("runs:/<id>/model")`,
+        # the selected model as an MLflow model: `mlflow.pytorch.load_model(<the run's model_uri tag>)`,
         # the model registry and `bench predict`; its input example is a real test patch
         from .tracking import log_pytorch_model
         log_pytorch_model(tracker, model, images[:1, None], metadata=model_metadata(cfg))

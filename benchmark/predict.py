@@ -26,8 +26,8 @@ in-plane origin; z the slice position), so crops of one scan sit where they belo
 relative to each other and, along z, to the real DICOM series.
 
 **The model.** ``--run RUN_ID`` loads the run's own ``best.pt`` (``weights_only``: nothing
-in it is executed) and its config; ``--model URI`` (``runs:/<id>/model``, ``models:/<name>/<v>``)
-loads an MLflow model, which unpickles code: only for runs you trust.
+in it is executed) and its config; ``--model URI`` (``models:/<model_id>`` from the run's ``model_uri``
+tag, or ``models:/<name>/<version>`` from the registry) loads an MLflow model, which unpickles code: only for runs you trust.
 """
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def _from_mlflow_model(uri: str) -> Predictor:
     from mlflow.models import get_model_info
     from .tracking import client
     if not re.match(r"^(runs|models):/", uri):
-        raise UsageError(f"--model takes an MLflow model URI (runs:/<run_id>/model or models:/<name>/<version>), "
+        raise UsageError(f"--model takes an MLflow model URI (models:/<model_id> or models:/<name>/<version>), "
                          f"got {uri!r}")
     client()  # the configured tracking URI, checked
     try:
@@ -345,7 +345,7 @@ def cmd_register(args):
 def register(sub):
     p = sub.add_parser("predict", help="segment nodules of a CT with a trained model; write NIfTI a viewer opens")
     p.add_argument("--run", metavar="RUN_ID", help="a finished run (its weights_only best.pt and config)")
-    p.add_argument("--model", metavar="URI", help="an MLflow model URI instead (runs:/ID/model, models:/NAME/V); "
+    p.add_argument("--model", metavar="URI", help="an MLflow model URI instead (models:/<model_id> from a run's model_uri tag, models:/NAME/V); "
                                                  "unpickles code: trusted models only")
     p.add_argument("--ct", help="CT to segment: a NIfTI (.nii/.nii.gz) file or a DICOM series folder, in HU")
     p.add_argument("--at", action="append", metavar="X,Y,Z",

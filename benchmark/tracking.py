@@ -288,7 +288,7 @@ TRAINING_EXPERIMENT_KIND = "custom_model_development"
 RUNS_VIEW_KEY = "lidc-bench-runs"
 HEADLINE_METRICS = ("test_dice", "test_hd95_mm", "test_nsd", "best_val_dice", "params")
 RUNS_VIEW_TAGS = ("arch", "loss", "preset", "seed")
-#: artifact name of the logged MLflow model (``runs:/<run_id>/model``)
+#: name of the logged MLflow model (a LoggedModel of the run, loaded by its ``models:/<model_id>`` URI)
 MODEL_ARTIFACT = "model"
 
 
@@ -392,7 +392,8 @@ def log_split_inputs(tracker: "Tracker", table, split_hash: str, dataset_name: s
 
 
 def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict | None = None) -> str | None:
-    """Log ``model`` as the run's MLflow PyTorch model (``runs:/<run_id>/model``); returns its URI.
+    """Log ``model`` as the run's MLflow PyTorch model; returns its URI (``models:/<model_id>``,
+    also in the run's ``model_uri`` tag).
 
     The flavour pickles the whole module (class references into ``architectures``), so
     ``mlflow.pytorch.load_model`` needs lidc-bench importable and must only be used on runs you
@@ -412,10 +413,17 @@ def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict |
         out = cpu_model(torch.from_numpy(example))
         out = out[0] if isinstance(out, (list, tuple)) else out
     signature = infer_signature(example, out.numpy())
+    # MLflow warns about pickle on every call; the trade-off is documented here and in the README
+    flavour_log = logging.getLogger("mlflow.pytorch")
+    level = flavour_log.level
+    flavour_log.setLevel(logging.ERROR)
     try:
         info = mlflow.pytorch.log_model(
             cpu_model, name=MODEL_ARTIFACT, run_id=tracker.run_id, signature=signature,
             input_example=example, metadata=metadata or {},
+            # the flavour's default in MLflow 3.17 is torch.export ("pt2"), which fails on some of
+            # our architectures and fixes the batch size to the example's; pickle works for all
+            serialization_format="pickle",
             # listed, not inferred: inference loads the model in a subprocess (slow) and would
             # list every package of the environment
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={_version('mlflow')}",
@@ -424,8 +432,13 @@ def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict |
         print(f"warning: could not log the MLflow model ({type(e).__name__}: {str(e)[:160]}); "
               f"the weights are in the run's checkpoints/best.pt", file=sys.stderr)
         return None
-    uri = f"runs:/{tracker.run_id}/{MODEL_ARTIFACT}"
-    tracker.set_tags({"model_uri": uri, "model_id": getattr(info, "model_id", "") or ""})
+    finally:
+        flavour_log.setLevel(level)
+    # MLflow 3 stores a model as a LoggedModel of its own (``models:/<model_id>``); that URI is
+    # what load_model and the registry resolve reliably
+    model_id = getattr(info, "model_id", None)
+    uri = f"models:/{model_id}" if model_id else info.model_uri
+    tracker.set_tags({"model_uri": uri, "model_id": model_id or ""})
     return uri
 
 
