@@ -113,20 +113,16 @@ def cmd_run(args):
         print(where_the_run_went(result.run_id, smoke=(getattr(args, "preset", None) == "smoke")), file=sys.stderr)
 
 
-def model_uri(run_id: str) -> str:
-    """The run's MLflow model URI (its ``model_uri`` tag), or a note that it has none."""
-    from .tracking import client
-    try:
-        return client().get_run(run_id).data.tags.get("model_uri") or "(no MLflow model logged)"
-    except Exception:  # noqa: BLE001 - the server went away at the very end; the rest still helps
-        return "(see the run's model_uri tag)"
-
-
 def where_the_run_went(run_id: str, smoke: bool = False) -> str:
     """The closing lines of `bench run`: where its files went and what to run next."""
     from .paths import checkpoints_dir
-    from .tracking import load_settings
+    from .tracking import client, load_settings
     s = load_settings()
+    try:
+        run = client(s).get_run(run_id)
+        artifacts, model = run.info.artifact_uri, run.data.tags.get("model_uri") or "(no MLflow model logged)"
+    except Exception:  # noqa: BLE001 - the server went away at the very end; the rest still helps
+        artifacts, model = "(see the run in the MLflow UI)", "(see the run's model_uri tag)"
     lines = []
     if smoke:
         lines.append("note: the smoke preset checks the plumbing (data, training, tracking, evaluation) on 26 "
@@ -134,8 +130,8 @@ def where_the_run_went(run_id: str, smoke: bool = False) -> str:
                      "Use --preset cpu for a model that segments.")
     lines += [f"  MLflow run   {run_id} in {s.tracking_uri} (experiment {s.experiment})",
               f"  checkpoints  {checkpoints_dir(run_id)}",
-              f"  artifacts    {(s.artifact_location or 'the server') }  (config.yaml, evaluation/, plots/, model/)",
-              f"  model        {model_uri(run_id)}  (mlflow.pytorch.load_model; trusted runs only: it unpickles)",
+              f"  artifacts    {artifacts}  (config.yaml, evaluation/, plots/, checkpoints/)",
+              f"  model        {model}  (mlflow.pytorch.load_model; trusted runs only: it unpickles)",
               "next:",
               "  bench ui                                              # the runs table, sorted by test Dice",
               f"  bench predict --run {run_id} --ct scan.nii.gz --at X,Y,Z --out pred/   # segment a nodule",
@@ -196,10 +192,7 @@ def stop_process_group(proc, grace_s: float = 10.0):
     import signal
     import subprocess
     import time
-    try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
-        return
+    pgid = proc.pid  # started with start_new_session: the child leads its own group
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pgid, sig)
