@@ -73,7 +73,7 @@ def main() -> int:
                     break
             except Exception:
                 time.sleep(1)
-        print(f"loading {url}")
+        print(f"loading {url}", flush=True)
         dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
                               "--disable-background-networking", "--window-size=3200,1400", "--dump-dom",
                               "--virtual-time-budget=15000", url], capture_output=True, text=True,
@@ -96,6 +96,8 @@ def main() -> int:
     if not ok:
         print(f"page text: {text[:1500]}", file=sys.stderr)
     with socket.socket() as s:
+        # SO_REUSEADDR: the browser's closed connections linger in TIME_WAIT; only a listener matters
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             print("ok   port freed after SIGTERM")
