@@ -83,6 +83,7 @@ def test_every_option_documents_its_default():
     assert "(default: 127.0.0.1)" in text and "(default: 5000)" in text
 
 
+@pytest.mark.slow  # a fresh interpreter importing mlflow
 def test_mlflow_info_lines_are_silenced():
     """`import mlflow` resets its logger to MLFLOW_LOGGING_LEVEL; the CLI sets that first."""
     code = ("import logging; from benchmark.tracking import quiet_mlflow_logging; quiet_mlflow_logging(); "
