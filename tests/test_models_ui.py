@@ -245,3 +245,21 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+@pytest.mark.slow
+def test_predict_cli_on_a_ct_writes_a_label_map_in_the_scan_frame(smoke_run, tmp_path):
+    import SimpleITK as sitk
+    from tests.conftest import run_cli
+    from tests.test_predict import _direction, make_ct
+    ct, centres, _ = make_ct(direction=_direction(30.0))
+    sitk.WriteImage(ct, str(tmp_path / "scan.nii.gz"))
+    at = ",".join(f"{v:.3f}" for v in centres[0])
+    r = run_cli("predict", "--run", smoke_run["run_id"], "--ct", str(tmp_path / "scan.nii.gz"), "--at", at,
+                "--out", str(tmp_path / "pred"), env={"LIDC_BENCH_HOME": str(smoke_run["home"])})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("label 1")
+    out = sitk.ReadImage(str(tmp_path / "pred" / "scan_pred.nii.gz"))
+    assert out.GetSize() == ct.GetSize()
+    assert all(abs(a - b) < 1e-4 for a, b in zip(out.GetOrigin() + out.GetDirection(),
+                                                  ct.GetOrigin() + ct.GetDirection()))
