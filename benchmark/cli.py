@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import warnings
 
@@ -273,6 +274,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: options whose value is a coordinate list that may start with a minus sign ("-52.1,-180,-125")
+COORDINATE_OPTIONS = ("--at",)
+
+
+def _attach_coordinates(argv: list[str]) -> list[str]:
+    """``--at -52,-180,-125`` -> ``--at=-52,-180,-125``: argparse would take the value for an option."""
+    out = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in COORDINATE_OPTIONS and i + 1 < len(argv) and re.match(r"-\.?\d", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (kill, a scheduler's time limit, torchrun stopping its workers) handled like
     Ctrl-C, so a run is closed as KILLED with its last checkpoint instead of left RUNNING."""
@@ -296,7 +315,7 @@ def main(argv=None) -> int:
     try:
         parser = build_parser()
         # `key=value` overrides may come after options (`bench search bixnas --trials 3 train.epochs=2`)
-        args, extra = parser.parse_known_args(argv)
+        args, extra = parser.parse_known_args(_attach_coordinates(sys.argv[1:] if argv is None else list(argv)))
         if extra:
             if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
                 args.overrides = list(args.overrides or []) + extra

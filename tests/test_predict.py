@@ -155,3 +155,11 @@ def test_split_export_has_the_world_frame_of_the_index(tmp_path):
     assert img.GetSpacing() == (store.spacing_mm,) * 3
     assert np.array_equal(sitk.GetArrayFromImage(gt), store.gt[rows[0]])
     assert np.allclose(sitk.GetArrayFromImage(img), store.images_hu[rows[0]], atol=0.5)
+
+
+def test_negative_coordinates_are_values_not_options():
+    """`--at -52.1,-180,-125` is a point (argparse alone reads the value as an unknown option)."""
+    from benchmark.cli import _attach_coordinates
+    argv = ["predict", "--at", "-52.1,-180,-125", "--at", "-.5,1,2", "--at", "3,4,5", "--run", "x"]
+    assert _attach_coordinates(argv) == ["predict", "--at=-52.1,-180,-125", "--at=-.5,1,2", "--at", "3,4,5",
+                                         "--run", "x"]
