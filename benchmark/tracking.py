@@ -351,13 +351,13 @@ def source_tags(argv: list[str] | None = None) -> dict[str, str]:
         tags[MLFLOW_USER] = getpass.getuser()
     except Exception:  # noqa: BLE001 - no user name in some containers
         pass
-    commit = environment_tags_commit()
+    commit = git_commit()
     if commit:
         tags[MLFLOW_GIT_COMMIT] = commit
     return tags
 
 
-def environment_tags_commit() -> str | None:
+def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
                              text=True, timeout=5).stdout.strip()
