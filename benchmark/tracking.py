@@ -421,8 +421,9 @@ def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict |
         info = mlflow.pytorch.log_model(
             cpu_model, name=MODEL_ARTIFACT, run_id=tracker.run_id, signature=signature,
             input_example=example, metadata=metadata or {},
-            # the flavour's default in MLflow 3.17 is torch.export ("pt2"), which fails on some of
-            # our architectures and fixes the batch size to the example's; pickle works for all
+            # the flavour's default in MLflow 3.17 is torch.export ("pt2"): it returned a graph with
+            # the batch size fixed to the example's (seen on unet3d), and export cannot trace every
+            # model; pickle keeps the module as trained
             serialization_format="pickle",
             # listed, not inferred: inference loads the model in a subprocess (slow) and would
             # list every package of the environment
