@@ -1,4 +1,4 @@
-"""The architecture registry (timm-style).
+"""The architecture registry (timm-style), with lazy registration.
 
     from architectures import create_architecture, list_architectures
     net = create_architecture("transfuse", in_channels=1, out_channels=1, spatial_size=(32, 64, 64))
@@ -12,30 +12,88 @@ the first being the main full-resolution output (auxiliary maps may be coarser),
 exposes ``deep_supervision_weights`` (same length). In ``eval()`` mode it returns the main
 tensor only. ``benchmark.losses.DeepSupervisionLoss`` applies any loss to such outputs.
 
-Each module in ``_MODULES`` is one architecture family in one self-contained file with its
-paper cited at the top. They are all imported here, so registration never depends on
-which modules a caller happened to import.
+Each architecture family is one self-contained module with its paper cited at the top. The
+table below is the one place that names every architecture and its metadata (family, paper,
+aliases, per-preset sizes); the module's ``@register_architecture(name, search_space=...)``
+only attaches the factory. Listing names or reading metadata therefore imports no model
+module, and neither MONAI, timm nor segmentation-models: a module is imported the first time
+one of its architectures is built (or its search space is asked for).
 """
 from __future__ import annotations
 
 import fnmatch
-import importlib
 
 from benchmark.registry import Registry
 
 ARCHITECTURES = Registry("architecture")
 register_architecture = ARCHITECTURES.register
 
-_MODULES = [
-    "unet3d",
-    "transfuse",
-    "mctrans",
-    "nnunet", "smp_unet", "monai_transformers", "dints", "bionet", "bixnas",
-]
+_TRANSFUSE_PAPER = "Zhang et al. 2021, arXiv 2102.08005"
+_TRANSFUSE_SMOKE = {"cnn_widths": [8, 16, 32], "embed_dim": 48, "vit_depth": 2, "num_heads": 4, "patch_size": 2}
+
+#: name -> where its factory lives and what it is. ``preset_kwargs``: the architecture's size
+#: for the small presets (merged under the user's ``model.kwargs`` by ``benchmark.config``).
+_DECLARATIONS: dict[str, dict] = {
+    "unet3d": dict(
+        module="unet3d", family="CNN",
+        paper="Çiçek et al. 2016, arXiv 1606.06650 (3DUNet-Pytorch, strided-conv downsampling)",
+        preset_kwargs={"smoke": {"base_channels": 8}, "cpu": {"base_channels": 12}}),
+    "transfuse_s": dict(
+        module="transfuse", family="CNN+Transformer", paper=_TRANSFUSE_PAPER, aliases=("transfuse",),
+        preset_kwargs={"smoke": _TRANSFUSE_SMOKE,
+                       "cpu": {"cnn_widths": [16, 32, 64], "embed_dim": 96, "vit_depth": 4, "num_heads": 4,
+                               "patch_size": 4}}),
+    "transfuse_l": dict(
+        module="transfuse", family="CNN+Transformer", paper=_TRANSFUSE_PAPER,
+        preset_kwargs={"smoke": _TRANSFUSE_SMOKE,
+                       "cpu": {"cnn_widths": [24, 48, 96], "embed_dim": 192, "vit_depth": 6, "num_heads": 6,
+                               "patch_size": 4}}),
+    "mctrans": dict(
+        module="mctrans", family="CNN+Transformer", paper="Ji et al. 2021, arXiv 2106.14385",
+        preset_kwargs={"smoke": {"widths": [8, 16, 32, 64, 128], "decoder_widths": [8, 16, 32, 48], "d_model": 48,
+                                 "num_layers": 2},
+                       "cpu": {"widths": [8, 16, 32, 64, 128], "decoder_widths": [8, 16, 32, 48], "d_model": 48}}),
+    "nnunet_plain": dict(
+        module="nnunet", family="library",
+        paper="Isensee et al. 2021, arXiv 1809.10486 (nnU-Net 3d_fullres, dynamic-network-architectures)",
+        preset_kwargs={"smoke": {"base_features": 8}, "cpu": {"base_features": 12}}),
+    "nnunet_resenc": dict(
+        module="nnunet", family="library",
+        paper="Isensee et al. 2024, arXiv 2404.09556 (nnU-Net ResEnc, dynamic-network-architectures)",
+        preset_kwargs={"smoke": {"base_features": 8}, "cpu": {"base_features": 12}}),
+    "smp_unet": dict(
+        module="smp_unet", family="library",
+        paper="Ronneberger et al. 2015, arXiv 1505.04597; ResNet encoder (segmentation-models-pytorch-3d)",
+        preset_kwargs={"smoke": {"decoder_channels": [32, 16, 8, 8, 8]},
+                       "cpu": {"decoder_channels": [64, 32, 16, 8, 8]}}),
+    "swinunetr": dict(
+        module="monai_transformers", family="library",
+        paper="Hatamizadeh et al. 2022, arXiv 2201.01266 (MONAI SwinUNETR)"),
+    "unetr": dict(
+        module="monai_transformers", family="library",
+        paper="Hatamizadeh et al. 2022, arXiv 2103.10504 (MONAI UNETR)",
+        preset_kwargs={"smoke": {"hidden_size": 96, "mlp_dim": 384, "num_heads": 3, "feature_size": 8},
+                       "cpu": {"hidden_size": 96, "mlp_dim": 384, "num_heads": 3, "feature_size": 12}}),
+    "dints": dict(
+        module="dints", family="NAS",
+        paper="He et al. 2021, arXiv 2103.15954 (MONAI DiNTS, fixed decoded topology)",
+        preset_kwargs={"smoke": {"channel_mul": 0.25}, "cpu": {"channel_mul": 0.25}}),
+    "bionet": dict(
+        module="bionet", family="NAS", paper="Xiang et al. 2020, arXiv 2007.00243 (BiO-Net, 3D port)",
+        preset_kwargs={"smoke": {"base_channels": 8}, "cpu": {"base_channels": 8}}),
+    "bixnas": dict(
+        module="bixnas", family="NAS",
+        paper="Wang et al. 2021, arXiv 2106.14033 (BiX-NAS; genotype architectures/bixnas_genotype.json)",
+        preset_kwargs={"smoke": {"width": 16, "full_res_width": 8}, "cpu": {"width": 16, "full_res_width": 8}}),
+}
+
+for _name, _d in _DECLARATIONS.items():
+    _d = dict(_d)
+    ARCHITECTURES.declare(_name, f"{__name__}.{_d.pop('module')}", **_d)
 
 
 def create_architecture(name: str, **kwargs):
-    """Build a registered architecture by name (or alias)."""
+    """Build a registered architecture by name (or alias); imports its module on first use."""
     return ARCHITECTURES.create(name, **kwargs)
 
 
@@ -44,8 +102,10 @@ def list_architectures(pattern: str = "*", include_aliases: bool = False) -> lis
 
 
 def architecture_entry(name: str):
+    """Metadata of a name or alias; ``.factory`` / ``.search_space`` import its module."""
     return ARCHITECTURES.entry(name)
 
 
-for _m in _MODULES:
-    importlib.import_module(f"{__name__}.{_m}")
+def architecture_modules() -> list[str]:
+    """Every module the table names (tests import them all to check the table)."""
+    return sorted({e.module for e in (ARCHITECTURES.entry(n) for n in ARCHITECTURES.names())})

@@ -159,10 +159,7 @@ def _search_space(trial):
             "integrate": trial.suggest_categorical("arch.integrate", [False, True])}
 
 
-@register_architecture("bionet", family="NAS",
-                       paper="Xiang et al. 2020, arXiv 2007.00243 (BiO-Net, 3D port)",
-                       search_space=_search_space,
-                       preset_kwargs={"smoke": {'base_channels': 8}, "cpu": {'base_channels': 8}})
+@register_architecture("bionet", search_space=_search_space)
 def bionet(in_channels: int = 1, out_channels: int = 1, spatial_size=None, **kwargs):
     """BiO-Net-3D, T=3 passes, depth 4, base width 16, pooling planned for the patch."""
     net = BiONet3D(in_channels, out_channels, spatial_size or _PAPER_PATCH, **kwargs)

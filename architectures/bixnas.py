@@ -467,10 +467,7 @@ def _search_space(trial):
     return {"width": trial.suggest_categorical("arch.width", [16, 24, 32])}
 
 
-@register_architecture("bixnas", family="NAS",
-                       paper="Wang et al. 2021, arXiv 2106.14033 (BiX-NAS; genotype architectures/bixnas_genotype.json)",
-                       search_space=_search_space,
-                       preset_kwargs={"smoke": {'width': 16, 'full_res_width': 8}, "cpu": {'width': 16, 'full_res_width': 8}})
+@register_architecture("bixnas", search_space=_search_space)
 def bixnas(in_channels: int = 1, out_channels: int = 1, spatial_size=None, genotype=None, **kwargs):
     """BiX-Net built from ``genotype`` (a Genotype, dict or JSON path; default the committed file)."""
     net = BiXNet(_as_genotype(genotype), in_channels, out_channels, spatial_size or _PAPER_PATCH, **kwargs)

@@ -98,10 +98,7 @@ def _search_space(trial):
     return {"channel_mul": trial.suggest_categorical("arch.channel_mul", [0.25, 0.5, 1.0])}
 
 
-@register_architecture("dints", family="NAS",
-                       paper="He et al. 2021, arXiv 2103.15954 (MONAI DiNTS, fixed decoded topology)",
-                       search_space=_search_space,
-                       preset_kwargs={"smoke": {'channel_mul': 0.25}, "cpu": {'channel_mul': 0.25}})
+@register_architecture("dints", search_space=_search_space)
 def dints(in_channels: int = 1, out_channels: int = 1, spatial_size=None, **kwargs):
     """MONAI DiNTS, 6 blocks x 3 depths, channel_mul 0.5, the fixed topology above."""
     net = dints_model(in_channels, out_channels, **kwargs)

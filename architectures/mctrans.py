@@ -264,9 +264,7 @@ def _search_space(trial):
             "dropout": trial.suggest_float("arch.dropout", 0.0, 0.2)}
 
 
-@register_architecture("mctrans", family="CNN+Transformer", paper="Ji et al. 2021, arXiv 2106.14385",
-                       search_space=_search_space,
-                       preset_kwargs={"smoke": {'widths': [8, 16, 32, 64, 128], 'decoder_widths': [8, 16, 32, 48], 'd_model': 48, 'num_layers': 2}, "cpu": {'widths': [8, 16, 32, 64, 128], 'decoder_widths': [8, 16, 32, 48], 'd_model': 48}})
+@register_architecture("mctrans", search_space=_search_space)
 def mctrans(in_channels: int = 1, out_channels: int = 1, spatial_size=None, **kwargs):
     """MCTrans-3D: VGG U-Net 16..256, dense TSA over levels 2-4 (96-d), 2 proxies fed back.
 

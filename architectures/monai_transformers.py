@@ -67,19 +67,14 @@ def _unetr_space(trial):
             "dropout_rate": trial.suggest_float("arch.dropout_rate", 0.0, 0.2)}
 
 
-@register_architecture("swinunetr", family="library",
-                       paper="Hatamizadeh et al. 2022, arXiv 2201.01266 (MONAI SwinUNETR)",
-                       search_space=_swin_space)
+@register_architecture("swinunetr", search_space=_swin_space)
 def swinunetr(in_channels: int = 1, out_channels: int = 1, spatial_size=None, **kwargs):
     """MONAI SwinUNETR at feature_size 12, inputs padded to a multiple of 32 (at least 32x32x64 zyx)."""
     return PadToMultiple(swinunetr_model(in_channels, out_channels, **kwargs), SWIN_MULTIPLE,
                          min_size_zyx=SWIN_MIN_SIZE)
 
 
-@register_architecture("unetr", family="library",
-                       paper="Hatamizadeh et al. 2022, arXiv 2103.10504 (MONAI UNETR)",
-                       search_space=_unetr_space,
-                       preset_kwargs={"smoke": {'hidden_size': 96, 'mlp_dim': 384, 'num_heads': 3, 'feature_size': 8}, "cpu": {'hidden_size': 96, 'mlp_dim': 384, 'num_heads': 3, 'feature_size': 12}})
+@register_architecture("unetr", search_space=_unetr_space)
 def unetr(in_channels: int = 1, out_channels: int = 1, spatial_size=None, **kwargs):
     """MONAI UNETR with a DeiT-Tiny-sized ViT, built for the patch rounded up to 16 voxels."""
     size = tuple(math.ceil(s / UNETR_PATCH) * UNETR_PATCH for s in (spatial_size or _PAPER_PATCH))

@@ -116,19 +116,13 @@ def _search_space(trial):
     return {"base_features": trial.suggest_categorical("arch.base_features", [16, 24, 32])}
 
 
-@register_architecture("nnunet_plain", family="library",
-                       paper="Isensee et al. 2021, arXiv 1809.10486 (nnU-Net 3d_fullres, dynamic-network-architectures)",
-                       search_space=_search_space,
-                       preset_kwargs={"smoke": {'base_features': 8}, "cpu": {'base_features': 12}})
+@register_architecture("nnunet_plain", search_space=_search_space)
 def nnunet_plain(in_channels: int = 1, out_channels: int = 1, spatial_size=None, **kwargs):
     """nnU-Net's default PlainConvUNet, planned for the patch, deep supervision in train mode."""
     return _build(in_channels, out_channels, spatial_size, residual=False, **kwargs)
 
 
-@register_architecture("nnunet_resenc", family="library",
-                       paper="Isensee et al. 2024, arXiv 2404.09556 (nnU-Net ResEnc, dynamic-network-architectures)",
-                       search_space=_search_space,
-                       preset_kwargs={"smoke": {'base_features': 8}, "cpu": {'base_features': 12}})
+@register_architecture("nnunet_resenc", search_space=_search_space)
 def nnunet_resenc(in_channels: int = 1, out_channels: int = 1, spatial_size=None, **kwargs):
     """nnU-Net's residual-encoder U-Net (ResEnc block counts), planned for the patch."""
     return _build(in_channels, out_channels, spatial_size, residual=True, **kwargs)

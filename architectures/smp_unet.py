@@ -53,10 +53,7 @@ def _search_space(trial):
     return {"encoder_name": trial.suggest_categorical("arch.encoder_name", ["resnet18", "resnet34"])}
 
 
-@register_architecture("smp_unet", family="library",
-                       paper="Ronneberger et al. 2015, arXiv 1505.04597; ResNet encoder (segmentation-models-pytorch-3d)",
-                       search_space=_search_space,
-                       preset_kwargs={"smoke": {'decoder_channels': [32, 16, 8, 8, 8]}, "cpu": {'decoder_channels': [64, 32, 16, 8, 8]}})
+@register_architecture("smp_unet", search_space=_search_space)
 def smp_unet(in_channels: int = 1, out_channels: int = 1, spatial_size=None, **kwargs):
     """U-Net with a randomly initialised 3D ResNet-18 encoder, strides planned for the patch."""
     net, multiple = smp_unet_model(in_channels, out_channels, spatial_size or _PAPER_PATCH, **kwargs)

@@ -325,9 +325,7 @@ def _build(in_channels, out_channels, spatial_size, defaults, kwargs):
     return TransFuse3D(in_channels, out_channels, spatial_size=spatial_size or (32, 64, 64), **cfg)
 
 
-@register_architecture("transfuse_s", aliases=("transfuse",), family="CNN+Transformer", paper=_PAPER,
-                       search_space=_search_space,
-                       preset_kwargs={"smoke": {'cnn_widths': [8, 16, 32], 'embed_dim': 48, 'vit_depth': 2, 'num_heads': 4, 'patch_size': 2}, "cpu": {'cnn_widths': [16, 32, 64], 'embed_dim': 96, 'vit_depth': 4, 'num_heads': 4, 'patch_size': 4}})
+@register_architecture("transfuse_s", search_space=_search_space)
 def transfuse_s(in_channels: int = 1, out_channels: int = 1, spatial_size=None, **kwargs):
     """TransFuse-S-3D: ResNet-ish CNN (32/64/128) + 6-block ViT (192-d, patch 8)."""
     return _build(in_channels, out_channels, spatial_size,
@@ -335,8 +333,7 @@ def transfuse_s(in_channels: int = 1, out_channels: int = 1, spatial_size=None, 
                   kwargs)
 
 
-@register_architecture("transfuse_l", family="CNN+Transformer", paper=_PAPER, search_space=_search_space,
-                       preset_kwargs={"smoke": {'cnn_widths': [8, 16, 32], 'embed_dim': 48, 'vit_depth': 2, 'num_heads': 4, 'patch_size': 2}, "cpu": {'cnn_widths': [24, 48, 96], 'embed_dim': 192, 'vit_depth': 6, 'num_heads': 6, 'patch_size': 4}})
+@register_architecture("transfuse_l", search_space=_search_space)
 def transfuse_l(in_channels: int = 1, out_channels: int = 1, spatial_size=None, **kwargs):
     """TransFuse-L-3D: wider, deeper CNN (48/96/192) + 8-block ViT (384-d, patch 8)."""
     return _build(in_channels, out_channels, spatial_size,

@@ -92,9 +92,7 @@ def _search_space(trial):
             "dropout": trial.suggest_float("arch.dropout", 0.0, 0.3)}
 
 
-@register_architecture("unet3d", family="CNN", paper="Çiçek et al. 2016, arXiv 1606.06650 (3DUNet-Pytorch, strided-conv downsampling)",
-                       search_space=_search_space,
-                       preset_kwargs={"smoke": {"base_channels": 8}, "cpu": {"base_channels": 12}})
+@register_architecture("unet3d", search_space=_search_space)
 def unet3d(in_channels: int = 1, out_channels: int = 1, spatial_size=None, **kwargs):
     """The paper's 3D U-Net (base 32, four levels, strided-conv downsampling)."""
     return UNet3D(in_channels, out_channels, **kwargs)

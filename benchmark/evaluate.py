@@ -179,7 +179,22 @@ def evaluate_run(model, store, cfg: RunConfig, device, tracker: Tracker, out_dir
         tracker.log_artifact(png, "plots")
     if (out_dir / "best.pt").exists():
         tracker.log_artifact(out_dir / "best.pt", "checkpoints")
+    if len(images):
+        # the selected model as an MLflow model: `mlflow.pytorch.load_model(<the run's model_uri tag>)`,
+        # the model registry and `bench predict`; its input example is a real test patch
+        from .tracking import log_pytorch_model
+        log_pytorch_model(tracker, model, images[:1, None], metadata=model_metadata(cfg))
     return summary
+
+
+def model_metadata(cfg: RunConfig) -> dict:
+    """What a user of the logged model needs to feed it: the input grid and intensity mapping."""
+    z, y, x = cfg.data.patch_zyx
+    return {"arch": cfg.model.arch, "spacing_mm": cfg.data.spacing_mm, "patch_zyx": [z, y, x],
+            "crop_zyx": list(cfg.data.crop_zyx), "hu_window": list(cfg.data.hu_window),
+            "threshold": cfg.eval.threshold,
+            "input": "CT resampled to spacing_mm isotropic, HU clipped to hu_window and mapped to [0, 1], "
+                     "tensor (B, 1, Z, Y, X); output: logits, sigmoid > threshold is the nodule"}
 
 
 def _plain(x):

@@ -156,7 +156,8 @@ class Tracker:
         settings = settings or load_settings()
         cl = client(settings)
         exp_id = experiment_id(cl, settings, experiment)
-        all_tags = {**environment_tags(), **tags}
+        mark_training_experiment(cl, exp_id)
+        all_tags = {**environment_tags(), **source_tags(), **tags}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = cl.create_run(exp_id, run_name=run_name, tags=all_tags)
@@ -271,3 +272,211 @@ def sync_offline(path: str | Path, settings: TrackingSettings | None = None) -> 
         sent += 1
     p.rename(p.with_suffix(".synced"))
     return sent
+
+
+# ------------------------------------------------------------------------------------------
+# What makes a run usable beyond its numbers: the MLflow UI's view of it, standard source
+# tags, the split as a dataset input, the selected model as an MLflow model, the registry.
+# ------------------------------------------------------------------------------------------
+#: the experiment tag MLflow 3's UI reads to choose between its GenAI pages (traces,
+#: evaluations) and its classic model-training pages (the runs table)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_EXPERIMENT_KIND = "custom_model_development"
+#: a saved view of the runs table (MLflow's "share view" mechanism: an experiment tag
+#: ``mlflow.sharedViewState.<key>`` holding the view as JSON, opened with ``?viewStateShareKey=<key>``):
+#: the UI's default columns are Source/Models/Dataset only, this one adds the headline metrics
+RUNS_VIEW_KEY = "lidc-bench-runs"
+HEADLINE_METRICS = ("test_dice", "test_hd95_mm", "test_nsd", "best_val_dice", "params")
+RUNS_VIEW_TAGS = ("arch", "loss", "preset", "seed")
+#: name of the logged MLflow model (a LoggedModel of the run, loaded by its ``models:/<model_id>`` URI)
+MODEL_ARTIFACT = "model"
+
+
+def quiet_mlflow_logging(level: str = "WARNING"):
+    """Keep MLflow's INFO lines ("Creating initial MLflow database tables", ...) off the console.
+
+    Setting ``logging.getLogger("mlflow")``'s level is not enough: ``import mlflow``
+    (re)configures its own loggers from ``MLFLOW_LOGGING_LEVEL`` (default INFO), undoing a
+    level set before the import. So the variable is set (also for the ``mlflow ui``
+    subprocess) and, if mlflow is already imported, its loggers are lowered as well.
+    """
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", level)
+    wanted = os.environ["MLFLOW_LOGGING_LEVEL"].upper()
+    if "mlflow" in sys.modules:
+        for name in ("mlflow", "alembic", "huey"):
+            logging.getLogger(name).setLevel(wanted)
+
+
+def mark_training_experiment(cl, exp_id: str):
+    """Tag the experiment as a model-training one so the UI opens on its runs table."""
+    try:
+        exp = cl.get_experiment(exp_id)
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_EXPERIMENT_KIND:
+            cl.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND)
+        view = runs_view_state()
+        if exp.tags.get(f"mlflow.sharedViewState.{RUNS_VIEW_KEY}") != view:
+            cl.set_experiment_tag(exp_id, f"mlflow.sharedViewState.{RUNS_VIEW_KEY}", view)
+    except Exception as e:  # noqa: BLE001 - a UI nicety, never worth failing a run for
+        log.warning("could not tag experiment %s as a training experiment: %s", exp_id, e)
+
+
+def runs_view_state() -> str:
+    """The saved runs-table view: sorted by test Dice, headline metrics and tags as columns."""
+    def key(kind, name):
+        return f"{kind}.`{name}`"
+    columns = ([key("attributes", a) for a in ("Source", "Models", "Dataset")]
+               + [key("metrics", m) for m in HEADLINE_METRICS] + [key("tags", t) for t in RUNS_VIEW_TAGS])
+    return json.dumps({"orderByKey": key("metrics", "test_dice"), "orderByAsc": False, "selectedColumns": columns})
+
+
+def runs_page_url(base_url: str, exp_id: str) -> str:
+    """Where to point a browser: the experiment's runs table in the view above."""
+    return f"{base_url.rstrip('/')}/#/experiments/{exp_id}/runs?viewStateShareKey={RUNS_VIEW_KEY}"
+
+
+def source_tags(argv: list[str] | None = None) -> dict[str, str]:
+    """MLflow's standard ``mlflow.source.*`` and ``mlflow.user`` tags (the UI's Source/User columns)."""
+    import getpass
+    from mlflow.utils.mlflow_tags import (MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE,
+                                          MLFLOW_USER)
+    argv = list(sys.argv if argv is None else argv)
+    script = Path(argv[0]).name if argv else ""
+    # `bench run ...` and `python -m benchmark.cli run ...` are the same entry point
+    if script in ("bench", "cli.py", "__main__.py", "-m", "-c") or script.endswith("benchmark.cli"):
+        name = "bench " + (argv[1] if len(argv) > 1 and not argv[1].startswith("-") else "")
+    else:
+        name = script or "python"
+    tags = {MLFLOW_SOURCE_NAME: name.strip(), MLFLOW_SOURCE_TYPE: "LOCAL"}
+    try:
+        tags[MLFLOW_USER] = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        pass
+    commit = git_commit()
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        return out or None
+    except Exception:  # noqa: BLE001 - not a git checkout (installed from a wheel)
+        return None
+
+
+def log_split_inputs(tracker: "Tracker", table, split_hash: str, dataset_name: str, split_file: str | Path):
+    """The split as MLflow dataset inputs: one per split (context train/val/test), each the
+    nodule table of that split, with the split file as its source and the split hash in its name."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+    cols = [c for c in ("nodule_id", "patient_id", "split", "diameter_mm", "texture_class", "size_bin")
+            if c in table.columns]
+    inputs = []
+    for split in ("train", "val", "test"):
+        part = table.loc[table["split"] == split, cols].reset_index(drop=True)
+        if part.empty:
+            continue
+        ds = mlflow.data.from_pandas(part, source=Path(split_file).resolve().as_uri(),
+                                     name=f"{dataset_name}-{split}@{split_hash[:8]}")
+        inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)]))
+    if not inputs:
+        return
+    try:
+        tracker.client.log_inputs(tracker.run_id, datasets=inputs)
+    except Exception as e:  # noqa: BLE001 - the split hash is in the tags too; never fail a run here
+        print(f"warning: could not log the split as MLflow dataset inputs ({type(e).__name__}: {str(e)[:120]})",
+              file=sys.stderr)
+
+
+def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict | None = None) -> str | None:
+    """Log ``model`` as the run's MLflow PyTorch model; returns its URI (``models:/<model_id>``,
+    also in the run's ``model_uri`` tag).
+
+    The flavour pickles the whole module (class references into ``architectures``), so
+    ``mlflow.pytorch.load_model`` needs lidc-bench importable and must only be used on runs you
+    trust: unpickling executes code. Our own checkpoints stay ``weights_only`` state dicts.
+    ``input_example``: one normalised patch (1, 1, Z, Y, X) float32; the signature is inferred
+    from it and the model's logits.
+    """
+    import copy
+
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    example = np.ascontiguousarray(input_example, dtype=np.float32)
+    with torch.no_grad():
+        out = cpu_model(torch.from_numpy(example))
+        out = out[0] if isinstance(out, (list, tuple)) else out
+    signature = infer_signature(example, out.numpy())
+    # MLflow warns about pickle on every call; the trade-off is documented here and in the README
+    flavour_log = logging.getLogger("mlflow.pytorch")
+    level = flavour_log.level
+    flavour_log.setLevel(logging.ERROR)
+    try:
+        info = mlflow.pytorch.log_model(
+            cpu_model, name=MODEL_ARTIFACT, run_id=tracker.run_id, signature=signature,
+            input_example=example, metadata=metadata or {},
+            # the flavour's default in MLflow 3.17 is torch.export ("pt2"): it returned a graph with
+            # the batch size fixed to the example's (seen on unet3d), and export cannot trace every
+            # model; pickle keeps the module as trained
+            serialization_format="pickle",
+            # listed, not inferred: inference loads the model in a subprocess (slow) and would
+            # list every package of the environment
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={_version('mlflow')}",
+                              f"lidc-bench=={__version__}"])
+    except Exception as e:  # noqa: BLE001 - the checkpoint is logged as well; the run stays valid
+        print(f"warning: could not log the MLflow model ({type(e).__name__}: {str(e)[:160]}); "
+              f"the weights are in the run's checkpoints/best.pt", file=sys.stderr)
+        return None
+    finally:
+        flavour_log.setLevel(level)
+    # MLflow 3 stores a model as a LoggedModel of its own (``models:/<model_id>``); that URI is
+    # what load_model and the registry resolve reliably
+    model_id = getattr(info, "model_id", None)
+    uri = f"models:/{model_id}" if model_id else info.model_uri
+    tracker.set_tags({"model_uri": uri, "model_id": model_id or ""})
+    return uri
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import version
+    return version(pkg)
+
+
+def register_model(run_id: str, name: str, description: str | None = None,
+                   settings: TrackingSettings | None = None):
+    """Register a finished run's MLflow model under ``name`` in the model registry; the
+    description (e.g. its leaderboard row) goes on the new version. Returns the ModelVersion."""
+    import re
+    from mlflow.exceptions import MlflowException
+    if not re.fullmatch(r"[0-9a-f]{32}", run_id or ""):
+        raise UsageError(f"{run_id!r} is not a run id (32 hex digits)")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name or ""):
+        raise UsageError(f"model name {name!r}: use letters, digits, '.', '_' and '-'")
+    cl = client(settings)
+    try:
+        run = cl.get_run(run_id)
+    except MlflowException:
+        raise UsageError(f"no MLflow run {run_id!r} in {cl.tracking_uri}") from None
+    if run.info.status != "FINISHED":
+        raise UsageError(f"run {run_id} is {run.info.status}, not FINISHED: register finished runs only")
+    if "model_uri" not in run.data.tags:
+        raise UsageError(f"run {run_id} has no MLflow model (runs from before models were logged: "
+                         f"re-run it, or use its checkpoints/best.pt)")
+    try:
+        cl.get_registered_model(name)
+    except MlflowException:
+        cl.create_registered_model(name, tags={"project": "lidc-bench"},
+                                   description="lidc-bench models; each version's description is its leaderboard row")
+    model_id = run.data.tags.get("model_id") or None
+    source = f"models:/{model_id}" if model_id else run.data.tags["model_uri"]
+    version = cl.create_model_version(name, source, run_id=run_id, description=description,
+                                      tags={k: run.data.tags[k] for k in ("arch", "loss", "preset", "seed")
+                                            if k in run.data.tags},
+                                      model_id=model_id)
+    return version

@@ -350,6 +350,9 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
             tracker.log_params(cfg.flat())
             tracker.log_text(cfg.to_yaml(), "config.yaml")
             tracker.set_tags({"world_size": dist.world})
+            from .data.split import SPLIT_PATH
+            from .tracking import log_split_inputs
+            log_split_inputs(tracker, store.table, store.split_hash, "lidc-" + cfg.data.source, SPLIT_PATH)
         # who runs it now: lets `bench suite` tell a hard-killed run (still RUNNING) from a live one
         tracker.set_tags(owner_tags())
         tracker.start_system_metrics()
