@@ -34,6 +34,8 @@ Defaults: T = 3, depth 4, base 16. Single output, no deep supervision.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -42,43 +44,59 @@ from benchmark.errors import UsageError
 from . import register_architecture
 from ._layers import PadToMultiple, plan_strides, total_stride
 
-__all__ = ["BiONet3D", "RecurrentConv"]
+__all__ = ["BiONet3D", "RecurrentConv", "make_norm", "NORMS"]
 
 _PAPER_PATCH = (32, 64, 64)
 
 
+NORMS = ("instance", "batch")
+
+
+def make_norm(channels: int, kind: str = "instance", momentum: float = 0.1) -> nn.Module:
+    """The normalisation after every conv: ``instance`` (default) or ``batch`` (the papers').
+
+    Why instance norm by default: see the module docstring ("Normalisation"). ``momentum`` is
+    BatchNorm's (PyTorch semantics); instance norm keeps no running statistics.
+    """
+    if kind == "instance":
+        return nn.InstanceNorm3d(channels, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm3d(channels, momentum=momentum)
+    raise UsageError(f"unknown norm {kind!r} (choose from {', '.join(NORMS)})")
+
+
 class RecurrentConv(nn.Module):
-    """One convolution shared by all passes, with its own BatchNorm per pass: conv -> BN[t] -> ReLU.
+    """One convolution shared by all passes, with its own norm per pass: conv -> norm[t] -> ReLU.
 
     ``transposed=True`` makes it an up-sampling ConvTranspose3d with kernel = stride.
-    ``passes`` lists the passes that use it (BiX-Net builds norms only for passes it runs).
+    ``passes`` lists the passes that use it (BiX-Net builds norms only for passes it runs);
+    ``norm(channels)`` makes each pass's norm (see :func:`make_norm`).
     """
 
-    def __init__(self, cin: int, cout: int, passes, momentum: float = 0.1, stride=(1, 1, 1),
+    def __init__(self, cin: int, cout: int, passes, norm=make_norm, stride=(1, 1, 1),
                  transposed: bool = False):
         super().__init__()
         if transposed:
             self.conv = nn.ConvTranspose3d(cin, cout, tuple(stride), stride=tuple(stride), bias=False)
         else:
             self.conv = nn.Conv3d(cin, cout, 3, stride=tuple(stride), padding=1, bias=False)
-        self.norms = nn.ModuleDict({str(t): nn.BatchNorm3d(cout, momentum=momentum) for t in passes})
+        self.norms = nn.ModuleDict({str(t): norm(cout) for t in passes})
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x, t: int):
         return self.act(self.norms[str(t)](self.conv(x)))
 
 
-def _plain_conv(cin: int, cout: int, momentum: float) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(cin, cout, 3, padding=1, bias=False),
-                         nn.BatchNorm3d(cout, momentum=momentum), nn.ReLU(inplace=True))
+def _plain_conv(cin: int, cout: int, norm) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, padding=1, bias=False), norm(cout), nn.ReLU(inplace=True))
 
 
 class _EncoderLevel(nn.Module):
-    def __init__(self, cin: int, cout: int, passes, momentum: float, pool_stride):
+    def __init__(self, cin: int, cout: int, passes, norm, pool_stride):
         super().__init__()
-        self.conv1 = RecurrentConv(2 * cin, cin, passes, momentum)
-        self.conv2 = RecurrentConv(cin, cin, passes, momentum)
-        self.widen = RecurrentConv(cin, cout, passes, momentum)
+        self.conv1 = RecurrentConv(2 * cin, cin, passes, norm)
+        self.conv2 = RecurrentConv(cin, cin, passes, norm)
+        self.widen = RecurrentConv(cin, cout, passes, norm)
         self.pool = nn.MaxPool3d(tuple(pool_stride), stride=tuple(pool_stride))
 
     def forward(self, x, backward_skip, t: int):
@@ -89,11 +107,11 @@ class _EncoderLevel(nn.Module):
 class _DecoderLevel(nn.Module):
     """``up_passes``: the passes whose up-sampled output is used (see BiONet3D)."""
 
-    def __init__(self, c_below: int, c: int, passes, momentum: float, up_stride, up_passes):
+    def __init__(self, c_below: int, c: int, passes, norm, up_stride, up_passes):
         super().__init__()
-        self.conv1 = RecurrentConv(c_below + c, c, passes, momentum)
-        self.conv2 = RecurrentConv(c, c, passes, momentum)
-        self.up = RecurrentConv(c, c, up_passes, momentum, stride=up_stride, transposed=True)
+        self.conv1 = RecurrentConv(c_below + c, c, passes, norm)
+        self.conv2 = RecurrentConv(c, c, passes, norm)
+        self.up = RecurrentConv(c, c, up_passes, norm, stride=up_stride, transposed=True)
 
     def forward(self, x, forward_skip, t: int):
         skip = self.conv2(self.conv1(torch.cat([x, forward_skip], dim=1), t), t)
@@ -103,7 +121,7 @@ class _DecoderLevel(nn.Module):
 class BiONet3D(nn.Module):
     def __init__(self, in_channels: int = 1, out_channels: int = 1, spatial_size=_PAPER_PATCH,
                  base_channels: int = 16, depth: int = 4, iterations: int = 3, integrate: bool = False,
-                 bn_momentum: float = 0.1):
+                 norm: str = "instance", bn_momentum: float = 0.1):
         super().__init__()
         if depth < 1 or iterations < 1:
             raise UsageError(f"bionet: depth and iterations must be >= 1, got depth={depth}, iterations={iterations}")
@@ -113,7 +131,8 @@ class BiONet3D(nn.Module):
         self.min_divisor = total_stride(self.strides)
         widths = [base_channels * 2 ** i for i in range(depth + 1)]
         passes = range(iterations)
-        m = bn_momentum
+        m = partial(make_norm, kind=norm, momentum=bn_momentum)
+        m(1)  # an unknown norm fails here, with its one-line message
         self.stem = nn.Sequential(_plain_conv(in_channels, widths[0], m), _plain_conv(widths[0], widths[0], m),
                                   _plain_conv(widths[0], widths[0], m),
                                   nn.MaxPool3d(self.strides[0], stride=self.strides[0]))
