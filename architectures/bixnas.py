@@ -17,30 +17,33 @@ first, so its genes do not transfer verbatim). An empty list marks a pruned bloc
 
 Because every block has the same width, its inputs are fused by resizing them trilinearly to the
 block's resolution and averaging them, not by concatenation; then two 3x3x3 convs. The convs of
-a (path, level) are shared by all passes, each pass has its own BatchNorm (BiO-Net's rule).
+a (path, level) are shared by all passes, each pass has its own norm (BiO-Net's rule).
 :func:`prune` walks back from the output (the finest decoder of the last pass) and empties every
 block the output does not depend on; a (path, level) dead in every pass gets no convolution, and
 the bridge none if no pass reaches it.
 
 What changed from the original, and for 3D:
-  * Conv3d/BatchNorm3d, trilinear resizing; widths 24 at every level and 16 at full resolution
+  * Conv3d, instance norm by default (``norm="batch"`` for BatchNorm; why: ``bionet.py``,
+    "Normalisation"), a zero-initialised head (``bionet.py``, "Initialisation"), trilinear
+    resizing; fused inputs averaged as one matrix product so MACs count them (:func:`fuse`); widths 24 at every level and 16 at full resolution
     (the original: 48 and 32);
   * the stem is one full-resolution conv then a strided 3x3x3 conv (the original: three
     full-resolution convs then max-pool), and the post block one full-resolution conv before the
     1x1x1 head (the original: two): at 64x64x32 the full-resolution convs were most of the cost;
   * pooling per axis planned from the patch with nnU-Net's rule (``_layers.plan_strides``): the
     original's five 2x poolings would take z to 1 voxel at 64x64x32;
-  * BatchNorm momentum 0.1 in PyTorch semantics (the original passes 0.99, a Keras carry-over
+  * with ``norm="batch"``, BatchNorm momentum 0.1 in PyTorch semantics (the original passes 0.99, a Keras carry-over
     under which the running statistics are the last batch's);
   * pruning is an exact backward walk over the data flow from the output; the original's
     search-time BFS assumes every block of the last decoder stage is alive;
-  * the search (``sample_genotype``) draws each candidate skip as an Optuna boolean instead of
-    BiX-NAS's differentiable Phase 1 + evolutionary Phase 2; stages are drawn last stage first,
-    the order BiX-NAS's progressive Phase 2 searches them, and the last decoder stage always keeps
-    its sequential input (as in BiX-NAS). Scoring (Dice vs MACs) belongs to the search driver.
+  * the search: phase one is :class:`BiXSuperNet` (BiX-NAS's differentiable selection over every
+    skip, pruned progressively rather than by one argmax); phase two draws each phase-one skip
+    as an Optuna boolean (``sample_genotype(within=...)``) for NSGA-II instead of BiX-NAS's
+    stage-by-stage evolutionary search with shared weights; the last decoder stage always keeps
+    its sequential input (as in BiX-NAS). Scoring (Dice vs MACs) belongs to ``benchmark/nas.py``.
 
-``bixnas`` is built from ``architectures/bixnas_genotype.json``; until the lead's recorded
-search replaces it, that file holds the full bi-directional genotype (every skip on).
+``bixnas`` is built from ``architectures/bixnas_genotype.json``, written by
+``bench search bixnas --choose`` with the search's MLflow runs and budget.
 """
 from __future__ import annotations
 
@@ -57,7 +60,7 @@ from benchmark.errors import BenchError, UsageError
 
 from . import register_architecture
 from ._layers import PadToMultiple, plan_strides, total_stride
-from .bionet import RecurrentConv, make_norm
+from .bionet import RecurrentConv, make_norm, zero_head
 
 __all__ = ["Genotype", "Choice", "BiXNet", "BiXSuperNet", "fuse", "search_space_choices", "search_stages", "sample_genotype",
            "prune", "alive_nodes", "load_genotype", "save_genotype", "GENOTYPE_PATH"]
@@ -450,6 +453,7 @@ class BiXNet(nn.Module):
         self.post = nn.Sequential(nn.Conv3d(width, full_res_width, 3, padding=1, bias=False),
                                   m(full_res_width), nn.ReLU(inplace=True))
         self.head = nn.Conv3d(full_res_width, out_channels, 1)
+        zero_head(self.head)
 
     def forward(self, x):
         g, L = self.genotype, self.genotype.levels

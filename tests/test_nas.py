@@ -48,7 +48,8 @@ def test_two_phase_search_never_reads_the_test_split(bench_home, monkeypatch):
 
     monkeypatch.setattr(CropStore, "indices", guarded)
     meta = _meta("smoke", epochs=1, phase1_epochs=2)
-    best = search("nas-t", None, 3, meta, ["train.batch_size=4"], population=2, show_progress=False)
+    lean = ["train.batch_size=4", "train.steps_per_epoch=2", "model.kwargs.width=8", "model.kwargs.full_res_width=4"]
+    best = search("nas-t", None, 3, meta, lean, population=2, show_progress=False)
     study = _study("nas-t", None, 1, None, create=False)[0]
     assert best and all(t.number in {s.number for s in study.best_trials} for t in best)
 
@@ -66,6 +67,7 @@ def test_two_phase_search_never_reads_the_test_split(bench_home, monkeypatch):
             assert all(set(ins) <= set(ins1) for ins, ins1 in zip(stage, stage1))
     b = budget(study)
     assert b["phase1_s"] > 0 and b["phase2_s"] > 0 and b["epochs"] == 2 + 3 and b["device_kind"] == "cpu"
+    assert b["full_trainings"] == pytest.approx(5 / 2)  # the smoke preset trains 2 epochs
 
     cl = client()
     parent = study.user_attrs["mlflow_parent_run_id"]
