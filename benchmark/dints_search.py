@@ -23,7 +23,6 @@ the decoded codes do not depend on the width, and ``dints`` rebuilds them at its
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
