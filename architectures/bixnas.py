@@ -24,7 +24,7 @@ the bridge none if no pass reaches it.
 
 What changed from the original, and for 3D:
   * Conv3d, instance norm by default (``norm="batch"`` for BatchNorm; why: ``bionet.py``,
-    "Normalisation"), a head initialised near zero (``bionet.py``, "Initialisation"), trilinear
+    "Normalisation"), trilinear
     resizing; fused inputs averaged as one matrix product so MACs count them (:func:`fuse`); widths 24 at every level and 16 at full resolution
     (the original: 48 and 32);
   * the stem is one full-resolution conv then a strided 3x3x3 conv (the original: three
@@ -60,7 +60,7 @@ from benchmark.errors import BenchError, UsageError
 
 from . import register_architecture
 from ._layers import PadToMultiple, plan_strides, total_stride
-from .bionet import RecurrentConv, make_norm, small_head
+from .bionet import RecurrentConv, make_norm
 
 __all__ = ["Genotype", "Choice", "BiXNet", "BiXSuperNet", "fuse", "search_space_choices", "search_stages", "sample_genotype",
            "prune", "alive_nodes", "load_genotype", "save_genotype", "GENOTYPE_PATH"]
@@ -453,7 +453,6 @@ class BiXNet(nn.Module):
         self.post = nn.Sequential(nn.Conv3d(width, full_res_width, 3, padding=1, bias=False),
                                   m(full_res_width), nn.ReLU(inplace=True))
         self.head = nn.Conv3d(full_res_width, out_channels, 1)
-        small_head(self.head)
 
     def forward(self, x):
         g, L = self.genotype, self.genotype.levels
