@@ -7,16 +7,15 @@ import torch
 
 
 def test_dints_without_a_committed_search_is_the_fixed_topology():
-    from architectures import create_architecture
-    from architectures.dints import FIXED_TOPOLOGY, GENOTYPE_PATH
+    from architectures import architecture_entry
+    from architectures.dints import FIXED_TOPOLOGY, GENOTYPE_PATH, default_topology
+    assert architecture_entry("dints_fixed").family == "NAS"
     if GENOTYPE_PATH.exists():  # a real search was committed: it must say where it came from
         meta = json.loads(GENOTYPE_PATH.read_text())["meta"]
         assert meta["source"] == "bench search dints" and meta["preset"] in ("cpu", "paper") and meta["mlflow_run_id"]
-        return
-    a = create_architecture("dints", spatial_size=(8, 16, 16), channel_mul=0.25)
-    b = create_architecture("dints_fixed", spatial_size=(8, 16, 16), channel_mul=0.25)
-    assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
-    assert np.array_equal(a.module.node_a, np.asarray(FIXED_TOPOLOGY["node_a"]))
+        assert default_topology()["arch_code_a"] == json.loads(GENOTYPE_PATH.read_text())["arch_code_a"]
+    else:
+        assert default_topology() is FIXED_TOPOLOGY
 
 
 def test_smoke_dints_search_needs_an_explicit_out(bench_home):
