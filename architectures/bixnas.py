@@ -24,16 +24,16 @@ the bridge none if no pass reaches it.
 
 What changed from the original, and for 3D:
   * Conv3d, instance norm by default (``norm="batch"`` for BatchNorm; why: ``bionet.py``,
-    "Normalisation"), trilinear
-    resizing; fused inputs averaged as one matrix product so MACs count them (:func:`fuse`); widths 24 at every level and 16 at full resolution
-    (the original: 48 and 32);
+    "Normalisation"), trilinear resizing; fused inputs averaged as one matrix product so the
+    MACs count them (:func:`fuse`); widths 24 at every level and 16 at full resolution (the
+    original: 48 and 32);
   * the stem is one full-resolution conv then a strided 3x3x3 conv (the original: three
     full-resolution convs then max-pool), and the post block one full-resolution conv before the
     1x1x1 head (the original: two): at 64x64x32 the full-resolution convs were most of the cost;
   * pooling per axis planned from the patch with nnU-Net's rule (``_layers.plan_strides``): the
     original's five 2x poolings would take z to 1 voxel at 64x64x32;
-  * with ``norm="batch"``, BatchNorm momentum 0.1 in PyTorch semantics (the original passes 0.99, a Keras carry-over
-    under which the running statistics are the last batch's);
+  * with ``norm="batch"``, BatchNorm momentum 0.1 in PyTorch semantics (the original passes
+    0.99, a Keras carry-over under which the running statistics are the last batch's);
   * pruning is an exact backward walk over the data flow from the output; the original's
     search-time BFS assumes every block of the last decoder stage is alive;
   * the search: phase one is :class:`BiXSuperNet` (BiX-NAS's differentiable selection over every
