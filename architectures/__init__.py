@@ -76,7 +76,12 @@ _DECLARATIONS: dict[str, dict] = {
                        "cpu": {"hidden_size": 96, "mlp_dim": 384, "num_heads": 3, "feature_size": 12}}),
     "dints": dict(
         module="dints", family="NAS",
-        paper="He et al. 2021, arXiv 2103.15954 (MONAI DiNTS, fixed decoded topology)",
+        paper="He et al. 2021, arXiv 2103.15954 (MONAI DiNTS; topology searched here by `bench search dints` "
+              "once architectures/dints_genotype.json exists, else the fixed one)",
+        preset_kwargs={"smoke": {"channel_mul": 0.25}, "cpu": {"channel_mul": 0.25}}),
+    "dints_fixed": dict(
+        module="dints", family="NAS",
+        paper="He et al. 2021, arXiv 2103.15954 (MONAI DiNTS, fixed decoded topology, not searched on this data)",
         preset_kwargs={"smoke": {"channel_mul": 0.25}, "cpu": {"channel_mul": 0.25}}),
     "bionet": dict(
         module="bionet", family="NAS", paper="Xiang et al. 2020, arXiv 2007.00243 (BiO-Net, 3D port)",

@@ -17,35 +17,39 @@ first, so its genes do not transfer verbatim). An empty list marks a pruned bloc
 
 Because every block has the same width, its inputs are fused by resizing them trilinearly to the
 block's resolution and averaging them, not by concatenation; then two 3x3x3 convs. The convs of
-a (path, level) are shared by all passes, each pass has its own BatchNorm (BiO-Net's rule).
+a (path, level) are shared by all passes, each pass has its own norm (BiO-Net's rule).
 :func:`prune` walks back from the output (the finest decoder of the last pass) and empties every
 block the output does not depend on; a (path, level) dead in every pass gets no convolution, and
 the bridge none if no pass reaches it.
 
 What changed from the original, and for 3D:
-  * Conv3d/BatchNorm3d, trilinear resizing; widths 24 at every level and 16 at full resolution
-    (the original: 48 and 32);
+  * Conv3d, instance norm by default (``norm="batch"`` for BatchNorm; why: ``bionet.py``,
+    "Normalisation"), trilinear resizing; fused inputs averaged as one matrix product so the
+    MACs count them (:func:`fuse`); widths 24 at every level and 16 at full resolution (the
+    original: 48 and 32);
   * the stem is one full-resolution conv then a strided 3x3x3 conv (the original: three
     full-resolution convs then max-pool), and the post block one full-resolution conv before the
     1x1x1 head (the original: two): at 64x64x32 the full-resolution convs were most of the cost;
   * pooling per axis planned from the patch with nnU-Net's rule (``_layers.plan_strides``): the
     original's five 2x poolings would take z to 1 voxel at 64x64x32;
-  * BatchNorm momentum 0.1 in PyTorch semantics (the original passes 0.99, a Keras carry-over
-    under which the running statistics are the last batch's);
+  * with ``norm="batch"``, BatchNorm momentum 0.1 in PyTorch semantics (the original passes
+    0.99, a Keras carry-over under which the running statistics are the last batch's);
   * pruning is an exact backward walk over the data flow from the output; the original's
     search-time BFS assumes every block of the last decoder stage is alive;
-  * the search (``sample_genotype``) draws each candidate skip as an Optuna boolean instead of
-    BiX-NAS's differentiable Phase 1 + evolutionary Phase 2; stages are drawn last stage first,
-    the order BiX-NAS's progressive Phase 2 searches them, and the last decoder stage always keeps
-    its sequential input (as in BiX-NAS). Scoring (Dice vs MACs) belongs to the search driver.
+  * the search: phase one is :class:`BiXSuperNet` (BiX-NAS's differentiable selection over every
+    skip, pruned progressively rather than by one argmax); phase two draws each phase-one skip
+    as an Optuna boolean (``sample_genotype(within=...)``) for NSGA-II instead of BiX-NAS's
+    stage-by-stage evolutionary search with shared weights; the last decoder stage always keeps
+    its sequential input (as in BiX-NAS). Scoring (Dice vs MACs) belongs to ``benchmark/nas.py``.
 
-``bixnas`` is built from ``architectures/bixnas_genotype.json``; until the lead's recorded
-search replaces it, that file holds the full bi-directional genotype (every skip on).
+``bixnas`` is built from ``architectures/bixnas_genotype.json``, written by
+``bench search bixnas --choose`` with the search's MLflow runs and budget.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -56,9 +60,9 @@ from benchmark.errors import BenchError, UsageError
 
 from . import register_architecture
 from ._layers import PadToMultiple, plan_strides, total_stride
-from .bionet import RecurrentConv
+from .bionet import RecurrentConv, make_norm
 
-__all__ = ["Genotype", "Choice", "BiXNet", "search_space_choices", "search_stages", "sample_genotype",
+__all__ = ["Genotype", "Choice", "BiXNet", "BiXSuperNet", "fuse", "search_space_choices", "search_stages", "sample_genotype",
            "prune", "alive_nodes", "load_genotype", "save_genotype", "GENOTYPE_PATH"]
 
 GENOTYPE_PATH = Path(__file__).with_name("bixnas_genotype.json")
@@ -264,19 +268,23 @@ def _choice_name(path: str, t: int, level: int, k: int) -> str:
     return f"arch.bix.{path}{t}.l{level}." + ("seq" if k == SEQ else f"{other}{k - 1}")
 
 
-def search_space_choices(iterations: int = 3, levels: int = 4) -> list[Choice]:
+def search_space_choices(iterations: int = 3, levels: int = 4, within: Genotype | None = None) -> list[Choice]:
     """Every boolean decision of the space, in the order ``sample_genotype`` draws them.
 
     Fixed inputs are not decisions: pass 0's encoder is sequential only, and the last decoder
-    stage always keeps its sequential input. A block whose draws are all False falls back to its
-    sequential input alone.
+    stage always keeps its sequential input. A block whose draws are all False falls back to one
+    input (see :func:`sample_genotype`). ``within`` (phase two of the search: the phase-one
+    genotype) restricts each block to the inputs it has there; its pruned blocks have none.
     """
+    if within is not None and (within.iterations, within.levels) != (iterations, levels):
+        raise UsageError(f"search space: genotype is {within.iterations}x{within.levels}, asked {iterations}x{levels}")
     out = []
     for stage in search_stages(iterations):
         path, t = stage_of(stage)
         last_decoder = path == "dec" and t == iterations - 1
         for level in range(levels):
-            for k in range(levels + 1):
+            allowed = range(levels + 1) if within is None else within.inputs(path, t, level)
+            for k in allowed:
                 if last_decoder and k == SEQ:
                     continue
                 other = "dec" if path == "enc" else "enc"
@@ -288,21 +296,23 @@ def search_space_choices(iterations: int = 3, levels: int = 4) -> list[Choice]:
 
 
 def sample_genotype(trial, iterations: int = 3, levels: int = 4, stages=None,
-                    base: Genotype | None = None) -> Genotype:
-    """Draw a genotype through ``trial.suggest_categorical`` (one boolean per candidate skip).
+                    base: Genotype | None = None, within: Genotype | None = None) -> Genotype:
+    """Draw a genotype from ``trial``: one ``suggest_categorical(name, [False, True])`` per Choice.
 
-    ``stages`` (default: all, last first) restricts the draw to some stages, for BiX-NAS's
-    stage-by-stage progressive search; the other stages come from ``base`` (default: the full
-    genotype). The result is unpruned: :class:`BiXNet` prunes when it is built.
+    ``stages`` (default: all, last first) restricts the draw to some stages; the other stages
+    come from ``base`` (default: ``within``, else the full genotype). ``within`` restricts every
+    block to its inputs in that genotype (phase two searches subsets of phase one's result).
+    A block whose draws are all False keeps one input: its sequential input if allowed, else its
+    lowest-numbered allowed input. The result is unpruned: :class:`BiXNet` prunes when built.
     """
-    base = base or Genotype.full(iterations, levels)
+    base = base or within or Genotype.full(iterations, levels)
     if (base.iterations, base.levels) != (iterations, levels):
         raise UsageError(f"sample_genotype: base genotype is {base.iterations}x{base.levels}, "
                          f"asked {iterations}x{levels}")
     stages = search_stages(iterations) if stages is None else list(stages)
-    by_stage: dict[int, list[Choice]] = {}
-    for c in search_space_choices(iterations, levels):
-        by_stage.setdefault(c.stage, []).append(c)
+    by_stage: dict[int, list[Choice]] = {s: [] for s in search_stages(iterations)}
+    for c in search_space_choices(iterations, levels, within):
+        by_stage[c.stage].append(c)
     g = base
     for stage in stages:
         if stage not in by_stage:
@@ -314,7 +324,16 @@ def sample_genotype(trial, iterations: int = 3, levels: int = 4, stages=None,
         for c in by_stage[stage]:
             if trial.suggest_categorical(c.name, [False, True]):
                 chosen[c.level].add(c.candidate)
-        g = g.replace_stage(stage, tuple(tuple(sorted(s)) if s else (SEQ,) for s in chosen))
+        row = []
+        for level, picked in enumerate(chosen):
+            allowed = range(levels + 1) if within is None else within.inputs(path, t, level)
+            if not allowed:
+                row.append(())  # pruned in phase one
+            elif picked:
+                row.append(tuple(sorted(picked)))
+            else:
+                row.append((SEQ,) if SEQ in allowed else (min(allowed),))
+        g = g.replace_stage(stage, tuple(row))
     return g
 
 
@@ -369,16 +388,30 @@ def load_genotype(path) -> Genotype:
 # Network
 # --------------------------------------------------------------------------------------------
 
+def fuse(inputs, weights=None):
+    """Weighted sum of same-shape tensors (default: their mean), written as one matrix product.
+
+    Why a matrix product and not ``torch.stack(...).mean(0)``: ``benchmark/cost.py`` counts MACs
+    with PyTorch's FlopCounterMode, which counts matrix products but no element-wise op. As a
+    (1 x k) @ (k x N) product, fusing k inputs of N elements costs k * N MACs, so every fused
+    input shows in a network's MACs (and a search that drops a skip sees it get cheaper).
+    """
+    stacked = torch.stack(list(inputs))
+    if weights is None:
+        weights = stacked.new_full((len(inputs),), 1.0 / len(inputs))
+    return (weights.to(stacked.dtype)[None] @ stacked.flatten(1)).view(stacked.shape[1:])
+
+
 class _FusedBlock(nn.Module):
-    """Average the (resized) inputs, then two shared 3x3x3 convs with per-pass BatchNorm."""
+    """Fuse the (resized) inputs (see :func:`fuse`), then two shared 3x3x3 convs with per-pass norms."""
 
-    def __init__(self, width: int, passes, momentum: float):
+    def __init__(self, width: int, passes, norm):
         super().__init__()
-        self.conv1 = RecurrentConv(width, width, passes, momentum)
-        self.conv2 = RecurrentConv(width, width, passes, momentum)
+        self.conv1 = RecurrentConv(width, width, passes, norm)
+        self.conv2 = RecurrentConv(width, width, passes, norm)
 
-    def forward(self, inputs, size, t: int):
-        x = torch.stack([_resize(i, size) for i in inputs]).mean(0)
+    def forward(self, inputs, size, t: int, weights=None):
+        x = fuse([_resize(i, size) for i in inputs], weights)
         return self.conv2(self.conv1(x, t), t)
 
 
@@ -390,7 +423,8 @@ def _resize(x, size):
 
 class BiXNet(nn.Module):
     def __init__(self, genotype: Genotype, in_channels: int = 1, out_channels: int = 1,
-                 spatial_size=_PAPER_PATCH, width: int = 24, full_res_width: int = 16, bn_momentum: float = 0.1):
+                 spatial_size=_PAPER_PATCH, width: int = 24, full_res_width: int = 16, norm: str = "instance",
+                 bn_momentum: float = 0.1):
         super().__init__()
         self.genotype = prune(genotype)
         self.alive = alive_nodes(self.genotype)
@@ -398,12 +432,13 @@ class BiXNet(nn.Module):
         # stem downsampling, then one pooling after each encoder level (the last one feeds the bridge)
         self.strides = plan_strides(spatial_size, n_pools=L + 1)
         self.min_divisor = total_stride(self.strides)
-        m = bn_momentum
+        m = partial(make_norm, kind=norm, momentum=bn_momentum)
+        m(1)  # an unknown norm fails here, with its one-line message
         self.stem = nn.Sequential(
             nn.Conv3d(in_channels, full_res_width, 3, padding=1, bias=False),
-            nn.BatchNorm3d(full_res_width, momentum=m), nn.ReLU(inplace=True),
+            m(full_res_width), nn.ReLU(inplace=True),
             nn.Conv3d(full_res_width, width, 3, stride=self.strides[0], padding=1, bias=False),
-            nn.BatchNorm3d(width, momentum=m), nn.ReLU(inplace=True))
+            m(width), nn.ReLU(inplace=True))
         self.pools = nn.ModuleList(nn.MaxPool3d(s, stride=s) for s in self.strides[1:])
         self.blocks = nn.ModuleDict()
         for path in PATHS:
@@ -416,7 +451,7 @@ class BiXNet(nn.Module):
                                       RecurrentConv(width, width, bridge_passes, m)])
                        if bridge_passes else None)
         self.post = nn.Sequential(nn.Conv3d(width, full_res_width, 3, padding=1, bias=False),
-                                  nn.BatchNorm3d(full_res_width, momentum=m), nn.ReLU(inplace=True))
+                                  m(full_res_width), nn.ReLU(inplace=True))
         self.head = nn.Conv3d(full_res_width, out_channels, 1)
 
     def forward(self, x):
@@ -443,9 +478,128 @@ class BiXNet(nn.Module):
                         if node[0] == "enc" and path == "enc":  # sequential encoder input: pool it
                             h = self.pools[level - 1](h)
                         inputs.append(h)
-                    out[(path, t, level)] = self.blocks[f"{path}{level}"](inputs, sizes[level], t)
+                    out[(path, t, level)] = self.blocks[f"{path}{level}"](
+                        inputs, sizes[level], t, self.fusion_weights(path, t, level))
         h = _resize(out[("dec", g.iterations - 1, 0)], full_size)
         return self.head(self.post(h))
+
+    def fusion_weights(self, path: str, t: int, level: int):
+        """Weights of a block's inputs in the order of its genotype entry; None = their mean."""
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Phase one: the super-network
+# --------------------------------------------------------------------------------------------
+
+class BiXSuperNet(BiXNet):
+    """BiX-NAS phase one: a BiX-Net holding every bi-directional skip, each block choosing its
+    inputs with learnable selection logits, pruned progressively down to ``keep`` inputs per block.
+
+    As in BiX-NAS's phase one, each block with a choice holds a (candidates x ``columns``) logit
+    matrix ``alpha``; each column draws one candidate with a straight-through Gumbel-softmax
+    (temperature ``tau``) in training, its argmax in evaluation; the block fuses its inputs
+    weighted by how many columns picked them (the original weighs the distinct picks equally;
+    counting keeps the weights differentiable in one product). The logits train jointly with the
+    weights on the training loss (single-level, as in the original). Blocks without a choice
+    (pass 0's encoder) and the last decoder stage's sequential input, which BiX-NAS always keeps,
+    are fixed: that input counts as one extra pick.
+
+    Pruning is progressive, not the original's one-shot per-column argmax: each
+    :meth:`prune_step` removes, from every block that still has more than ``keep`` inputs, the one
+    with the least mean selection probability (masked, so it is never drawn again). After enough
+    steps :meth:`genotype` is the phase-one result: at most ``keep`` inputs per block, dead blocks
+    pruned. Phase two (``benchmark/nas.py``) searches subsets of it.
+    """
+
+    def __init__(self, iterations: int = 3, levels: int = 4, columns: int = 3, keep: int = 3, tau: float = 1.0,
+                 **kwargs):
+        super().__init__(Genotype.full(iterations, levels), **kwargs)
+        if columns < 1 or keep < 1:
+            raise UsageError(f"bixnas super-network: columns and keep must be >= 1, got {columns}, {keep}")
+        self.columns, self.keep, self.tau = columns, keep, tau
+        self.alphas = nn.ParameterDict()
+        for path, t, level in self.genotype.blocks():
+            ins = self.genotype.inputs(path, t, level)
+            if len(ins) > 1:
+                key = self._key(path, t, level)
+                # small random logits: ties between candidates are broken differently per seed
+                self.alphas[key] = nn.Parameter(1e-3 * torch.randn(len(ins), columns))
+                self.register_buffer(f"mask_{key}", torch.ones(len(ins), dtype=torch.bool))
+
+    @staticmethod
+    def _key(path: str, t: int, level: int) -> str:
+        return f"{path}{t}_l{level}"
+
+    def _fixed_seq(self, path: str, t: int) -> bool:
+        return path == "dec" and t == self.genotype.iterations - 1
+
+    def arch_parameters(self):
+        return list(self.alphas.values())
+
+    def weight_parameters(self):
+        arch = {id(p) for p in self.alphas.values()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def fusion_weights(self, path: str, t: int, level: int):
+        key = self._key(path, t, level)
+        if key not in self.alphas:
+            return None
+        mask = getattr(self, f"mask_{key}")
+        logits = self.alphas[key].masked_fill(~mask[:, None], float("-inf"))
+        if self.training:
+            picks = F.gumbel_softmax(logits.t(), tau=self.tau, hard=True, dim=-1)  # columns x candidates
+        else:
+            picks = F.one_hot(logits.argmax(0), logits.shape[0]).to(logits.dtype)
+        counts = picks.sum(0)
+        if self._fixed_seq(path, t):
+            counts = counts + F.one_hot(torch.tensor(SEQ), counts.shape[0]).to(counts.dtype)
+        return counts / counts.sum()
+
+    def probabilities(self) -> dict[tuple, dict[int, float]]:
+        """{(path, t, level): {candidate: mean selection probability}} over unpruned candidates."""
+        out = {}
+        for path, t, level in self.genotype.blocks():
+            key = self._key(path, t, level)
+            if key not in self.alphas:
+                continue
+            mask = getattr(self, f"mask_{key}")
+            p = self.alphas[key].detach().masked_fill(~mask[:, None], float("-inf")).softmax(0).mean(1)
+            ins = self.genotype.inputs(path, t, level)
+            out[(path, t, level)] = {k: float(p[i]) for i, k in enumerate(ins) if mask[i]}
+        return out
+
+    def prune_step(self) -> int:
+        """Mask the least probable input of every block above ``keep`` inputs; returns how many."""
+        removed = 0
+        for (path, t, level), probs in self.probabilities().items():
+            if len(probs) <= self.keep:
+                continue
+            droppable = {k: p for k, p in probs.items() if not (k == SEQ and self._fixed_seq(path, t))}
+            worst = min(droppable, key=droppable.get)
+            mask = getattr(self, f"mask_{self._key(path, t, level)}")
+            mask[self.genotype.inputs(path, t, level).index(worst)] = False
+            removed += 1
+        return removed
+
+    def pruned(self) -> bool:
+        return all(len(p) <= self.keep for p in self.probabilities().values())
+
+    def genotype_now(self) -> Genotype:
+        """The unmasked inputs of every block, dead blocks pruned (phase one's result when :meth:`pruned`)."""
+        g = self.genotype
+        stages = {"enc": [], "dec": []}
+        for path, stage_list in (("enc", g.encoder), ("dec", g.decoder)):
+            for t, stage in enumerate(stage_list):
+                row = []
+                for level, ins in enumerate(stage):
+                    key = self._key(path, t, level)
+                    if key in self.alphas:
+                        mask = getattr(self, f"mask_{key}")
+                        ins = tuple(k for i, k in enumerate(ins) if mask[i])
+                    row.append(ins)
+                stages[path].append(tuple(row))
+        return prune(Genotype(g.iterations, g.levels, tuple(stages["enc"]), tuple(stages["dec"])))
 
 
 # --------------------------------------------------------------------------------------------

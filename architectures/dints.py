@@ -9,8 +9,15 @@ DiNTS searches a multi-resolution topology: ``num_blocks`` blocks, each holding 
 3D ops (skip, 3x3x3, and the P3D 3x3x1, 3x1x3, 1x3x3); the search ends by decoding the
 architecture parameters with a shortest-path over valid topologies (``TopologySearch.decode``).
 
+Two registered networks:
+  * ``dints``: the topology searched on this data by ``bench search dints``
+    (``benchmark/dints_search.py``, MONAI's TopologySearch) when ``architectures/dints_genotype.json``
+    exists; until a real search has written it, the fixed topology below (so the default never
+    silently becomes a smoke-searched one: only commit a genotype from a cpu or paper search);
+  * ``dints_fixed``: always the fixed topology below, the parent the searched one is compared with.
+
 What this file fixes, and why:
-  * the topology is NOT searched on LIDC: it is the decode of an untrained search space
+  * the fixed topology is NOT searched on LIDC: it is the decode of an untrained search space
     (``TopologySearch(num_blocks=6, num_depths=3)`` after ``torch.manual_seed(0)``), written
     below as constants so the network never depends on MONAI's random-number use. It is a valid
     DiNTS topology drawn without the search, the reference "searched-family" design that the
@@ -26,6 +33,9 @@ supervision. Bundle recipe: SGD lr 0.025, Dice+CE, AMP.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 from monai.networks.nets import DiNTS, TopologyInstance
 
@@ -34,7 +44,11 @@ from benchmark.errors import UsageError
 from . import register_architecture
 from ._layers import PadToMultiple
 
-__all__ = ["FIXED_TOPOLOGY", "decode_seeded_topology", "dints_model"]
+__all__ = ["FIXED_TOPOLOGY", "GENOTYPE_PATH", "decode_seeded_topology", "dints_model", "load_topology",
+           "save_topology", "default_topology"]
+
+GENOTYPE_PATH = Path(__file__).with_name("dints_genotype.json")
+FORMAT = "lidc-bench/dints-topology/1"
 
 #: ``TopologySearch(channel_mul=0.25, num_blocks=6, num_depths=3, use_downsample=True).decode()``
 #: after ``torch.manual_seed(0)`` (MONAI 1.6.1). node_a: (num_blocks + 1) x num_depths active
@@ -75,6 +89,41 @@ def decode_seeded_topology(seed: int = 0, num_blocks: int = 6, num_depths: int =
             "arch_code_c": np.asarray(arch_code_c).astype(int).tolist()}
 
 
+def save_topology(topology: dict, path) -> Path:
+    """Write a decoded topology (node_a, arch_code_a, arch_code_c, meta) as JSON, a row per line."""
+    path = Path(path)
+    rows = lambda m: "[\n" + ",\n".join("    " + json.dumps(r) for r in m) + "\n  ]"  # noqa: E731
+    meta = json.dumps(topology.get("meta", {}), indent=2, sort_keys=True).replace("\n", "\n  ")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{\n" f'  "format": "{FORMAT}",\n'
+                    '  "legend": "node_a: (blocks+1) x depths active nodes; arch_code_a: blocks x paths (1 = used; '
+                    'paths 0->0, 1->0, 0->1, 1->1, 2->1, 1->2, 2->2 for 3 depths); arch_code_c: op per path (0 skip, '
+                    '1 3x3x3, 2 3x3x1, 3 3x1x3, 4 1x3x3)",\n'
+                    f'  "node_a": {rows(topology["node_a"])},\n  "arch_code_a": {rows(topology["arch_code_a"])},\n'
+                    f'  "arch_code_c": {rows(topology["arch_code_c"])},\n  "meta": {meta}\n}}\n')
+    return path
+
+
+def load_topology(path) -> dict:
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"DiNTS topology file {path} does not exist") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"DiNTS topology file {path} is not readable JSON: {e}") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT or not all(k in d for k in ("node_a", "arch_code_a",
+                                                                                         "arch_code_c")):
+        raise UsageError(f"DiNTS topology file {path}: expected \"format\": \"{FORMAT}\" with node_a, "
+                         "arch_code_a and arch_code_c")
+    return d
+
+
+def default_topology() -> dict:
+    """The searched topology if one was committed, else FIXED_TOPOLOGY."""
+    return load_topology(GENOTYPE_PATH) if GENOTYPE_PATH.exists() else FIXED_TOPOLOGY
+
+
 def dints_model(in_channels: int = 1, out_channels: int = 1, channel_mul: float = 0.5,
                 topology: dict | None = None) -> DiNTS:
     """The bare MONAI DiNTS for a decoded topology (default: FIXED_TOPOLOGY)."""
@@ -98,8 +147,22 @@ def _search_space(trial):
     return {"channel_mul": trial.suggest_categorical("arch.channel_mul", [0.25, 0.5, 1.0])}
 
 
+def _as_topology(topology):
+    if topology is None:
+        return default_topology()
+    return topology if isinstance(topology, dict) else load_topology(topology)
+
+
 @register_architecture("dints", search_space=_search_space)
-def dints(in_channels: int = 1, out_channels: int = 1, spatial_size=None, **kwargs):
-    """MONAI DiNTS, 6 blocks x 3 depths, channel_mul 0.5, the fixed topology above."""
-    net = dints_model(in_channels, out_channels, **kwargs)
+def dints(in_channels: int = 1, out_channels: int = 1, spatial_size=None, topology=None, **kwargs):
+    """MONAI DiNTS, 6 blocks x 3 depths, channel_mul 0.5; ``topology``: a dict or JSON path
+    (default: the committed search result, else FIXED_TOPOLOGY)."""
+    net = dints_model(in_channels, out_channels, topology=_as_topology(topology), **kwargs)
+    return PadToMultiple(net, 2 ** (net.num_depths + 1))
+
+
+@register_architecture("dints_fixed", search_space=_search_space)
+def dints_fixed(in_channels: int = 1, out_channels: int = 1, spatial_size=None, **kwargs):
+    """MONAI DiNTS with FIXED_TOPOLOGY: the parent of the searched ``dints``."""
+    net = dints_model(in_channels, out_channels, topology=FIXED_TOPOLOGY, **kwargs)
     return PadToMultiple(net, 2 ** (net.num_depths + 1))

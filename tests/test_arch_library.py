@@ -15,7 +15,8 @@ from conftest import sphere_batch
 
 from benchmark.losses import DeepSupervisionLoss, create_loss
 
-NAMES = ["nnunet_plain", "nnunet_resenc", "smp_unet", "swinunetr", "unetr", "dints", "bionet", "bixnas"]
+NAMES = ["nnunet_plain", "nnunet_resenc", "smp_unet", "swinunetr", "unetr", "dints", "dints_fixed", "bionet",
+         "bixnas"]
 SMOKE, CPU, PAPER = (8, 16, 16), (16, 32, 32), (32, 64, 64)  # (D, H, W) of the three presets
 
 
@@ -33,7 +34,8 @@ def _build(name, size):
 # builds even when cross-attention is off (UNETR), and DiNTS's input/output stems at resolutions
 # the decoded topology leaves inactive (MONAI builds a stem for every depth).
 _UNUSED_BY_DESIGN = {"nnunet_plain": ("seg_layers",), "nnunet_resenc": ("seg_layers",),
-                     "unetr": ("norm_cross_attn",), "dints": ("stem_down.1.", "stem_up.2.")}
+                     "unetr": ("norm_cross_attn",), "dints": ("stem_down.1.", "stem_up.2."),
+                     "dints_fixed": ("stem_down.1.", "stem_up.2.")}
 
 
 def _criterion(model):
@@ -43,7 +45,7 @@ def _criterion(model):
 def test_registered_with_metadata():
     for name in NAMES:
         entry = architecture_entry(name)
-        assert entry.family == ("library" if name not in ("dints", "bionet", "bixnas") else "NAS"), name
+        assert entry.family == ("library" if name not in ("dints", "dints_fixed", "bionet", "bixnas") else "NAS"), name
         assert "arXiv" in entry.paper, name
         assert entry.search_space is not None, name
 

@@ -130,3 +130,57 @@ def test_stage_by_stage_sampling_keeps_the_other_stages():
     assert g.encoder == base.encoder and g.decoder[:2] == base.decoder[:2]
     with pytest.raises(UsageError, match="stage 0"):
         sample_genotype(study.ask(), stages=[0])
+
+
+def test_removing_one_fused_input_lowers_macs():
+    # dec t2 L1 loses one of its two inputs; no block dies, so only the fusion gets cheaper
+    from benchmark.cost import count_macs
+    g = Genotype.bio(3, 4)
+    fewer = _with_stage(g, "dec", 2, [[0, 1], [0], [0, 3], [0, 4]])
+    assert alive_nodes(prune(fewer)) == alive_nodes(prune(g))
+    m_all = count_macs(BiXNet(g, spatial_size=SMOKE, width=8, full_res_width=4), (1, 1, *SMOKE))
+    m_fewer = count_macs(BiXNet(fewer, spatial_size=SMOKE, width=8, full_res_width=4), (1, 1, *SMOKE))
+    # one fused input = one MAC per element of the block's input: level 1 of the smoke patch is
+    # 4x4x4 voxels (the stem halves 8x16x16 to 4x8x8, level 1 halves y and x only), 8 channels
+    level1 = 8 * 4 * 4 * 4
+    assert m_all - m_fewer == level1
+
+
+def test_fuse_is_the_weighted_mean():
+    from architectures.bixnas import fuse
+    a, b = torch.randn(2, 3, 4, 4, 4), torch.randn(2, 3, 4, 4, 4)
+    assert torch.allclose(fuse([a, b]), (a + b) / 2, atol=1e-6)
+    assert torch.allclose(fuse([a, b], torch.tensor([0.25, 0.75])), 0.25 * a + 0.75 * b, atol=1e-6)
+
+
+def test_super_network_holds_every_skip_and_learns_its_selection():
+    from architectures.bixnas import BiXSuperNet
+    net = BiXSuperNet(spatial_size=SMOKE, width=8, full_res_width=4)
+    assert net.genotype == prune(Genotype.full(3, 4))
+    # a logit matrix (candidates x 3 columns) for every block but pass 0's encoder
+    assert len(net.alphas) == 5 * 4 and all(a.shape == (5, 3) for a in net.alphas.values())
+    out = net.train()(torch.randn(2, 1, *SMOKE))
+    out.mean().backward()
+    assert sum(a.grad is not None and a.grad.abs().sum() > 0 for a in net.arch_parameters()) >= 15
+    assert not set(map(id, net.arch_parameters())) & set(map(id, net.weight_parameters()))
+
+
+def test_progressive_pruning_reaches_keep_inputs_and_keeps_the_last_sequential_input():
+    from architectures.bixnas import BiXSuperNet
+    net = BiXSuperNet(spatial_size=SMOKE, width=8, full_res_width=4, keep=2)
+    with torch.no_grad():  # make the last decoder's sequential input the least likely everywhere
+        for key, a in net.alphas.items():
+            a[0] = -5.0
+    assert net.prune_step() == 20 and not net.pruned()  # one input per block per step
+    sizes = [len(p) for p in net.probabilities().values()]
+    assert sizes.count(4) == 20
+    while not net.pruned():
+        net.prune_step()
+    g = net.genotype_now()
+    assert all(len(ins) <= 2 for stage in g.encoder + g.decoder for ins in stage)
+    assert all(0 in ins for ins in g.decoder[2] if ins)  # BiX-NAS keeps it in the last decoder stage
+    assert all(0 not in ins for stage in g.encoder[1:] + g.decoder[:2] for ins in stage)  # others: dropped first
+    assert prune(g) == g
+    with torch.no_grad():
+        assert BiXNet(g, spatial_size=SMOKE, width=8, full_res_width=4).eval()(torch.randn(1, 1, *SMOKE)).shape \
+            == (1, 1, *SMOKE)

@@ -1,49 +1,88 @@
-"""`bench search bixnas`: the multi-objective search end to end, the Pareto front, the chosen genotype."""
+"""`bench search bixnas`: both phases end to end on train/val only, Optuna's Pareto front, the budget."""
 import json
 
+import optuna
 import pytest
 from conftest import run_cli
 
-from benchmark.nas import knee, pareto_front, stage_plan
+from benchmark.nas import _meta, budget, distinct_points, front, knee, prune_epochs
 
 
-def test_pareto_front_and_knee():
+def _study_with(points):
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for d, m in points:
+        study.add_trial(optuna.trial.create_trial(values=[d, m], params={}, distributions={}))
+    return study
+
+
+def test_front_is_optunas_best_trials_and_knee_is_on_it():
     pts = [(0.80, 10.0), (0.70, 2.0), (0.75, 5.0), (0.60, 5.0), (0.80, 12.0), (0.50, 1.0)]
-    front = pareto_front(pts)
-    assert sorted(front) == [0, 1, 2, 5]
-    assert knee(pts, front) in (1, 2)
+    best = front(_study_with(pts))
+    assert [t.number for t in best] == [5, 1, 2, 0]  # cheapest first; 3 and 4 are dominated
+    assert distinct_points(best) == 4
+    assert knee(best).number in (1, 2)
 
 
-def test_stage_plan_splits_budget_last_stage_first():
-    plan = stage_plan(7)
-    assert [s for s, _ in plan] == [5, 4, 3, 2, 1]
-    assert sum(n for _, n in plan) == 7 and [n for _, n in plan] == [2, 2, 1, 1, 1]
+def test_prune_epochs_spread_over_second_half_before_the_last_epoch():
+    assert prune_epochs(6, 2) == [3, 4]
+    assert prune_epochs(10, 3) == [5, 6, 8]
+    assert prune_epochs(2, 2) == [1]  # too few epochs: the rest is pruned by the logits at the end
+    assert prune_epochs(5, 0) == []
 
 
-def test_smoke_search_end_to_end(bench_home):
-    env = {"LIDC_BENCH_HOME": str(bench_home)}
-    r = run_cli("search", "bixnas", "--trials", "3", "--preset", "smoke", "--epochs", "1", "--study", "nas-t",
-                "--no-progress", "train.batch_size=4", env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "Pareto" not in r.stderr and "| trial |" in r.stdout
+@pytest.mark.slow
+def test_two_phase_search_never_reads_the_test_split(bench_home, monkeypatch):
+    """Phase one, phase two and the front in-process, with any test-split access made to fail."""
+    from architectures import create_architecture
+    from architectures.bixnas import Genotype, load_genotype
+    from benchmark.data.store import CropStore
+    from benchmark.nas import _study, choose, search
     from benchmark.tracking import client
-    from benchmark.nas import _study
+    import torch
+
+    real_indices = CropStore.indices
+
+    def guarded(self, split):
+        assert split != "test", "the architecture search read the test split"
+        return real_indices(self, split)
+
+    monkeypatch.setattr(CropStore, "indices", guarded)
+    meta = _meta("smoke", epochs=1, phase1_epochs=2)
+    lean = ["train.batch_size=4", "train.steps_per_epoch=2", "model.kwargs.width=8", "model.kwargs.full_res_width=4"]
+    best = search("nas-t", None, 2, meta, lean, population=2, show_progress=False)
     study = _study("nas-t", None, 1, None, create=False)[0]
-    assert len(study.trials) == 3 and {t.user_attrs["nas.stage"] for t in study.trials} == {5, 4, 3}
-    parent = study.user_attrs["mlflow_parent_run_id"]
+    assert best and all(t.number in {s.number for s in study.best_trials} for t in best)
+
+    # phase one: the full super-network pruned to <= 3 inputs per block
+    p1 = Genotype.from_dict(study.user_attrs["phase1_genotype"])
+    assert all(len(ins) <= 3 for stage in p1.encoder + p1.decoder for ins in stage)
+    assert sum(len(ins) for stage in p1.encoder + p1.decoder for ins in stage) < \
+        sum(len(ins) for stage in Genotype.full().encoder + Genotype.full().decoder for ins in stage)
+    # phase two: two candidates, each inside phase one's genotype
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2
+    for t in done:
+        g = Genotype.from_dict(t.user_attrs["genotype"])
+        for stage, stage1 in zip(g.encoder + g.decoder, p1.encoder + p1.decoder):
+            assert all(set(ins) <= set(ins1) for ins, ins1 in zip(stage, stage1))
+    b = budget(study)
+    assert b["phase1_s"] > 0 and b["phase2_s"] > 0 and b["epochs"] == 2 + 2 and b["device_kind"] == "cpu"
+    assert b["full_trainings"] == pytest.approx(4 / 2)  # the smoke preset trains 2 epochs
+
     cl = client()
+    parent = study.user_attrs["mlflow_parent_run_id"]
     arts = {a.path for a in cl.list_artifacts(parent, "nas")}
-    assert {"nas/pareto_front.csv", "nas/pareto_front.png", "nas/pareto_front.md"} <= arts
+    assert {"nas/pareto_front.csv", "nas/pareto_front.png", "nas/pareto_front.md", "nas/budget.json"} <= arts
     children = cl.search_runs([cl.get_experiment_by_name("lidc-bench").experiment_id],
                               filter_string=f"tags.mlflow.parentRunId = '{parent}'")
-    assert len(children) == 3 and all("test_dice" not in c.data.metrics for c in children)
+    assert len(children) == 3  # phase one + two candidates
+    assert all(not any(k.startswith("test_") for k in c.data.metrics) for c in children)
+
     out = bench_home / "g.json"
-    r = run_cli("search", "bixnas", "--choose", "--study", "nas-t", "--preset", "smoke", "--out", str(out), env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
-    meta = json.loads(out.read_text())["meta"]
-    assert meta["study"] == "nas-t" and meta["mlflow_parent_run_id"] == parent and meta["source"] == "bench search bixnas"
-    from architectures import create_architecture
-    import torch
+    choose("nas-t", None, "knee", str(out))
+    g = load_genotype(out)
+    assert g.meta["mlflow_parent_run_id"] == parent and g.meta["budget_hours"] > 0
+    assert g.meta["mlflow_phase1_run_id"] == study.user_attrs["phase1"]["mlflow_run_id"]
     net = create_architecture("bixnas", spatial_size=(8, 16, 16), genotype=str(out)).eval()
     assert net(torch.zeros(1, 1, 8, 16, 16)).shape == (1, 1, 8, 16, 16)
 

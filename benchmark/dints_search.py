@@ -1,0 +1,178 @@
+"""``bench search dints``: DiNTS's topology search on this data, with MONAI's own search space.
+
+    bench search dints --preset cpu [--warmup-epochs 10] [--epochs 20] [--out PATH]
+
+The search space is MONAI's ``TopologySearch`` (every path between neighbouring resolutions
+and all five cell ops live, architecture parameters ``log_alpha_a`` for paths and
+``log_alpha_c`` for ops) wrapped in ``DiNTS``, as MONAI's DiNTS search tutorial does. Its loop,
+rewritten here for one process and no AMP (the tutorial hard-codes CUDA):
+
+* the training split is shuffled (seeded) and halved: half "w" trains the weights, half "a"
+  the architecture; the validation split is only scored (never the test split);
+* warm-up epochs train the weights alone; then every weight step (architecture parameters
+  frozen; SGD lr 0.025, momentum 0.9, weight decay 4e-5, lr halved at 40 % and 80 % of the
+  search epochs) is followed by one architecture step on the next "a" batch (weights frozen;
+  two Adams, lr 1e-3, betas (0.5, 0.999)) on the segmentation loss plus the entropy of the
+  child-path probabilities and of the op softmax (both ramped up linearly over the search
+  epochs), the memory term |ram_factor - usage / full usage| and 0.001 x the topology entropy;
+* the result is ``TopologySearch.decode()`` (a shortest path over feasible topologies), written
+  as ``architectures/dints_genotype.json`` with its MLflow run and its budget.
+
+The search space is sized like the registered network (6 blocks, 3 depths) at channel_mul 0.25;
+the decoded codes do not depend on the width, and ``dints`` rebuilds them at its own.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import UsageError
+
+W_LR, A_LR = 0.025, 1e-3
+
+
+def _split_train(rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffle the training rows and halve them: (weight half, architecture half)."""
+    rng = np.random.default_rng(seed)
+    rows = rows[rng.permutation(len(rows))]
+    half = max(1, len(rows) // 2)
+    return np.sort(rows[:half]), np.sort(rows[half:] if len(rows) > 1 else rows)
+
+
+def _arch_loss_terms(space, images_shape, ram_factor: float):
+    """Regularisers of the architecture step: (path entropy, op entropy, memory, topology entropy)."""
+    import torch
+    import torch.nn.functional as F
+    probs_a, _ = space.get_prob_a(child=True)
+    entropy_a = -(probs_a * torch.log(probs_a + 1e-5)).mean()
+    entropy_c = -(F.softmax(space.log_alpha_c, dim=-1) * F.log_softmax(space.log_alpha_c, dim=-1)).mean()
+    full = space.get_ram_cost_usage(images_shape, full=True)
+    usage = space.get_ram_cost_usage(images_shape)
+    ram = torch.abs(ram_factor - usage / full)
+    return entropy_a, entropy_c, ram, space.get_topology_entropy(probs_a)
+
+
+def run_dints_search(preset: str, warmup_epochs: int, search_epochs: int, overrides: list[str],
+                     out: Optional[Path] = None, channel_mul: float = 0.25, num_blocks: int = 6,
+                     num_depths: int = 3, ram_factor: float = 0.8, show_progress: bool = True) -> dict:
+    """Search, decode, log to MLflow, write the genotype; returns the genotype dict."""
+    import torch
+    from monai.networks.nets import DiNTS, TopologySearch
+
+    from architectures._layers import PadToMultiple
+    from architectures.dints import GENOTYPE_PATH, save_topology
+    from .config import build_config
+    from .data import load_crops
+    from .tracking import Tracker
+    from .train import DistInfo, Trainer, epoch_generator, pick_device, seed_everything, train_batches
+
+    if warmup_epochs < 0 or search_epochs < 1:
+        raise UsageError("--warmup-epochs must be >= 0 and --epochs >= 1")
+    epochs = warmup_epochs + search_epochs
+    cfg = build_config(preset, [f"train.epochs={epochs}", *overrides], **{"model.arch": "dints"})
+    dist = DistInfo()
+    device = pick_device(cfg, dist)
+    store = load_crops(cfg.data)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    tracker = Tracker.start(f"dints-search-{preset}", {"nas.searcher": "dints", "kind": "nas", "preset": preset,
+                                                       "arch": "dints"})
+    tracker.log_params({**cfg.flat(), "search.warmup_epochs": warmup_epochs, "search.epochs": search_epochs,
+                        "search.channel_mul": channel_mul, "search.num_blocks": num_blocks,
+                        "search.num_depths": num_depths, "search.ram_factor": ram_factor})
+    c0, w0 = time.process_time(), time.perf_counter()
+    status = "FAILED"
+    try:
+        trainer = Trainer(cfg, store, device, dist)  # train/val rows, loss, validation; model replaced below
+        space = TopologySearch(channel_mul=channel_mul, num_blocks=num_blocks, num_depths=num_depths,
+                               use_downsample=True, spatial_dims=3, device=str(device))
+        net = DiNTS(dints_space=space, in_channels=1, num_classes=1, use_downsample=True).to(device)
+        model = PadToMultiple(net, 2 ** (num_depths + 1))
+        trainer.model = trainer.net = model
+        # DiNTS.weight_parameters() also returns the alphas: filter them out by identity
+        arch = [space.log_alpha_a, space.log_alpha_c]
+        weights = [p for p in model.parameters() if all(p is not a for a in arch)]
+        opt_w = torch.optim.SGD(weights, lr=W_LR, momentum=0.9, weight_decay=4e-5)
+        opt_a = torch.optim.Adam([space.log_alpha_a], lr=A_LR, betas=(0.5, 0.999), weight_decay=0.0)
+        opt_c = torch.optim.Adam([space.log_alpha_c], lr=A_LR, betas=(0.5, 0.999), weight_decay=0.0)
+        w_rows, a_rows = _split_train(trainer.train_rows, cfg.train.seed)
+        loss_fn = trainer.loss_fn
+        bs, patch, steps = cfg.train.batch_size, cfg.data.patch_zyx, cfg.train.steps_per_epoch
+        for epoch in range(epochs):
+            searching = epoch >= warmup_epochs
+            s = epoch - warmup_epochs
+            for g in opt_w.param_groups:  # halved at 40 % and 80 % of the search epochs
+                g["lr"] = W_LR * (0.5 ** ((s >= 0.4 * search_epochs) + (s >= 0.8 * search_epochs)) if searching else 1.0)
+            ramp = (s + 1) / search_epochs if searching else 0.0
+            gen = epoch_generator(cfg.train.seed, epoch)
+            a_batches = train_batches(store, a_rows, bs, patch, gen, dist)
+            sums = {"train_loss": 0.0, "arch_loss": 0.0}
+            n = 0
+            for images, masks in train_batches(store, w_rows, bs, patch, gen, dist, steps):
+                model.train()
+                for a in arch:
+                    a.requires_grad_(False)
+                for p in weights:
+                    p.requires_grad_(True)
+                opt_w.zero_grad(set_to_none=True)
+                loss = loss_fn(model(images.to(device)), masks.to(device))
+                loss.backward()
+                opt_w.step()
+                sums["train_loss"] += float(loss)
+                n += 1
+                if not searching:
+                    continue
+                try:
+                    a_images, a_masks = next(a_batches)
+                except StopIteration:  # cycle the architecture half
+                    a_batches = train_batches(store, a_rows, bs, patch, epoch_generator(cfg.train.seed, 10_000 + n), dist)
+                    a_images, a_masks = next(a_batches)
+                for a in arch:
+                    a.requires_grad_(True)
+                for p in weights:
+                    p.requires_grad_(False)
+                opt_a.zero_grad(set_to_none=True)
+                opt_c.zero_grad(set_to_none=True)
+                a_images, a_masks = a_images.to(device), a_masks.to(device)
+                ent_a, ent_c, ram, topo = _arch_loss_terms(space, a_images.shape, ram_factor)
+                a_loss = loss_fn(model(a_images), a_masks) + ramp * (ent_a + ent_c) + ram + 0.001 * topo
+                a_loss.backward()
+                opt_a.step()
+                opt_c.step()
+                sums["arch_loss"] += float(a_loss)
+            for p in weights:
+                p.requires_grad_(True)
+            metrics = {k: v / max(n, 1) for k, v in sums.items()}
+            metrics.update(trainer.validate())
+            tracker.log_metrics(metrics, step=epoch + 1)
+            if show_progress:
+                print(f"dints search epoch {epoch + 1}/{epochs} ({'search' if searching else 'warm-up'}): "
+                      + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), file=sys.stderr)
+        node_a, code_a, code_c, _ = space.decode()
+        seconds = (time.perf_counter() - w0) if device.type == "cuda" else (time.process_time() - c0)
+        full_epochs = build_config(preset, []).train.epochs
+        topology = {
+            "node_a": np.asarray(node_a).astype(int).tolist(),
+            "arch_code_a": np.asarray(code_a).astype(int).tolist(),
+            "arch_code_c": np.asarray(code_c).astype(int).tolist(),
+            "meta": {"source": "bench search dints", "preset": preset, "mlflow_run_id": tracker.run_id,
+                     "warmup_epochs": warmup_epochs, "search_epochs": search_epochs,
+                     "channel_mul_searched": channel_mul, "ram_factor": ram_factor, "seed": cfg.train.seed,
+                     "final_val_dice_supernet": round(metrics["val_dice"], 4),
+                     "budget_hours": round(seconds / 3600, 3),
+                     "budget_device": "GPU" if device.type == "cuda" else "CPU",
+                     # a weight step and an architecture step per search batch: count both as epochs
+                     "budget_full_trainings": round((epochs + search_epochs) / full_epochs, 2)},
+        }
+        path = save_topology(topology, out or GENOTYPE_PATH)
+        tracker.log_artifact(path, "nas")
+        tracker.log_metrics({"nas.budget_hours": seconds / 3600})
+        status = "FINISHED"
+        print(f"DiNTS topology -> {path} (MLflow run {tracker.run_id}; {seconds / 3600:.2f} "
+              f"{topology['meta']['budget_device']} hours)")
+        return topology
+    finally:
+        tracker.finish(status)
