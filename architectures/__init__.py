@@ -97,6 +97,12 @@ for _name, _d in _DECLARATIONS.items():
     ARCHITECTURES.declare(_name, f"{__name__}.{_d.pop('module')}", **_d)
 
 
+def main_output(out):
+    """The main full-resolution logits of a model's output (the first map under deep
+    supervision, see the contract above)."""
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
 def create_architecture(name: str, **kwargs):
     """Build a registered architecture by name (or alias); imports its module on first use."""
     return ARCHITECTURES.create(name, **kwargs)

@@ -13,7 +13,8 @@ import numpy as np
 from .config import RunConfig
 from .evaluate import flat_metrics, overlays, score, summarize
 from .tracking import Tracker
-from .train import center_batches, data_tags
+from .data.loader import center_batches
+from .train import data_tags
 
 BASELINE_NAME = "threshold_baseline"
 

@@ -55,7 +55,9 @@ def nodule_info(rec) -> dict:
 @torch.no_grad()
 def predict_center(model, store, rows: np.ndarray, cfg: RunConfig, device, batch_size: int = 8):
     """Binary predictions (N, Z, Y, X) and the matching windows of image and ground truth."""
-    from .train import center_batches, main_output
+    from architectures import main_output
+
+    from .data.loader import center_batches
     model.eval()
     preds, images, gts = [], [], []
     for _, img, gt in center_batches(store, rows, batch_size, cfg.data.patch_zyx):

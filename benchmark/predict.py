@@ -66,7 +66,7 @@ class Predictor:
         """(N, Z, Y, X) HU crops -> (N, Z, Y, X) probabilities, zero outside the centre window."""
         import torch
         from .data.store import normalise_hu
-        from .train import main_output
+        from architectures import main_output
         x = torch.from_numpy(normalise_hu(crops_hu, self.hu_window))[:, None]
         off = [(c - p) // 2 for c, p in zip(self.crop_zyx, self.patch_zyx)]
         win = (Ellipsis,) + tuple(slice(o, o + p) for o, p in zip(off, self.patch_zyx))

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from .errors import UsageError
 
-__all__ = ["Protocol", "load_protocol", "plan", "run_protocol", "protocol_status", "register"]
+__all__ = ["Protocol", "load_protocol", "run_protocol", "protocol_status", "register"]
 
 REFERENCE_ARCH = "unet3d"
 BEST = "best"   # loss_study.archs entry standing for the best tuned architecture

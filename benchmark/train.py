@@ -33,9 +33,10 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from architectures import main_output
+
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
-# center_batches is also what evaluate.py and baseline_run.py import from here
 from .data.loader import TrainBatches, center_batches, to_model_input
 from .errors import TrainingError, UsageError
 from .liveness import owner_tags
@@ -142,10 +143,6 @@ def build_scheduler(cfg: RunConfig, optimizer):
 #: read waits for the device to finish everything queued, which would stop the host from
 #: preparing the next steps while the device computes
 LOSS_CHECK_EVERY = 25
-
-
-def main_output(out):
-    return out[0] if isinstance(out, (list, tuple)) else out
 
 
 # ---------------------------------------------------------------------------------------------

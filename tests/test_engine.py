@@ -1,5 +1,4 @@
 """`bench run` end to end on the smoke preset: MLflow contents, resume, real server, bad CLI input."""
-import os
 
 import pytest
 from conftest import run_cli

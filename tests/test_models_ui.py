@@ -17,7 +17,8 @@ def test_importing_the_registry_imports_no_model_library():
             "'dynamic_network_architectures') if m in sys.modules), "
             "sorted(m for m in sys.modules if m.startswith('architectures.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "12 [] []", out
+    n, libraries_and_modules = out.split(" ", 1)
+    assert int(n) >= 13 and libraries_and_modules == "[] []", out   # every name, its metadata, no model code
 
 
 @pytest.mark.slow  # imports every model library (MONAI, timm, ...)

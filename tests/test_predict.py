@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 from benchmark.errors import UsageError

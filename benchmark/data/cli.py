@@ -10,7 +10,6 @@ Errors are BenchError subclasses; the top-level CLI prints them as one line.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
