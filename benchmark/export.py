@@ -10,7 +10,7 @@ Layout of an export folder (text only, one file per run, stable key order: diff-
 
     <name>.runs/
       FORMAT.md              what is below (written with the export)
-      manifest.json          format version, run ids, sha256 of every file
+      manifest.json          format version, the MLflow experiment, run ids, sha256 of every file
       runs/<run_id>.json     run name, status, start/end time (ms), tags, params, final metrics,
                              per-epoch history {metric: [[step, value], ...]}, config (the run's
                              logged config.yaml, parsed)
@@ -116,7 +116,7 @@ def run_payload(cl, run_id: str) -> tuple[dict, Optional[str]]:
     return doc, csv_text
 
 
-def write_export(payloads: Iterable[tuple[dict, Optional[str]]], dest: Path) -> Path:
+def write_export(payloads: Iterable[tuple[dict, Optional[str]]], dest: Path, experiment: str = "") -> Path:
     """Write an export folder atomically (a reader never sees half of one)."""
     dest = Path(dest)
     tmp = dest.with_name(dest.name + ".tmp")
@@ -138,7 +138,8 @@ def write_export(payloads: Iterable[tuple[dict, Optional[str]]], dest: Path) -> 
         if csv_text is not None:
             put(f"per_nodule/{rid}.csv", csv_text)
     put("FORMAT.md", _FORMAT_NOTE.format(version=FORMAT_VERSION))
-    manifest = {"format": FORMAT_VERSION, "runs": sorted(ids), "files": dict(sorted(files.items()))}
+    manifest = {"format": FORMAT_VERSION, "experiment": experiment, "runs": sorted(ids),
+                "files": dict(sorted(files.items()))}
     (tmp / "manifest.json").write_text(_dump_json(manifest), encoding="utf-8")
     if dest.exists():
         shutil.rmtree(dest)
@@ -146,8 +147,18 @@ def write_export(payloads: Iterable[tuple[dict, Optional[str]]], dest: Path) -> 
     return dest
 
 
-def export_runs(cl, run_ids: Iterable[str], dest: Path) -> Path:
-    return write_export((run_payload(cl, rid) for rid in sorted(set(run_ids))), dest)
+def export_runs(cl, run_ids: Iterable[str], dest: Path, experiment: str = "") -> Path:
+    """Export these MLflow runs (``experiment``: the name they were read from, kept for the record)."""
+    return write_export((run_payload(cl, rid) for rid in sorted(set(run_ids))), dest, experiment)
+
+
+def read_manifest(path: Path) -> dict:
+    try:
+        return json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path} is not a run export (no manifest.json)") from None
+    except ValueError:
+        raise DataError(f"{path}/manifest.json is not valid JSON") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ __all__ = ["RunRecord", "TableKey", "Row", "Leaderboard", "collect_runs", "group
            "render_markdown", "render_csv", "render_html", "write_leaderboard", "generate", "holm", "register"]
 
 #: arch tag of reference runs -> what they are (the ``reference`` tag value)
-REFERENCE_ARCHS = {"inter_reader": "human", "threshold_baseline": "baseline"}
+REFERENCE_ARCHS = {"inter_reader": "human", "threshold_baseline": "baseline", "phantom_ceiling": "phantom"}
 #: the per-nodule metrics a leaderboard reports: (CSV column, display name, higher is better)
 METRICS = (("dice", "Dice", True), ("nsd", "NSD", True), ("hd95_mm", "HD95 (mm)", False))
 SIZE_BINS = ("<6", "6-10", "10-20", ">=20")
@@ -197,38 +197,80 @@ def collect_runs(cl, experiment_ids: list[str], filter_string: str, warn=None) -
     quiet = _env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one bar per CSV would bury the table
     with quiet, tempfile.TemporaryDirectory() as tmp:
         for run in found:
-            tags, metrics = run.data.tags, run.data.metrics
-            if any(not tags.get(t) for t in REQUIRED_TAGS) or "test_dice" not in metrics:
-                continue
             rid = run.info.run_id
             dst = Path(tmp) / rid
-            dst.mkdir()
-            try:
-                csv = cl.download_artifacts(rid, "evaluation/per_nodule.csv", str(dst))
-                df = pd.read_csv(csv)
-            except Exception as e:  # noqa: BLE001
-                warn(f"run {rid} ({tags['arch']}) has test metrics but no readable evaluation/per_nodule.csv "
-                     f"({type(e).__name__}); left out")
-                continue
-            missing = [c for c in ("nodule_id", *[m for m, _, _ in METRICS]) if c not in df.columns]
-            n_gt_empty = 0
-            if not missing and "gt_empty" in df.columns:
-                # nodules without ground truth at this spacing: unscored by every run alike
-                empty = df["gt_empty"].astype(str).str.lower().isin(["true", "1"])
-                n_gt_empty = int(empty.sum())
-                df = df[~empty].reset_index(drop=True)
-            if missing or df.empty or df["nodule_id"].duplicated().any() or \
-                    df[[m for m, _, _ in METRICS]].isna().any().any():
-                why = "lacks " + ", ".join(missing) if missing else "empty, NaN or duplicated nodule ids"
-                warn(f"run {rid} ({tags['arch']}): per_nodule.csv is unusable ({why}); left out")
-                continue
-            try:
-                config = yaml.safe_load(Path(cl.download_artifacts(rid, "config.yaml", str(dst))).read_text()) or {}
-            except Exception:  # noqa: BLE001 - older runs: fall back to the params
-                config = _unflatten(run.data.params)
-            records.append(RunRecord(rid, dict(tags), dict(metrics), config, int(run.info.end_time or 0), df,
-                                     n_gt_empty))
+
+            def read_csv(rid=rid, dst=dst):
+                dst.mkdir(exist_ok=True)
+                return pd.read_csv(cl.download_artifacts(rid, "evaluation/per_nodule.csv", str(dst)))
+
+            def read_config(rid=rid, dst=dst, params=run.data.params):
+                try:
+                    dst.mkdir(exist_ok=True)
+                    return yaml.safe_load(Path(cl.download_artifacts(rid, "config.yaml", str(dst))).read_text()) or {}
+                except Exception:  # noqa: BLE001 - older runs: fall back to the params
+                    return _unflatten(params)
+
+            rec = _record(rid, dict(run.data.tags), dict(run.data.metrics), int(run.info.end_time or 0),
+                          read_csv, read_config, warn)
+            if rec is not None:
+                records.append(rec)
     return records
+
+
+def _record(rid: str, tags: dict, metrics: dict, end_time: int, read_csv, read_config, warn) -> Optional[RunRecord]:
+    """One run as a leaderboard record, or None (with a warning when it should have been one).
+    The same rules whether the run comes from MLflow or from a run export."""
+    if any(not tags.get(t) for t in REQUIRED_TAGS) or "test_dice" not in metrics:
+        return None
+    try:
+        df = read_csv()
+    except Exception as e:  # noqa: BLE001
+        warn(f"run {rid} ({tags['arch']}) has test metrics but no readable evaluation/per_nodule.csv "
+             f"({type(e).__name__}); left out")
+        return None
+    missing = [c for c in ("nodule_id", *[m for m, _, _ in METRICS]) if c not in df.columns]
+    n_gt_empty = 0
+    if not missing and "gt_empty" in df.columns:
+        # nodules without ground truth at this spacing: unscored by every run alike
+        empty = df["gt_empty"].astype(str).str.lower().isin(["true", "1"])
+        n_gt_empty = int(empty.sum())
+        df = df[~empty].reset_index(drop=True)
+    if missing or df.empty or df["nodule_id"].duplicated().any() or \
+            df[[m for m, _, _ in METRICS]].isna().any().any():
+        why = "lacks " + ", ".join(missing) if missing else "empty, NaN or duplicated nodule ids"
+        warn(f"run {rid} ({tags['arch']}): per_nodule.csv is unusable ({why}); left out")
+        return None
+    return RunRecord(rid, tags, metrics, read_config(), end_time, df, n_gt_empty)
+
+
+def records_from_export(path: Path, preset: Optional[str] = None, source: Optional[str] = None,
+                        ground_truth: Optional[str] = None, split_hash: Optional[str] = None,
+                        data_hash: Optional[str] = None, warn=None) -> tuple[list[RunRecord], str]:
+    """The leaderboard records of a run export (``benchmark.export``) and the experiment it came
+    from, with the filters ``collect_runs`` would apply in MLflow."""
+    from .export import read_export, read_manifest
+    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    wanted = {"preset": preset, "data.source": source, "data.ground_truth": ground_truth,
+              "data.split_hash": split_hash}
+    records = []
+    for run in read_export(path):
+        if run.status != "FINISHED" or any(v and run.tags.get(k) != v for k, v in wanted.items()):
+            continue
+        if data_hash and not run.tags.get("data.content_hash", "").startswith(data_hash):
+            continue
+        rec = _record(run.run_id, dict(run.tags), dict(run.metrics), run.end_time,
+                      lambda run=run: _require(run.per_nodule(), "no per-nodule table"),
+                      lambda run=run: dict(run.config) or _unflatten(run.params), warn)
+        if rec is not None:
+            records.append(rec)
+    return records, read_manifest(path).get("experiment", "")
+
+
+def _require(value, why: str):
+    if value is None:
+        raise FileNotFoundError(why)
+    return value
 
 
 @contextmanager
@@ -734,18 +776,47 @@ def _markdown_table(lb: Leaderboard) -> list[str]:
         ["| " + " | ".join(row) + " |" for row in esc]
 
 
+def _versions(lb: Leaderboard) -> str:
+    """The phantom and protocol versions the page's runs came from (from their tags)."""
+    runs = [x for r in _all_rows(lb) for x in r.runs]
+    phantoms = sorted({x.tags.get("data.phantom_version", "") for x in runs} - {"", "none"})
+    protocols = sorted({f"{x.tags['protocol.name']} v{x.tags.get('protocol.version', '?')}"
+                        for x in runs if x.tags.get("protocol.name")})
+    parts = [f"phantom v{'/'.join(phantoms)}"] if phantoms else []
+    parts += [f"protocol {', '.join(protocols)}"] if protocols else ["no declared protocol"]
+    return ", ".join(parts)
+
+
+def title(lb: Leaderboard) -> str:
+    return f"Leaderboard: {lb.key.dataset}, {lb.key.preset} preset ({_versions(lb)})"
+
+
+def provenance(row: Row) -> tuple[str, bool]:
+    """The commits a row's runs came from, and whether they disagree on the training code
+    (``benchmark.provenance``: a hash of the code that trains and scores, tagged on every run)."""
+    from .provenance import TAG
+    commits = sorted({(x.tags.get("mlflow.source.git.commit") or x.tags.get("git.commit") or "?")[:8]
+                      for x in row.runs})
+    code = {x.tags.get(TAG) for x in row.runs if x.tags.get(TAG)}
+    return ", ".join(commits), len(code) > 1
+
+
 def render_markdown(lb: Leaderboard) -> str:
-    out = [f"# Leaderboard: {lb.key.dataset}, {lb.key.preset} preset", "", _generated_line(lb), ""]
+    out = [f"# {title(lb)}", "", _generated_line(lb), ""]
     if lb.sections:
         out += [f"## {SECTION_TITLES[lb.section]}", ""]
     out += _markdown_table(lb)
     for sec in lb.sections:
         out += ["", f"## {SECTION_TITLES[sec.section]}", ""] + _markdown_table(sec)
     out += ["", "## Notes", ""] + [f"- {n}" for n in _notes(lb)]
-    out += ["", "## MLflow runs", ""]
+    out += ["", "## MLflow runs", "",
+            "Each row's runs and the commits they ran at; a row marked **code changed** has runs trained by "
+            "different training code (its runs disagree on the `code.training_sha` tag).", ""]
     for r in _all_rows(lb):
         runs = ", ".join(f"seed {x.seed}: `{x.run_id}`" if not r.reference else f"`{x.run_id}`" for x in r.runs)
-        out.append(f"- {_run_list_label(lb, r)}: {runs}")
+        commits, changed = provenance(r)
+        flag = " **code changed**" if changed else ""
+        out.append(f"- {_run_list_label(lb, r)}: {runs} (commit {commits}){flag}")
     return "\n".join(out) + "\n"
 
 
@@ -878,7 +949,7 @@ def render_html(lb: Leaderboard, plots: dict[str, bytes]) -> str:
     e = html.escape
     parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
              f"<title>Leaderboard {e(lb.key.name)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>Leaderboard: {e(lb.key.dataset)}, {e(lb.key.preset)} preset</h1>",
+             f"<h1>{e(title(lb))}</h1>",
              f"<p>{e(_generated_line(lb)).replace('`', '')}</p>"]
     for sec in [lb] + lb.sections:
         if lb.sections:
@@ -963,26 +1034,39 @@ class Generated:
 def generate(preset: Optional[str] = None, ranking: str = "aggregate", out_dir: Optional[Path] = None,
              experiment: Optional[str] = None, source: Optional[str] = None, ground_truth: Optional[str] = None,
              split_hash: Optional[str] = None, data_hash: Optional[str] = None, run_filter: Optional[str] = None,
-             n_boot: int = 2000, boot_seed: int = 0, log_to_mlflow: bool = True) -> list[Generated]:
-    """Build, write (and log) one leaderboard per output name; refuse ambiguous groups."""
+             n_boot: int = 2000, boot_seed: int = 0, log_to_mlflow: bool = True,
+             from_export: Optional[Path] = None, export: bool = False) -> list[Generated]:
+    """Build, write (and log) one leaderboard per output name; refuse ambiguous groups.
+
+    ``from_export``: read the runs from a run export (``benchmark.export``) instead of MLflow;
+    nothing is logged then. ``export``: write ``<name>.runs/`` (the runs of each table) beside it,
+    so the page can be recomputed, byte for byte, from the repository alone."""
     from .paths import home
     from .tracking import Tracker, client, load_settings
     if ranking not in RANKINGS:
         raise UsageError(f"unknown ranking {ranking!r} (choose from {', '.join(RANKINGS)})")
     if n_boot < 100:
         raise UsageError("--n-boot must be at least 100")
-    settings = load_settings()
-    exp_name = experiment or settings.experiment
-    cl = client(settings)
-    exp = cl.get_experiment_by_name(exp_name)
-    if exp is None:
-        raise UsageError(f"no MLflow experiment {exp_name!r} in {settings.tracking_uri}; run `bench suite` first")
-    flt = _mlflow_filter(preset, source, ground_truth, split_hash, data_hash, run_filter)
-    runs = collect_runs(cl, [exp.experiment_id], flt)
-    if not runs:
-        what = f" for preset {preset!r}" if preset else ""
-        raise UsageError(f"no finished, test-evaluated runs{what} in experiment {exp_name!r}; "
-                         f"run `bench suite --preset {preset or 'cpu'}` first")
+    if from_export is not None:
+        if run_filter or experiment or export:
+            raise UsageError("--from reads a run export: --filter, --experiment and --export do not apply")
+        runs, exp_name = records_from_export(Path(from_export), preset, source, ground_truth, split_hash, data_hash)
+        log_to_mlflow, flt = False, ""
+        if not runs:
+            raise UsageError(f"the run export {from_export} holds no finished, test-evaluated runs for these filters")
+    else:
+        settings = load_settings()
+        exp_name = experiment or settings.experiment
+        cl = client(settings)
+        exp = cl.get_experiment_by_name(exp_name)
+        if exp is None:
+            raise UsageError(f"no MLflow experiment {exp_name!r} in {settings.tracking_uri}; run `bench suite` first")
+        flt = _mlflow_filter(preset, source, ground_truth, split_hash, data_hash, run_filter)
+        runs = collect_runs(cl, [exp.experiment_id], flt)
+        if not runs:
+            what = f" for preset {preset!r}" if preset else ""
+            raise UsageError(f"no finished, test-evaluated runs{what} in experiment {exp_name!r}; "
+                             f"run `bench suite --preset {preset or 'cpu'}` first")
     by_name = group_runs(runs)
     mixed = {n: g for n, g in by_name.items() if len(g) > 1}
     if mixed:
@@ -996,6 +1080,10 @@ def generate(preset: Optional[str] = None, ranking: str = "aggregate", out_dir: 
         lb.experiment = exp_name
         lb.n_source_runs = len({x.run_id for r in _all_rows(lb) for x in r.runs})
         files = write_leaderboard(lb, out_dir)
+        if export:
+            from .export import export_runs
+            ids = {x.run_id for r in _all_rows(lb) for x in r.runs}
+            files.append(export_runs(cl, ids, out_dir / f"{lb.key.name}.runs", exp_name))
         results.append(Generated(lb, files, files[0].read_text(encoding="utf-8")))
     if log_to_mlflow:
         label = results[0].leaderboard.key.name if len(results) == 1 else "all"
@@ -1009,7 +1097,8 @@ def generate(preset: Optional[str] = None, ranking: str = "aggregate", out_dir: 
                 tracker.set_tags({f"leaderboard.{g.leaderboard.key.name}.runs":
                                   str(g.leaderboard.n_source_runs)})
                 for f in g.files:
-                    tracker.log_artifact(f, "leaderboards")
+                    if f.is_file():     # not the run export folder: those runs are in this store already
+                        tracker.log_artifact(f, "leaderboards")
             status = "FINISHED"
         finally:
             tracker.finish(status)
@@ -1031,6 +1120,11 @@ def register(sub) -> None:
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--boot-seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--no-log", action="store_true", help="do not log the files to an MLflow run")
+    p.add_argument("--export", action="store_true",
+                   help="also write <name>.runs/: every run behind each table (params, tags, metric histories, "
+                        "config, per-nodule CSV), so `--from` can recompute it without MLflow")
+    p.add_argument("--from", dest="from_export", metavar="EXPORT",
+                   help="recompute from a run export folder (e.g. leaderboards/lidc-phantom-cpu.runs) instead of MLflow")
     p.set_defaults(func=_cmd)
 
 
@@ -1038,7 +1132,8 @@ def _cmd(args) -> None:
     results = generate(preset=args.preset, ranking=args.ranking, out_dir=args.out, experiment=args.experiment,
                        source=args.source, ground_truth=args.ground_truth, split_hash=args.split_hash,
                        data_hash=args.data_hash, run_filter=args.run_filter, n_boot=args.n_boot,
-                       boot_seed=args.boot_seed, log_to_mlflow=not args.no_log)
+                       boot_seed=args.boot_seed, log_to_mlflow=not args.no_log,
+                       from_export=args.from_export, export=args.export)
     for g in results:
         print(g.markdown)
         print("wrote " + ", ".join(str(f) for f in g.files), file=sys.stderr)

@@ -112,7 +112,7 @@ def plan_cells(preset: str, archs: Optional[list[str]] = None, losses: Optional[
     from architectures import architecture_entry, list_architectures
 
     from .losses import loss_entry
-    from .reference import INTER_READER, reference_fingerprint
+    from .reference import INTER_READER, PHANTOM_CEILING, reference_fingerprint
     if seeds < 1:
         raise UsageError("--seeds must be at least 1")
     archs = list(archs) if archs else list_architectures()
@@ -148,6 +148,8 @@ def plan_cells(preset: str, archs: Optional[list[str]] = None, losses: Optional[
             done.add(key)
             refs += [Cell("threshold_baseline", "none", None, c.cfg, "threshold_baseline"),
                      Cell(INTER_READER, "none", None, c.cfg, INTER_READER)]
+            if c.cfg.data.source == "phantom":   # only the phantom has a known true shape
+                refs.append(Cell(PHANTOM_CEILING, "none", None, c.cfg, PHANTOM_CEILING))
     return refs + cells
 
 
@@ -349,7 +351,7 @@ def run_cell(c: Cell, *, store, claim, experiment: Optional[str] = None,
     judges RUNNING runs by their owner tags (see ``_existing_runs``). Never raises for a
     failing cell: the failure is the outcome."""
     from .paths import checkpoints_dir
-    from .reference import reference_fingerprint, run_inter_reader
+    from .reference import PHANTOM_CEILING, reference_fingerprint, run_inter_reader, run_phantom_ceiling
     from .tracking import client, load_settings
     settings = load_settings()
     cl = client(settings)
@@ -366,6 +368,9 @@ def run_cell(c: Cell, *, store, claim, experiment: Optional[str] = None,
             from .baseline_run import run_threshold_baseline
             rid, _ = run_threshold_baseline(
                 c.cfg, experiment=experiment, tags={**c.tags, "reference.fingerprint": reference_fingerprint(c.cfg)})
+            return CellOutcome("ran", c.label, rid)
+        if c.reference == PHANTOM_CEILING:
+            rid, _ = run_phantom_ceiling(c.cfg, experiment=experiment, store=store, tags=c.tags or None)
             return CellOutcome("ran", c.label, rid)
         if c.reference:
             rid, _ = run_inter_reader(c.cfg, experiment=experiment, store=store, tags=c.tags or None)

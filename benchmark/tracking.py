@@ -119,6 +119,8 @@ def environment_tags() -> dict[str, str]:
         "host": platform.node(),
         "device": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"),
     }
+    from .provenance import TAG, training_code_sha
+    tags[TAG] = training_code_sha()       # lets the leaderboard flag a row trained by changed code
     for pkg in ("monai", "mlflow", "optuna", "SimpleITK", "timm", "numpy"):
         try:
             from importlib.metadata import version

@@ -40,6 +40,10 @@ def _csv_mean(cl, run_id: str, metric: str, tmp: Path) -> float:
     return float(pd.read_csv(path)[metric].mean())
 
 
+#: reference runs per data config on the phantom: threshold baseline, inter-reader, phantom ceiling
+N_REFERENCES = 3
+
+
 @pytest.fixture(scope="module")
 def store_home(tmp_path_factory):
     """A project home whose MLflow store holds one small suite (what bench_home gives a test,
@@ -53,7 +57,7 @@ def store_home(tmp_path_factory):
     res = run_suite("smoke", archs=["unet3d"], losses=["dice_bce", "dice"], seeds=SEEDS, overrides=SMALL,
                     show_progress=False)
     assert not res.failed, res.failed
-    assert len(res.ran) == len(ARCH_LOSSES) * SEEDS + 2 and not res.skipped
+    assert len(res.ran) == len(ARCH_LOSSES) * SEEDS + N_REFERENCES and not res.skipped
     yield home, res
     mp.undo()
 
@@ -100,7 +104,8 @@ def test_leaderboard_numbers_match_the_per_nodule_csvs(at_store, tmp_path, capsy
     assert np.isnan(top["wilcoxon_p_holm"]) and 0.0 <= second["wilcoxon_p_holm"] <= 1.0
 
     refs = table[table["reference"].notna()].set_index("arch")
-    assert set(refs.index) == {"inter_reader", "threshold_baseline"}
+    assert set(refs.index) == {"inter_reader", "threshold_baseline", "phantom_ceiling"}
+    assert refs.loc["phantom_ceiling", "reference"] == "phantom"
     assert refs.loc["inter_reader", "reference"] == "human"
     assert np.isnan(pd.to_numeric(refs["rank"], errors="coerce")).all()   # shown, not ranked
 
@@ -176,7 +181,7 @@ def test_plan_applies_per_architecture_overrides_and_rejects_typos():
     cells = plan_cells("smoke", archs=["unet3d", "transfuse"], seeds=2,
                        overrides=["train.epochs=1", "unet3d:model.kwargs.base_channels=4"])
     models = [c for c in cells if not c.reference]
-    assert [c.reference for c in cells[:2]] == ["threshold_baseline", "inter_reader"]
+    assert [c.reference for c in cells[:3]] == ["threshold_baseline", "inter_reader", "phantom_ceiling"]
     assert len(models) == 4 and {c.cfg.train.epochs for c in models} == {1}
     assert [(c.seed, c.arch) for c in models] == [(0, "unet3d"), (0, "transfuse_s"), (1, "unet3d"), (1, "transfuse_s")]
     assert all((c.cfg.model.kwargs.get("base_channels") == 4) == (c.arch == "unet3d") for c in models)
@@ -238,7 +243,7 @@ def test_interrupted_cell_is_resumed_not_restarted(store_home, bench_home, how):
     res = run_suite("smoke", archs=["unet3d"], losses=["dice_bce"], seeds=SEEDS + 1, overrides=SMALL,
                     show_progress=False)
     assert res.resumed == [(f"unet3d/dice_bce/s{SEEDS}", killed)]
-    assert not res.ran and not res.failed and len(res.skipped) == SEEDS + 2
+    assert not res.ran and not res.failed and len(res.skipped) == SEEDS + N_REFERENCES
     run = cl.get_run(killed)
     assert run.info.status == "FINISHED" and "test_dice" in run.data.metrics
 
@@ -318,7 +323,7 @@ def test_a_run_never_cut_short_counts_for_a_larger_patience(store_home, bench_ho
     more_patience = [*SMALL, "train.early_stopping_patience=9"]
     res = run_suite("smoke", archs=["unet3d"], losses=["dice_bce", "dice"], seeds=SEEDS, overrides=more_patience,
                     show_progress=False, dry_run=True)
-    assert not res.ran and len(res.skipped) == len(ARCH_LOSSES) * SEEDS + 2
+    assert not res.ran and len(res.skipped) == len(ARCH_LOSSES) * SEEDS + N_REFERENCES
     assert {rid for _, rid in res.skipped} <= {r.info.run_id for r in _all_runs(cl)}
     assert cl.get_run(models[0].info.run_id).data.tags["config.budget_fingerprint"]
     # a smaller patience than the runs had is a different experiment: they might have stopped

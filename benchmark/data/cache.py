@@ -84,16 +84,8 @@ def cache_root() -> Path:
 
 
 def _code_fingerprint(source_text: str) -> str:
-    """The module's syntax tree without docstrings: comment and doc edits keep caches valid."""
-    import ast
-    tree = ast.parse(source_text)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                and isinstance(body[0].value.value, str):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree, annotate_fields=False)
+    from ..provenance import code_fingerprint
+    return code_fingerprint(source_text)
 
 
 def code_version(source: str = "phantom") -> str:
