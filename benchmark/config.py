@@ -148,7 +148,7 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     val_every: int = 1
 
-    @field_validator("epochs", "batch_size", "val_every", "early_stopping_patience")
+    @field_validator("epochs", "batch_size", "val_every")
     @classmethod
     def _at_least_one(cls, v):
         if v < 1:
