@@ -134,7 +134,7 @@ def _candidate(study, trial, stage: int, base, meta: dict, overrides: list[str],
     cfg.name = f"{study.study_name}-t{trial.number:03d}"
     macs = float(count_macs(build_model(cfg).eval(), (1, 1, *cfg.data.patch_zyx)))
     trial.set_user_attr("macs", macs)
-    res = run_experiment(cfg, parent_run_id=parent, evaluate_test=False, show_progress=False,
+    res = run_experiment(cfg, parent_run_id=parent, evaluate_test=False, show_progress=False, discard_checkpoints=True,
                          on_run_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
                          tags={"optuna.study": study.study_name, "optuna.trial": str(trial.number),
                                "nas.stage": str(stage), "nas.macs": str(int(macs))})

@@ -148,6 +148,8 @@ class Tracker:
         self.offline_path = offline_dir() / f"{run_id}.jsonl"
         self._warned = False
         self._monitor = None
+        #: (metric, step) pairs the run already holds; set on resume so nothing is logged twice
+        self._logged: set[tuple[str, int]] | None = None
 
     # -- creation ---------------------------------------------------------------------------
     @classmethod
@@ -167,11 +169,18 @@ class Tracker:
         settings = settings or load_settings()
         cl = client(settings)
         try:
-            cl.get_run(run_id)
+            run = cl.get_run(run_id)
         except Exception:
             raise UsageError(f"no MLflow run {run_id!r} in {settings.tracking_uri}") from None
         cl.update_run(run_id, status="RUNNING")
-        return cls(cl, run_id, settings)
+        tracker = cls(cl, run_id, settings)
+        tracker._logged = logged_metric_steps(cl, run)
+        return tracker
+
+    @property
+    def offline(self) -> bool:
+        """True once logging fell back to the local buffer (the server stopped answering)."""
+        return self._warned
 
     # -- logging ----------------------------------------------------------------------------
     def _guard(self, what: str, fn, record: dict):
@@ -203,6 +212,12 @@ class Tracker:
         from mlflow.entities import Metric
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
+        if self._logged is not None:
+            # a resumed run re-runs whatever came after its last checkpoint: log only what is new
+            items = [m for m in items if (m.key, m.step) not in self._logged]
+            self._logged.update((m.key, m.step) for m in items)
+        if not items:
+            return
         self._guard("metrics", lambda: self.client.log_batch(self.run_id, metrics=items),
                     {"metrics": {m.key: m.value for m in items}, "step": step or 0, "timestamp": ts})
 
@@ -242,6 +257,14 @@ class Tracker:
             except Exception:
                 pass
             self._monitor = None
+
+
+def logged_metric_steps(cl, run) -> set[tuple[str, int]]:
+    """Every (metric, step) pair a run already holds."""
+    out: set[tuple[str, int]] = set()
+    for key in run.data.metrics:
+        out.update((key, m.step) for m in cl.get_metric_history(run.info.run_id, key))
+    return out
 
 
 def sync_offline(path: str | Path, settings: TrackingSettings | None = None) -> int:

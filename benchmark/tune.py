@@ -344,7 +344,7 @@ def objective_factory(base_overrides: list[str], meta: dict, fixed: dict, narrow
             trial.set_user_attr("mlflow_run_id", run_id)
 
         res = run_experiment(cfg, parent_run_id=parent_run_id, evaluate_test=False, on_epoch_end=report,
-                             on_run_start=started, show_progress=False,
+                             on_run_start=started, show_progress=False, discard_checkpoints=True,
                              tags={"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number)})
         if not math.isfinite(res.best_val_dice):
             raise optuna.TrialPruned("non-finite validation Dice")
