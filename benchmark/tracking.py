@@ -51,6 +51,7 @@ def load_settings(path: str | Path | None = None) -> TrackingSettings:
             raise UsageError(f"{cfg_path} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise UsageError(f"{cfg_path} must hold a mapping of settings")
+        _check_setting_types(cfg_path, data)
     base = home()
     uri = (os.environ.get("LIDC_BENCH_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI")
            or data.get("tracking_uri") or "sqlite:///runs/mlflow.db")
@@ -66,6 +67,25 @@ def load_settings(path: str | Path | None = None) -> TrackingSettings:
         system_metrics=bool(data.get("system_metrics", True)),
         system_metrics_interval_s=float(data.get("system_metrics_interval_s", 10)),
     )
+
+
+#: mlflow.yaml keys and the types they accept
+_SETTING_TYPES = {"tracking_uri": (str,), "experiment": (str,), "artifact_location": (str, type(None)),
+                  "system_metrics": (bool,), "system_metrics_interval_s": (int, float)}
+
+
+def _check_setting_types(path: Path, data: dict) -> None:
+    for key, value in data.items():
+        if key not in _SETTING_TYPES:
+            continue  # unknown keys are left for newer versions
+        types = _SETTING_TYPES[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            names = {str: "a string", bool: "true/false", int: "a number", float: "a number", type(None): "null"}
+            want = " or ".join(dict.fromkeys(names[t] for t in types))
+            raise UsageError(f"{path}: {key} must be {want}, got {value!r}")
+    interval = data.get("system_metrics_interval_s")
+    if interval is not None and not interval > 0:
+        raise UsageError(f"{path}: system_metrics_interval_s must be > 0, got {interval!r}")
 
 
 def _is_local(uri: str) -> bool:
