@@ -107,10 +107,12 @@ def load_split(path: Path = SPLIT_PATH) -> dict:
     return data
 
 
-def check_index_matches_split(index_path: Path = INDEX_PATH, path: Path = SPLIT_PATH) -> None:
+def check_index_matches_split(index_path: Path | None = None, path: Path | None = None) -> None:
     """DataError unless the nodule index is the file the split was made from (its sha256 is
     recorded in split.json). A cut, edited or replaced nodules.csv would otherwise run on
     whichever nodules are left, and rebuild the shared crop cache from them."""
+    index_path = Path(index_path or INDEX_PATH)
+    path = Path(path or SPLIT_PATH)
     split = load_split(path)
     recorded = split.get("index_sha256")
     if not recorded:
