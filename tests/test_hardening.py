@@ -23,7 +23,7 @@ import pytest
 import torch
 from conftest import ROOT, run_cli
 
-from benchmark.checkpoint import digest_path, load_checkpoint, save_checkpoint
+from benchmark.checkpoint import load_checkpoint, save_checkpoint
 from benchmark.cli import main
 from benchmark.config import RunConfig, build_config
 from benchmark.errors import BenchError, DataError, TrainingError, UsageError
@@ -132,7 +132,7 @@ def test_crafted_checkpoint_executes_nothing(tmp_path):
     path = tmp_path / "last.pt"
     path.write_bytes(pickle.dumps({"epoch": 1, "model": _Payload(str(marker)), "config": {}}))
     # even with a digest that matches (the attacker can write one too), nothing runs
-    digest_path(path).write_text(hashlib.sha256(path.read_bytes()).hexdigest() + "  last.pt\n")
+    path.with_name("last.pt.sha256").write_text(hashlib.sha256(path.read_bytes()).hexdigest() + "  last.pt\n")
     with pytest.raises(TrainingError, match="not a plain weights file"):
         load_checkpoint(path)
     assert not marker.exists()
