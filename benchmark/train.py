@@ -322,7 +322,8 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
     from .data import load_crops
 
     if resume_run_id:
-        resume_state, cfg = load_resume_state(resume_run_id)
+        # under torchrun only rank 0 owns the MLflow run: the other ranks only read the checkpoint
+        resume_state, cfg = load_resume_state(resume_run_id, check_run=os.environ.get("RANK", "0") == "0")
     else:
         resume_state = None
 
@@ -440,7 +441,7 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
                 tdist.destroy_process_group()
 
 
-def load_resume_state(run_id: str) -> tuple[dict, RunConfig]:
+def load_resume_state(run_id: str, check_run: bool = True) -> tuple[dict, RunConfig]:
     """The verified ``last.pt`` of a run that may be resumed, and its validated config.
 
     Refused with one line: an id that is not a run id, an unknown run, a FINISHED run (its
@@ -450,10 +451,30 @@ def load_resume_state(run_id: str) -> tuple[dict, RunConfig]:
     KILLED (instead of staying RUNNING for ever) and the message says to start a new run.
     """
     from .config import validate_config
-    from .liveness import owner_is_dead
     from .paths import validate_run_id
-    from .tracking import client
     validate_run_id(run_id)
+    if check_run:
+        _check_resumable_run(run_id)
+    state_path = checkpoints_dir(run_id) / "last.pt"
+    if not state_path.exists():
+        raise UsageError(f"cannot resume run {run_id}: no checkpoint at {state_path}")
+    state = load_checkpoint(state_path)
+    if state.get("run_id") not in (None, run_id):
+        raise TrainingError(f"checkpoint {state_path} belongs to run {state.get('run_id')}, not {run_id}")
+    cfg = validate_config(state["config"], where=f"checkpoint {state_path}: ")
+    from architectures import architecture_entry
+    try:
+        cfg.model.arch = architecture_entry(cfg.model.arch).name
+        build_model(cfg).load_state_dict(state["model"])  # before the run is touched
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise UsageError(_mismatch(state_path, cfg, e)) from None
+    return state, cfg
+
+
+def _check_resumable_run(run_id: str) -> None:
+    """The MLflow side of ``load_resume_state`` (see there)."""
+    from .liveness import owner_is_dead
+    from .tracking import client
     cl = client()
     try:
         run = cl.get_run(run_id)
@@ -467,24 +488,10 @@ def load_resume_state(run_id: str) -> tuple[dict, RunConfig]:
     if status == "RUNNING" and dead is False:
         raise UsageError(f"run {run_id} is RUNNING in process {run.data.tags.get('pid')} on this host; "
                          f"stop it first or let it finish")
-    state_path = checkpoints_dir(run_id) / "last.pt"
-    if not state_path.exists():
-        if status == "RUNNING" and dead:
-            cl.set_terminated(run_id, "KILLED")
-            raise UsageError(f"run {run_id} was killed before its first checkpoint: nothing to resume; it is now "
-                             f"marked KILLED, start a new run")
-        raise UsageError(f"cannot resume run {run_id}: no checkpoint at {state_path}")
-    state = load_checkpoint(state_path)
-    if state.get("run_id") not in (None, run_id):
-        raise TrainingError(f"checkpoint {state_path} belongs to run {state.get('run_id')}, not {run_id}")
-    cfg = validate_config(state["config"], where=f"checkpoint {state_path}: ")
-    from architectures import architecture_entry
-    try:
-        cfg.model.arch = architecture_entry(cfg.model.arch).name
-        build_model(cfg).load_state_dict(state["model"])  # before the run is touched
-    except (RuntimeError, KeyError, ValueError, TypeError) as e:
-        raise UsageError(_mismatch(state_path, cfg, e)) from None
-    return state, cfg
+    if status == "RUNNING" and dead and not (checkpoints_dir(run_id) / "last.pt").exists():
+        cl.set_terminated(run_id, "KILLED")
+        raise UsageError(f"run {run_id} was killed before its first checkpoint: nothing to resume; it is now "
+                         f"marked KILLED, start a new run")
 
 
 def _mismatch(path: Path, cfg: RunConfig, e: Exception) -> str:

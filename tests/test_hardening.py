@@ -25,8 +25,8 @@ from conftest import ROOT, run_cli
 
 from benchmark.checkpoint import load_checkpoint, save_checkpoint
 from benchmark.cli import main
-from benchmark.config import RunConfig, build_config
-from benchmark.errors import BenchError, DataError, TrainingError, UsageError
+from benchmark.config import build_config
+from benchmark.errors import DataError, TrainingError, UsageError
 
 TINY = ["train.epochs=1", "train.steps_per_epoch=1", "model.kwargs.base_channels=4", "eval.overlays=false",
         "eval.latency_repeats=1"]
