@@ -25,11 +25,12 @@ def runs_dir() -> Path:
     return home() / "runs"
 
 
-def validate_run_id(run_id) -> str:
+def validate_run_id(run_id, context: str = "") -> str:
     """``run_id`` if it is an MLflow run id; a UsageError otherwise. Ids are joined into paths
     (checkpoints, offline buffers), so nothing else may pass: no ``..``, no ``/``."""
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
-        raise UsageError(f"{str(run_id)[:80]!r} is not an MLflow run id (32 hex digits)")
+        raise UsageError(f"{context + ': ' if context else ''}{str(run_id)[:80]!r} is not an MLflow run id "
+                         f"(32 hex digits)")
     return run_id
 
 

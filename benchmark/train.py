@@ -452,7 +452,7 @@ def load_resume_state(run_id: str, check_run: bool = True) -> tuple[dict, RunCon
     """
     from .config import validate_config
     from .paths import validate_run_id
-    validate_run_id(run_id)
+    validate_run_id(run_id, context="cannot resume")
     if check_run:
         _check_resumable_run(run_id)
     state_path = checkpoints_dir(run_id) / "last.pt"
