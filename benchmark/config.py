@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UsageError
+
+#: seeds feed numpy's legacy RNG and torch generators, which take 32-bit seeds
+SEED_LIMIT = 2 ** 32
 
 
 class _Strict(BaseModel):
@@ -49,7 +52,7 @@ class DataConfig(_Strict):
     @field_validator("spacing_mm")
     @classmethod
     def _positive(cls, v):
-        if v <= 0:
+        if not v > 0:  # also refuses NaN
             raise ValueError("spacing_mm must be > 0")
         return v
 
@@ -58,6 +61,32 @@ class DataConfig(_Strict):
     def _workers(cls, v):
         if v != "auto" and v < 0:
             raise ValueError("num_workers must be 'auto' or >= 0")
+        return v
+
+    @field_validator("crop_xyz", "patch_xyz")
+    @classmethod
+    def _positive_size(cls, v):
+        if any(n < 1 for n in v):
+            raise ValueError(f"every size must be >= 1 voxel, got {tuple(v)}")
+        return v
+
+    @field_validator("max_nodules")
+    @classmethod
+    def _positive_caps(cls, v):
+        if v is not None and any(n < 1 for n in v.values()):
+            raise ValueError(f"every per-split cap must be >= 1, got {v}")
+        return v
+
+    @field_validator("phantom_seed")
+    @classmethod
+    def _seed_range(cls, v):
+        return _check_seed(v)
+
+    @field_validator("hu_window")
+    @classmethod
+    def _window_order(cls, v):
+        if not v[0] < v[1]:  # an empty window divides by zero in normalise_hu
+            raise ValueError(f"needs low < high, got {tuple(v)}")
         return v
 
     @property
@@ -69,6 +98,12 @@ class DataConfig(_Strict):
     def crop_zyx(self) -> tuple[int, int, int]:
         x, y, z = self.crop_xyz
         return (z, y, x)
+
+
+def _check_seed(v: int) -> int:
+    if not 0 <= v < SEED_LIMIT:
+        raise ValueError(f"must be in [0, 2**32), got {v}")
+    return v
 
 
 class ModelConfig(_Strict):
@@ -98,6 +133,20 @@ class OptimConfig(_Strict):
             raise ValueError("lr must be > 0")
         return v
 
+    @field_validator("weight_decay", "warmup_epochs")
+    @classmethod
+    def _not_negative(cls, v):
+        if not v >= 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("grad_clip")
+    @classmethod
+    def _clip_positive(cls, v):
+        if v is not None and not v > 0:
+            raise ValueError("must be > 0 (or null for no clipping)")
+        return v
+
 
 class TrainConfig(_Strict):
     epochs: int = 100
@@ -120,12 +169,46 @@ class TrainConfig(_Strict):
             raise ValueError("must be >= 1")
         return v
 
+    @field_validator("steps_per_epoch")
+    @classmethod
+    def _steps_at_least_one(cls, v):
+        # 0 or a negative cap would give a run that "finishes" without one optimiser step
+        if v is not None and v < 1:
+            raise ValueError("must be >= 1 (or null for one pass over the training split)")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v):
+        return _check_seed(v)
+
 
 class EvalConfig(_Strict):
     threshold: float = 0.5
     nsd_tolerance_mm: float = 1.0
     latency_repeats: int = 10
     overlays: bool = True
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_inside(cls, v):
+        if not 0 < v < 1:
+            raise ValueError("must be strictly between 0 and 1")
+        return v
+
+    @field_validator("nsd_tolerance_mm")
+    @classmethod
+    def _tolerance(cls, v):
+        if not v >= 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("latency_repeats")
+    @classmethod
+    def _repeats(cls, v):
+        if v < 1:  # checked here, not after hours of training
+            raise ValueError("must be >= 1")
+        return v
 
 
 class RunConfig(_Strict):
@@ -137,6 +220,16 @@ class RunConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _patch_fits_crop(self):
+        # Checked on the whole run, not in DataConfig: `bench data build --spacing` changes the
+        # crop of a data config whose patch it never uses.
+        crop, patch = self.data.crop_xyz, self.data.patch_xyz
+        if any(p > c for p, c in zip(patch, crop)):
+            raise ValueError(f"data.patch_xyz {tuple(patch)} is larger than data.crop_xyz {tuple(crop)} "
+                             f"the patches are cut from")
+        return self
 
     def flat(self) -> dict[str, Any]:
         return flatten(self.model_dump(mode="json"))
@@ -286,12 +379,22 @@ def build_config(preset: Optional[str] = None, overrides: list[str] | None = Non
             raise UsageError(f"override {item!r}: unknown section {path[0]!r} (sections: {', '.join(sorted(valid_roots))})")
         _set_path(d, path, value, item)
     _apply_arch_preset(d, preset)
+    return validate_config(d)
+
+
+def validate_config(d: dict, where: str = "") -> RunConfig:
+    """``RunConfig`` from a plain dict, a validation problem as one UsageError line."""
     try:
         return RunConfig.model_validate(d)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise UsageError(f"invalid config value for {loc}: {err['msg']}") from None
+        raise UsageError(f"{where}{validation_message(e)}") from None
+
+
+def validation_message(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"invalid config value for {loc}: {msg}" if loc else f"invalid config: {msg}"
 
 
 def _apply_arch_preset(d: dict, preset: str) -> None:

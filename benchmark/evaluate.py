@@ -172,7 +172,8 @@ def evaluate_run(model, store, cfg: RunConfig, device, tracker: Tracker, out_dir
     costs = cost_metrics(model, cfg, device)
     costs["train_seconds"] = train_seconds
     (out_dir / "summary.yaml").write_text(yaml.safe_dump(_plain({"test": summary, "cost": costs}), sort_keys=False))
-    tracker.log_metrics({**flat_metrics(summary), **costs})
+    # train_seconds is in summary.yaml; the metric is logged once, by the training loop
+    tracker.log_metrics({**flat_metrics(summary), **{k: v for k, v in costs.items() if k != "train_seconds"}})
     tracker.log_artifact(csv, "evaluation")
     tracker.log_artifact(out_dir / "summary.yaml", "evaluation")
     if cfg.eval.overlays and len(df):

@@ -251,7 +251,7 @@ def _candidate(study, trial, within, meta: dict, overrides: list[str], parent: s
     kind = "cuda" if (cfg.train.device != "cpu" and _device_kind() == "cuda") else "cpu"
     with _Meter(kind) as meter:
         res = run_experiment(cfg, parent_run_id=parent, evaluate_test=False, show_progress=False,
-                             on_run_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
+                             discard_checkpoints=True, on_run_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
                              tags={"optuna.study": study.study_name, "optuna.trial": str(trial.number),
                                    "nas.phase": "2", "nas.macs": str(int(macs))})
     trial.set_user_attr("budget_s", meter.seconds)

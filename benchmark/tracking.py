@@ -24,7 +24,7 @@ import yaml
 
 from . import PROJECT_ROOT, __version__
 from .errors import TrackingError, UsageError
-from .paths import home, offline_dir
+from .paths import checkpoints_dir, home, offline_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ def load_settings(path: str | Path | None = None) -> TrackingSettings:
             raise UsageError(f"{cfg_path} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise UsageError(f"{cfg_path} must hold a mapping of settings")
+        _check_setting_types(cfg_path, data)
     base = home()
     uri = (os.environ.get("LIDC_BENCH_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI")
            or data.get("tracking_uri") or "sqlite:///runs/mlflow.db")
@@ -66,6 +67,25 @@ def load_settings(path: str | Path | None = None) -> TrackingSettings:
         system_metrics=bool(data.get("system_metrics", True)),
         system_metrics_interval_s=float(data.get("system_metrics_interval_s", 10)),
     )
+
+
+#: mlflow.yaml keys and the types they accept
+_SETTING_TYPES = {"tracking_uri": (str,), "experiment": (str,), "artifact_location": (str, type(None)),
+                  "system_metrics": (bool,), "system_metrics_interval_s": (int, float)}
+
+
+def _check_setting_types(path: Path, data: dict) -> None:
+    for key, value in data.items():
+        if key not in _SETTING_TYPES:
+            continue  # unknown keys are left for newer versions
+        types = _SETTING_TYPES[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            names = {str: "a string", bool: "true/false", int: "a number", float: "a number", type(None): "null"}
+            want = " or ".join(dict.fromkeys(names[t] for t in types))
+            raise UsageError(f"{path}: {key} must be {want}, got {value!r}")
+    interval = data.get("system_metrics_interval_s")
+    if interval is not None and not interval > 0:
+        raise UsageError(f"{path}: system_metrics_interval_s must be > 0, got {interval!r}")
 
 
 def _is_local(uri: str) -> bool:
@@ -91,6 +111,8 @@ def client(settings: TrackingSettings | None = None):
     from mlflow import MlflowClient
     settings = settings or load_settings()
     check_reachable(settings.tracking_uri)
+    if settings.tracking_uri.startswith("sqlite:///"):
+        prepare_sqlite_store(settings.tracking_uri)
     import mlflow
     mlflow.set_tracking_uri(settings.tracking_uri)
     return MlflowClient(tracking_uri=settings.tracking_uri)
@@ -108,6 +130,77 @@ def experiment_id(cl, settings: TrackingSettings, name: str | None = None) -> st
         if exp is None:
             raise
         return exp.experiment_id
+
+
+_PREPARED_STORES: set[str] = set()
+
+
+def prepare_sqlite_store(uri: str) -> None:
+    """Create, migrate or repair a SQLite tracking store once, under a file lock beside it.
+
+    MLflow creates a fresh store's schema in whichever process opens it first, without a
+    lock: two processes starting together (two suite workers, tune workers) both migrate,
+    and one fails on alembic's temporary tables, sometimes leaving the store broken for every
+    later command. Here the first process of the host creates it while the others wait; a
+    store left half-migrated (a process killed during creation) is repaired: alembic's
+    leftover temporary tables are dropped and the migrations finish. A store that still
+    cannot be brought up is moved aside when it holds no run, and reported otherwise.
+    """
+    if uri in _PREPARED_STORES:
+        return
+    import fcntl
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            try:
+                _create_or_migrate(uri)
+            except Exception as e:  # noqa: BLE001 - any schema failure: decide below
+                _recover_store(uri, db, e)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _PREPARED_STORES.add(uri)
+
+
+def _create_or_migrate(uri: str) -> None:
+    import sqlalchemy
+    from mlflow.store.db import utils as dbu
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        leftovers = [t for t in sqlalchemy.inspect(engine).get_table_names() if t.startswith("_alembic_tmp_")]
+        if leftovers:
+            with engine.begin() as conn:
+                for t in leftovers:
+                    conn.exec_driver_sql(f'DROP TABLE "{t}"')
+        if not dbu._all_tables_exist(engine):
+            dbu._initialize_tables(engine)          # what MLflow does on first use, now under our lock
+        elif dbu._get_schema_version(engine) != dbu._get_latest_schema_revision():
+            dbu._upgrade_db(engine)
+    finally:
+        engine.dispose()
+
+
+def _recover_store(uri: str, db: Path, error: Exception) -> None:
+    import sqlalchemy
+    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.connect() as conn:
+            n_runs = conn.exec_driver_sql("SELECT COUNT(*) FROM runs").scalar()
+    except Exception:  # noqa: BLE001 - no runs table: nothing was ever logged
+        n_runs = 0
+    finally:
+        engine.dispose()
+    if n_runs:
+        raise TrackingError(f"tracking store {db} is half-migrated and could not be repaired ({first}); it holds "
+                            f"{n_runs} runs, so it was left as is: back it up, then run "
+                            f"`mlflow db upgrade {uri}`") from None
+    aside = db.with_name(f"{db.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(db, aside)
+    print(f"warning: tracking store {db} was half-created and held no run ({first}); moved it to {aside} "
+          f"and created a new one", file=sys.stderr)
+    _create_or_migrate(uri)
 
 
 def environment_tags() -> dict[str, str]:
@@ -150,6 +243,8 @@ class Tracker:
         self.offline_path = offline_dir() / f"{run_id}.jsonl"
         self._warned = False
         self._monitor = None
+        #: (metric, step) pairs the run already holds; set on resume so nothing is logged twice
+        self._logged: set[tuple[str, int]] | None = None
 
     # -- creation ---------------------------------------------------------------------------
     @classmethod
@@ -170,14 +265,22 @@ class Tracker:
         settings = settings or load_settings()
         cl = client(settings)
         try:
-            cl.get_run(run_id)
+            run = cl.get_run(run_id)
         except Exception:
             raise UsageError(f"no MLflow run {run_id!r} in {settings.tracking_uri}") from None
         cl.update_run(run_id, status="RUNNING")
-        return cls(cl, run_id, settings)
+        tracker = cls(cl, run_id, settings)
+        tracker._logged = logged_metric_steps(cl, run)
+        return tracker
+
+    @property
+    def offline(self) -> bool:
+        """True once logging fell back to the local buffer (the server stopped answering)."""
+        return self._warned
 
     # -- logging ----------------------------------------------------------------------------
-    def _guard(self, what: str, fn, record: dict):
+    def _guard(self, what: str, fn, record):
+        """Run ``fn``; once the server is gone, append ``record`` (or ``record()``) to the buffer."""
         if not self._warned:
             try:
                 fn()
@@ -191,6 +294,8 @@ class Tracker:
                       f"logs are buffered in {self.offline_path}; once the server is back run: "
                       f"bench sync {self.offline_path}", file=sys.stderr)
         self.offline_path.parent.mkdir(parents=True, exist_ok=True)
+        if callable(record):
+            record = record()
         with open(self.offline_path, "a") as f:
             f.write(json.dumps({"kind": what, **record}) + "\n")
 
@@ -206,6 +311,12 @@ class Tracker:
         from mlflow.entities import Metric
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
+        if self._logged is not None:
+            # a resumed run re-runs whatever came after its last checkpoint: log only what is new
+            items = [m for m in items if (m.key, m.step) not in self._logged]
+            self._logged.update((m.key, m.step) for m in items)
+        if not items:
+            return
         self._guard("metrics", lambda: self.client.log_batch(self.run_id, metrics=items),
                     {"metrics": {m.key: m.value for m in items}, "step": step or 0, "timestamp": ts})
 
@@ -216,7 +327,7 @@ class Tracker:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None):
         self._guard("artifact", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
-                    {"path": str(Path(path).resolve()), "artifact_path": artifact_path})
+                    lambda: {"path": str(buffered_artifact(self.run_id, path)), "artifact_path": artifact_path})
 
     def log_text(self, text: str, name: str):
         self._guard("text", lambda: self.client.log_text(self.run_id, text, name), {"text": text, "name": name})
@@ -247,18 +358,104 @@ class Tracker:
             self._monitor = None
 
 
+def logged_metric_steps(cl, run) -> set[tuple[str, int]]:
+    """Every (metric, step) pair a run already holds."""
+    out: set[tuple[str, int]] = set()
+    for key in run.data.metrics:
+        out.update((key, m.step) for m in cl.get_metric_history(run.info.run_id, key))
+    return out
+
+
+def buffered_files_dir(run_id: str) -> Path:
+    """Copies of the files a run logged while its server was away (``bench sync`` uploads them)."""
+    return offline_dir() / f"{run_id}.files"
+
+
+def _artifact_roots(run_id: str) -> list[Path]:
+    """The only folders ``bench sync`` uploads artifacts from: the run's checkpoint folder and
+    its buffered copies. A record naming any other file is refused (a buffer is plain text that
+    anyone can edit; it must not turn ``bench sync`` into an upload of arbitrary files)."""
+    return [checkpoints_dir(run_id).resolve(), buffered_files_dir(run_id).resolve()]
+
+
+def buffered_artifact(run_id: str, path: str | Path) -> Path:
+    """The file a buffered artifact record names: the run's own checkpoint-folder file as is,
+    anything else (temporary folders, leaderboards/) copied under ``buffered_files_dir``."""
+    src = Path(path).resolve()
+    if src.is_relative_to(checkpoints_dir(run_id).resolve()):
+        return src
+    import shutil
+    import uuid
+    dest = buffered_files_dir(run_id) / uuid.uuid4().hex[:12] / src.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dest)
+    return dest
+
+
+SYNC_KINDS = {"metrics": ("metrics", "step", "timestamp"), "params": ("params",), "tags": ("tags",),
+              "artifact": ("path", "artifact_path"), "text": ("text", "name"), "status": ("status",)}
+
+
+def _parse_buffer(p: Path, run_id: str) -> tuple[list[dict], str | None]:
+    """Records of a buffer, all checked before anything is sent, and a torn last line (or None).
+
+    The last line may be torn (the run was killed, or is still writing): it is left for a later
+    sync. Any other malformed line, unknown kind or artifact outside the run's folders is an
+    error that names the line.
+    """
+    lines = p.read_text(errors="replace").split("\n")
+    numbered = [(i, ln) for i, ln in enumerate(lines, 1) if ln.strip()]
+    roots = _artifact_roots(run_id)
+    records, torn = [], None
+    for n, (i, line) in enumerate(numbered):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(numbered) - 1:
+                torn = line
+                continue
+            raise UsageError(f"{p} line {i} is not a JSON record; nothing was replayed") from None
+        kind = rec.get("kind") if isinstance(rec, dict) else None
+        if kind not in SYNC_KINDS:
+            raise UsageError(f"{p} line {i}: unknown record kind {kind!r} (known: {', '.join(SYNC_KINDS)}); "
+                             f"nothing was replayed")
+        missing = [f for f in SYNC_KINDS[kind] if f not in rec]
+        if missing:
+            raise UsageError(f"{p} line {i}: {kind} record lacks {missing}; nothing was replayed")
+        if kind == "artifact":
+            f = Path(str(rec["path"])).resolve()
+            if not any(f.is_relative_to(r) for r in roots):
+                raise UsageError(f"{p} line {i}: artifact {rec['path']} is not a file this run buffered (only "
+                                 f"files under {roots[0]} or {roots[1]} are uploaded); nothing was replayed")
+            if not f.is_file():
+                raise UsageError(f"{p} line {i}: buffered artifact {f} is missing; nothing was replayed")
+        records.append(rec)
+    return records, torn
+
+
 def sync_offline(path: str | Path, settings: TrackingSettings | None = None) -> int:
-    """Replay a buffered ``runs/offline/<run_id>.jsonl`` into its MLflow run; returns records sent."""
+    """Replay a buffered ``runs/offline/<run_id>.jsonl`` into its MLflow run; returns records sent.
+
+    Everything is checked first (see ``_parse_buffer``), so a bad buffer replays nothing. The
+    replayed records move to ``<run_id>.synced``; a torn last line stays in the buffer.
+    """
     from mlflow.entities import Metric, Param, RunTag
+    from .paths import validate_run_id
     p = Path(path)
-    if not p.exists():
+    if not p.is_file():
         raise UsageError(f"no offline buffer at {p}")
-    run_id = p.stem
+    if p.suffix != ".jsonl":
+        raise UsageError(f"{p} is not an offline buffer (runs/offline/<run_id>.jsonl)")
+    run_id = validate_run_id(p.stem)
+    records, torn = _parse_buffer(p, run_id)
     cl = client(settings)
-    sent = 0
-    for line in p.read_text().splitlines():
-        rec = json.loads(line)
-        kind = rec.pop("kind")
+    try:
+        cl.get_run(run_id)
+    except Exception:  # noqa: BLE001 - MLflow raises its own types for a missing run
+        raise UsageError(f"no MLflow run {run_id} in {(settings or load_settings()).tracking_uri}; "
+                         f"{p} belongs to another tracking store") from None
+    for rec in records:
+        kind = rec["kind"]
         if kind == "metrics":
             cl.log_batch(run_id, metrics=[Metric(k, v, rec["timestamp"], rec["step"]) for k, v in rec["metrics"].items()])
         elif kind == "params":
@@ -271,9 +468,18 @@ def sync_offline(path: str | Path, settings: TrackingSettings | None = None) -> 
             cl.log_text(run_id, rec["text"], rec["name"])
         elif kind == "status":
             cl.set_terminated(run_id, rec["status"])
-        sent += 1
-    p.rename(p.with_suffix(".synced"))
-    return sent
+    synced = p.with_suffix(".synced")
+    with open(synced, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    if torn is None:
+        p.unlink()
+    else:
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(torn)
+        os.replace(tmp, p)
+        print(f"warning: the last line of {p} is incomplete (a torn write); it was skipped and kept there "
+              f"for a later sync", file=sys.stderr)
+    return len(records)
 
 
 # ------------------------------------------------------------------------------------------

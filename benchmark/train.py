@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from architectures import main_output
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from .config import RunConfig
 from .data.loader import TrainBatches, center_batches, to_model_input
 from .errors import TrainingError, UsageError
@@ -311,16 +311,18 @@ def data_tags(cfg: RunConfig, store) -> dict[str, str]:
 def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags: Optional[dict] = None,
                    parent_run_id: Optional[str] = None, on_epoch_end: Optional[EpochCallback] = None,
                    evaluate_test: bool = True, experiment: Optional[str] = None,
-                   show_progress: bool = True, on_run_start: Optional[Callable[[str], None]] = None) -> RunResult:
-    """Train (or resume) one run; see the module docstring for the stages."""
+                   show_progress: bool = True, on_run_start: Optional[Callable[[str], None]] = None,
+                   discard_checkpoints: bool = False) -> RunResult:
+    """Train (or resume) one run; see the module docstring for the stages.
+
+    ``discard_checkpoints``: delete the run's checkpoints when it ends, however it ends (tuning
+    trials: a trial is never resumed and its model never reused).
+    """
     from .data import load_crops
 
     if resume_run_id:
-        state_path = checkpoints_dir(resume_run_id) / "last.pt"
-        if not state_path.exists():
-            raise UsageError(f"cannot resume run {resume_run_id}: no checkpoint at {state_path}")
-        resume_state = load_checkpoint(state_path)
-        cfg = RunConfig.model_validate(resume_state["config"])
+        # under torchrun only rank 0 owns the MLflow run: the other ranks only read the checkpoint
+        resume_state, cfg = load_resume_state(resume_run_id, check_run=os.environ.get("RANK", "0") == "0")
     else:
         resume_state = None
 
@@ -365,7 +367,7 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
         start_epoch, history, elapsed = 0, [], 0.0
         best = {"val_dice": -1.0, "epoch": -1, "bad_epochs": 0}
         if resume_state is not None:
-            trainer.load_state(resume_state)
+            _load_weights(trainer, resume_state, checkpoints_dir(resume_run_id) / "last.pt")
             start_epoch = resume_state["epoch"]
             history, elapsed, best = resume_state["history"], resume_state["train_seconds"], resume_state["best"]
         ckpt_dir = checkpoints_dir(run_id) if run_id else None
@@ -413,6 +415,7 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
                 if best_state is not None:
                     trainer.model.load_state_dict(best_state["model"])
                 result.test_summary = evaluate_run(trainer.model, store, cfg, device, tracker, ckpt_dir, elapsed)
+                _release_finished_checkpoints(tracker, ckpt_dir)
         status = "FINISHED"
         return result
     except TrainingError as e:
@@ -429,12 +432,81 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
             status = "KILLED"
         raise
     finally:
+        if discard_checkpoints and ckpt_dir is not None:
+            for name in ("last.pt", "best.pt"):
+                remove_checkpoint(ckpt_dir / name)
         if tracker is not None:
             tracker.finish(status)
         if dist.world > 1:
             import torch.distributed as tdist
             if tdist.is_initialized():
                 tdist.destroy_process_group()
+
+
+def load_resume_state(run_id: str, check_run: bool = True) -> tuple[dict, RunConfig]:
+    """The verified ``last.pt`` of a run that may be resumed, and its validated config.
+
+    Refused with one line: an id that is not a run id, an unknown run, a FINISHED run (its
+    test metrics are logged; resuming would evaluate the test split again), a run still
+    RUNNING in a live process on this host, a checkpoint that fails its digest or whose config
+    is invalid. A run killed before its first checkpoint has nothing to resume: it is marked
+    KILLED (instead of staying RUNNING for ever) and the message says to start a new run.
+    """
+    from .config import validate_config
+    from .paths import validate_run_id
+    validate_run_id(run_id, context="cannot resume")
+    if check_run:
+        _check_resumable_run(run_id)
+    state_path = checkpoints_dir(run_id) / "last.pt"
+    if not state_path.exists():
+        raise UsageError(f"cannot resume run {run_id}: no checkpoint at {state_path}")
+    state = load_checkpoint(state_path)
+    if state.get("run_id") not in (None, run_id):
+        raise TrainingError(f"checkpoint {state_path} belongs to run {state.get('run_id')}, not {run_id}")
+    cfg = validate_config(state["config"], where=f"checkpoint {state_path}: ")
+    from architectures import architecture_entry
+    try:
+        cfg.model.arch = architecture_entry(cfg.model.arch).name
+        build_model(cfg).load_state_dict(state["model"])  # before the run is touched
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise UsageError(_mismatch(state_path, cfg, e)) from None
+    return state, cfg
+
+
+def _check_resumable_run(run_id: str) -> None:
+    """The MLflow side of ``load_resume_state`` (see there)."""
+    from .liveness import owner_is_dead
+    from .tracking import client
+    cl = client()
+    try:
+        run = cl.get_run(run_id)
+    except Exception:  # noqa: BLE001 - MLflow raises its own types for a missing run
+        raise UsageError(f"no MLflow run {run_id!r} in the tracking store") from None
+    status = run.info.status
+    if status == "FINISHED":
+        raise UsageError(f"run {run_id} is FINISHED: nothing to resume (to train it again, start a new run "
+                         f"with its config.yaml: bench run --config config.yaml)")
+    dead = owner_is_dead(run.data.tags)
+    if status == "RUNNING" and dead is False:
+        raise UsageError(f"run {run_id} is RUNNING in process {run.data.tags.get('pid')} on this host; "
+                         f"stop it first or let it finish")
+    if status == "RUNNING" and dead and not (checkpoints_dir(run_id) / "last.pt").exists():
+        cl.set_terminated(run_id, "KILLED")
+        raise UsageError(f"run {run_id} was killed before its first checkpoint: nothing to resume; it is now "
+                         f"marked KILLED, start a new run")
+
+
+def _mismatch(path: Path, cfg: RunConfig, e: Exception) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"checkpoint {path} does not fit its own config (model.arch={cfg.model.arch}): {first[:200]}"
+
+
+def _load_weights(trainer: "Trainer", state: dict, path: Path):
+    """Restore a checkpoint into a trainer built from its config; a mismatch is one line."""
+    try:
+        trainer.load_state(state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise UsageError(_mismatch(path, trainer.cfg, e)) from None
 
 
 def _log_epoch(tracker: Tracker, record: dict, best: dict):
@@ -452,6 +524,15 @@ def _backfill(tracker: Tracker, history: list, best: dict):
     for record in history:
         if record["epoch"] not in logged:
             _log_epoch(tracker, record, best)
+
+
+def _release_finished_checkpoints(tracker: Tracker, ckpt_dir: Path):
+    """Disk: a finished, evaluated run is never resumed, so ``last.pt`` goes; ``best.pt`` was
+    just logged to MLflow as the artifact ``checkpoints/best.pt`` (the copy that is kept), so
+    the local one goes too unless logging fell back to the offline buffer, whose replay needs it."""
+    remove_checkpoint(ckpt_dir / "last.pt")
+    if not tracker.offline:
+        remove_checkpoint(ckpt_dir / "best.pt")
 
 
 def _log_learning_curve(tracker: Tracker, history: list, ckpt_dir: Path):

@@ -23,7 +23,8 @@ Storage: by default Optuna's journal file ``runs/optuna/journal.log`` (safe for 
 processes on one machine; open it with ``optuna-dashboard runs/optuna/journal.log``). An RDB
 URL (``postgresql://...``) serves several machines; SQLite is refused for parallel workers
 (it locks). Rerunning the same command resumes the same study until it holds ``--trials``
-finished (complete or pruned) trials.
+finished (complete or pruned) trials. Failed trials do not count; a worker stops after
+``--max-failures`` (default 3) of them in a row, with the last one's error.
 
 MLflow: one parent run per study (its id is stored in the study's user attributes), one
 child run per trial (tags ``optuna.trial``, ``optuna.state`` = COMPLETE / PRUNED / FAIL),
@@ -43,11 +44,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import UsageError
+from .errors import BenchError, TrainingError, UsageError
 from .liveness import pid_alive
 from .paths import runs_dir
 
 JOURNAL_NAME = "journal.log"
+#: consecutive failed trials after which a worker gives up (``--max-failures``)
+DEFAULT_MAX_FAILURES = 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,30 +176,36 @@ def _yaml_value(v) -> str:
 
 
 def parse_fix(items: list[str]) -> dict[str, Any]:
-    import yaml
     out = {}
     for it in items or []:
         if "=" not in it:
             raise UsageError(f"--fix {it!r} is not NAME=VALUE")
         k, v = it.split("=", 1)
-        out[k] = yaml.safe_load(v)
+        out[k] = _yaml_arg("--fix", it, v)
     return out
 
 
-def parse_narrow(items: list[str]) -> dict[str, Any]:
+def _yaml_arg(option: str, item: str, text: str):
     import yaml
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UsageError(f"{option} {item!r}: {text!r} is not a valid value ({str(e).splitlines()[0]})") from None
+
+
+def parse_narrow(items: list[str]) -> dict[str, Any]:
     out = {}
     for it in items or []:
         if "=" not in it:
             raise UsageError(f"--narrow {it!r} is not NAME=LOW:HIGH or NAME=a,b")
         k, v = it.split("=", 1)
         if ":" in v:
-            lo, hi = (yaml.safe_load(x) for x in v.split(":", 1))
+            lo, hi = (_yaml_arg("--narrow", it, x) for x in v.split(":", 1))
             if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo < hi):
                 raise UsageError(f"--narrow {it!r}: need numeric LOW < HIGH")
             out[k] = (lo, hi)
         else:
-            out[k] = [yaml.safe_load(x) for x in v.split(",")]
+            out[k] = [_yaml_arg("--narrow", it, x) for x in v.split(",")]
     return out
 
 
@@ -234,18 +243,40 @@ class MlflowTrialTracker:
             self.client.log_batch(self.parent_run_id, metrics=metrics)
 
 
-def ensure_parent_run(study, meta: dict[str, str]) -> str:
+def ensure_parent_run(study, meta: dict[str, str], storage_label: Optional[str] = None) -> str:
+    """The study's MLflow parent run, created by the first process that gets here: the check
+    and the creation happen under one lock (two `bench tune` started together made two)."""
     from .tracking import Tracker, client
-    pid = study.user_attrs.get("mlflow_parent_run_id")
-    if pid:
-        with contextlib.suppress(Exception):
-            client().get_run(pid)
-            return pid
-    tracker = Tracker.start(f"study-{study.study_name}", {"optuna.study": study.study_name, "optuna.role": "parent",
-                                                          **meta})
-    tracker.log_params({f"study.{k}": v for k, v in meta.items()})
-    study.set_user_attr("mlflow_parent_run_id", tracker.run_id)
-    return tracker.run_id
+    with parent_lock(storage_label or f"study:{study.study_name}"):
+        pid = study.user_attrs.get("mlflow_parent_run_id")  # read afresh from the storage
+        if pid:
+            with contextlib.suppress(Exception):
+                client().get_run(pid)
+                return pid
+        tracker = Tracker.start(f"study-{study.study_name}", {"optuna.study": study.study_name,
+                                                              "optuna.role": "parent", **meta})
+        tracker.log_params({f"study.{k}": v for k, v in meta.items()})
+        study.set_user_attr("mlflow_parent_run_id", tracker.run_id)
+        return tracker.run_id
+
+
+@contextlib.contextmanager
+def parent_lock(storage_label: str):
+    """Host-wide lock for creating a study's parent run. A journal file locks beside itself; an
+    RDB storage (several machines) locks in this host's runs/ folder: processes of one host are
+    serialised, and separate machines should start their first worker one after the other."""
+    import hashlib
+    if "://" in storage_label:
+        path = runs_dir() / "optuna" / f".parent-{hashlib.sha256(storage_label.encode()).hexdigest()[:12]}.lock"
+    else:
+        path = Path(storage_label + ".parentlock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def close_parent_run(parent_run_id: str) -> None:
@@ -374,7 +405,7 @@ def objective_factory(base_overrides: list[str], meta: dict, fixed: dict, narrow
             trial.set_user_attr("mlflow_run_id", run_id)
 
         res = run_experiment(cfg, parent_run_id=parent_run_id, evaluate_test=False, on_epoch_end=report,
-                             on_run_start=started, show_progress=False,
+                             on_run_start=started, show_progress=False, discard_checkpoints=True,
                              tags={"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number)})
         if not math.isfinite(res.best_val_dice):
             raise optuna.TrialPruned("non-finite validation Dice")
@@ -385,16 +416,21 @@ def objective_factory(base_overrides: list[str], meta: dict, fixed: dict, narrow
 
 def run_worker(study_name: str, storage_url: Optional[str], n_trials: int, meta: dict, base_overrides: list[str],
                fixed: dict, narrowed: dict, pruner: str, show_progress: bool = True,
-               sampler: Optional[tuple[str, int]] = None) -> int:
-    """One worker process: ask/tell trials until the study holds ``n_trials`` finished ones."""
+               sampler: Optional[tuple[str, int]] = None, max_failures: int = DEFAULT_MAX_FAILURES) -> int:
+    """One worker process: ask/tell trials until the study holds ``n_trials`` finished ones.
+
+    Failed trials do not count towards ``n_trials`` (a rerun after a fix still gets its
+    trials), so a trial that fails the same way every time would loop for ever: after
+    ``max_failures`` consecutive failures of this worker it stops with the last trial's error.
+    """
     import optuna
     from tqdm.auto import tqdm
     study, label = open_study(study_name, storage_url, 2, meta, pruner, sampler=sampler)
-    parent = ensure_parent_run(study, meta)
+    parent = ensure_parent_run(study, meta, label)
     fail_dead_local_trials(study)
     objective = objective_factory(base_overrides, meta, fixed, narrowed, parent)
     tracker_cb = MlflowTrialTracker(parent)
-    done = 0
+    done = failures = 0
     bar = tqdm(total=n_trials, initial=min(count_finished(study), n_trials), desc=f"study {study_name}",
                unit="trial", disable=not show_progress)
     while True:
@@ -405,22 +441,34 @@ def run_worker(study_name: str, storage_url: Optional[str], n_trials: int, meta:
             trial = study.ask()
             trial.set_user_attr("worker_pid", os.getpid())
             trial.set_user_attr("worker_host", socket.gethostname())
-        state, value = optuna.trial.TrialState.COMPLETE, None
+        state, value, error = optuna.trial.TrialState.COMPLETE, None, None
         try:
             value = objective(trial)
         except optuna.TrialPruned:
             state = optuna.trial.TrialState.PRUNED
         except Exception as e:  # noqa: BLE001 - a failed trial must not stop the study
-            state = optuna.trial.TrialState.FAIL
+            state, error = optuna.trial.TrialState.FAIL, e
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {str(e)[:300]}")
-            print(f"trial {trial.number} failed: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+            print(f"trial {trial.number} failed: {_one_line(e)}", file=sys.stderr)
         frozen = study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
         tracker_cb(study, frozen)
         done += 1
+        failures = failures + 1 if error is not None else 0
+        if failures >= max_failures:
+            bar.close()
+            gave_up = BenchError(f"study {study_name}: {failures} trials failed in a row, giving up "
+                                 f"(--max-failures {max_failures}); last error: {_one_line(error)}")
+            gave_up.exit_code = getattr(error, "exit_code", TrainingError.exit_code)
+            raise gave_up
         bar.n = min(count_finished(study), n_trials)
         bar.refresh()
     bar.close()
     return done
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return text if isinstance(e, BenchError) else f"{type(e).__name__}: {text}"
 
 
 def tune(args) -> None:
@@ -431,17 +479,24 @@ def tune(args) -> None:
         raise UsageError("--trials must be >= 1")
     if args.workers < 1:
         raise UsageError("--workers must be >= 1")
+    if args.max_failures < 1:
+        raise UsageError("--max-failures must be >= 1")
     fixed, narrowed = parse_fix(args.fix), parse_narrow(args.narrow)
     study, label = open_study(args.study, args.storage, args.workers, meta, args.pruner)
-    parent = ensure_parent_run(study, meta)
+    parent = ensure_parent_run(study, meta, label)
     print(f"study {args.study} in {label}; MLflow parent run {parent}", file=sys.stderr)
     if args.workers == 1:
-        run_worker(args.study, args.storage, args.trials, meta, args.overrides, fixed, narrowed, args.pruner,
-                   show_progress=not args.no_progress)
+        try:
+            run_worker(args.study, args.storage, args.trials, meta, args.overrides, fixed, narrowed, args.pruner,
+                       show_progress=not args.no_progress, max_failures=args.max_failures)
+        except BenchError:
+            close_parent_run(parent)  # the study stays resumable; its parent run must not read RUNNING
+            raise
     else:
         cmd = [sys.executable, "-m", "benchmark.cli", "tune", "--arch", meta["arch"], "--loss", meta["loss"],
                "--preset", meta["preset"], "--trials", str(args.trials), "--study", args.study,
-               "--pruner", args.pruner, "--workers", "1", "--no-progress", *args.overrides]
+               "--pruner", args.pruner, "--workers", "1", "--no-progress", "--max-failures", str(args.max_failures),
+               *args.overrides]
         if args.storage:
             cmd += ["--storage", args.storage]
         for f in args.fix or []:
@@ -450,6 +505,9 @@ def tune(args) -> None:
             cmd += ["--narrow", n]
         procs = [subprocess.Popen(cmd) for _ in range(args.workers)]
         codes = [p.wait() for p in procs]
+        if all(codes):
+            raise TrainingError(f"every worker of study {args.study} stopped (exit codes {codes}; their errors are "
+                                f"above); the study stays usable, rerun to complete it")
         if any(codes):
             print(f"warning: worker exit codes {codes}; the study stays usable, rerun to complete it", file=sys.stderr)
     study, _ = open_study(args.study, args.storage, 1, None, args.pruner, create=False)
@@ -587,6 +645,8 @@ def register(sub) -> None:
     p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
     p.add_argument("--fix", action="append", metavar="NAME=VALUE", help="pin a search parameter")
     p.add_argument("--narrow", action="append", metavar="NAME=LOW:HIGH", help="shrink a search range")
+    p.add_argument("--max-failures", type=int, default=DEFAULT_MAX_FAILURES, metavar="N",
+                   help=f"stop a worker after N trials in a row failed (default {DEFAULT_MAX_FAILURES})")
     p.add_argument("--report", metavar="STUDY", help="print and log the study's best trial, importances, plots")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_dispatch)

@@ -124,7 +124,10 @@ def test_disk_full_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch
     with pytest.raises(TrainingError, match="disk full"):
         checkpoint.save_checkpoint({"epoch": 2}, target)
     assert target.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+    # no temp file left behind, and the digest still names the intact checkpoint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]
+    import hashlib
+    assert checkpoint.digest_path(target).read_text().split()[0] == hashlib.sha256(before).hexdigest()
 
 
 def test_tracking_server_lost_mid_run_buffers_and_syncs(bench_home, tmp_path):

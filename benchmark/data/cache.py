@@ -52,7 +52,7 @@ from .ground_truth import GROUND_TRUTHS, nodule_native_data
 from .index import INDEX_PATH, index_hash, load_index
 
 __all__ = ["SOURCES", "arrays_for", "phantom_version", "content_hash", "cache_root", "cache_dir", "build_cache",
-           "validate_cache", "ensure_cache", "code_version", "expected_manifest", "crop_one_scan"]
+           "validate_cache", "ensure_cache", "corruption", "code_version", "expected_manifest", "crop_one_scan"]
 
 SOURCES = ("phantom", "dicom")
 ARRAYS = ("images.npy", "gt.npy", "readers.npy")
@@ -149,6 +149,8 @@ def validate_cache(path: Path, expected: dict, check_hashes: bool = True) -> tup
         man = json.loads(man_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         return False, "manifest unreadable"
+    if not isinstance(man, dict) or not isinstance(man.get("files", {}), dict):
+        return False, "manifest unreadable"
     for k, v in expected.items():
         if man.get(k) != v:
             return False, f"manifest {k} = {man.get(k)!r}, expected {v!r}"
@@ -157,11 +159,33 @@ def validate_cache(path: Path, expected: dict, check_hashes: bool = True) -> tup
         f = path / name
         if not f.is_file() or name not in files:
             return False, f"{name} missing"
+        if not isinstance(files[name], dict) or not {"bytes", "sha256"} <= set(files[name]):
+            return False, "manifest unreadable"
         if f.stat().st_size != files[name]["bytes"]:
             return False, f"{name} has the wrong size"
         if check_hashes and _sha256_file(f) != files[name]["sha256"]:
             return False, f"{name} does not match its hash"
     return True, "ok"
+
+
+def corruption(path: Path, expected: Optional[dict] = None) -> Optional[str]:
+    """What is damaged in a cache whose manifest describes the expected content (``expected``;
+    None: whatever content its manifest names) but whose files do not match the manifest:
+    a missing, resized or garbled array. None for an intact cache, and for one that is merely
+    absent or stale (built from another index or code), which a rebuild legitimately replaces."""
+    path = Path(path)
+    if not (path / "manifest.json").is_file():
+        return None
+    try:
+        man = json.loads((path / "manifest.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return "manifest unreadable"
+    if not isinstance(man, dict):
+        return "manifest unreadable"
+    if expected is not None and any(man.get(k) != v for k, v in expected.items()):
+        return None
+    ok, reason = validate_cache(path, {})
+    return None if ok else reason
 
 
 @contextmanager
@@ -293,6 +317,11 @@ def build_cache(source: str = "phantom", gt: str = "staple", spacing_mm: float =
     with _lock(target):
         if not force and validate_cache(target, expected)[0]:
             return target
+        damage = None if force else corruption(target, expected)
+        if damage:
+            import sys
+            print(f"warning: crop cache {target} is corrupt ({damage}); rebuilding it from the same inputs",
+                  file=sys.stderr)
         for stale in target.parent.glob(f".{target.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -350,5 +379,11 @@ def ensure_cache(source, gt, spacing_mm, crop_zyx, seed, nodule_ids=None, worker
         if validate_cache(full, exp_full)[0]:
             pos = {n: i for i, n in enumerate(index["nodule_id"])}
             return full, [pos[n] for n in ids]
+        damage = corruption(full, exp_full)
+        if damage:
+            # Building the subset instead would run silently on crops of another content hash
+            # while the shared cache stays broken for everyone: stop and say what is wrong.
+            raise DataError(f"crop cache {full} is corrupt ({damage}); rebuild it with `bench data build "
+                            f"--spacing {spacing_mm:g} --force` (source {source}, gt {gt}) or delete the folder")
         return build_cache(source, gt, spacing_mm, crop_zyx, seed, ids, workers, progress), None
     return build_cache(source, gt, spacing_mm, crop_zyx, seed, None, workers, progress), None

@@ -124,7 +124,9 @@ def cmd_build(args):
     from .index import load_index
     from .split import load_split
     from .store import CropStore, select_nodules
+    from .split import check_index_matches_split
     d = _data_cfg(args)
+    check_index_matches_split()
     ids = None
     if args.subset is not None:
         if args.subset < 1:
@@ -177,11 +179,15 @@ def cmd_info(args):
     from . import index as ix
     from . import pylidc_adapter as pla
     from . import split as sp
-    from .cache import cache_root
+    from .cache import cache_root, corruption
     df = ix.load_index()
     split = sp.load_split()
     print(ix.summary(df))
     print(f"index {ix.INDEX_PATH} sha256 {ix.index_hash()}")
+    try:
+        sp.check_index_matches_split()
+    except DataError as e:
+        print(f"  INDEX CHANGED: {e}")
     print(f"split {sp.SPLIT_PATH} hash {sp.split_hash()} seed {split['seed']}")
     df = df.assign(split=[split["nodules"].get(n, "?") for n in df["nodule_id"]])
     for s in sp.SPLITS:
@@ -197,7 +203,15 @@ def cmd_info(args):
     for c in caches:
         try:
             m = json.loads((c / "manifest.json").read_text())
-            print(f"  {c.name}: {m['n_nodules']} nodules, crop {tuple(m['crop_zyx'])}, data {m['data_hash']}, "
-                  f"built {m['built_at']} in {m['build_seconds']} s")
-        except (OSError, ValueError, KeyError):
+            line = (f"  {c.name}: {m['n_nodules']} nodules, crop {tuple(m['crop_zyx'])}, data {m['data_hash']}, "
+                    f"built {m['built_at']} in {m['build_seconds']} s")
+        except (OSError, ValueError, KeyError, TypeError):
             print(f"  {c.name}: no valid manifest (will be rebuilt on use)")
+            continue
+        # every file against its recorded sha256: a garbled crop must not read as fine
+        damage = corruption(c)
+        if damage:
+            line += f"  CORRUPT: {damage} (rebuild with bench data build --force)"
+        elif m.get("index_sha256") != ix.index_hash():
+            line += "  stale: built from another nodules.csv"
+        print(line)

@@ -59,6 +59,11 @@ COLUMNS = (
     + ["texture_class", "size_bin", "quirk"]
 )
 
+#: columns that must hold a number in every row
+NUMERIC_COLUMNS = ("scan_id", "centroid_i", "centroid_j", "centroid_k", "centroid_x_mm", "centroid_y_mm",
+                   "centroid_z_mm", "pixel_spacing", "slice_spacing", "slice_thickness", "n_slices",
+                   "diameter_mm", "volume_mm3", *pla.RATING_NAMES)
+
 # Decimal places per float column, so the CSV is byte-stable across machines.
 _ROUND = {"centroid_i": 3, "centroid_j": 3, "centroid_k": 3, "centroid_x_mm": 3,
           "centroid_y_mm": 3, "centroid_z_mm": 3, "pixel_spacing": 6, "slice_spacing": 6,
@@ -205,6 +210,16 @@ def load_index(path: Path = INDEX_PATH) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"nodule index {path} lacks columns {missing}: rebuild it")
+    for col in NUMERIC_COLUMNS:
+        values = pd.to_numeric(df[col].replace("", np.nan), errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy())
+        if len(bad):
+            raise DataError(f"nodule index {path} line {bad[0] + 2} has no number in {col} (a cut or edited file?): "
+                            f"restore it (git checkout) or rebuild it (bench data index --rebuild)")
+        df[col] = values
+    if (df["nodule_id"] == "").any():
+        raise DataError(f"nodule index {path} line {int(np.flatnonzero(df['nodule_id'] == '')[0]) + 2} has no "
+                        f"nodule_id: restore or rebuild it")
     return df
 
 

@@ -23,7 +23,7 @@ from .. import PROJECT_ROOT
 from ..errors import DataError
 from .index import INDEX_PATH, SIZE_BINS, TEXTURE_CLASSES, index_hash, load_index
 
-__all__ = ["SPLIT_PATH", "SPLITS", "make_split", "write_split", "load_split", "split_hash",
+__all__ = ["SPLIT_PATH", "SPLITS", "make_split", "write_split", "load_split", "split_hash", "check_index_matches_split",
            "DEFAULT_SEED"]
 
 SPLIT_PATH = PROJECT_ROOT / "datasets" / "lidc" / "split.json"
@@ -99,7 +99,31 @@ def load_split(path: Path = SPLIT_PATH) -> dict:
         raise DataError(f"split file {path} is not valid JSON: {e}") from None
     if not isinstance(data, dict) or not {"patients", "nodules", "seed"} <= set(data):
         raise DataError(f"split file {path} lacks patients/nodules/seed")
+    nodules, patients = data["nodules"], data["patients"]
+    if not isinstance(nodules, dict) or not all(isinstance(v, str) and v in SPLITS for v in nodules.values()):
+        raise DataError(f"split file {path}: 'nodules' must map each nodule id to one of {', '.join(SPLITS)}")
+    if not isinstance(patients, dict) or not all(isinstance(v, list) for v in patients.values()):
+        raise DataError(f"split file {path}: 'patients' must map each split to a list of patient ids")
     return data
+
+
+def check_index_matches_split(index_path: Path | None = None, path: Path | None = None) -> None:
+    """DataError unless the nodule index is the file the split was made from (its sha256 is
+    recorded in split.json). A cut, edited or replaced nodules.csv would otherwise run on
+    whichever nodules are left, and rebuild the shared crop cache from them."""
+    index_path = Path(index_path or INDEX_PATH)
+    path = Path(path or SPLIT_PATH)
+    split = load_split(path)
+    recorded = split.get("index_sha256")
+    if not recorded:
+        return
+    current = index_hash(index_path)
+    if current != recorded:
+        n_now = sum(1 for _ in open(index_path, "rb")) - 1
+        raise DataError(f"{index_path} changed since {path} was made from it: its sha256 is {current}, the split "
+                        f"records {recorded} ({n_now} rows now, {len(split['nodules'])} nodules in the split); "
+                        f"restore it (git checkout {Path(index_path).name}) or rebuild both "
+                        f"(bench data index --rebuild, bench data split --rebuild)")
 
 
 def split_hash(path: Path = SPLIT_PATH) -> str:

@@ -20,7 +20,7 @@ import pandas as pd
 from ..errors import DataError, UsageError
 from .cache import ensure_cache
 from .index import load_index
-from .split import SPLITS, load_split, split_hash
+from .split import SPLITS, check_index_matches_split, load_split, split_hash
 
 __all__ = ["CropStore", "load_crops", "select_nodules", "normalise_hu"]
 
@@ -165,6 +165,7 @@ def load_crops(data_cfg, nodule_ids: Optional[Sequence[str]] = None, progress: b
     picks a deterministic subset, and only that subset is built.
     """
     crop_zyx = tuple(data_cfg.crop_zyx)
+    check_index_matches_split()  # a changed nodules.csv is an error, never a run on fewer nodules
     if nodule_ids is None and data_cfg.max_nodules:
         unknown = set(data_cfg.max_nodules) - set(SPLITS)
         if unknown:
