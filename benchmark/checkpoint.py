@@ -97,11 +97,8 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from .provenance import sha256_file
+    return sha256_file(path)
 
 
 def remove_checkpoint(path: Path) -> None:

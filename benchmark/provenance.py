@@ -33,6 +33,15 @@ def code_fingerprint(source_text: str) -> str:
     return ast.dump(tree, annotate_fields=False)
 
 
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 4 MiB chunks (checkpoints and crop arrays are large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 @lru_cache(maxsize=1)
 def training_code_sha() -> str:
     h = hashlib.sha256()

@@ -148,18 +148,13 @@ def prepare_sqlite_store(uri: str) -> None:
     """
     if uri in _PREPARED_STORES:
         return
-    import fcntl
+    from .liveness import HostLock
     db = Path(uri[len("sqlite:///"):])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with HostLock(db.with_name(db.name + ".lock")):
         try:
-            try:
-                _create_or_migrate(uri)
-            except Exception as e:  # noqa: BLE001 - any schema failure: decide below
-                _recover_store(uri, db, e)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            _create_or_migrate(uri)
+        except Exception as e:  # noqa: BLE001 - any schema failure: decide below
+            _recover_store(uri, db, e)
     _PREPARED_STORES.add(uri)
 
 

@@ -34,7 +34,6 @@ MLflowCallback is deprecated and serialises parallel trials).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import os
 import socket
@@ -45,7 +44,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import BenchError, TrainingError, UsageError
-from .liveness import pid_alive
+from .liveness import HostLock, pid_alive
 from .paths import runs_dir
 
 JOURNAL_NAME = "journal.log"
@@ -99,12 +98,8 @@ def ask_lock(storage_label: str):
     if "://" in storage_label:
         yield
         return
-    with open(storage_label + ".asklock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with HostLock(storage_label + ".asklock"):
+        yield
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,13 +265,8 @@ def parent_lock(storage_label: str):
         path = runs_dir() / "optuna" / f".parent-{hashlib.sha256(storage_label.encode()).hexdigest()[:12]}.lock"
     else:
         path = Path(storage_label + ".parentlock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with HostLock(path):
+        yield
 
 
 def close_parent_run(parent_run_id: str) -> None:

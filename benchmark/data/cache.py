@@ -28,7 +28,6 @@ when a valid full cache exists, subsets are served from it instead.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -43,6 +42,8 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from ..liveness import HostLock
+from ..provenance import sha256_file
 from ..errors import DataError, UsageError
 from . import pylidc_adapter as pla
 from .pool import worker_pool
@@ -132,11 +133,7 @@ def content_hash(files: dict, version) -> str:
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def validate_cache(path: Path, expected: dict, check_hashes: bool = True) -> tuple[bool, str]:
@@ -190,14 +187,8 @@ def corruption(path: Path, expected: Optional[dict] = None) -> Optional[str]:
 
 @contextmanager
 def _lock(target: Path):
-    target.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = target.parent / f".{target.name}.lock"
-    with open(lock_path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with HostLock(target.parent / f".{target.name}.lock"):
+        yield
 
 
 # ----------------------------------------------------------------------------- one scan
