@@ -1035,12 +1035,14 @@ def generate(preset: Optional[str] = None, ranking: str = "aggregate", out_dir: 
              experiment: Optional[str] = None, source: Optional[str] = None, ground_truth: Optional[str] = None,
              split_hash: Optional[str] = None, data_hash: Optional[str] = None, run_filter: Optional[str] = None,
              n_boot: int = 2000, boot_seed: int = 0, log_to_mlflow: bool = True,
-             from_export: Optional[Path] = None, export: bool = False) -> list[Generated]:
+             from_export: Optional[Path] = None, export: bool = False,
+             register_top: bool = False) -> list[Generated]:
     """Build, write (and log) one leaderboard per output name; refuse ambiguous groups.
 
     ``from_export``: read the runs from a run export (``benchmark.export``) instead of MLflow;
     nothing is logged then. ``export``: write ``<name>.runs/`` (the runs of each table) beside it,
-    so the page can be recomputed, byte for byte, from the repository alone."""
+    so the page can be recomputed, byte for byte, from the repository alone. ``register_top``: put
+    each table's top model in the MLflow model registry (see ``register_top_model``)."""
     from .paths import home
     from .tracking import Tracker, client, load_settings
     if ranking not in RANKINGS:
@@ -1048,8 +1050,8 @@ def generate(preset: Optional[str] = None, ranking: str = "aggregate", out_dir: 
     if n_boot < 100:
         raise UsageError("--n-boot must be at least 100")
     if from_export is not None:
-        if run_filter or experiment or export:
-            raise UsageError("--from reads a run export: --filter, --experiment and --export do not apply")
+        if run_filter or experiment or export or register_top:
+            raise UsageError("--from reads a run export: --filter, --experiment, --export and --register do not apply")
         runs, exp_name = records_from_export(Path(from_export), preset, source, ground_truth, split_hash, data_hash)
         log_to_mlflow, flt = False, ""
         if not runs:
@@ -1085,6 +1087,8 @@ def generate(preset: Optional[str] = None, ranking: str = "aggregate", out_dir: 
             ids = {x.run_id for r in _all_rows(lb) for x in r.runs}
             files.append(export_runs(cl, ids, out_dir / f"{lb.key.name}.runs", exp_name))
         results.append(Generated(lb, files, files[0].read_text(encoding="utf-8")))
+        if register_top:
+            register_top_model(lb)
     if log_to_mlflow:
         label = results[0].leaderboard.key.name if len(results) == 1 else "all"
         tracker = Tracker.start(f"leaderboard-{label}", {"kind": "leaderboard", "leaderboard.ranking": ranking},
@@ -1105,6 +1109,25 @@ def generate(preset: Optional[str] = None, ranking: str = "aggregate", out_dir: 
     return results
 
 
+def register_top_model(lb: Leaderboard):
+    """Register the top-ranked model of a table in the MLflow model registry, under the table's
+    name (e.g. ``lidc-phantom-cpu``): of its seeds, the run with the best test Dice (the model a
+    user would deploy); the version's description is the table's header and that row."""
+    from .tracking import register_model
+    top = next((r for r in lb.rows if not r.reference), None)
+    if top is None:
+        print(f"note: {lb.key.name} has no model row to register", file=sys.stderr)
+        return None
+    best = max(top.runs, key=lambda x: x.metrics.get("test_dice", float("-inf")))
+    header, body = table_cells(lb)
+    row = body[lb.rows.index(top)]
+    description = (f"{title(lb)}: top row, seed {best.seed} (test Dice {best.metrics.get('test_dice', float('nan')):.4f})"
+                   f"\n\n| {' | '.join(header)} |\n|{'|'.join('---' for _ in header)}|\n| {' | '.join(row)} |")
+    version = register_model(best.run_id, lb.key.name, description)
+    print(f"registered {top.label} (run {best.run_id}) as {lb.key.name} version {version.version}", file=sys.stderr)
+    return version
+
+
 def register(sub) -> None:
     p = sub.add_parser("leaderboard", help="write leaderboards/<dataset>-<preset>.{md,csv,html} from MLflow runs")
     p.add_argument("--preset", help="only runs of this preset (default: every preset found, one table each)")
@@ -1123,6 +1146,8 @@ def register(sub) -> None:
     p.add_argument("--export", action="store_true",
                    help="also write <name>.runs/: every run behind each table (params, tags, metric histories, "
                         "config, per-nodule CSV), so `--from` can recompute it without MLflow")
+    p.add_argument("--register", action="store_true",
+                   help="put each table's top model (its best seed) in the MLflow model registry, named after the table")
     p.add_argument("--from", dest="from_export", metavar="EXPORT",
                    help="recompute from a run export folder (e.g. leaderboards/lidc-phantom-cpu.runs) instead of MLflow")
     p.set_defaults(func=_cmd)
@@ -1133,7 +1158,7 @@ def _cmd(args) -> None:
                        source=args.source, ground_truth=args.ground_truth, split_hash=args.split_hash,
                        data_hash=args.data_hash, run_filter=args.run_filter, n_boot=args.n_boot,
                        boot_seed=args.boot_seed, log_to_mlflow=not args.no_log,
-                       from_export=args.from_export, export=args.export)
+                       from_export=args.from_export, export=args.export, register_top=args.register)
     for g in results:
         print(g.markdown)
         print("wrote " + ", ".join(str(f) for f in g.files), file=sys.stderr)

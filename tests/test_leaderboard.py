@@ -391,3 +391,25 @@ def test_sections_gain_loss_study_and_empty_count_on_synthetic_runs():
     md = render_markdown(lb)
     assert "cpu-v1-unet3d: 12 trials x 6 epochs, median pruner" in md and "1.0 + 0.1 CPU h" in md
     assert "+0.200 [" in md and "| unet3d | dice | 3 |" in md and "6/90" in md
+
+
+def test_export_recomputes_the_page_byte_for_byte_and_registers_the_top_model(at_store, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from benchmark.leaderboard import generate
+    from benchmark.tracking import load_settings
+    [made] = generate(preset="smoke", out_dir=tmp_path / "a", export=True, log_to_mlflow=False, register_top=True)
+    export = tmp_path / "a" / "lidc-phantom-smoke.runs"
+    assert export in made.files and (export / "manifest.json").is_file()
+    # the registry holds the top row's best seed, described by its row
+    versions = MlflowClient(load_settings().tracking_uri).search_model_versions("name = 'lidc-phantom-smoke'")
+    top = made.leaderboard.rows[0]
+    assert [v.run_id for v in versions] == [max(top.runs, key=lambda x: x.metrics["test_dice"]).run_id]
+    assert top.label in versions[0].description
+    # no MLflow store at all: the export alone gives the same bytes
+    monkeypatch.setenv("LIDC_BENCH_TRACKING_URI", "http://127.0.0.1:9")     # nothing answers there
+    [again] = generate(preset="smoke", out_dir=tmp_path / "b", from_export=export)
+    for suffix in (".md", ".csv", ".html"):
+        a = (tmp_path / "a" / f"lidc-phantom-smoke{suffix}").read_bytes()
+        b = (tmp_path / "b" / f"lidc-phantom-smoke{suffix}").read_bytes()
+        assert a == b, suffix
