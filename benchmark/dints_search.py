@@ -68,7 +68,8 @@ def run_dints_search(preset: str, warmup_epochs: int, search_epochs: int, overri
     from .config import build_config
     from .data import load_crops
     from .tracking import Tracker
-    from .train import DistInfo, Trainer, epoch_generator, pick_device, seed_everything, train_batches
+    from .data.loader import TrainBatches, to_model_input
+    from .train import DistInfo, Trainer, pick_device, seed_everything
 
     if warmup_epochs < 0 or search_epochs < 1:
         raise UsageError("--warmup-epochs must be >= 0 and --epochs >= 1")
@@ -100,25 +101,31 @@ def run_dints_search(preset: str, warmup_epochs: int, search_epochs: int, overri
         opt_c = torch.optim.Adam([space.log_alpha_c], lr=A_LR, betas=(0.5, 0.999), weight_decay=0.0)
         w_rows, a_rows = _split_train(trainer.train_rows, cfg.train.seed)
         loss_fn = trainer.loss_fn
-        bs, patch, steps = cfg.train.batch_size, cfg.data.patch_zyx, cfg.train.steps_per_epoch
+        bs, steps = cfg.train.batch_size, cfg.train.steps_per_epoch
+        # the weight half and the architecture half, each with its own seeded epoch order
+        w_source = TrainBatches(store, w_rows, cfg.data, bs, cfg.train.seed, steps, device)
+        a_source = TrainBatches(store, a_rows, cfg.data, bs, cfg.train.seed + 1, None, device)
+
+        def model_input(raw):
+            return to_model_input(*raw, device, cfg.data.hu_window)
         for epoch in range(epochs):
             searching = epoch >= warmup_epochs
             s = epoch - warmup_epochs
             for g in opt_w.param_groups:  # halved at 40 % and 80 % of the search epochs
                 g["lr"] = W_LR * (0.5 ** ((s >= 0.4 * search_epochs) + (s >= 0.8 * search_epochs)) if searching else 1.0)
             ramp = (s + 1) / search_epochs if searching else 0.0
-            gen = epoch_generator(cfg.train.seed, epoch)
-            a_batches = train_batches(store, a_rows, bs, patch, gen, dist)
+            a_batches = a_source.epoch(epoch)
             sums = {"train_loss": 0.0, "arch_loss": 0.0}
             n = 0
-            for images, masks in train_batches(store, w_rows, bs, patch, gen, dist, steps):
+            for raw in w_source.epoch(epoch):
+                images, masks = model_input(raw)
                 model.train()
                 for a in arch:
                     a.requires_grad_(False)
                 for p in weights:
                     p.requires_grad_(True)
                 opt_w.zero_grad(set_to_none=True)
-                loss = loss_fn(model(images.to(device)), masks.to(device))
+                loss = loss_fn(model(images), masks)
                 loss.backward()
                 opt_w.step()
                 sums["train_loss"] += float(loss)
@@ -126,17 +133,16 @@ def run_dints_search(preset: str, warmup_epochs: int, search_epochs: int, overri
                 if not searching:
                     continue
                 try:
-                    a_images, a_masks = next(a_batches)
-                except StopIteration:  # cycle the architecture half
-                    a_batches = train_batches(store, a_rows, bs, patch, epoch_generator(cfg.train.seed, 10_000 + n), dist)
-                    a_images, a_masks = next(a_batches)
+                    a_images, a_masks = model_input(next(a_batches))
+                except StopIteration:  # cycle the architecture half, in a fresh order
+                    a_batches = a_source.epoch(10_000 + epoch * 1_000 + n)
+                    a_images, a_masks = model_input(next(a_batches))
                 for a in arch:
                     a.requires_grad_(True)
                 for p in weights:
                     p.requires_grad_(False)
                 opt_a.zero_grad(set_to_none=True)
                 opt_c.zero_grad(set_to_none=True)
-                a_images, a_masks = a_images.to(device), a_masks.to(device)
                 ent_a, ent_c, ram, topo = _arch_loss_terms(space, a_images.shape, ram_factor)
                 a_loss = loss_fn(model(a_images), a_masks) + ramp * (ent_a + ent_c) + ram + 0.001 * topo
                 a_loss.backward()

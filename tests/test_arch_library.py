@@ -50,6 +50,7 @@ def test_registered_with_metadata():
         assert entry.search_space is not None, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_smoke_patch_trains(name):
     """Train-mode shapes, finite gradients on every parameter, and Adam lowering Dice+BCE."""
@@ -91,6 +92,7 @@ def test_cpu_patch_train_output(name):
         assert o.shape[:2] == (1, 1) and torch.isfinite(o).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_paper_patch_eval_output(name):
     model = _build(name, PAPER).eval()

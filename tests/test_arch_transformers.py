@@ -87,6 +87,7 @@ def test_gradients_finite_and_reach_every_parameter(name):
     assert dict(model.named_parameters())[key].grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_few_adam_steps_lower_the_loss(name):
     model = _build(name, SMOKE).train()

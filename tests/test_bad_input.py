@@ -64,6 +64,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, needle", CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
 def test_one_line_error(argv, needle, bench_home, bad_files, capsys):
     argv = [a.replace("{d}", str(bad_files)) for a in argv]

@@ -22,6 +22,7 @@ def test_split_check_and_info(env, capsys):
     assert "897 nodules in 554 patients" in out and "DICOM folder: not configured" in out
 
 
+@pytest.mark.slow
 def test_build_subset_and_montage(env, capsys):
     assert main(["data", "build", "--preset", "smoke", "--subset", "3", "--workers", "1"]) == 0
     out = capsys.readouterr().out

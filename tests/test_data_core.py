@@ -163,6 +163,7 @@ def test_phantom_deterministic_per_seed(index):
 
 
 # ----------------------------------------------------------------------------- cache + store
+@pytest.mark.slow
 def test_cache_build_reuse_and_invalid_rebuilt(index, tmp_cache):
     ids = list(index["nodule_id"].iloc[[0, 7]])
     p = cache_mod.build_cache("phantom", "staple", 4.0, nodule_ids=ids, workers=1, progress=False)
@@ -189,6 +190,7 @@ def test_cache_build_reuse_and_invalid_rebuilt(index, tmp_cache):
     assert cache_mod.validate_cache(p, exp)[0]
 
 
+@pytest.mark.slow
 def test_load_crops_smoke_preset(smoke_store):
     from benchmark.data.store import load_crops
     cfg, store = smoke_store

@@ -18,6 +18,7 @@ def _history(cl, run_id, key):
     return [(m.step, m.value) for m in cl.get_metric_history(run_id, key)]
 
 
+@pytest.mark.slow
 def test_smoke_run_logs_everything(bench_home):
     cfg = build_config("smoke", SMOKE, **{"model.arch": "unet3d"})
     res = run_experiment(cfg, show_progress=False)
@@ -50,6 +51,7 @@ class _Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_continues_same_run_without_duplicate_steps(bench_home):
     cfg = build_config("smoke", ["train.epochs=3", "model.kwargs.base_channels=4", "train.early_stopping_patience=10"],
                        **{"model.arch": "unet3d"})
@@ -77,6 +79,7 @@ def test_resume_continues_same_run_without_duplicate_steps(bench_home):
     assert "test_dice" in cl.get_run(interrupted).data.metrics
 
 
+@pytest.mark.slow
 def test_logs_to_real_mlflow_server(bench_home, mlflow_server, monkeypatch):
     monkeypatch.setenv("LIDC_BENCH_TRACKING_URI", mlflow_server["url"])
     cfg = build_config("smoke", ["train.epochs=1", "model.kwargs.base_channels=4"], **{"model.arch": "unet3d"})
@@ -98,6 +101,7 @@ def test_logs_to_real_mlflow_server(bench_home, mlflow_server, monkeypatch):
     (["nosuchcommand"], "invalid choice"),
     (["run", "--arch", "unet3d", "--preset", "smoke", "--seed", "x"], "invalid int"),
 ])
+@pytest.mark.slow
 def test_bad_cli_input_is_one_line(bench_home, args, needle):
     r = run_cli(*args, env={"LIDC_BENCH_HOME": str(bench_home)})
     assert r.returncode != 0
@@ -106,6 +110,7 @@ def test_bad_cli_input_is_one_line(bench_home, args, needle):
     assert needle in err[0] and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_unreachable_tracking_server_fails_before_training(bench_home):
     r = run_cli("run", "--arch", "unet3d", "--preset", "smoke", *SMOKE,
                 env={"LIDC_BENCH_HOME": str(bench_home), "LIDC_BENCH_TRACKING_URI": "http://127.0.0.1:9"})

@@ -47,6 +47,7 @@ def _wait_for_checkpoint(home: Path, epoch: int, proc, timeout=300):
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(bench_home):
     env = {"LIDC_BENCH_HOME": str(bench_home)}
     proc = _bench("run", "--arch", "unet3d", "--preset", "smoke", "--no-progress", *SLOW_SMOKE, env=env)
@@ -67,6 +68,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(bench_home):
         assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_sigterm_closes_the_run_as_killed_and_it_resumes(bench_home):
     """kill (SIGTERM) is handled like Ctrl-C: exit 143, the run is KILLED, not left RUNNING."""
     env = {"LIDC_BENCH_HOME": str(bench_home)}
@@ -79,6 +81,7 @@ def test_sigterm_closes_the_run_as_killed_and_it_resumes(bench_home):
     assert _client().get_run(run_id).info.status == "KILLED"
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(bench_home):
     from benchmark.losses import LOSSES, create_loss
     calls = {"n": 0}
@@ -130,6 +133,7 @@ def test_disk_full_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch
     assert checkpoint.digest_path(target).read_text().split()[0] == hashlib.sha256(before).hexdigest()
 
 
+@pytest.mark.slow
 def test_tracking_server_lost_mid_run_buffers_and_syncs(bench_home, tmp_path):
     port = free_port()
     db = tmp_path / "srv.db"
@@ -175,6 +179,7 @@ def test_tracking_server_lost_mid_run_buffers_and_syncs(bench_home, tmp_path):
         os.killpg(server.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_tuning_worker_killed_mid_trial_leaves_study_usable(bench_home):
     import optuna
     from benchmark.tune import open_study
@@ -195,6 +200,7 @@ def test_tuning_worker_killed_mid_trial_leaves_study_usable(bench_home):
     assert killed_run.data.tags["optuna.state"] == "FAIL" and killed_run.info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(bench_home):
     env = dict(os.environ, LIDC_BENCH_HOME=str(bench_home), OMP_NUM_THREADS="1")
     common = ["run", "--arch", "unet3d", "--preset", "smoke", "--no-progress", "train.epochs=3",

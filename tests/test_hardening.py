@@ -447,11 +447,12 @@ def _fake_full_cache(root: Path, corrupt: bool) -> None:
     ids = list(ix.load_index()["nodule_id"])
     path = cm.cache_dir("phantom", "staple", 4.0, (10, 20, 20), 0, None)
     path.mkdir(parents=True)
-    for name in cm.ARRAYS:
+    arrays = cm.arrays_for("phantom")     # the phantom's cache also holds its true shapes
+    for name in arrays:
         np.save(path / name, np.zeros((2, 2), np.uint8))
     (path / "nodules.csv").write_text("nodule_id\n")
     files = {n: {"bytes": (path / n).stat().st_size, "sha256": cm._sha256_file(path / n)}
-             for n in cm.ARRAYS + ("nodules.csv",)}
+             for n in arrays + ("nodules.csv",)}
     man = {**cm.expected_manifest("phantom", "staple", 4.0, (10, 20, 20), 0, ids, ix.index_hash()),
            "files": files, "data_hash": "x", "n_nodules": len(ids), "built_at": "now", "build_seconds": 0}
     (path / "manifest.json").write_text(json.dumps(man))
@@ -480,7 +481,8 @@ def test_intact_shared_cache_reads_fine_in_data_info(tmp_path, monkeypatch, caps
     _fake_full_cache(cm.cache_root(), corrupt=False)
     assert main(["data", "info"]) == 0
     out = capsys.readouterr().out
-    assert "phantom-staple-4mm: 897 nodules" in out and "CORRUPT" not in out
+    name = cm.cache_dir("phantom", "staple", 4.0, (10, 20, 20), 0, None).name
+    assert f"{name}: 897 nodules" in out and "CORRUPT" not in out
 
 
 def test_index_cut_at_a_row_boundary_is_an_error_not_fewer_nodules(tmp_path, monkeypatch):

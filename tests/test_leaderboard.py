@@ -71,6 +71,7 @@ def at_store(store_home, monkeypatch):
     return home, res
 
 
+@pytest.mark.slow
 def test_leaderboard_numbers_match_the_per_nodule_csvs(at_store, tmp_path, capsys):
     from benchmark.cli import main
     home, res = at_store
@@ -127,6 +128,7 @@ def test_leaderboard_numbers_match_the_per_nodule_csvs(at_store, tmp_path, capsy
     assert {f"leaderboards/lidc-phantom-smoke{s}" for s in (".md", ".csv", ".html")} <= arts
 
 
+@pytest.mark.slow
 def test_incompatible_runs_are_kept_apart(store_home, bench_home, tmp_path):
     from benchmark.leaderboard import generate
     home, res = store_home
@@ -162,6 +164,7 @@ def test_incompatible_runs_are_kept_apart(store_home, bench_home, tmp_path):
     assert model_runs[0] not in ";".join(by_name["lidc-phantom-smoke"].table["run_ids"])
 
 
+@pytest.mark.slow
 def test_second_suite_invocation_creates_no_runs(at_store, capsys):
     from benchmark.cli import main
     cl = _client()
@@ -228,6 +231,7 @@ def _interrupted_run() -> str:
     return killed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["ctrl_c", "sigkill"])
 def test_interrupted_cell_is_resumed_not_restarted(store_home, bench_home, how):
     """ctrl_c: the run marked itself KILLED. sigkill: it could not, so it still reads RUNNING,
@@ -248,6 +252,7 @@ def test_interrupted_cell_is_resumed_not_restarted(store_home, bench_home, how):
     assert run.info.status == "FINISHED" and "test_dice" in run.data.metrics
 
 
+@pytest.mark.slow
 def test_run_alive_in_another_process_is_left_alone(store_home, bench_home):
     from benchmark.suite import run_suite
     _copy_store(store_home, bench_home)
@@ -265,6 +270,7 @@ def test_run_alive_in_another_process_is_left_alone(store_home, bench_home):
     assert res.elsewhere == [(f"unet3d/dice_bce/s{SEEDS}", running)] and not res.ran and not res.resumed
 
 
+@pytest.mark.slow
 def test_two_suite_workers_share_the_matrix_without_duplicates(store_home, bench_home):
     """Two `bench suite` processes on one host, one thread each: every new cell is trained
     exactly once, and both processes finish cleanly."""
@@ -288,6 +294,7 @@ def test_two_suite_workers_share_the_matrix_without_duplicates(store_home, bench
     assert ran == new_seeds
 
 
+@pytest.mark.slow
 def test_cell_whose_worker_dies_during_the_pass_is_resumed_on_the_second_look(store_home, bench_home,
                                                                                monkeypatch):
     import benchmark.suite as suite
@@ -312,6 +319,7 @@ def test_cell_whose_worker_dies_during_the_pass_is_resumed_on_the_second_look(st
     assert cl.get_run(held).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_a_run_never_cut_short_counts_for_a_larger_patience(store_home, bench_home):
     """Raising only the early-stopping patience does not retrain runs that early stopping never
     stopped (also for runs logged before the budget-fingerprint tag existed)."""
@@ -393,6 +401,7 @@ def test_sections_gain_loss_study_and_empty_count_on_synthetic_runs():
     assert "+0.200 [" in md and "| unet3d | dice | 3 |" in md and "6/90" in md
 
 
+@pytest.mark.slow
 def test_export_recomputes_the_page_byte_for_byte_and_registers_the_top_model(at_store, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 

@@ -130,9 +130,11 @@ def test_logged_mlflow_model_reproduces_the_run(smoke_run):
     run_id, cfg = smoke_run["run_id"], smoke_run["cfg"]
     uri = client().get_run(run_id).data.tags["model_uri"]
     loaded = mlflow.pytorch.load_model(uri, map_location="cpu")
-    # same logits as the run's own best checkpoint (read weights_only)
+    # same logits as the run's own best checkpoint (read weights_only; a finished run keeps it as
+    # the artifact checkpoints/best.pt, its local copy is cleaned up)
+    from benchmark.predict import _download_checkpoint
     reference = build_model(cfg)
-    reference.load_state_dict(torch.load(checkpoints_dir(run_id) / "best.pt", weights_only=True)["model"])
+    reference.load_state_dict(torch.load(_download_checkpoint(run_id), weights_only=True)["model"])
     store = load_crops(cfg.data, progress=False)
     rows = store.indices("test")
     preds, _, gts = predict_center(loaded, store, rows, cfg, "cpu")

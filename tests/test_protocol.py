@@ -117,9 +117,9 @@ def test_loss_study_takes_the_runner_up_when_unet3d_is_best(tmp_path):
     assert loss_study_archs(lp, states) is None
 
 
-@pytest.mark.slow
 # about 2.5 CPU-minutes (16 smoke runs, then a rerun); on two cores shared with other work its wall
 # time has passed the project's 900 s per-test limit, hence the larger limit here
+@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
@@ -164,4 +164,4 @@ def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypa
     assert all(not r.ran and not r.resumed and not r.failed for _, r in again.suites)
     assert all(st.finished == 2 for st in again.studies.values())
     status = protocol_status(path)
-    assert "estimated cost left: 0.0 h" in status and re.search(r"loss study \w+: 2 done, 0 left", status)
+    assert "estimated cost left: 0.0 h" in status and re.search(r"loss study \w+: 4 done, 0 left", status)

@@ -21,6 +21,7 @@ def test_unknown_architecture_names_close_matches():
     assert "did you mean unet3d" in str(e.value)
 
 
+@pytest.mark.slow
 def test_registration_does_not_depend_on_imports():
     import subprocess, sys
     # a fresh interpreter that imports only the factory sees every family

@@ -20,6 +20,7 @@ def _study(name, storage=None):
     return open_study(name, storage, 1, None, create=False)[0]
 
 
+@pytest.mark.slow
 def test_tune_parent_with_four_children(bench_home):
     r = run_cli("tune", "--arch", "unet3d", "--trials", "4", "--preset", "smoke", "--study", "s4", "--pruner", "none",
                 "--no-progress", *FAST, env={"LIDC_BENCH_HOME": str(bench_home)})
@@ -33,6 +34,7 @@ def test_tune_parent_with_four_children(bench_home):
     assert all("val_dice" in c.data.metrics for c in children)
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_journal_study(bench_home):
     r = run_cli("tune", "--arch", "unet3d", "--trials", "5", "--preset", "smoke", "--study", "par", "--workers", "2",
                 "--pruner", "none", "--no-progress", *FAST, env={"LIDC_BENCH_HOME": str(bench_home)})
@@ -46,6 +48,7 @@ def test_two_workers_share_one_journal_study(bench_home):
     assert sorted(int(c.data.tags["optuna.trial"]) for c in children) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_rerun_resumes_same_study(bench_home):
     args = ["tune", "--arch", "unet3d", "--preset", "smoke", "--study", "again", "--pruner", "none", "--no-progress", *FAST]
     env = {"LIDC_BENCH_HOME": str(bench_home)}
@@ -58,6 +61,7 @@ def test_rerun_resumes_same_study(bench_home):
     assert len(_children(parent)) == 2
 
 
+@pytest.mark.slow
 def test_constructed_bad_trial_is_pruned(bench_home):
     from benchmark.tune import open_study, run_worker
     meta = {"arch": "unet3d", "loss": "dice_bce", "preset": "smoke"}
@@ -77,6 +81,7 @@ def test_constructed_bad_trial_is_pruned(bench_home):
     assert run.data.tags["optuna.state"] == "PRUNED" and run.info.status == "KILLED"
 
 
+@pytest.mark.slow
 def test_report_and_params_from(bench_home):
     env = {"LIDC_BENCH_HOME": str(bench_home)}
     assert run_cli("tune", "--arch", "unet3d", "--trials", "2", "--preset", "smoke", "--study", "rep", "--pruner", "none",
@@ -109,12 +114,14 @@ def test_postgres_storage(bench_home):
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) >= 2
 
 
+@pytest.mark.slow
 def test_sqlite_refused_for_parallel_workers(bench_home):
     r = run_cli("tune", "--arch", "unet3d", "--trials", "2", "--preset", "smoke", "--study", "x", "--workers", "2",
                 "--storage", f"sqlite:///{bench_home}/o.db", env={"LIDC_BENCH_HOME": str(bench_home)})
     assert r.returncode == 2 and "not safe for parallel" in r.stderr
 
 
+@pytest.mark.slow
 def test_second_command_with_other_arch_on_same_study_is_refused(bench_home):
     env = {"LIDC_BENCH_HOME": str(bench_home)}
     assert run_cli("tune", "--arch", "unet3d", "--trials", "1", "--preset", "smoke", "--study", "mine", "--no-progress",
