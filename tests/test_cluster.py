@@ -52,11 +52,14 @@ def dask_cluster(bench_home):
             _stop(p)
 
 
-def _wait_for_checkpointed_run(bench_home, deadline):
+def _wait_for_checkpointed_run(bench_home, deadline, driver):
     """The first cell that has written a checkpoint and is still RUNNING: (run id, its owner pid)."""
     from benchmark.tracking import client
     cl = client()
     while time.time() < deadline:
+        if driver.poll() is not None:      # the matrix ended (or failed) before any cell could be killed
+            out, err = driver.communicate()
+            pytest.fail(f"the suite exited ({driver.returncode}) before a cell checkpointed: {out[-1500:]} {err[-1500:]}")
         for ckpt in (bench_home / "runs" / "checkpoints").glob("*/last.pt"):
             run = cl.get_run(ckpt.parent.name)
             if run.info.status == "RUNNING" and run.data.tags.get("dask.worker"):
@@ -68,10 +71,14 @@ def _wait_for_checkpointed_run(bench_home, deadline):
 @pytest.mark.slow
 def test_killed_workers_cell_is_resumed_by_another_worker(dask_cluster, bench_home):
     address, env = dask_cluster
+    # the crops must exist where the workers run (README, Scaling out): build them once here
+    from benchmark.config import build_config
+    from benchmark.data import load_crops
+    load_crops(build_config("smoke").data, progress=False)
     driver = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "suite", *SMOKE, "--scheduler", address],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        victim, pid = _wait_for_checkpointed_run(bench_home, time.time() + 600)
+        victim, pid = _wait_for_checkpointed_run(bench_home, time.time() + 600, driver)
         os.kill(pid, signal.SIGKILL)                 # the worker process, mid-training
         out, err = driver.communicate(timeout=600)
     finally:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import time
@@ -257,7 +258,8 @@ def _fill(path: Path, table: pd.DataFrame, tasks, crop_zyx, spacing_mm, workers,
             bar.update(1)
 
     try:
-        if workers > 1 and len(tasks) > 1:
+        # a daemonic process (e.g. some cluster workers) may not start children: build in-process
+        if workers > 1 and len(tasks) > 1 and not multiprocessing.current_process().daemon:
             with worker_pool(min(workers, len(tasks)), initializer=_worker_init) as pool:
                 for results in pool.imap_unordered(crop_one_scan, tasks):
                     consume(results)
