@@ -82,6 +82,20 @@ def run_cli(*args, env=None, timeout=600):
                           env=e, timeout=timeout, cwd=ROOT)
 
 
+@pytest.fixture(scope="module")
+def index():
+    """The committed nodule index (read once per test module)."""
+    from benchmark.data import index as ix
+    return ix.load_index()
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    """A private, empty crop cache folder."""
+    monkeypatch.setenv("LIDC_BENCH_CACHE", str(tmp_path / "crops"))
+    return tmp_path / "crops"
+
+
 @pytest.fixture()
 def one_thread():
     """One torch thread and a fixed seed: the cores are shared, and the small optimisation tests

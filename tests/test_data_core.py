@@ -22,17 +22,6 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def index():
-    return ix.load_index()
-
-
-@pytest.fixture
-def tmp_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LIDC_BENCH_CACHE", str(tmp_path / "crops"))
-    return tmp_path / "crops"
-
-
-@pytest.fixture(scope="module")
 def smoke_store(tmp_path_factory):
     """The smoke preset's store, built once for the module in a private cache folder."""
     from benchmark.data.store import load_crops

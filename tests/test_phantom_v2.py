@@ -18,17 +18,6 @@ from benchmark.data import geometry, ground_truth, index as ix, oracle, phantom,
 from benchmark.data import split as sp
 
 
-@pytest.fixture(scope="module")
-def index():
-    return ix.load_index()
-
-
-@pytest.fixture
-def tmp_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LIDC_BENCH_CACHE", str(tmp_path / "crops"))
-    return tmp_path / "crops"
-
-
 def _box(row, crop_zyx, spacing_mm):
     spacing = (row["slice_spacing"], row["pixel_spacing"], row["pixel_spacing"])
     c = np.array([row["centroid_k"], row["centroid_i"], row["centroid_j"]])
