@@ -168,7 +168,7 @@ def run_dints_search(preset: str, warmup_epochs: int, search_epochs: int, overri
                      "warmup_epochs": warmup_epochs, "search_epochs": search_epochs,
                      "channel_mul_searched": channel_mul, "ram_factor": ram_factor, "seed": cfg.train.seed,
                      "final_val_dice_supernet": round(metrics["val_dice"], 4),
-                     "budget_hours": round(seconds / 3600, 3),
+                     "budget_seconds": round(seconds, 1), "budget_hours": round(seconds / 3600, 4),
                      "budget_device": "GPU" if device.type == "cuda" else "CPU",
                      # a weight step and an architecture step per search batch: count both as epochs
                      "budget_full_trainings": round((epochs + search_epochs) / full_epochs, 2)},

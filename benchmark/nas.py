@@ -378,7 +378,7 @@ def choose(study_name: str, storage: Optional[str], trade_off: str, out: Optiona
         "val_dice": round(t.values[0], 4), "macs_per_patch": int(t.values[1]), "preset": meta.get("preset"),
         "phase1_epochs": meta.get("phase1_epochs"), "epochs_per_candidate": meta.get("epochs"),
         "candidates": len(_finished(study)), "pareto_size": distinct_points(best),
-        "budget_hours": round(b["hours"], 3), "budget_device": b["device_kind"],
+        "budget_seconds": round(b["hours"] * 3600, 1), "budget_hours": round(b["hours"], 4), "budget_device": b["device_kind"],
         "budget_full_trainings": round(b["full_trainings"], 2)})
     print(f"trial {t.number}: val Dice {t.values[0]:.4f}, {t.values[1] / 1e9:.3f} GMACs -> {path}")
     return path

@@ -19,7 +19,8 @@ does, in this order, skipping whatever the tracking store and the Optuna journal
      the baseline of each architecture's gain from tuning;
   4. **loss study**: on each of ``loss_study.archs`` (``best`` = the tuned architecture with the
      highest best-trial validation Dice; the test split plays no part in that choice; when the
-     best is an architecture already listed, the runner-up takes its place) every listed loss x
+     best is an architecture already listed, the runner-up takes its place; with
+     ``best_max_hours``, only architectures whose loss study fits that estimate qualify) every listed loss x
      ``loss_study.seeds`` seeds with that architecture's tuned settings. Its ``dice_bce`` cells
      are the final runs themselves (same fingerprint), so they are not trained again.
 
@@ -94,6 +95,10 @@ class LossStudySpec(_Strict):
     archs: list[str]
     losses: list[str]
     seeds: int
+    #: ``best`` is chosen among the architectures whose loss study is estimated (from
+    #: ``seconds_per_epoch``) to cost at most this many hours; declared before any result, so
+    #: the cap cannot be fitted to the ranking. None: no cap.
+    best_max_hours: Optional[float] = None
 
 
 class Protocol(_Strict):
@@ -329,8 +334,25 @@ def loss_study_archs(lp: LoadedProtocol, states: dict[str, StudyState]) -> Optio
     if not all(s.done for s in states.values()):
         return None
     ranked = sorted(states.values(), key=lambda s: (-s.best_trial.value, s.arch))
-    best = next((s.arch for s in ranked if s.arch not in fixed), None)
+    best = next((s.arch for s in ranked if s.arch not in fixed and loss_study_affordable(lp, s.arch)), None)
     return fixed + ([best] if best else [])
+
+
+def loss_study_hours(lp: LoadedProtocol, arch: str) -> Optional[float]:
+    """Estimated two-core hours of ``arch``'s loss study (its tuning-loss cells are the final
+    runs, so they cost nothing more); None without a ``seconds_per_epoch`` figure."""
+    from .config import PRESETS
+    s, ls = lp.spec, lp.spec.loss_study
+    epochs = s.final.epochs or PRESETS[s.preset].get("train", {}).get("epochs", 1)
+    n_other = len([x for x in ls.losses if x != s.tuning.loss])
+    sec = _cost(lp, arch, n_other * ls.seeds * epochs)
+    return None if sec is None else sec / 3600
+
+
+def loss_study_affordable(lp: LoadedProtocol, arch: str) -> bool:
+    cap = lp.spec.loss_study.best_max_hours
+    hours = loss_study_hours(lp, arch)
+    return cap is None or hours is None or hours <= cap
 
 
 def loss_cells(lp: LoadedProtocol, states: dict[str, StudyState], archs: list[str]) -> list:
@@ -448,11 +470,15 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
                          f"on {', '.join(named + [BEST])}")
             for a in named:
                 add(f"loss study {a}", _cost(lp, a, n_other * ls.seeds * final_epochs))
-            costs = list(s.seconds_per_epoch.values())
+            hours = {a: loss_study_hours(lp, a) for a in s.architectures if a not in named}
+            costs = [h for a, h in hours.items() if h is not None and loss_study_affordable(lp, a)]
             if costs:
-                epochs = n_other * ls.seeds * final_epochs
-                lines.append(f"  '{BEST}' adds {epochs * min(costs) / 3600:.2f} to {epochs * max(costs) / 3600:.2f} h, "
-                             f"depending on which architecture wins")
+                lines.append(f"  '{BEST}' adds {min(costs):.2f} to {max(costs):.2f} h, depending on which "
+                             f"architecture wins")
+            capped = [a for a in hours if not loss_study_affordable(lp, a)]
+            if capped:
+                lines.append(f"  not eligible for '{BEST}' (loss study over best_max_hours={ls.best_max_hours:g} h): "
+                             + ", ".join(f"{a} ({hours[a]:.1f} h)" for a in capped))
         else:
             for a in archs:
                 res = run_cells(loss_cells(lp, states, [a]), "", experiment, show_progress=False, dry_run=True)

@@ -217,9 +217,10 @@ def _budget_fingerprint_from_config(cl, run) -> Optional[str]:
 OwnerCheck = Callable[[dict], Optional[bool]]   # a run's tags -> owner dead? (None: cannot tell)
 
 
-def _existing_runs(cl, experiment_id: Optional[str], content_hash: str,
+def _existing_runs(cl, experiment_id: Optional[str], content_hash: Optional[str],
                    is_dead: OwnerCheck = owner_is_dead) -> StoreView:
-    """The runs of this experiment on these data, sorted into a ``StoreView``.
+    """The runs of this experiment on these data (every run when ``content_hash`` is None),
+    sorted into a ``StoreView``.
 
     Interrupted means KILLED (Ctrl-C, SIGTERM) or still RUNNING although the process that ran
     it has exited (SIGKILL, OOM, reboot), as ``is_dead`` judges from the run's owner tags (by
@@ -231,7 +232,8 @@ def _existing_runs(cl, experiment_id: Optional[str], content_hash: str,
         return view
     token = None
     while True:
-        page = cl.search_runs([experiment_id], f"tags.`data.content_hash` = '{content_hash}'", max_results=1000,
+        where = f"tags.`data.content_hash` = '{content_hash}'" if content_hash else ""
+        page = cl.search_runs([experiment_id], where, max_results=1000,
                               page_token=token, order_by=["attributes.start_time ASC"])
         for run in page:
             tags, status, rid = run.data.tags, run.info.status, run.info.run_id
@@ -280,6 +282,7 @@ def run_cells(cells: list[Cell], desc: str, experiment: Optional[str] = None, sh
     as cells end (see ``benchmark.cluster.DaskExecutor``); the data are then loaded by the
     workers, not here."""
     from .data import load_crops
+    from .data.store import built_data_hash
     from .tracking import client, load_settings
     t0 = time.perf_counter()
     result = SuiteResult(planned=cells)
@@ -291,11 +294,17 @@ def run_cells(cells: list[Cell], desc: str, experiment: Optional[str] = None, sh
     exp_id = exp.experiment_id if exp is not None else None
 
     # Load each distinct data config once, before the bar starts: a first build of the crop
-    # cache shows its own progress, and its content hash is what "same data" means.
+    # cache shows its own progress, and its content hash is what "same data" means. A dry run
+    # (a status) builds nothing: it takes the hash of a cache already built, and without one
+    # matches runs by their config fingerprint alone.
     stores, existing = {}, {}
     for c in cells if not remote else []:
         key = c.cfg.data.model_dump_json()
-        if key not in stores:
+        if key in existing:
+            continue
+        if dry_run:
+            existing[key] = _existing_runs(cl, exp_id, built_data_hash(c.cfg.data))
+        else:
             stores[key] = load_crops(c.cfg.data)
             existing[key] = _existing_runs(cl, exp_id, stores[key].data_hash)
 

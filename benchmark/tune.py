@@ -258,10 +258,11 @@ def ensure_parent_run(study, meta: dict[str, str], storage_label: Optional[str] 
 @contextlib.contextmanager
 def parent_lock(storage_label: str):
     """Host-wide lock for creating a study's parent run. A journal file locks beside itself; an
-    RDB storage (several machines) locks in this host's runs/ folder: processes of one host are
-    serialised, and separate machines should start their first worker one after the other."""
+    RDB storage (several machines) or an in-memory study locks in this host's runs/ folder:
+    processes of one host are serialised, and separate machines should start their first worker
+    one after the other."""
     import hashlib
-    if "://" in storage_label:
+    if "://" in storage_label or storage_label.startswith("study:"):  # an RDB, or an in-memory study
         path = runs_dir() / "optuna" / f".parent-{hashlib.sha256(storage_label.encode()).hexdigest()[:12]}.lock"
     else:
         path = Path(storage_label + ".parentlock")

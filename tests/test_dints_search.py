@@ -48,7 +48,7 @@ def test_dints_search_trains_alphas_decodes_and_rebuilds(bench_home, monkeypatch
     run = client().get_run(meta["mlflow_run_id"])
     history = client().get_metric_history(run.info.run_id, "arch_loss")
     assert [m.value > 0 for m in sorted(history, key=lambda m: m.step)] == [False, True]  # warm-up, then search
-    assert meta["budget_hours"] > 0 and meta["source"] == "bench search dints"
+    assert meta["budget_seconds"] > 0 and meta["source"] == "bench search dints"
     net = create_architecture("dints", spatial_size=(8, 16, 16), channel_mul=0.25, topology=str(out)).eval()
     with torch.no_grad():
         assert net(torch.zeros(1, 1, 8, 16, 16)).shape == (1, 1, 8, 16, 16)

@@ -3,6 +3,7 @@ MLflow models and tags, the quiet console, `bench ui` process handling."""
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 
@@ -52,7 +53,7 @@ def test_lazy_entry_imports_its_module_on_first_use():
 
 
 # ------------------------------------------------------------------ registry commands
-def test_archs_reports_the_size_the_preset_builds():
+def test_archs_reports_the_size_the_preset_builds(bench_home):
     """`bench archs --preset cpu` counts the cpu run's model (preset_kwargs applied), not the paper's."""
     from benchmark.archs_table import format_table, registry_rows
     from benchmark.config import build_config
@@ -66,6 +67,33 @@ def test_archs_reports_the_size_the_preset_builds():
     lines = format_table(rows)
     assert lines[0].split()[:4] == ["name", "aliases", "family", "params(M)"]
     assert lines[1].startswith("unet3d") and f"{run_params / 1e6:.3f}" in lines[1]
+
+
+def test_archs_sizes_come_from_the_cache_until_what_they_depend_on_changes(bench_home, monkeypatch):
+    """The second `bench archs` builds no model (that is what keeps it under 10 s); a change in
+    the preset's kwargs (or the code, or a library version: the same key) measures again."""
+    from benchmark import archs_table
+    _, first = archs_table.registry_rows("smoke", pattern="unet3d")
+    cached = json.loads(archs_table.sizes_cache_path("smoke").read_text())
+    assert len(cached) == 1 and list(cached.values())[0]["params_M"] == first[0]["params_M"]
+
+    def no_build(*a, **k):
+        raise AssertionError("a cached size was measured again")
+    measure = archs_table._measure
+    from architectures import ARCHITECTURES
+    original = dict(ARCHITECTURES.entry("unet3d").meta["preset_kwargs"]["smoke"])
+    monkeypatch.setattr(archs_table, "_measure", no_build)
+    _, again = archs_table.registry_rows("smoke", pattern="unet3d")
+    assert again == first
+    sized = ARCHITECTURES.entry("unet3d").meta["preset_kwargs"]
+    monkeypatch.setitem(sized, "smoke", {**sized["smoke"], "base_channels": 4})
+    with pytest.raises(AssertionError, match="measured again"):
+        archs_table.registry_rows("smoke", pattern="unet3d")
+    monkeypatch.setattr(archs_table, "_measure", measure)
+    monkeypatch.setitem(sized, "smoke", original)
+    archs_table.sizes_cache_path("smoke").write_text("{not json")   # a broken cache is measured again
+    _, rebuilt = archs_table.registry_rows("smoke", pattern="unet3d")
+    assert rebuilt == first
 
 
 def test_losses_table_has_a_header_and_aligned_columns(capsys):

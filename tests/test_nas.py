@@ -81,7 +81,7 @@ def test_two_phase_search_never_reads_the_test_split(bench_home, monkeypatch):
     out = bench_home / "g.json"
     choose("nas-t", None, "knee", str(out))
     g = load_genotype(out)
-    assert g.meta["mlflow_parent_run_id"] == parent and g.meta["budget_hours"] > 0
+    assert g.meta["mlflow_parent_run_id"] == parent and g.meta["budget_seconds"] > 0
     assert g.meta["mlflow_phase1_run_id"] == study.user_attrs["phase1"]["mlflow_run_id"]
     net = create_architecture("bixnas", spatial_size=(8, 16, 16), genotype=str(out)).eval()
     assert net(torch.zeros(1, 1, 8, 16, 16)).shape == (1, 1, 8, 16, 16)

@@ -117,6 +117,34 @@ def test_loss_study_takes_the_runner_up_when_unet3d_is_best(tmp_path):
     assert loss_study_archs(lp, states) is None
 
 
+def test_loss_study_cap_is_declared_and_skips_only_what_it_costs_too_much(tmp_path):
+    """`best_max_hours` keeps an architecture whose loss study costs more than the cap out of the
+    choice of 'best' (SwinUNETR on two cores), whatever its validation Dice; the next best takes it."""
+    from benchmark.protocol import StudyState, load_protocol, loss_study_archs, loss_study_hours
+    text = (GOOD.replace("[unet3d, transfuse_s]", "[unet3d, transfuse_s, nnunet_plain]")
+            .replace("dice_bce_rm], seeds: 3}", "dice_bce_rm], seeds: 3, best_max_hours: 1}")
+            + "seconds_per_epoch: {unet3d: 10, transfuse_s: 200, nnunet_plain: 10}\n")
+    lp = load_protocol(_write(tmp_path, text))
+    # 1 other loss x 3 seeds x 20 epochs x 200 s = 3.33 h > 1 h; x 10 s = 0.17 h
+    assert loss_study_hours(lp, "transfuse_s") == pytest.approx(3 * 20 * 200 / 3600)
+    states = {a: StudyState(a, a, 4, 4, _frozen_trial(lp, a, value=v)[0])
+              for a, v in (("unet3d", 0.5), ("transfuse_s", 0.9), ("nnunet_plain", 0.7))}
+    assert loss_study_archs(lp, states) == ["unet3d", "nnunet_plain"]
+    uncapped = load_protocol(_write(tmp_path, text.replace(", best_max_hours: 1", "")))
+    assert loss_study_archs(uncapped, states) == ["unet3d", "transfuse_s"]
+
+
+def test_status_builds_no_crop_cache(bench_home, tmp_path, monkeypatch):
+    """`bench protocol status` is a look at the store: on a machine without the crop cache it
+    reports the cells as not done and builds nothing (it once spent 7 minutes building crops)."""
+    from benchmark.protocol import protocol_status
+    cache = tmp_path / "empty-cache"
+    monkeypatch.setenv("LIDC_BENCH_CACHE", str(cache))
+    status = protocol_status(PROTOCOLS / "cpu.yaml")
+    assert re.search(r"^unet3d\s+0/12\s+0/3\s+0/3", status, re.M), status
+    assert not cache.exists() or not any(cache.iterdir())
+
+
 # about 2.5 CPU-minutes (16 smoke runs, then a rerun); on two cores shared with other work its wall
 # time has passed the project's 900 s per-test limit, hence the larger limit here
 @pytest.mark.slow

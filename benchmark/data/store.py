@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, UsageError
-from .cache import ensure_cache
-from .index import load_index
+from .cache import cache_dir, ensure_cache, expected_manifest, validate_cache
+from .index import index_hash, load_index
 from .split import SPLITS, check_index_matches_split, load_split, split_hash
 
 __all__ = ["CropStore", "load_crops", "select_nodules", "normalise_hu"]
@@ -174,3 +174,24 @@ def load_crops(data_cfg, nodule_ids: Optional[Sequence[str]] = None, progress: b
     path, rows = ensure_cache(data_cfg.source, data_cfg.ground_truth, data_cfg.spacing_mm, crop_zyx,
                               data_cfg.phantom_seed, nodule_ids, workers=workers, progress=progress)
     return CropStore(path, rows, hu_window=data_cfg.hu_window)
+
+
+def built_data_hash(data_cfg) -> Optional[str]:
+    """The content hash ``load_crops(data_cfg)`` would give, if its cache is already built (the
+    full cache or this subset's); None otherwise. Builds nothing and reads only manifests, so a
+    status command can ask which runs exist on these data without building a crop cache."""
+    crop_zyx = tuple(data_cfg.crop_zyx)
+    index = load_index()
+    full_ids = list(index["nodule_id"])
+    wanted = [None]
+    if data_cfg.max_nodules:
+        wanted.append(select_nodules(index, load_split(), dict(data_cfg.max_nodules)))
+    for ids in wanted:
+        listed = full_ids if ids is None else list(dict.fromkeys(ids))
+        path = cache_dir(data_cfg.source, data_cfg.ground_truth, data_cfg.spacing_mm, crop_zyx,
+                         data_cfg.phantom_seed, ids)
+        expected = expected_manifest(data_cfg.source, data_cfg.ground_truth, data_cfg.spacing_mm, crop_zyx,
+                                     data_cfg.phantom_seed, listed, index_hash())
+        if validate_cache(path, expected, check_hashes=False)[0]:
+            return json.loads((path / "manifest.json").read_text()).get("data_hash")
+    return None
