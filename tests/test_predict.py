@@ -124,6 +124,69 @@ def test_ct_files_and_location_input(tmp_path):
         read_locations(tmp_path / "bad.csv")
 
 
+def write_dicom_series(ct, folder):
+    """``ct`` as a CT DICOM series (one file per slice, pydicom), its geometry in the standard
+    tags: ImagePositionPatient per slice, ImageOrientationPatient from the direction's first two
+    columns, PixelSpacing as (row, column) = (y, x) spacing."""
+    import SimpleITK as sitk
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    folder.mkdir(parents=True)
+    arr = sitk.GetArrayFromImage(ct)
+    d = np.array(ct.GetDirection()).reshape(3, 3)
+    sx, sy, sz = ct.GetSpacing()
+    study, series = generate_uid(), generate_uid()
+    for k, plane in enumerate(arr):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientID = "CT", "PHANTOM"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = study, series, k + 1
+        ds.ImagePositionPatient = [float(v) for v in ct.TransformIndexToPhysicalPoint((0, 0, k))]
+        ds.ImageOrientationPatient = [float(v) for v in (*d[:, 0], *d[:, 1])]
+        ds.PixelSpacing, ds.SliceThickness = [sy, sx], sz
+        ds.Rows, ds.Columns = plane.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024.0, 1.0
+        ds.PixelData = np.rint(plane + 1024.0).astype(np.int16).tobytes()
+        ds.save_as(folder / f"{k:03d}.dcm", enforce_file_format=True)
+    return folder
+
+
+@pytest.mark.parametrize("angle", [0.0, 30.0])
+def test_dicom_series_folder_gives_the_same_world_frame_and_mask(tmp_path, angle):
+    """A DICOM series folder is read into the same world frame as the image it was written
+    from (a rotated scan included), and the predicted mask lands on the planted sphere."""
+    import SimpleITK as sitk
+    ct, centres, masks = make_ct(direction=_direction(angle))
+    back = read_ct(write_dicom_series(ct, tmp_path / "series"))
+    assert back.GetSize() == ct.GetSize()
+    assert np.allclose(back.GetOrigin(), ct.GetOrigin(), atol=1e-3)
+    assert np.allclose(back.GetSpacing(), ct.GetSpacing(), atol=1e-4)
+    assert np.allclose(back.GetDirection(), ct.GetDirection(), atol=1e-5)
+    assert np.allclose(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(ct), atol=0.5)
+    labels, counts = predict_at(standin(), back, [centres[0]])
+    lab = sitk.GetArrayFromImage(labels)
+    assert counts[0] > 0 and _dice(lab == 1, masks[0]) > 0.8 and not np.logical_and(lab > 0, masks[1]).any()
+
+
+def test_folder_with_two_series_or_none_is_one_clear_error(tmp_path):
+    ct, _, _ = make_ct()
+    write_dicom_series(ct, tmp_path / "two" / "a")
+    write_dicom_series(ct, tmp_path / "two" / "b")
+    import shutil
+    for f in (tmp_path / "two" / "b").iterdir():
+        shutil.move(str(f), tmp_path / "two" / "a" / f"b{f.name}")
+    with pytest.raises(UsageError, match="2 DICOM series"):
+        read_ct(tmp_path / "two" / "a")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="holds no DICOM series"):
+        read_ct(tmp_path / "empty")
+
+
 @pytest.mark.slow  # a CLI subprocess
 def test_predict_cli_rejects_a_path_as_run_id(tmp_path):
     from tests.conftest import run_cli

@@ -21,17 +21,43 @@ def _study(name, storage=None):
 
 
 @pytest.mark.slow
-def test_tune_parent_with_four_children(bench_home):
-    r = run_cli("tune", "--arch", "unet3d", "--trials", "4", "--preset", "smoke", "--study", "s4", "--pruner", "none",
-                "--no-progress", *FAST, env={"LIDC_BENCH_HOME": str(bench_home)})
+def test_tune_lifecycle_children_resume_report_params_from_and_refusal(bench_home, capsys):
+    """One study through its life: the CLI makes a parent with a child run per trial (tuning
+    never touches test); a rerun with more trials resumes the same study and parent; --report
+    writes Optuna's plots; `bench run --params-from` trains the best trial's parameters; the same
+    study with another loss is refused. Only the first command crosses a process boundary (the
+    one a user starts); the rest call the CLI in-process, as the bad-input tests do."""
+    from benchmark.cli import main
+    from benchmark.tracking import client
+    args = ["tune", "--arch", "unet3d", "--preset", "smoke", "--study", "life", "--pruner", "none", "--no-progress", *FAST]
+    r = run_cli(*args, "--trials", "2", env={"LIDC_BENCH_HOME": str(bench_home)})
     assert r.returncode == 0, r.stderr[-2000:]
-    study = _study("s4")
-    assert len(study.trials) == 4
-    children = _children(study.user_attrs["mlflow_parent_run_id"])
-    assert len(children) == 4
-    assert {c.data.tags["optuna.state"] for c in children} == {"COMPLETE"}
+    parent = _study("life").user_attrs["mlflow_parent_run_id"]
+    children = _children(parent)
+    assert len(children) == 2 and {c.data.tags["optuna.state"] for c in children} == {"COMPLETE"}
     assert all("test_dice" not in c.data.metrics for c in children)  # tuning never touches test
     assert all("val_dice" in c.data.metrics for c in children)
+
+    assert main([*args, "--trials", "3"]) == 0                       # resume: one more trial
+    study = _study("life")
+    assert len(study.trials) == 3 and study.user_attrs["mlflow_parent_run_id"] == parent
+    assert sorted(int(c.data.tags["optuna.trial"]) for c in _children(parent)) == [0, 1, 2]
+
+    capsys.readouterr()
+    assert main(["tune", "--report", "life"]) == 0
+    assert "best trial" in capsys.readouterr().out
+    arts = {a.path for a in client().list_artifacts(parent, "optuna")}
+    assert "optuna/optimization_history.png" in arts and "optuna/parallel_coordinate.png" in arts
+
+    assert main(["run", "--params-from", "life", "--preset", "smoke", "train.epochs=1", "--no-progress"]) == 0
+    run_id = capsys.readouterr().out.split()[1].rstrip(":")
+    run = client().get_run(run_id)
+    assert run.data.tags["optuna.study"] == "life" and "test_dice" in run.data.metrics
+    assert float(run.data.params["optim.lr"]) == pytest.approx(study.best_trial.params["optim.lr"])
+
+    assert main(["tune", "--arch", "unet3d", "--loss", "dice", "--trials", "1", "--preset", "smoke",
+                 "--study", "life"]) == 2
+    assert "was created with loss=dice_bce" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -46,19 +72,6 @@ def test_two_workers_share_one_journal_study(bench_home):
     assert len(pids) == 2, "both workers ran trials"
     children = _children(study.user_attrs["mlflow_parent_run_id"])
     assert sorted(int(c.data.tags["optuna.trial"]) for c in children) == [0, 1, 2, 3, 4]
-
-
-@pytest.mark.slow
-def test_rerun_resumes_same_study(bench_home):
-    args = ["tune", "--arch", "unet3d", "--preset", "smoke", "--study", "again", "--pruner", "none", "--no-progress", *FAST]
-    env = {"LIDC_BENCH_HOME": str(bench_home)}
-    assert run_cli(*args, "--trials", "1", env=env).returncode == 0
-    parent = _study("again").user_attrs["mlflow_parent_run_id"]
-    r = run_cli(*args, "--trials", "2", env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
-    study = _study("again")
-    assert len(study.trials) == 2 and study.user_attrs["mlflow_parent_run_id"] == parent
-    assert len(_children(parent)) == 2
 
 
 @pytest.mark.slow
@@ -81,27 +94,6 @@ def test_constructed_bad_trial_is_pruned(bench_home):
     assert run.data.tags["optuna.state"] == "PRUNED" and run.info.status == "KILLED"
 
 
-@pytest.mark.slow
-def test_report_and_params_from(bench_home):
-    env = {"LIDC_BENCH_HOME": str(bench_home)}
-    assert run_cli("tune", "--arch", "unet3d", "--trials", "2", "--preset", "smoke", "--study", "rep", "--pruner", "none",
-                   "--no-progress", *FAST, env=env).returncode == 0
-    r = run_cli("tune", "--report", "rep", env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "best trial" in r.stdout
-    from benchmark.tracking import client
-    parent = _study("rep").user_attrs["mlflow_parent_run_id"]
-    arts = {a.path for a in client().list_artifacts(parent, "optuna")}
-    assert "optuna/optimization_history.png" in arts and "optuna/parallel_coordinate.png" in arts
-    r = run_cli("run", "--params-from", "rep", "--preset", "smoke", "train.epochs=1", "--no-progress", env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
-    run_id = r.stdout.split()[1].rstrip(":")
-    run = client().get_run(run_id)
-    assert run.data.tags["optuna.study"] == "rep" and "test_dice" in run.data.metrics
-    best = _study("rep").best_trial
-    assert float(run.data.params["optim.lr"]) == pytest.approx(best.params["optim.lr"])
-
-
 def test_postgres_storage(bench_home):
     url = os.environ.get("LIDC_BENCH_TEST_POSTGRES_URL")
     if not url:
@@ -114,21 +106,11 @@ def test_postgres_storage(bench_home):
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) >= 2
 
 
-@pytest.mark.slow
-def test_sqlite_refused_for_parallel_workers(bench_home):
-    r = run_cli("tune", "--arch", "unet3d", "--trials", "2", "--preset", "smoke", "--study", "x", "--workers", "2",
-                "--storage", f"sqlite:///{bench_home}/o.db", env={"LIDC_BENCH_HOME": str(bench_home)})
-    assert r.returncode == 2 and "not safe for parallel" in r.stderr
-
-
-@pytest.mark.slow
-def test_second_command_with_other_arch_on_same_study_is_refused(bench_home):
-    env = {"LIDC_BENCH_HOME": str(bench_home)}
-    assert run_cli("tune", "--arch", "unet3d", "--trials", "1", "--preset", "smoke", "--study", "mine", "--no-progress",
-                   *FAST, env=env).returncode == 0
-    r = run_cli("tune", "--arch", "unet3d", "--loss", "dice", "--trials", "1", "--preset", "smoke", "--study", "mine",
-                env=env)
-    assert r.returncode == 2 and "was created with loss=dice_bce" in r.stderr
+def test_sqlite_refused_for_parallel_workers(bench_home, capsys):
+    from benchmark.cli import main
+    code = main(["tune", "--arch", "unet3d", "--trials", "2", "--preset", "smoke", "--study", "x", "--workers", "2",
+                 "--storage", f"sqlite:///{bench_home}/o.db"])
+    assert code == 2 and "not safe for parallel" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
