@@ -1,6 +1,6 @@
 """``bench protocol``: the declared, tuned benchmark protocol, restartable.
 
-    bench protocol run protocols/cpu.yaml [--experiment NAME] [--no-progress]
+    bench protocol run protocols/cpu.yaml [--experiment NAME] [--no-progress] [--scheduler ADDRESS]
     bench protocol status protocols/cpu.yaml
 
 A protocol is a versioned YAML file in ``protocols/`` (validated by :class:`Protocol`). Running it
@@ -29,6 +29,10 @@ rerun the command. A study resumes until it holds its trials (a trial whose proc
 marked failed and replaced); a finished cell is skipped by its config fingerprint; an
 interrupted cell resumes from its last checkpoint.
 
+On a Dask cluster (``--scheduler``, see ``benchmark.cluster``) the unfinished studies run side by
+side, one task each, and then the cells of stages 2-4 are submitted as ``bench suite --scheduler``
+submits its cells; the same store, journal and rules, so either way of running resumes the other.
+
 Every run the protocol starts carries the tags ``protocol.name``, ``protocol.version``,
 ``protocol.sha`` (of the file's bytes) and ``protocol.part`` (final / default / loss; tuning
 trials are children of their study's parent run, which carries the same tags), and logs the
@@ -36,6 +40,7 @@ protocol file as the artifact ``protocol/<file name>``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import sys
@@ -371,34 +376,96 @@ class ProtocolResult:
 
 
 def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Optional[str] = None,
-                 show_progress: bool = True) -> ProtocolResult:
-    """Run or continue every stage; see the module docstring."""
+                 show_progress: bool = True, executor=None) -> ProtocolResult:
+    """Run or continue every stage; see the module docstring.
+
+    ``executor`` (a ``benchmark.cluster.DaskExecutor``, ``bench protocol run --scheduler``): the
+    unfinished studies run as one cluster task each, side by side, then every final cell, the
+    defaults and the loss study are submitted as cells, exactly as ``bench suite --scheduler``
+    does. Without it, each architecture is tuned and then trained in turn in this process."""
     from .suite import run_cells
     lp = load_protocol(path)
     s = lp.spec
     out = ProtocolResult()
-    for arch in s.architectures:
-        st = study_state(lp, arch, storage)
-        if st.finished < st.n_trials:
-            tune_arch(lp, arch, storage, show_progress)
+    if executor is not None:
+        _tune_on_cluster(lp, storage, executor)
+        finals = []
+        for arch in s.architectures:
+            st = out.studies[arch] = study_state(lp, arch, storage)
+            finals += _final_cells(lp, st)
+        out.suites.append(("final", run_cells(finals, "final", experiment, show_progress, executor=executor)))
+    else:
+        for arch in s.architectures:
             st = study_state(lp, arch, storage)
-        out.studies[arch] = st
-        if st.best_trial is None:
-            print(f"protocol: study {st.name} has no completed trial; {arch} gets no tuned runs", file=sys.stderr)
-            continue
-        cells = [tuned_cell(lp, st, s.tuning.loss, seed, "final") for seed in range(s.final.seeds)]
-        out.suites.append((f"final {arch}", run_cells(cells, f"final [{arch}]", experiment, show_progress)))
+            if st.finished < st.n_trials:
+                tune_arch(lp, arch, storage, show_progress)
+                st = study_state(lp, arch, storage)
+            out.studies[arch] = st
+            cells = _final_cells(lp, st)
+            if cells:
+                out.suites.append((f"final {arch}", run_cells(cells, f"final [{arch}]", experiment, show_progress)))
     cells = default_cells(lp)
     if cells:
-        out.suites.append(("defaults", run_cells(cells, f"defaults [{s.preset}]", experiment, show_progress)))
+        out.suites.append(("defaults", run_cells(cells, f"defaults [{s.preset}]", experiment, show_progress,
+                                                 executor=executor)))
     archs = loss_study_archs(lp, out.studies)
     if archs is None:
         print("protocol: the loss study waits for every study to have a completed trial", file=sys.stderr)
     if archs:
         done = {a: st for a, st in out.studies.items() if st.best_trial is not None}
         cells = loss_cells(lp, done, [a for a in archs if a in done])
-        out.suites.append(("loss study", run_cells(cells, "loss study", experiment, show_progress)))
+        out.suites.append(("loss study", run_cells(cells, "loss study", experiment, show_progress, executor=executor)))
     return out
+
+
+def _final_cells(lp: LoadedProtocol, st: StudyState) -> list:
+    if st.best_trial is None:
+        if st.finished >= st.n_trials:
+            print(f"protocol: study {st.name} has no completed trial; {st.arch} gets no tuned runs", file=sys.stderr)
+        else:
+            print(f"protocol: study {st.name} holds {st.finished}/{st.n_trials} trials; {st.arch} gets its "
+                  f"final runs once it is complete (rerun the command)", file=sys.stderr)
+        return []
+    return [tuned_cell(lp, st, lp.spec.tuning.loss, seed, "final") for seed in range(lp.spec.final.seeds)]
+
+
+@dataclass
+class _TuneJob:
+    """One architecture's study, as shipped to a cluster worker (with the driver's tracking URI,
+    checked there, as for cells: a worker cannot be told to switch stores)."""
+    protocol_path: str
+    arch: str
+    storage: Optional[str]
+    tracking_uri: str
+
+
+def _tune_job(job: _TuneJob) -> str:
+    from .errors import BenchError
+    from .tracking import load_settings
+    settings = load_settings()
+    if settings.tracking_uri != job.tracking_uri:
+        raise BenchError(f"this worker tracks to {settings.tracking_uri} but the protocol to {job.tracking_uri}: "
+                         f"start the workers with LIDC_BENCH_TRACKING_URI={job.tracking_uri}")
+    tune_arch(load_protocol(job.protocol_path), job.arch, job.storage, show_progress=False)
+    return job.arch
+
+
+def _tune_on_cluster(lp: LoadedProtocol, storage: Optional[str], executor) -> None:
+    """Every unfinished study as one task (a study's trials stay sequential: TPE learns from the
+    ones before). The studies' journal must be on a disk every worker reads, as the checkpoints
+    are (a shared ``LIDC_BENCH_HOME``), or ``--storage`` an RDB URL. A study whose task fails is
+    reported and left unfinished: the next run of the command resumes it."""
+    from .tracking import client, experiment_id, load_settings
+    todo = [a for a in lp.spec.architectures if study_state(lp, a, storage).finished < lp.spec.tuning.n_trials]
+    if not todo:
+        return
+    settings = load_settings()
+    experiment_id(client(settings), settings, None)   # the store, created once before any worker uses it
+    jobs = [_TuneJob(str(lp.path.resolve()), a, storage, settings.tracking_uri) for a in todo]
+    for job, result in executor.map_unordered(_tune_job, jobs, [f"tune-{a}" for a in todo]):
+        if isinstance(result, BaseException):
+            why = str(result).splitlines()[0] if str(result) else type(result).__name__
+            print(f"protocol: tuning {job.arch} failed on the cluster: {why}", file=sys.stderr)
 
 
 def _cost(lp: LoadedProtocol, arch: str, epochs: float, batch_factor: float = 1.0) -> Optional[float]:
@@ -505,6 +572,9 @@ def register(sub) -> None:
         v.add_argument("--storage", help="Optuna storage URL or journal path (default: runs/optuna/journal.log)")
         if verb == "run":
             v.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+            v.add_argument("--scheduler", metavar="ADDRESS",
+                           help="run the studies and cells on a Dask cluster: tcp://HOST:PORT of a running "
+                                "scheduler, or local:N for N worker processes here (default: this process)")
         v.set_defaults(func=_cmd)
 
 
@@ -513,7 +583,13 @@ def _cmd(args) -> None:
     if args.verb == "status":
         print(protocol_status(args.file, args.experiment, args.storage))
         return
-    res = run_protocol(args.file, args.experiment, args.storage, show_progress=not args.no_progress)
+    with contextlib.ExitStack() as stack:
+        executor = None
+        if args.scheduler:
+            from .cluster import DaskExecutor
+            executor = stack.enter_context(DaskExecutor.connect(args.scheduler))
+        res = run_protocol(args.file, args.experiment, args.storage, show_progress=not args.no_progress,
+                           executor=executor)
     failed = []
     for stage, r in res.suites:
         print(f"{stage}: {len(r.planned)} runs: {len(r.ran)} ran, {len(r.resumed)} resumed, "

@@ -152,13 +152,14 @@ def prepare_sqlite_store(uri: str) -> None:
     db = Path(uri[len("sqlite:///"):])
     with HostLock(db.with_name(db.name + ".lock")):
         try:
-            _create_or_migrate(uri)
+            create_or_migrate_sqlite(uri)
         except Exception as e:  # noqa: BLE001 - any schema failure: decide below
             _recover_store(uri, db, e)
     _PREPARED_STORES.add(uri)
 
 
-def _create_or_migrate(uri: str) -> None:
+def create_or_migrate_sqlite(uri: str) -> None:
+    """Create or upgrade the schema of the SQLite store at ``uri`` (no lock: see prepare_sqlite_store)."""
     import sqlalchemy
     from mlflow.store.db import utils as dbu
     engine = sqlalchemy.create_engine(uri)
@@ -195,7 +196,7 @@ def _recover_store(uri: str, db: Path, error: Exception) -> None:
     os.replace(db, aside)
     print(f"warning: tracking store {db} was half-created and held no run ({first}); moved it to {aside} "
           f"and created a new one", file=sys.stderr)
-    _create_or_migrate(uri)
+    create_or_migrate_sqlite(uri)
 
 
 def environment_tags() -> dict[str, str]:

@@ -145,3 +145,46 @@ def test_owner_on_another_host_is_judged_by_our_scheduler():
 def test_owner_of_another_cluster_or_none_is_never_declared_dead():
     assert _verdict({**WORKER, "dask.scheduler": "tcp://elsewhere:8786"}, live=()) is False
     assert _verdict({**WORKER, "dask.worker": "", "dask.scheduler": ""}, live=()) is None   # a plain process
+
+
+TINY_PROTOCOL = """
+name: tiny
+version: 1
+preset: smoke
+architectures: [unet3d, transfuse_s]
+tuning: {n_trials: 1, epochs: 1, pruner: none}
+final: {seeds: 2}
+"""
+
+
+@pytest.mark.slow
+def test_protocol_runs_its_studies_and_cells_on_the_cluster(bench_home, tmp_path, monkeypatch):
+    """`bench protocol run --scheduler local:2`: both studies are tuned in worker processes (side
+    by side), the final cells are trained there, and a plain local rerun finds nothing to do."""
+    import optuna
+
+    from benchmark.cluster import DaskExecutor
+    from benchmark.data import load_crops
+    from benchmark.config import build_config
+    from benchmark.protocol import run_protocol
+    from benchmark.tracking import client
+    from benchmark.tune import open_storage
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    load_crops(build_config("smoke").data)          # as README asks of every worker machine
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_PROTOCOL)
+    with DaskExecutor.connect("local:2") as ex:
+        res = run_protocol(path, show_progress=False, executor=ex)
+    final = dict(res.suites)["final"]
+    assert not final.failed and len(final.ran) == 4, final.failed
+    storage = open_storage(None)[0]
+    pids = set()
+    for arch in ("unet3d", "transfuse_s"):
+        study = optuna.load_study(study_name=f"tiny-v1-{arch}", storage=storage)
+        assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
+        pids |= {t.user_attrs["worker_pid"] for t in study.trials}
+    assert os.getpid() not in pids                 # tuned in the workers, not in the driver
+    run = client().get_run(final.ran[0][1])
+    assert run.data.tags["protocol.name"] == "tiny" and run.data.tags["protocol.part"] == "final"
+    again = run_protocol(path, show_progress=False)
+    assert all(not r.ran and not r.resumed and not r.failed for _, r in again.suites)

@@ -37,24 +37,9 @@ def _client():
     return client()
 
 
-@pytest.fixture(scope="module")
-def _migrated_store(tmp_path_factory):
-    """One migrated MLflow store per module (creating one takes seconds): tests copy it."""
-    home = tmp_path_factory.mktemp("store")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LIDC_BENCH_HOME", str(home))
-        mp.delenv("LIDC_BENCH_TRACKING_URI", raising=False)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        _client()
-    return home / "runs" / "mlflow.db"
-
-
 @pytest.fixture()
-def store_home(bench_home, _migrated_store):
-    """``bench_home`` with an empty, already migrated MLflow store."""
-    import shutil
-    (bench_home / "runs").mkdir()
-    shutil.copy(_migrated_store, bench_home / "runs" / "mlflow.db")
+def store_home(bench_home):
+    """``bench_home``: an empty, already migrated MLflow store (see conftest)."""
     return bench_home
 
 
@@ -334,10 +319,10 @@ def test_tuning_trial_checkpoints_are_removed_when_it_ends(store_home):
     assert not list(checkpoints_dir(rid).glob("*.pt*"))
 
 
-def test_fix_value_that_is_not_yaml_is_one_line(bench_home, capsys):
+def test_fix_value_that_is_not_yaml_is_one_line(empty_home, capsys):
     assert main(["tune", "--arch", "unet3d", "--preset", "smoke", "--study", "s", "--fix", "optim.lr=[1"]) == 2
     assert "--fix 'optim.lr=[1'" in _one_line_error(capsys)
-    assert not (bench_home / "runs" / "mlflow.db").exists()
+    assert not (empty_home / "runs" / "mlflow.db").exists()
 
 
 # ----------------------------------------------------------------------------- 2. the SQLite store
@@ -346,8 +331,8 @@ _START_RUN = ("import sys; from benchmark.tracking import Tracker; "
 
 
 @pytest.mark.slow
-def test_three_processes_on_a_fresh_store_all_start(bench_home):
-    env = dict(os.environ, LIDC_BENCH_HOME=str(bench_home), OMP_NUM_THREADS="1")
+def test_three_processes_on_a_fresh_store_all_start(empty_home):
+    env = dict(os.environ, LIDC_BENCH_HOME=str(empty_home), OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, "-c", _START_RUN, str(i)], cwd=ROOT, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(3)]
     outs = [p.communicate(timeout=400) for p in procs]
@@ -358,14 +343,14 @@ def test_three_processes_on_a_fresh_store_all_start(bench_home):
 
 
 @pytest.mark.slow
-def test_half_migrated_store_is_repaired(bench_home):
+def test_half_migrated_store_is_repaired(empty_home):
     """The state a SIGKILL during the first schema creation leaves: migrations stopped half-way
     and alembic's temporary table still there (MLflow alone then fails for ever)."""
     import sqlalchemy
     from alembic import command
     from alembic.script import ScriptDirectory
     from mlflow.store.db import utils as dbu
-    db = bench_home / "runs" / "mlflow.db"
+    db = empty_home / "runs" / "mlflow.db"
     db.parent.mkdir(parents=True)
     uri = f"sqlite:///{db}"
     cfg = dbu._get_alembic_config(uri)
@@ -377,7 +362,7 @@ def test_half_migrated_store_is_repaired(bench_home):
         command.upgrade(cfg, revisions[len(revisions) // 2])
         conn.exec_driver_sql("CREATE TABLE _alembic_tmp_experiments (x INTEGER)")
     engine.dispose()
-    env = {"LIDC_BENCH_HOME": str(bench_home)}
+    env = {"LIDC_BENCH_HOME": str(empty_home)}
     r = subprocess.run([sys.executable, "-c", _START_RUN, "0"], cwd=ROOT, env=dict(os.environ, **env),
                        capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-1500:]

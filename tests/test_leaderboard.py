@@ -132,7 +132,6 @@ def test_leaderboard_numbers_match_the_per_nodule_csvs(at_store, tmp_path, capsy
 def test_incompatible_runs_are_kept_apart(store_home, bench_home, tmp_path):
     from benchmark.leaderboard import generate
     home, res = store_home
-    (bench_home / "runs").mkdir()
     shutil.copy(home / "runs" / "mlflow.db", bench_home / "runs" / "mlflow.db")   # artifacts stay where they are
     cl = _client()
     model_runs = [rid for label, rid in res.ran if label.startswith("unet3d/dice_bce")]
@@ -212,7 +211,6 @@ def _dead_pid() -> int:
 def _copy_store(store_home, bench_home) -> None:
     """Give this test's home a private copy of the module's small suite store."""
     home, _ = store_home
-    (bench_home / "runs").mkdir()
     shutil.copy(home / "runs" / "mlflow.db", bench_home / "runs" / "mlflow.db")
 
 
