@@ -14,7 +14,8 @@ from __future__ import annotations
 from .adapter import DatasetAdapter
 from .lidc import LIDC
 
-__all__ = ["DEFAULT_DATASET", "register_dataset", "unregister_dataset", "get_dataset", "dataset_names"]
+__all__ = ["DEFAULT_DATASET", "register_dataset", "unregister_dataset", "get_dataset", "dataset_names",
+           "dataset_of_config"]
 
 DEFAULT_DATASET = LIDC.name
 _ADAPTERS: dict[str, DatasetAdapter] = {LIDC.name: LIDC}
@@ -55,3 +56,9 @@ def get_dataset(name: str = DEFAULT_DATASET) -> DatasetAdapter:
 
 def dataset_names() -> list[str]:
     return sorted(_ADAPTERS)
+
+
+def dataset_of_config(config: dict) -> str:
+    """The dataset of a run from its logged config (``config.yaml`` as a dict): a config without
+    ``data.dataset`` is LIDC's (LIDC configs leave it out, and older runs predate it)."""
+    return ((config or {}).get("data") or {}).get("dataset") or DEFAULT_DATASET
