@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import RunConfig
-from .evaluate import flat_metrics, overlays, score, summarize
+from .evaluate import dataset_strata, flat_metrics, overlays, score, summarize
 from .tracking import Tracker
 from .data.loader import center_batches
 from .train import data_tags
@@ -41,7 +41,7 @@ def run_threshold_baseline(cfg: RunConfig, experiment: str | None = None, tags: 
     rows = store.indices("test")
     preds, images, gts = predict_baseline(store, rows, cfg)
     df = score(preds, gts, store, rows, cfg)
-    summary = summarize(df)
+    summary = summarize(df, dataset_strata(cfg))
     t = {**data_tags(cfg, store), "arch": BASELINE_NAME, "loss": "none", "reference": "baseline", **(tags or {})}
     tracker = Tracker.start(f"{BASELINE_NAME}-{cfg.preset}", t, experiment=experiment)
     status = "FAILED"

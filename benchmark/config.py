@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_serializer, model_validator)
 
 from .errors import UsageError
 
@@ -31,8 +32,14 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    source: Literal["phantom", "dicom"] = "phantom"
-    ground_truth: Literal["staple", "consensus"] = "staple"
+    #: the dataset adapter (benchmark.data.datasets); its sources and ground truths are the
+    #: allowed values of the two fields below. Left out of the dumped config while it is the
+    #: default (see _omit_default_dataset).
+    dataset: str = "lidc"
+    #: LIDC: phantom or dicom
+    source: str = "phantom"
+    #: LIDC: staple or consensus
+    ground_truth: str = "staple"
     spacing_mm: float = 1.0
     crop_xyz: tuple[int, int, int] = (80, 80, 40)
     patch_xyz: tuple[int, int, int] = (64, 64, 32)
@@ -48,6 +55,44 @@ class DataConfig(_Strict):
     num_workers: Union[Literal["auto"], int] = Field("auto", exclude=True)
     #: hold the training crops on the training device and cut batches there (GPU: no host work)
     on_device: bool = Field(False, exclude=True)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v):
+        _adapter(v)
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _dataset_source(cls, v, info: ValidationInfo):
+        return _one_of(v, "source", "sources", info)
+
+    @field_validator("ground_truth")
+    @classmethod
+    def _dataset_ground_truth(cls, v, info: ValidationInfo):
+        return _one_of(v, "ground truth", "ground_truths", info)
+
+    @model_validator(mode="after")
+    def _fits_dataset(self):
+        # the field validators see the dataset of construction; this also covers a dataset
+        # assigned afterwards (validate_assignment)
+        adapter = _adapter(self.dataset)
+        for field, allowed in (("source", adapter.sources), ("ground_truth", adapter.ground_truths)):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"data.{field} {getattr(self, field)!r} is not one of dataset {self.dataset}'s "
+                                 f"({', '.join(allowed)})")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_dataset(self, handler):
+        # Every config made before data.dataset existed is LIDC's. Leaving the default out of
+        # the dump keeps what is derived from it (config.yaml, logged params, config and
+        # reference fingerprints, the suite's data keys) byte-identical for LIDC, so earlier
+        # runs and results still match; any other dataset is written out and hashed.
+        d = handler(self)
+        if d.get("dataset") == type(self).model_fields["dataset"].default:
+            del d["dataset"]
+        return d
 
     @field_validator("spacing_mm")
     @classmethod
@@ -98,6 +143,24 @@ class DataConfig(_Strict):
     def crop_zyx(self) -> tuple[int, int, int]:
         x, y, z = self.crop_xyz
         return (z, y, x)
+
+
+def _adapter(name: str):
+    from .data.datasets import get_dataset
+    try:
+        return get_dataset(name)
+    except UsageError as e:
+        raise ValueError(str(e)) from None
+
+
+def _one_of(value: str, what: str, attr: str, info: ValidationInfo) -> str:
+    dataset = info.data.get("dataset")
+    if dataset is None:     # the dataset itself was invalid: that is the error to report
+        return value
+    allowed = getattr(_adapter(dataset), attr)
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r} for dataset {dataset} (choose from {', '.join(allowed)})")
+    return value
 
 
 def _check_seed(v: int) -> int:

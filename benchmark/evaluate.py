@@ -88,10 +88,11 @@ def score(preds: np.ndarray, gts: np.ndarray, store, rows: np.ndarray, cfg: RunC
     return pd.DataFrame.from_records(records)
 
 
-def summarize(df: pd.DataFrame) -> dict:
+def summarize(df: pd.DataFrame, strata=None) -> dict:
+    """Aggregates of a per-nodule table, grouped by ``strata`` (the dataset's; None: LIDC's)."""
     from .metrics import aggregate
     scorable = df[~df["gt_empty"].astype(bool)].drop(columns=["gt_empty"])
-    out = aggregate(scorable)
+    out = aggregate(scorable, strata)
     out["n_gt_empty"] = int(df["gt_empty"].astype(bool).sum())
     out.update(truth_summary(scorable))
     return out
@@ -161,6 +162,12 @@ def cost_metrics(model, cfg: RunConfig, device) -> dict[str, float]:
     return out
 
 
+def dataset_strata(cfg: RunConfig):
+    """The strata a run's aggregates are grouped by: its dataset adapter's."""
+    from .data.datasets import get_dataset
+    return get_dataset(cfg.data.dataset).strata
+
+
 def evaluate_run(model, store, cfg: RunConfig, device, tracker: Tracker, out_dir: Path, train_seconds: float) -> dict:
     rows = store.indices("test")
     preds, images, gts = predict_center(model, store, rows, cfg, device)
@@ -168,7 +175,7 @@ def evaluate_run(model, store, cfg: RunConfig, device, tracker: Tracker, out_dir
     out_dir = Path(out_dir)
     csv = out_dir / "per_nodule.csv"
     df.to_csv(csv, index=False)
-    summary = summarize(df)
+    summary = summarize(df, dataset_strata(cfg))
     costs = cost_metrics(model, cfg, device)
     costs["train_seconds"] = train_seconds
     (out_dir / "summary.yaml").write_text(yaml.safe_dump(_plain({"test": summary, "cost": costs}), sort_keys=False))

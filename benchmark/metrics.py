@@ -25,8 +25,9 @@ instead, and ``empty_pred`` is True so the case is counted:
 An empty ground truth cannot be scored and raises :class:`DataError` (the data build never
 produces one).
 
-``aggregate(df)`` summarises a per-nodule table (one row per nodule, the columns above plus
-``size_bin`` and ``texture``) into a flat, MLflow-safe dict.
+``aggregate(df, strata)`` summarises a per-nodule table (one row per nodule, the columns above
+plus ``size_bin`` and ``texture``) into a flat, MLflow-safe dict, grouped by the dataset's strata
+(its adapter's size bins and texture classes; LIDC's by default).
 """
 from __future__ import annotations
 
@@ -53,9 +54,6 @@ __all__ = ["METRICS", "SIZE_BINS", "TEXTURES", "nodule_metrics", "empty_penalty_
 
 #: per-nodule metrics that ``aggregate`` summarises
 METRICS = ("dice", "iou", "hd95_mm", "assd_mm", "nsd", "sensitivity", "precision", "rve")
-#: diameter bins (mm) as the data tables spell them, with the MLflow-safe key used in aggregates
-SIZE_BINS = {"<6": "lt6", "6-10": "6-10", "10-20": "10-20", ">=20": "ge20"}
-TEXTURES = ("ground_glass", "part_solid", "solid")
 
 
 @contextmanager
@@ -94,8 +92,14 @@ def empty_penalty_mm(shape: Sequence[int], spacing_mm) -> float:
     return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, _spacing3(spacing_mm)))))
 
 
-# The diameter bins are defined once, where the index assigns them to nodules.
-from .data.index import size_bin  # noqa: E402
+# The strata are the dataset's (its adapter's); LIDC's are the default and keep their old names here.
+from .data.datasets import DEFAULT_DATASET, get_dataset  # noqa: E402
+
+_LIDC_STRATA = get_dataset(DEFAULT_DATASET).strata
+#: LIDC's diameter bins (mm) as the data tables spell them, with the MLflow-safe key used in aggregates
+SIZE_BINS = dict(_LIDC_STRATA.size_bins)
+TEXTURES = _LIDC_STRATA.textures
+size_bin = _LIDC_STRATA.size_bin
 
 
 def nodule_metrics(pred, gt, spacing_mm, nsd_tolerance_mm: float = 1.0, *, nodule_id: str | None = None) -> dict:
@@ -173,18 +177,22 @@ def _summary(frame, prefix: str) -> dict:
     return out
 
 
-def aggregate(df) -> dict:
+def aggregate(df, strata=None) -> dict:
     """Summarise a per-nodule metrics table (pandas DataFrame, one row per nodule).
 
+    ``strata``: the dataset's :class:`benchmark.data.adapter.Strata` (None: LIDC's).
     Required columns: the metrics in :data:`METRICS` and ``empty_pred``. Optional: ``size_bin``
-    (labels of :data:`SIZE_BINS`; derived from ``diameter_mm`` when only that is present) and
-    ``texture`` (one of :data:`TEXTURES`); a grouping whose column is absent is skipped.
+    (labels of ``strata.size_bins``; derived from ``diameter_mm`` when only that is present) and
+    ``texture`` (one of ``strata.textures``); a grouping whose column is absent is skipped.
 
     Returns a flat dict with MLflow-safe keys: ``n``, ``n_empty``, ``{metric}_{mean,median,std}``
     over all nodules (empty predictions included at their penalty values), and the same under
-    ``size_{lt6,6-10,10-20,ge20}/`` and ``texture_{ground_glass,part_solid,solid}/``. Every group
-    gets its ``n`` (0 when no nodule falls in it); std is left out for groups of one nodule.
+    ``size_<key>/`` (LIDC: ``size_{lt6,6-10,10-20,ge20}/``) and ``texture_<label>/`` (LIDC:
+    ``texture_{ground_glass,part_solid,solid}/``). Every group gets its ``n`` (0 when no nodule
+    falls in it); std is left out for groups of one nodule.
     """
+    strata = strata or _LIDC_STRATA
+    size_bins, textures = strata.size_bins, strata.textures
     missing = [c for c in (*METRICS, "empty_pred") if c not in df.columns]
     if missing:
         raise ValueError(f"per-nodule table lacks column(s) {', '.join(missing)}")
@@ -199,17 +207,17 @@ def aggregate(df) -> dict:
     if "size_bin" in df.columns:
         bins = df["size_bin"]
     elif "diameter_mm" in df.columns:
-        bins = df["diameter_mm"].map(size_bin)
+        bins = df["diameter_mm"].map(strata.size_bin)
     if bins is not None:
-        unknown = sorted(set(bins) - set(SIZE_BINS))
+        unknown = sorted(set(bins) - set(size_bins))
         if unknown:
-            raise ValueError(f"unknown size_bin label(s) {unknown}; expected {list(SIZE_BINS)}")
-        for label, key in SIZE_BINS.items():
+            raise ValueError(f"unknown size_bin label(s) {unknown}; expected {list(size_bins)}")
+        for label, key in size_bins.items():
             out.update(_summary(df[bins == label], f"size_{key}/"))
     if "texture" in df.columns:
-        unknown = sorted(set(df["texture"]) - set(TEXTURES))
+        unknown = sorted(set(df["texture"]) - set(textures))
         if unknown:
-            raise ValueError(f"unknown texture label(s) {unknown}; expected {list(TEXTURES)}")
-        for label in TEXTURES:
+            raise ValueError(f"unknown texture label(s) {unknown}; expected {list(textures)}")
+        for label in textures:
             out.update(_summary(df[df["texture"] == label], f"texture_{label}/"))
     return out

@@ -192,9 +192,9 @@ def score_phantom_ceiling(store, rows: np.ndarray, cfg: RunConfig) -> pd.DataFra
 def _log_reference(cfg: RunConfig, store, arch: str, kind: str, df: pd.DataFrame, extra_metrics: dict,
                    experiment: Optional[str], tags: Optional[dict]) -> tuple[str, dict]:
     """Log a reference table as an MLflow run shaped like a model's (metrics, per_nodule.csv)."""
-    from .evaluate import _plain, flat_metrics, summarize
+    from .evaluate import _plain, dataset_strata, flat_metrics, summarize
     from .train import data_tags
-    summary = summarize(df)
+    summary = summarize(df, dataset_strata(cfg))
     t = {**data_tags(cfg, store), "arch": arch, "loss": "none", "reference": kind,
          "reference.fingerprint": reference_fingerprint(cfg), **(tags or {})}
     tracker = Tracker.start(f"{arch}-{cfg.preset}", t, experiment=experiment)

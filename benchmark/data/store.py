@@ -19,8 +19,8 @@ import pandas as pd
 
 from ..errors import DataError, UsageError
 from .cache import cache_dir, ensure_cache, expected_manifest, validate_cache
-from .index import index_hash, load_index
-from .split import SPLITS, check_index_matches_split, load_split, split_hash
+from .datasets import DEFAULT_DATASET, get_dataset
+from .split import SPLITS, load_split, split_hash
 
 __all__ = ["CropStore", "load_crops", "select_nodules", "normalise_hu"]
 
@@ -74,11 +74,13 @@ class CropStore:
     Attributes: ``table`` (DataFrame: nodule_id, patient_id, split, diameter_mm,
     texture_class, size_bin and every index column, plus gt_voxels / gt_volume_mm3 /
     gt_truncated), ``images`` (N, Z, Y, X) float32 in [0, 1], ``images_hu`` (same, HU),
-    ``gt`` (N, Z, Y, X) uint8, ``readers`` (N, 4, Z, Y, X) uint8, ``truth`` (N, Z, Y, X)
+    ``gt`` (N, Z, Y, X) uint8, ``readers`` (N, R, Z, Y, X) uint8 (R: the dataset's readers,
+    LIDC's four), ``truth`` (N, Z, Y, X)
     uint8 or None (the phantom's known true shape; real images have none), ``spacing_mm``,
     ``manifest``, ``split_hash``, ``data_hash``, ``phantom_version`` (None for real images),
-    ``path``, ``file_rows`` (the row of each store row in the cache's files; None when the
-    store spans the whole cache).
+    ``dataset`` (the adapter's name, from the manifest), ``path``, ``file_rows`` (the row of
+    each store row in the cache's files; None when the store spans the whole cache).
+    The split is the dataset's own split file unless ``split_path`` names another.
     """
 
     def __init__(self, path: Path, rows: Optional[Sequence[int]] = None,
@@ -87,20 +89,22 @@ class CropStore:
         self.manifest = json.loads((self.path / "manifest.json").read_text())
         rows_arr = None if rows is None else np.asarray(rows, dtype=np.int64)
         self.file_rows = rows_arr
+        # caches made before the dataset seam are LIDC's and name no dataset
+        self.dataset = self.manifest.get("dataset", DEFAULT_DATASET)
+        adapter = get_dataset(self.dataset)
         table = pd.read_csv(self.path / "nodules.csv", keep_default_na=False,
-                            dtype={"annotation_ids": str, "quirk": str, "study_uid": str, "series_uid": str})
+                            dtype={c: str for c in adapter.text_columns})
         if rows_arr is not None:
             table = table.iloc[rows_arr]
         table = table.reset_index(drop=True)
-        kw = {} if split_path is None else {"path": split_path}
-        split = load_split(**kw)
+        split = adapter.load_split() if split_path is None else load_split(split_path)
         missing = [n for n in table["nodule_id"] if n not in split["nodules"]]
         if missing:
             raise DataError(f"nodules {missing[:3]} of cache {self.path} are not in the split file: "
                             f"index and split are out of sync")
         table.insert(2, "split", [split["nodules"][n] for n in table["nodule_id"]])
         self.table = table
-        self.split_hash = split_hash(**kw)
+        self.split_hash = adapter.split_hash() if split_path is None else split_hash(split_path)
         self.data_hash = self.manifest["data_hash"]
         self.spacing_mm = float(self.manifest["spacing_mm"])
         self.hu_window = tuple(float(v) for v in hu_window)
@@ -165,14 +169,16 @@ def load_crops(data_cfg, nodule_ids: Optional[Sequence[str]] = None, progress: b
     picks a deterministic subset, and only that subset is built.
     """
     crop_zyx = tuple(data_cfg.crop_zyx)
-    check_index_matches_split()  # a changed nodules.csv is an error, never a run on fewer nodules
+    adapter = get_dataset(data_cfg.dataset)
+    adapter.check_index_matches_split()  # a changed index is an error, never a run on fewer nodules
     if nodule_ids is None and data_cfg.max_nodules:
         unknown = set(data_cfg.max_nodules) - set(SPLITS)
         if unknown:
             raise UsageError(f"data.max_nodules has unknown splits {sorted(unknown)} (use {', '.join(SPLITS)})")
-        nodule_ids = select_nodules(load_index(), load_split(), dict(data_cfg.max_nodules))
+        nodule_ids = select_nodules(adapter.load_index(), adapter.load_split(), dict(data_cfg.max_nodules))
     path, rows = ensure_cache(data_cfg.source, data_cfg.ground_truth, data_cfg.spacing_mm, crop_zyx,
-                              data_cfg.phantom_seed, nodule_ids, workers=workers, progress=progress)
+                              data_cfg.phantom_seed, nodule_ids, workers=workers, progress=progress,
+                              dataset=adapter.name)
     return CropStore(path, rows, hu_window=data_cfg.hu_window)
 
 
@@ -181,17 +187,19 @@ def built_data_hash(data_cfg) -> Optional[str]:
     full cache or this subset's); None otherwise. Builds nothing and reads only manifests, so a
     status command can ask which runs exist on these data without building a crop cache."""
     crop_zyx = tuple(data_cfg.crop_zyx)
-    index = load_index()
+    adapter = get_dataset(data_cfg.dataset)
+    index = adapter.load_index()
     full_ids = list(index["nodule_id"])
     wanted = [None]
     if data_cfg.max_nodules:
-        wanted.append(select_nodules(index, load_split(), dict(data_cfg.max_nodules)))
+        wanted.append(select_nodules(index, adapter.load_split(), dict(data_cfg.max_nodules)))
+    index_sha = adapter.index_hash()
     for ids in wanted:
         listed = full_ids if ids is None else list(dict.fromkeys(ids))
         path = cache_dir(data_cfg.source, data_cfg.ground_truth, data_cfg.spacing_mm, crop_zyx,
-                         data_cfg.phantom_seed, ids)
+                         data_cfg.phantom_seed, ids, adapter.name)
         expected = expected_manifest(data_cfg.source, data_cfg.ground_truth, data_cfg.spacing_mm, crop_zyx,
-                                     data_cfg.phantom_seed, listed, index_hash())
+                                     data_cfg.phantom_seed, listed, index_sha, adapter.name)
         if validate_cache(path, expected, check_hashes=False)[0]:
             return json.loads((path / "manifest.json").read_text()).get("data_hash")
     return None
