@@ -27,7 +27,8 @@ from .run_args import add_config_arguments, resolve_config
 
 #: modules that add their own sub-commands with ``register(subparsers)``
 COMMAND_MODULES = ["benchmark.data.cli", "benchmark.tune", "benchmark.suite_cli", "benchmark.leaderboard",
-                   "benchmark.nas", "benchmark.protocol", "benchmark.export", "benchmark.predict"]
+                   "benchmark.nas", "benchmark.protocol", "benchmark.export", "benchmark.predict",
+                   "benchmark.rescore"]
 
 
 class _HelpWithDefaults(argparse.HelpFormatter):

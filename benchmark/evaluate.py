@@ -168,6 +168,28 @@ def dataset_strata(cfg: RunConfig):
     return get_dataset(cfg.data.dataset).strata
 
 
+#: the run's binary test predictions (``evaluation/predictions.npz``): what ``bench rescore``
+#: scores again, so a metric added later is computed for old runs without retraining
+PREDICTIONS_FILE = "predictions.npz"
+
+
+def save_predictions(path: Path, nodule_ids, preds: np.ndarray) -> Path:
+    """The (N, Z, Y, X) binary predictions, bit-packed and compressed (a few KB per nodule at
+    the paper preset, less at cpu), with the nodule ids they belong to."""
+    preds = np.asarray(preds, bool)
+    np.savez_compressed(path, nodule_id=np.asarray([str(n) for n in nodule_ids]),
+                        shape=np.asarray(preds.shape, np.int64), packed=np.packbits(preds, axis=None))
+    return Path(path)
+
+
+def load_predictions(path: Path) -> tuple[list[str], np.ndarray]:
+    """``save_predictions``' file back: (nodule ids, boolean predictions (N, Z, Y, X))."""
+    with np.load(path, allow_pickle=False) as f:
+        shape = tuple(int(n) for n in f["shape"])
+        bits = np.unpackbits(f["packed"], count=int(np.prod(shape))).astype(bool)
+        return [str(n) for n in f["nodule_id"]], bits.reshape(shape)
+
+
 def evaluate_run(model, store, cfg: RunConfig, device, tracker: Tracker, out_dir: Path, train_seconds: float) -> dict:
     rows = store.indices("test")
     preds, images, gts = predict_center(model, store, rows, cfg, device)
@@ -175,6 +197,8 @@ def evaluate_run(model, store, cfg: RunConfig, device, tracker: Tracker, out_dir
     out_dir = Path(out_dir)
     csv = out_dir / "per_nodule.csv"
     df.to_csv(csv, index=False)
+    pred_file = save_predictions(out_dir / PREDICTIONS_FILE, store.table.iloc[rows]["nodule_id"], preds)
+    tracker.log_artifact(pred_file, "evaluation")
     summary = summarize(df, dataset_strata(cfg))
     costs = cost_metrics(model, cfg, device)
     costs["train_seconds"] = train_seconds

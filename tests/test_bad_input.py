@@ -44,7 +44,7 @@ CASES = [
     (["suite", "--preset", "smoke", "--archs", "unet3d", "nosucharch"], "unknown architecture"),
     (["suite", "--preset", "smoke", "--seeds", "0"], "--seeds"),
     (["suite", "--preset", "laptop"], "unknown preset"),
-    (["leaderboard", "--preset", "smoke"], "no"),
+    (["leaderboard", "--preset", "smoke"], "no MLflow experiment 'lidc-bench'"),
     (["leaderboard", "--ranking", "best"], "invalid choice"),
     # search
     (["search", "bixnaz"], "did you mean bixnas"),

@@ -1,5 +1,8 @@
 """`bench run` end to end on the smoke preset: MLflow contents, resume, real server, bad CLI input."""
 
+import os
+
+import numpy as np
 import pytest
 from conftest import run_cli
 
@@ -45,6 +48,45 @@ def test_smoke_run_logs_everything(bench_home):
     from benchmark.config import RunConfig
     logged = yaml.safe_load(open(cl.download_artifacts(res.run_id, "config.yaml")))
     assert RunConfig.model_validate(logged).fingerprint() == cfg.fingerprint()
+    _check_rescore_from_stored_predictions(cl, res.run_id)
+
+
+def _check_rescore_from_stored_predictions(cl, run_id):
+    """The run's stored test predictions reproduce its per-nodule table and aggregates exactly,
+    and a metric added afterwards is computed for this run without retraining (`bench rescore`)."""
+    import pandas as pd
+
+    from benchmark import evaluate
+    from benchmark.cli import main
+    from benchmark.rescore import rescore_run
+    pred = cl.download_artifacts(run_id, "evaluation/predictions.npz")
+    assert os.path.getsize(pred) < 50_000                       # bit-packed and compressed
+    df, flat, logged = rescore_run(run_id)
+    original = pd.read_csv(cl.download_artifacts(run_id, "evaluation/per_nodule.csv"))
+    assert list(df["nodule_id"]) == list(original["nodule_id"])
+    for col in ("dice", "hd95_mm", "nsd", "dice_vs_truth"):
+        assert np.allclose(df[col].astype(float), original[col].astype(float), equal_nan=True), col
+    assert all(np.isclose(flat[k], logged[k], equal_nan=True) for k in flat if k in logged)
+    assert flat["test_dice"] == pytest.approx(logged["test_dice"])
+
+    # a metric that did not exist when the run was trained: predicted volume over true volume,
+    # a per-nodule column and its mean
+    score, summarize = evaluate.score, evaluate.summarize
+
+    def score_with_volume_ratio(preds, gts, *args):
+        out = score(preds, gts, *args)
+        out["volume_ratio"] = [p.sum() / max(g.sum(), 1) for p, g in zip(preds, gts)]
+        return out
+
+    def summarize_with_volume_ratio(df, strata=None):
+        return {**summarize(df, strata), "volume_ratio_mean": float(df["volume_ratio"].mean())}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(evaluate, "score", score_with_volume_ratio)
+        mp.setattr(evaluate, "summarize", summarize_with_volume_ratio)
+        assert main(["rescore", run_id, "--log"]) == 0
+    run = cl.get_run(run_id)
+    assert "test_volume_ratio" in run.data.metrics and run.data.tags["evaluation.rescored"] == "true"
+    assert run.data.metrics["test_dice"] == pytest.approx(logged["test_dice"])   # logged values kept
 
 
 class _Interrupt(Exception):
