@@ -129,7 +129,7 @@ def register_top_model(lb: Leaderboard):
         return None
     best = max(top.runs, key=lambda x: x.metrics.get("test_dice", float("-inf")))
     header, body = table_cells(lb)
-    row = body[lb.rows.index(top)]
+    row = [str(c) for c in body[lb.rows.index(top)]]
     description = (f"{title(lb)}: top row, seed {best.seed} (test Dice {best.metrics.get('test_dice', float('nan')):.4f})"
                    f"\n\n| {' | '.join(header)} |\n|{'|'.join('---' for _ in header)}|\n| {' | '.join(row)} |")
     version = register_model(best.run_id, lb.key.name, description)

@@ -1,31 +1,59 @@
 """A leaderboard as text: the Markdown page, the CSV and the HTML page (plots come ready-made).
 
 ``table_cells`` formats every number once; the Markdown and HTML tables and the model registry's
-description (``cli.register_top_model``) all show those same cells.
+description (``cli.register_top_model``) all show those same cells. A metric cell keeps its 95%
+interval apart from its value (``Cell``): Markdown writes ``value [low, high]`` in one cell, the
+HTML page puts the interval on a line of its own and never wraps a cell. Both pages explain their
+columns under the tables (``reading_guide``), in words that follow what ``statistics`` computes.
 """
 from __future__ import annotations
 
 import base64
 import html
 import math
+from dataclasses import dataclass
 
 import pandas as pd
 
 from ..protocol import REFERENCE_ARCH as REFERENCE_ARCH_NAME
 from .collect import METRICS
+from .plots import CAPTIONS as PLOT_CAPTIONS
 from .statistics import SIZE_BINS, SIZE_KEYS, Leaderboard, Row, all_rows
 
 SECTION_TITLES = {"tuned": "Tuned protocol", "default": "Default settings", "loss": "Loss study"}
+#: what each kind of reference row measures, for the page's reading guide (arch -> meaning)
+REFERENCE_MEANINGS = {
+    "inter_reader": "how well radiologists agree (each reader's mask against the STAPLE of the other three, "
+                    "averaged over the four readers)",
+    "threshold_baseline": "a non-learned intensity threshold, the floor any model should clear",
+    "phantom_ceiling": "the phantom's true shape scored as a prediction, the best any model can be expected "
+                       "to reach on this data",
+}
 
 
 def _num(x, digits: int) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _metric_cell(s: dict, m: str, digits: int) -> str:
+@dataclass(frozen=True)
+class Cell:
+    """One formatted table cell: its value and, for a metric, its 95% interval kept apart, so that
+    the HTML page can put the interval on its own line; in text it follows the value."""
+    value: str
+    interval: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.value} {self.interval}" if self.interval else self.value
+
+
+def _metric_cell(s: dict, m: str, digits: int) -> Cell:
     mean, std = s[f"{m}_mean"], s[f"{m}_std"]
-    cell = _num(mean, digits) + ("" if math.isnan(std) else f" ± {_num(std, digits)}")
-    return cell + f" [{_num(s[f'{m}_ci_low'], digits)}, {_num(s[f'{m}_ci_high'], digits)}]"
+    value = _num(mean, digits) + ("" if math.isnan(std) else f" ± {_num(std, digits)}")
+    return Cell(value, f"[{_num(s[f'{m}_ci_low'], digits)}, {_num(s[f'{m}_ci_high'], digits)}]")
+
+
+def _cells(values: list) -> list[Cell]:
+    return [v if isinstance(v, Cell) else Cell(v) for v in values]
 
 
 def _si(x: float, unit: str = "") -> str:
@@ -53,7 +81,7 @@ def _hours(row: Row) -> str:
     return f"{_num(tuning, 1)} + {_num(final, 1)} {kind} h"
 
 
-def table_cells(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
+def table_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
     """Header and formatted cells shared by the markdown and HTML renderings."""
     if lb.section == "loss":
         return _loss_cells(lb)
@@ -94,9 +122,9 @@ def table_cells(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
             cells += [f"{study}: {r.tag('tuning.budget')}" if study else "–",
                       "–" if r.reference else _hours(r)]
         if has_gain:
-            cells.append(f"{s['gain']:+.3f} [{s['gain_ci_low']:+.3f}, {s['gain_ci_high']:+.3f}]" if "gain" in s
-                         else "–")
-        body.append(cells)
+            cells.append(Cell(f"{s['gain']:+.3f}", f"[{s['gain_ci_low']:+.3f}, {s['gain_ci_high']:+.3f}]")
+                         if "gain" in s else "–")
+        body.append(_cells(cells))
     return header, body
 
 
@@ -105,15 +133,16 @@ def _empty_cell(s: dict) -> str:
     return "–" if isinstance(n, float) and math.isnan(n) else f"{n:.0f}/{s['n_predictions']:.0f}"
 
 
-def _loss_cells(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
+def _loss_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
     header = ["Architecture", "Loss", "Seeds", "Dice", "HD95 (mm)", "HD95 median (mm)", "Empty",
               "Wilcoxon p vs dice_bce (Holm)"]
     body = []
     for r in lb.rows:
         s = r.stats
-        body.append([r.arch, r.loss, str(len(r.runs)), _metric_cell(s, "dice", 3), _metric_cell(s, "hd95_mm", 2),
-                     _num(s["hd95_mm_median"], 2), _empty_cell(s),
-                     "(comparator)" if r.loss == "dice_bce" else _p(s.get("p_vs_comparator_holm", float("nan")))])
+        body.append(_cells([r.arch, r.loss, str(len(r.runs)), _metric_cell(s, "dice", 3),
+                            _metric_cell(s, "hd95_mm", 2), _num(s["hd95_mm_median"], 2), _empty_cell(s),
+                            "(comparator)" if r.loss == "dice_bce"
+                            else _p(s.get("p_vs_comparator_holm", float("nan")))]))
     return header, body
 
 
@@ -169,6 +198,50 @@ def _notes(lb: Leaderboard) -> list[str]:
     return notes
 
 
+def reading_guide(lb: Leaderboard, interval_place: str = "after") -> list[tuple[str, str]]:
+    """The page's "How to read this table": (column or term, what its numbers mean), only for the
+    columns the page shows. ``interval_place``: where the interval stands ("after" or "under" the value)."""
+    sections = [lb] + lb.sections
+    by = ("mean Dice" if lb.ranking == "aggregate" else
+          "mean rank over the test nodules (each nodule ranks the models by Dice)")
+    guide = [
+        ("Value", f"mean ± standard deviation over the row's seeds of each seed's mean over the "
+                  f"{lb.key.n_nodules} test nodules (a single run has no ±). HD95 is in mm, lower is better; "
+                  "for every other metric higher is better."),
+        ("[low, high]", f"the 95% interval {interval_place} the value, from a two-level bootstrap that resamples "
+                        "the test nodules and the row's seeds: how far the value could move with another test "
+                        "set and other seeds. Whether two rows differ is what the p-value columns test."),
+        ("# and P(best)", f"models ranked by {by}, ties sharing the better rank. P(best) is the share of "
+                          "bootstrap resamples in which the model ranks first: how sure the top of the table is."),
+        ("Wilcoxon p vs #1 (Holm)", "paired two-sided Wilcoxon signed-rank test of the row's per-nodule Dice "
+                                    "(mean over seeds) against the top-ranked model's, Holm-corrected over the "
+                                    "table's rows. Small (say below 0.05): the gap is unlikely to be chance; "
+                                    "large: the test cannot tell the two apart, which does not make them equal. "
+                                    "(top) marks the top model itself."),
+    ]
+    if lb.reference_arch:
+        guide.append((f"p vs {lb.reference_arch} (Holm)",
+                      f"the same test of every model against {lb.reference_arch}, the reference architecture "
+                      "declared before any result (so not a comparison picked after seeing the table), a second "
+                      "Holm family."))
+    guide.append(("Empty", "predictions with no foreground voxel, out of all predictions (seeds x test nodules). "
+                           "An empty prediction scores Dice 0 and the largest possible HD95, which is why the "
+                           "HD95 median stands beside the mean."))
+    refs = [r for r in lb.rows if r.reference]
+    if refs:
+        meanings = [f"{r.label}: {REFERENCE_MEANINGS.get(r.arch, 'reference ' + r.reference)}" for r in refs]
+        guide.append(("Reference rows (ref)", "not models, so not ranked; deterministic (det.), so their latest "
+                                              "run stands for them. " + "; ".join(meanings) + "."))
+    if any("gain" in r.stats for sec in sections for r in sec.rows):
+        guide.append(("Gain from tuning", "tuned minus default mean Dice of the same architecture and loss, with "
+                                          "the 95% interval of the paired bootstrap difference; an interval above "
+                                          "0 means tuning helped beyond chance."))
+    if any(sec.section == "loss" for sec in sections):
+        guide.append(("Loss study", "each loss against dice_bce on the same architecture: the same paired test, "
+                                    "one Holm family for the whole study."))
+    return guide
+
+
 def _generated_line(lb: Leaderboard) -> str:
     return (f"Generated by `bench leaderboard` from MLflow experiment `{lb.experiment}` "
             f"({lb.n_source_runs} runs in this table); do not edit by hand.")
@@ -176,7 +249,7 @@ def _generated_line(lb: Leaderboard) -> str:
 
 def _markdown_table(lb: Leaderboard) -> list[str]:
     header, body = table_cells(lb)
-    esc = [[c.replace("|", "\\|") for c in row] for row in body]
+    esc = [[str(c).replace("|", "\\|") for c in row] for row in body]
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
         ["| " + " | ".join(row) + " |" for row in esc]
 
@@ -213,6 +286,8 @@ def render_markdown(lb: Leaderboard) -> str:
     out += _markdown_table(lb)
     for sec in lb.sections:
         out += ["", f"## {SECTION_TITLES[sec.section]}", ""] + _markdown_table(sec)
+    out += ["", "## How to read this table", ""]
+    out += [f"- **{term}**: {text}" for term, text in reading_guide(lb, "after")]
     out += ["", "## Notes", ""] + [f"- {n}" for n in _notes(lb)]
     out += ["", "## MLflow runs", "",
             "Each row's runs and the commits they ran at; a row marked **code changed** has runs trained by "
@@ -238,41 +313,50 @@ def render_csv(lb: Leaderboard) -> str:
     return table.to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
-
+# cells never wrap (a number broken over lines is hard to read); a wide table scrolls sideways instead
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em;color:#222}
+.scroll{overflow-x:auto}
 table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}
-th{background:#f0f0f0}td:nth-child(2),th:nth-child(2){text-align:left}tr.ref{background:#fff6e0;font-style:italic}
+td{white-space:nowrap;vertical-align:top}th{background:#f0f0f0;vertical-align:bottom}
+td:nth-child(2),th:nth-child(2){text-align:left}tr.ref{background:#fff6e0;font-style:italic}
+.ci{display:block;color:#666;font-size:11px}
 img{max-width:100%;margin:1em 0}code{font-size:12px}"""
+
+
+def _html_cell(cell: Cell) -> str:
+    e = html.escape
+    if not cell.interval:
+        return f"<td>{e(cell.value)}</td>"
+    return f"<td title='95% bootstrap interval {e(cell.interval)}'>{e(cell.value)}" \
+           f"<span class='ci'>{e(cell.interval)}</span></td>"
 
 
 def render_html(lb: Leaderboard, plots: dict[str, bytes]) -> str:
     e = html.escape
     parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
-             f"<title>Leaderboard {e(lb.key.name)}</title><style>{_CSS}</style></head><body>",
+             f"<title>{e(title(lb))}</title><style>{_CSS}</style></head><body>",
              f"<h1>{e(title(lb))}</h1>",
              f"<p>{e(_generated_line(lb)).replace('`', '')}</p>"]
     for sec in [lb] + lb.sections:
         if lb.sections:
             parts.append(f"<h2>{e(SECTION_TITLES[sec.section])}</h2>")
         header, body = table_cells(sec)
-        parts.append("<table><thead><tr>")
+        parts.append("<div class='scroll'><table><thead><tr>")
         parts += [f"<th>{e(h)}</th>" for h in header]
         parts.append("</tr></thead><tbody>")
         for r, cells in zip(sec.rows, body):
             parts.append(f"<tr class='{'ref' if r.reference else 'model'}'>"
-                         + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
-        parts.append("</tbody></table>")
-    parts.append("<h2>Notes</h2><ul>")
+                         + "".join(_html_cell(c) for c in cells) + "</tr>")
+        parts.append("</tbody></table></div>")
+    parts.append("<h2>How to read this table</h2><ul>")
+    parts += [f"<li><b>{e(term)}</b>: {e(text)}</li>" for term, text in reading_guide(lb, "under")]
+    parts.append("</ul><h2>Notes</h2><ul>")
     parts += [f"<li>{e(n)}</li>" for n in _notes(lb)]
     parts.append("</ul><h2>Plots</h2>")
-    captions = {"dice_vs_macs": "Mean Dice against MACs per patch; red points and the dashed step are the Pareto "
-                                "front; dotted lines are the reference rows.",
-                "dice_per_nodule": "Distribution of per-nodule Dice per row.",
-                "dice_by_size": "Mean Dice per nodule-diameter bin."}
     for name, png in plots.items():
         b64 = base64.b64encode(png).decode("ascii")
         parts.append(f"<figure><img alt='{e(name)}' src='data:image/png;base64,{b64}'>"
-                     f"<figcaption>{e(captions.get(name, name))}</figcaption></figure>")
+                     f"<figcaption>{e(PLOT_CAPTIONS.get(name, name))}</figcaption></figure>")
     parts.append("<h2>MLflow runs</h2><ul>")
     for r in all_rows(lb):
         ids = ", ".join(f"seed {e(x.seed)}: <code>{e(x.run_id)}</code>" if not r.reference
