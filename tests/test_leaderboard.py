@@ -502,3 +502,37 @@ def test_export_recomputes_the_page_byte_for_byte_and_registers_the_top_model(at
         a = (tmp_path / "a" / f"lidc-phantom-smoke{suffix}").read_bytes()
         b = (tmp_path / "b" / f"lidc-phantom-smoke{suffix}").read_bytes()
         assert a == b, suffix
+
+
+@pytest.mark.slow
+def test_export_keeps_the_studies_behind_tuned_rows(store_home, bench_home, tmp_path, capsys):
+    """--export writes the Optuna studies named by the runs' tag optuna.study (from the project's
+    journal); a study that is gone is a one-line warning; --from still gives the page byte for byte."""
+    import json
+
+    import optuna
+
+    from benchmark.leaderboard import generate
+    from benchmark.tune import default_storage_path
+    _copy_store(store_home, bench_home)
+    cl = _client()
+    for run in _all_runs(cl):
+        if run.data.tags.get("arch") == "unet3d":
+            study = "smoke-v1-unet3d" if run.data.tags.get("loss") == "dice_bce" else "deleted-study"
+            cl.set_tag(run.info.run_id, "optuna.study", study)
+    journal = default_storage_path()
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    optuna.create_study(storage=storage, study_name="smoke-v1-unet3d", direction="maximize") \
+        .add_trial(optuna.trial.create_trial(value=0.5))
+
+    [made] = generate(preset="smoke", out_dir=tmp_path / "a", export=True, log_to_mlflow=False)
+    export = tmp_path / "a" / "lidc-phantom-smoke.runs"
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["studies"] == {"smoke-v1-unet3d": "studies/smoke-v1-unet3d.json"}
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "deleted-study" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning:")
+    [again] = generate(preset="smoke", out_dir=tmp_path / "b", from_export=export)
+    for suffix in (".md", ".csv", ".html"):
+        name = f"lidc-phantom-smoke{suffix}"
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), suffix

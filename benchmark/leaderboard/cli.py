@@ -45,19 +45,23 @@ def generate(preset: Optional[str] = None, ranking: str = "aggregate", out_dir: 
              split_hash: Optional[str] = None, data_hash: Optional[str] = None, run_filter: Optional[str] = None,
              n_boot: int = 2000, boot_seed: int = 0, log_to_mlflow: bool = True,
              from_export: Optional[Path] = None, export: bool = False,
-             register_top: bool = False) -> list[Generated]:
+             register_top: bool = False, study_storage: Optional[str] = None) -> list[Generated]:
     """Build, write (and log) one leaderboard per output name; refuse ambiguous groups.
 
     ``from_export``: read the runs from a run export (``benchmark.export``) instead of MLflow;
-    nothing is logged then. ``export``: write ``<name>.runs/`` (the runs of each table) beside it,
-    so the page can be recomputed, byte for byte, from the repository alone. ``register_top``: put
-    each table's top model in the MLflow model registry (see ``register_top_model``)."""
+    nothing is logged then. ``export``: write ``<name>.runs/`` (the runs of each table and the
+    Optuna studies they were tuned by, read from ``study_storage``, default the project's journal)
+    beside it, so the page can be recomputed, byte for byte, from the repository alone.
+    ``register_top``: put each table's top model in the MLflow model registry (see
+    ``register_top_model``)."""
     from ..paths import home
     from ..tracking import Tracker, client, load_settings
     if ranking not in RANKINGS:
         raise UsageError(f"unknown ranking {ranking!r} (choose from {', '.join(RANKINGS)})")
     if n_boot < 100:
         raise UsageError("--n-boot must be at least 100")
+    if study_storage and not export:
+        raise UsageError("--storage names where the studies to export are: it applies to --export only")
     if from_export is not None:
         if run_filter or experiment or export or register_top:
             raise UsageError("--from reads a run export: --filter, --experiment, --export and --register do not apply")
@@ -93,8 +97,12 @@ def generate(preset: Optional[str] = None, ranking: str = "aggregate", out_dir: 
         files = write_leaderboard(lb, out_dir)
         if export:
             from ..export import export_runs
-            ids = {x.run_id for r in all_rows(lb) for x in r.runs}
-            files.append(export_runs(cl, ids, out_dir / f"{lb.key.name}.runs", exp_name))
+            from ..study_export import export_studies
+            runs_of_table = [x for r in all_rows(lb) for x in r.runs]
+            studies = export_studies({x.tags["optuna.study"] for x in runs_of_table if x.tags.get("optuna.study")},
+                                     study_storage)
+            files.append(export_runs(cl, {x.run_id for x in runs_of_table}, out_dir / f"{lb.key.name}.runs",
+                                     exp_name, studies))
         results.append(Generated(lb, files, files[0].read_text(encoding="utf-8")))
         if register_top:
             register_top_model(lb)
@@ -154,7 +162,10 @@ def register(sub) -> None:
     p.add_argument("--no-log", action="store_true", help="do not log the files to an MLflow run")
     p.add_argument("--export", action="store_true",
                    help="also write <name>.runs/: every run behind each table (params, tags, metric histories, "
-                        "config, per-nodule CSV), so `--from` can recompute it without MLflow")
+                        "config, per-nodule CSV) and the Optuna studies of its tuned rows, so `--from` can "
+                        "recompute it without MLflow and `bench import` can load it elsewhere")
+    p.add_argument("--storage", help="with --export: Optuna storage URL or journal path holding the studies "
+                                     "(default: runs/optuna/journal.log)")
     p.add_argument("--register", action="store_true",
                    help="put each table's top model (its best seed) in the MLflow model registry, named after the table")
     p.add_argument("--from", dest="from_export", metavar="EXPORT",
@@ -167,7 +178,8 @@ def _cmd(args) -> None:
                        source=args.source, ground_truth=args.ground_truth, split_hash=args.split_hash,
                        data_hash=args.data_hash, run_filter=args.run_filter, n_boot=args.n_boot,
                        boot_seed=args.boot_seed, log_to_mlflow=not args.no_log,
-                       from_export=args.from_export, export=args.export, register_top=args.register)
+                       from_export=args.from_export, export=args.export, register_top=args.register,
+                       study_storage=args.storage)
     for g in results:
         print(g.markdown)
         print("wrote " + ", ".join(str(f) for f in g.files), file=sys.stderr)
