@@ -12,7 +12,8 @@ The package, in the order the data flows (each module imports only the ones befo
     never mix splits, ground truths, presets or test sets (``TableKey``);
   * ``statistics``: rows, sections, the two-level bootstrap, ranks and tests (``Leaderboard``);
     its docstring says what every number means;
-  * ``render``: the Markdown, CSV and HTML pages; ``plots``: the page's figures;
+  * ``plots``: the page's figures and their captions;
+  * ``render``: the Markdown, CSV and HTML pages (the HTML one with the figures);
   * ``cli``: the command (``generate``), the files, the MLflow logging and the model registry.
 
 The names below are the package's interface for scripts and tests.
