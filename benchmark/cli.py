@@ -26,7 +26,7 @@ from .errors import BenchError, UsageError
 from .run_args import add_config_arguments, resolve_config
 
 #: modules that add their own sub-commands with ``register(subparsers)``
-COMMAND_MODULES = ["benchmark.data.cli", "benchmark.tune", "benchmark.suite_cli", "benchmark.leaderboard",
+COMMAND_MODULES = ["benchmark.data.cli", "benchmark.tune", "benchmark.suite_cli", "benchmark.leaderboard.cli",
                    "benchmark.nas", "benchmark.protocol", "benchmark.export", "benchmark.predict",
                    "benchmark.rescore"]
 

@@ -4,7 +4,9 @@ A committed leaderboard cites MLflow run ids, and the store that holds them is g
 a fresh clone could check none of its numbers. ``bench leaderboard --export`` therefore writes,
 beside the leaderboard, an *export* of the runs it was computed from; ``bench leaderboard
 --from <export>`` recomputes the leaderboard from that folder alone (byte for byte), and
-``bench import <export>`` loads the runs into the user's own tracking store for ``bench ui``.
+``bench import <export>`` loads the runs into the user's own tracking store for ``bench ui`` and
+recreates the Optuna studies behind the tuned rows in the user's Optuna storage (default: the
+project's journal), so ``bench tune --report STUDY`` works on a fresh clone.
 
 Layout of an export folder (text only, one file per run, stable key order: diff-friendly)::
 
@@ -15,9 +17,15 @@ Layout of an export folder (text only, one file per run, stable key order: diff-
                              per-epoch history {metric: [[step, value], ...]}, config (the run's
                              logged config.yaml, parsed)
       per_nodule/<run_id>.csv   the run's evaluation/per_nodule.csv, as logged
+      studies/<study>.json   every Optuna study named by an exported run's tag optuna.study: its
+                             directions, user attributes and every trial (number, state, params
+                             with their distributions, values, intermediate values, user
+                             attributes, start/complete times); see ``benchmark.study_export``
 
 Checkpoints and pictures are not exported (they are not needed to recompute any number).
 The manifest's hashes make a hand-edited export an error when it is read, not a silent change.
+A study that cannot be found when exporting (no journal, or the study was deleted) is left out
+with a warning; the manifest lists the studies the export holds ({name: file}).
 """
 from __future__ import annotations
 
@@ -48,6 +56,11 @@ Written by `bench leaderboard --export`; read by `bench leaderboard --from <this
   `params`, `metrics` (last value of each), `history` (`{{metric: [[step, value], ...]}}`) and
   `config` (the run's logged `config.yaml`).
 - `per_nodule/<run_id>.csv`: the run's `evaluation/per_nodule.csv` artifact, unchanged.
+- `studies/<study>.json`: an Optuna study behind the tuned runs (tag `optuna.study`): `study_name`,
+  `directions`, `user_attrs` and `trials` (each: `number`, `state`, `params` as
+  `{{name: {{value, distribution}}}}`, `values`, `intermediate_values` as `[[step, value], ...]`,
+  `user_attrs`, `datetime_start`, `datetime_complete`). `bench import` recreates them in your Optuna
+  storage; `manifest.json` maps each study name to its file.
 """
 
 
@@ -76,6 +89,14 @@ def _dump_json(obj) -> str:
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _study_file(name: str) -> str:
+    """The export's file for a study: its name when that is a plain file name, else a hash of it
+    (a study name is free text; a file name must not be able to name another path)."""
+    plain = name and len(name) <= 100 and not name.startswith(".") and \
+        all(c.isalnum() or c in "-_." for c in name)
+    return f"studies/{name if plain else 'study-' + _sha256(name)[:16]}.json"
 
 
 def _valid_run_id(run_id: str) -> str:
@@ -116,8 +137,10 @@ def run_payload(cl, run_id: str) -> tuple[dict, Optional[str]]:
     return doc, csv_text
 
 
-def write_export(payloads: Iterable[tuple[dict, Optional[str]]], dest: Path, experiment: str = "") -> Path:
-    """Write an export folder atomically (a reader never sees half of one)."""
+def write_export(payloads: Iterable[tuple[dict, Optional[str]]], dest: Path, experiment: str = "",
+                 studies: Iterable[dict] = ()) -> Path:
+    """Write an export folder atomically (a reader never sees half of one). ``studies``: Optuna
+    study documents (``benchmark.study_export.study_document``) to keep beside the runs."""
     dest = Path(dest)
     tmp = dest.with_name(dest.name + ".tmp")
     if tmp.exists():
@@ -137,9 +160,16 @@ def write_export(payloads: Iterable[tuple[dict, Optional[str]]], dest: Path, exp
         put(f"runs/{rid}.json", _dump_json(doc))
         if csv_text is not None:
             put(f"per_nodule/{rid}.csv", csv_text)
+    study_files = {}
+    for doc in studies:
+        rel = _study_file(doc["study_name"])
+        if not study_files:
+            (tmp / "studies").mkdir()
+        study_files[doc["study_name"]] = rel
+        put(rel, _dump_json(doc))
     put("FORMAT.md", _FORMAT_NOTE.format(version=FORMAT_VERSION))
     manifest = {"format": FORMAT_VERSION, "experiment": experiment, "runs": sorted(ids),
-                "files": dict(sorted(files.items()))}
+                "studies": dict(sorted(study_files.items())), "files": dict(sorted(files.items()))}
     (tmp / "manifest.json").write_text(_dump_json(manifest), encoding="utf-8")
     if dest.exists():
         shutil.rmtree(dest)
@@ -147,9 +177,10 @@ def write_export(payloads: Iterable[tuple[dict, Optional[str]]], dest: Path, exp
     return dest
 
 
-def export_runs(cl, run_ids: Iterable[str], dest: Path, experiment: str = "") -> Path:
-    """Export these MLflow runs (``experiment``: the name they were read from, kept for the record)."""
-    return write_export((run_payload(cl, rid) for rid in sorted(set(run_ids))), dest, experiment)
+def export_runs(cl, run_ids: Iterable[str], dest: Path, experiment: str = "", studies: Iterable[dict] = ()) -> Path:
+    """Export these MLflow runs (``experiment``: the name they were read from, kept for the record)
+    and these Optuna study documents."""
+    return write_export((run_payload(cl, rid) for rid in sorted(set(run_ids))), dest, experiment, studies)
 
 
 def read_manifest(path: Path) -> dict:
@@ -164,15 +195,14 @@ def read_manifest(path: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------------
-def read_export(path: Path) -> list[ExportedRun]:
-    """Every run of an export, after checking the manifest's hashes (one-line errors)."""
-    path = Path(path)
+def _checked_manifest(path: Path) -> dict:
+    """The export's manifest, after checking that every file it lists is there, unchanged."""
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
         raise UsageError(f"{path} is not a run export (no manifest.json)")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        runs, files = manifest["runs"], manifest["files"]
+        _, files = manifest["runs"], manifest["files"]     # both are required
         if manifest.get("format") != FORMAT_VERSION:
             raise DataError(f"{manifest_path}: export format {manifest.get('format')!r}, this version reads "
                             f"{FORMAT_VERSION}")
@@ -184,6 +214,14 @@ def read_export(path: Path) -> list[ExportedRun]:
             raise DataError(f"export {path}: {rel} is listed in the manifest but missing")
         if _sha256(f.read_text(encoding="utf-8")) != digest:
             raise DataError(f"export {path}: {rel} does not match its sha256 in manifest.json (edited by hand?)")
+    return manifest
+
+
+def read_export(path: Path) -> list[ExportedRun]:
+    """Every run of an export, after checking the manifest's hashes (one-line errors)."""
+    path = Path(path)
+    manifest = _checked_manifest(path)
+    runs, files = manifest["runs"], manifest["files"]
     out = []
     for rid in runs:
         rid = _valid_run_id(rid)
@@ -200,20 +238,46 @@ def read_export(path: Path) -> list[ExportedRun]:
     return out
 
 
+def read_studies(path: Path) -> list[dict]:
+    """The Optuna study documents of an export (none for an export written before studies were)."""
+    path = Path(path)
+    manifest = _checked_manifest(path)
+    docs = []
+    for name, rel in sorted((manifest.get("studies") or {}).items()):
+        if rel != _study_file(name) or rel not in manifest["files"]:
+            raise DataError(f"export {path}: study {name!r} is listed as {rel!r}, not as its file in the manifest")
+        doc = json.loads((path / rel).read_text(encoding="utf-8"))
+        if doc.get("study_name") != name:
+            raise DataError(f"export {path}: {rel} holds study {doc.get('study_name')!r}, not {name!r}")
+        docs.append(doc)
+    return docs
+
+
 # ---------------------------------------------------------------------------------------------
 # importing into a tracking store
 # ---------------------------------------------------------------------------------------------
-def import_export(path: Path, experiment: Optional[str] = None) -> dict[str, str]:
-    """Load an export's runs into the configured tracking store; returns {original id: new id}.
+@dataclass
+class Imported:
+    runs: dict[str, str]        # original run id -> its id in the user's tracking store
+    studies: dict[str, str]     # study name -> "created" | "present" | "completed" (study_export.import_studies)
 
-    Runs already imported from the same original id are kept, not duplicated, so importing twice
-    is harmless. New runs keep every tag, param, metric history and time of the original and carry
-    its id in the tag ``import.original_run_id``.
+
+def import_export(path: Path, experiment: Optional[str] = None, storage: Optional[str] = None) -> Imported:
+    """Load an export's runs into the configured tracking store and its Optuna studies into
+    ``storage`` (default: the project's journal).
+
+    Runs already imported from the same original id are kept, not duplicated, and a study that
+    already holds the export's trials is left alone, so importing twice is harmless. New runs keep
+    every tag, param, metric history and time of the original and carry its id in the tag
+    ``import.original_run_id``. A study of the same name holding other trials stops the import
+    (``UsageError``) before anything is written.
     """
     from mlflow.entities import Metric, Param
 
+    from .study_export import import_studies
     from .tracking import client, experiment_id, load_settings
     runs = read_export(path)
+    studies = import_studies(read_studies(path), storage)
     settings = load_settings()
     cl = client(settings)
     exp_id = experiment_id(cl, settings, experiment)
@@ -252,17 +316,23 @@ def import_export(path: Path, experiment: Optional[str] = None) -> dict[str, str
                 cl.log_artifact(new_id, str(p), "evaluation")
         cl.set_terminated(new_id, run.status or "FINISHED", end_time=run.end_time or None)
         mapping[run.run_id] = new_id
-    return mapping
+    return Imported(mapping, studies)
 
 
 def register(sub) -> None:
     p = sub.add_parser("import", help="load an exported leaderboard's runs into your MLflow store (for bench ui)")
     p.add_argument("path", help="an export folder, e.g. leaderboards/lidc-phantom-cpu.runs")
     p.add_argument("--experiment", help="MLflow experiment to import into (default: mlflow.yaml's)")
+    p.add_argument("--storage", help="Optuna storage URL or journal path to recreate the export's studies in "
+                                     "(default: runs/optuna/journal.log)")
     p.set_defaults(func=_cmd)
 
 
 def _cmd(args) -> None:
-    mapping = import_export(Path(args.path), args.experiment)
-    print(f"{len(mapping)} runs from {args.path} are in the tracking store (original ids in tag "
+    done = import_export(Path(args.path), args.experiment, args.storage)
+    print(f"{len(done.runs)} runs from {args.path} are in the tracking store (original ids in tag "
           f"{ORIGINAL_ID_TAG}); see them with `bench ui`")
+    for name, outcome in sorted(done.studies.items()):
+        what = {"created": "recreated", "present": "already there", "completed": "completed"}[outcome]
+        storage = f" --storage {args.storage}" if args.storage else ""
+        print(f"Optuna study {name}: {what}; see it with `bench tune --report {name}{storage}`")

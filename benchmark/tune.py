@@ -542,7 +542,15 @@ def report(args) -> None:
         return
     from .tracking import client, load_settings
     settings = load_settings()
-    t = Tracker(client(settings), parent, settings)
+    cl = client(settings)
+    try:
+        cl.get_run(parent)
+    except Exception:  # noqa: BLE001 - MLflow raises its own exception types
+        # e.g. a study imported from a run export: its parent run stayed on the exporting machine
+        print(f"note: the study's MLflow parent run {parent} is not in {settings.tracking_uri}; "
+              f"plots not logged", file=sys.stderr)
+        return
+    t = Tracker(cl, parent, settings)
     from optuna.visualization.matplotlib import (plot_optimization_history, plot_parallel_coordinate,
                                                  plot_param_importances)
     import matplotlib

@@ -60,11 +60,18 @@ def test_not_an_export_is_a_usage_error(tmp_path):
 
 @pytest.mark.slow
 def test_import_into_a_fresh_store_through_mlflow(bench_home, tmp_path, capsys):
+    """A fresh clone: `bench import` loads the runs and the study; `bench tune --report` reads it."""
     from benchmark.cli import main
+    from benchmark.study_export import export_studies
     from benchmark.tracking import client
-    out = write_export([(_doc(), PER_NODULE)], tmp_path / "lb.runs")
+    _make_study(tmp_path / "theirs.log")
+    studies = export_studies([STUDY], str(tmp_path / "theirs.log"))
+    out = write_export([(_doc(), PER_NODULE)], tmp_path / "lb.runs", studies=studies)
     assert main(["import", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1 runs" in printed and f"Optuna study {STUDY}: recreated" in printed
     assert main(["import", str(out)]) == 0          # twice: no duplicate
+    assert f"Optuna study {STUDY}: already there" in capsys.readouterr().out
     cl = client()
     exp = cl.get_experiment_by_name("lidc-bench")
     runs = cl.search_runs([exp.experiment_id], f"tags.`{ORIGINAL_ID_TAG}` = '{_doc()['run_id']}'")
@@ -75,4 +82,141 @@ def test_import_into_a_fresh_store_through_mlflow(bench_home, tmp_path, capsys):
     assert [(m.step, m.value) for m in cl.get_metric_history(run.info.run_id, "val_dice")] == [(1, 0.5), (2, 0.65)]
     csv = cl.download_artifacts(run.info.run_id, "evaluation/per_nodule.csv", str(tmp_path))
     assert open(csv).read() == PER_NODULE
-    assert "1 runs" in capsys.readouterr().out
+    # the study is in the project's journal; its MLflow parent run stayed on the exporting machine
+    assert main(["tune", "--report", STUDY]) == 0
+    captured = capsys.readouterr()
+    assert "best trial 2: val Dice 0.6600" in captured.out
+    assert f"parent run {'f' * 32} is not in" in captured.err
+
+
+# ---------------------------------------------------------------------------------------------
+# Optuna studies behind the tuned rows
+# ---------------------------------------------------------------------------------------------
+STUDY = "smoke-v1-unet3d"
+
+
+def _journal(path):
+    import optuna
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def _make_study(journal, name=STUDY):
+    """A small finished study (complete, pruned and failed trials), built without training."""
+    import datetime
+
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=_journal(journal), study_name=name, direction="maximize")
+    study.set_user_attr("meta", {"arch": "unet3d", "loss": "dice_bce", "preset": "smoke"})
+    study.set_user_attr("mlflow_parent_run_id", "f" * 32)      # a run of the exporting machine's store
+    space = {"optim.lr": FloatDistribution(1e-4, 1e-2, log=True), "model.kwargs.base_channels": IntDistribution(4, 16),
+             "optim.optimizer": CategoricalDistribution(["adam", "sgd", None])}
+    start = datetime.datetime(2025, 3, 1, 12, 0, 0, 123456)
+    S = optuna.trial.TrialState
+    for i, (state, value) in enumerate([(S.COMPLETE, 0.61), (S.PRUNED, None), (S.COMPLETE, 0.66), (S.FAIL, None)]):
+        trial = optuna.trial.create_trial(
+            state=state, value=value, distributions=space,
+            params={"optim.lr": 10 ** -(2 + i / 2), "model.kwargs.base_channels": 4 + i,
+                    "optim.optimizer": ["adam", "sgd", None, "adam"][i]},
+            intermediate_values={} if state == S.FAIL else {0: 0.3 + i / 100, 1: 0.5 + i / 100},
+            user_attrs={"overrides": [f"optim.lr={10 ** -(2 + i / 2)}"], "mlflow_run_id": f"{i:032x}"})
+        trial.datetime_start = start + datetime.timedelta(minutes=10 * i)
+        trial.datetime_complete = trial.datetime_start + datetime.timedelta(minutes=7)
+        study.add_trial(trial)
+    return study
+
+
+def _same_trials(a, b):
+    fields = ("number", "state", "params", "distributions", "values", "intermediate_values", "user_attrs",
+              "datetime_start", "datetime_complete")
+    return [[getattr(t, f) for f in fields] for t in a.trials] == [[getattr(t, f) for f in fields] for t in b.trials]
+
+
+def test_export_writes_each_study_beside_the_runs_and_lists_it_in_the_manifest(tmp_path):
+    from benchmark.export import read_studies
+    from benchmark.study_export import export_studies
+    _make_study(tmp_path / "journal.log")
+    warnings = []
+    docs = export_studies([STUDY, "deleted-study"], str(tmp_path / "journal.log"), warn=warnings.append)
+    assert [d["study_name"] for d in docs] == [STUDY]
+    assert len(warnings) == 1 and "deleted-study" in warnings[0] and "\n" not in warnings[0]
+    out = write_export([(_doc(), PER_NODULE)], tmp_path / "lb.runs", studies=docs)
+    manifest = json.loads((out / "manifest.json").read_text())
+    rel = f"studies/{STUDY}.json"
+    assert manifest["studies"] == {STUDY: rel} and rel in manifest["files"]
+    text = (out / rel).read_text()
+    doc = json.loads(text)
+    assert text == json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n"     # diff-friendly
+    assert doc["directions"] == ["MAXIMIZE"] and doc["user_attrs"]["meta"]["arch"] == "unet3d"
+    first = doc["trials"][0]
+    assert first["state"] == "COMPLETE" and first["values"] == [0.61]
+    assert first["params"]["optim.lr"]["distribution"]["name"] == "FloatDistribution"
+    assert first["intermediate_values"] == [[0, 0.3], [1, 0.5]]
+    assert first["datetime_start"] == "2025-03-01T12:00:00.123456"
+    assert [t["state"] for t in doc["trials"]] == ["COMPLETE", "PRUNED", "COMPLETE", "FAIL"]
+    assert read_studies(out) == docs
+    # the leaderboard's reading of the export does not see the studies
+    assert [r.run_id for r in read_export(out)] == [_doc()["run_id"]]
+
+
+def test_a_study_name_cannot_name_a_path(tmp_path):
+    from benchmark.export import read_studies
+    doc = {"study_name": "../../evil", "directions": ["MAXIMIZE"], "user_attrs": {}, "trials": []}
+    out = write_export([(_doc(), None)], tmp_path / "x.runs", studies=[doc])
+    [written] = (out / "studies").iterdir()
+    assert written.name.startswith("study-") and not (tmp_path / "evil.json").exists()
+    assert read_studies(out) == [doc]
+
+
+def test_import_recreates_the_study_and_a_second_import_changes_nothing(tmp_path):
+    import optuna
+
+    from benchmark.study_export import export_studies, import_studies
+    original = _make_study(tmp_path / "theirs.log")
+    docs = export_studies([STUDY], str(tmp_path / "theirs.log"))
+    mine = tmp_path / "mine.log"
+    assert import_studies(docs, str(mine)) == {STUDY: "created"}
+    copy = optuna.load_study(study_name=STUDY, storage=_journal(mine))
+    assert _same_trials(copy, original) and copy.directions == original.directions
+    assert copy.user_attrs == original.user_attrs and copy.best_trial.number == 2
+    before = mine.read_bytes()
+    assert import_studies(docs, str(mine)) == {STUDY: "present"}
+    assert mine.read_bytes() == before
+
+
+def test_an_import_cut_short_is_completed_not_refused(tmp_path):
+    import optuna
+
+    from benchmark.study_export import export_studies, frozen_trials, import_studies
+    original = _make_study(tmp_path / "theirs.log")
+    [doc] = export_studies([STUDY], str(tmp_path / "theirs.log"))
+    mine = tmp_path / "mine.log"
+    partial = optuna.create_study(storage=_journal(mine), study_name=STUDY, direction="maximize")
+    partial.add_trials(frozen_trials(doc)[:2])
+    assert import_studies([doc], str(mine)) == {STUDY: "completed"}
+    assert _same_trials(optuna.load_study(study_name=STUDY, storage=_journal(mine)), original)
+
+
+def test_import_refuses_a_different_study_of_the_same_name_in_one_line(tmp_path):
+    import optuna
+
+    from benchmark.study_export import export_studies, import_studies
+    _make_study(tmp_path / "theirs.log")
+    docs = export_studies([STUDY], str(tmp_path / "theirs.log"))
+    mine = tmp_path / "mine.log"
+    own = optuna.create_study(storage=_journal(mine), study_name=STUDY, direction="maximize")
+    own.add_trial(optuna.trial.create_trial(value=0.5))
+    before = mine.read_bytes()
+    with pytest.raises(UsageError, match="already holds other trials") as e:
+        import_studies(docs, str(mine))
+    assert "\n" not in str(e.value) and mine.read_bytes() == before
+
+
+def test_missing_journal_is_a_warning_not_a_crash(bench_home, capsys):
+    from benchmark.study_export import export_studies
+    from benchmark.tune import default_storage_path
+    assert export_studies([STUDY]) == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: no Optuna journal") and STUDY in err
+    assert not default_storage_path().exists()       # looking did not create one

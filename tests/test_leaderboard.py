@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -399,6 +400,85 @@ def test_sections_gain_loss_study_and_empty_count_on_synthetic_runs():
     assert "+0.200 [" in md and "| unet3d | dice | 3 |" in md and "6/90" in md
 
 
+def _page_with_references(n_models=4):
+    """A default-settings table of ``n_models`` models (with MACs) and two reference rows."""
+    from benchmark.leaderboard import build_sections, table_key
+    g = np.random.default_rng(1)
+    base = g.uniform(0.3, 0.7, 20)
+    runs = []
+    for i in range(n_models):
+        for s in range(2):
+            rec = _synthetic_record(f"m{i}s{s}", f"arch{i}", "dice_bce", s, base + 0.02 * i + g.normal(0, .01, 20))
+            rec.metrics.update(macs_per_patch=1e9 * (i + 1), params=1e6 * (i + 1))
+            runs.append(rec)
+    runs.append(_synthetic_record("ir", "inter_reader", "none", 0, base + 0.1))
+    runs.append(_synthetic_record("tb", "threshold_baseline", "none", 0, base - 0.2))
+    return build_sections(table_key(runs[0]), runs, n_boot=200)
+
+
+def _colours_by_row(fig, labels) -> dict:
+    """Row label -> the colour its artist is drawn in (error bars, lines or scattered points)."""
+    from matplotlib.colors import to_hex
+    ax = fig.axes[0]
+    drawn = [(c.get_label(), c.lines[0].get_color()) for c in ax.containers]
+    drawn += [(line.get_label(), line.get_color()) for line in ax.get_lines()]
+    drawn += [(coll.get_label(), coll.get_facecolor()[0]) for coll in ax.collections
+              if coll.get_label() in labels]      # not the error bars' own line collections
+    out = {}
+    for name, colour in drawn:
+        name = name.removesuffix(" (ref)")
+        if name in labels:
+            out[name] = to_hex(colour)
+    return out
+
+
+def test_every_plot_gives_each_row_its_own_colour_and_the_same_one_in_every_plot():
+    import matplotlib.pyplot as plt
+
+    from benchmark.leaderboard.plots import make_figures, row_styles
+    lb = _page_with_references()
+    labels = [r.label for r in lb.rows]
+    styles = {label: s.colour.lower() for label, s in row_styles(lb.rows).items()}
+    assert len(set(styles.values())) == len(labels) == 6
+    figures = make_figures(lb)
+    try:
+        for name, fig in figures.items():
+            drawn = _colours_by_row(fig, labels)
+            # Dice vs MACs draws the models as points and the references as lines: every row
+            assert drawn == styles, name
+    finally:
+        for fig in figures.values():
+            plt.close(fig)
+
+
+def test_more_rows_than_colours_still_tells_rows_apart():
+    from benchmark.leaderboard.plots import PALETTE, row_styles
+    rows = [SimpleNamespace(label=f"row{i}") for i in range(2 * len(PALETTE) + 3)]
+    styles = list(row_styles(rows).values())
+    assert len({s.colour for s in styles[:len(PALETTE)]}) == len(PALETTE)
+    assert len({(s.colour, s.marker) for s in styles}) == len(rows)
+
+
+def test_page_says_how_to_read_the_table_and_keeps_intervals_apart_in_html():
+    from html import escape
+
+    from benchmark.leaderboard import render_html, render_markdown
+    lb = _page_with_references()
+    md, page = render_markdown(lb), render_html(lb, {})
+    assert "## How to read this table" in md and "<h2>How to read this table</h2>" in page
+    for term in ("Value", "[low, high]", "# and P(best)", "Wilcoxon p vs #1 (Holm)", "Empty",
+                 "Reference rows (ref)"):
+        assert f"- **{term}**:" in md and f"<li><b>{escape(term)}</b>:" in page, term
+    assert "inter_reader: how well radiologists agree" in md and "threshold_baseline: a non-learned" in md
+    assert "Gain from tuning" not in md and "Loss study" not in md      # only for columns the page shows
+    # Markdown keeps "value [interval]" in one cell; HTML puts the interval on its own line
+    top = lb.rows[0].stats
+    interval = f"[{top['dice_ci_low']:.3f}, {top['dice_ci_high']:.3f}]"
+    assert f"{top['dice_mean']:.3f} ± {top['dice_std']:.3f} {interval}" in md
+    assert f"{top['dice_mean']:.3f} ± {top['dice_std']:.3f}<span class='ci'>{interval}</span></td>" in page
+    assert "td{white-space:nowrap" in page
+
+
 @pytest.mark.slow
 def test_export_recomputes_the_page_byte_for_byte_and_registers_the_top_model(at_store, tmp_path, monkeypatch):
     from mlflow import MlflowClient
@@ -420,3 +500,37 @@ def test_export_recomputes_the_page_byte_for_byte_and_registers_the_top_model(at
         a = (tmp_path / "a" / f"lidc-phantom-smoke{suffix}").read_bytes()
         b = (tmp_path / "b" / f"lidc-phantom-smoke{suffix}").read_bytes()
         assert a == b, suffix
+
+
+@pytest.mark.slow
+def test_export_keeps_the_studies_behind_tuned_rows(store_home, bench_home, tmp_path, capsys):
+    """--export writes the Optuna studies named by the runs' tag optuna.study (from the project's
+    journal); a study that is gone is a one-line warning; --from still gives the page byte for byte."""
+    import json
+
+    import optuna
+
+    from benchmark.leaderboard import generate
+    from benchmark.tune import default_storage_path
+    _copy_store(store_home, bench_home)
+    cl = _client()
+    for run in _all_runs(cl):
+        if run.data.tags.get("arch") == "unet3d":
+            study = "smoke-v1-unet3d" if run.data.tags.get("loss") == "dice_bce" else "deleted-study"
+            cl.set_tag(run.info.run_id, "optuna.study", study)
+    journal = default_storage_path()
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    optuna.create_study(storage=storage, study_name="smoke-v1-unet3d", direction="maximize") \
+        .add_trial(optuna.trial.create_trial(value=0.5))
+
+    [made] = generate(preset="smoke", out_dir=tmp_path / "a", export=True, log_to_mlflow=False)
+    export = tmp_path / "a" / "lidc-phantom-smoke.runs"
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["studies"] == {"smoke-v1-unet3d": "studies/smoke-v1-unet3d.json"}
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "deleted-study" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning:")
+    [again] = generate(preset="smoke", out_dir=tmp_path / "b", from_export=export)
+    for suffix in (".md", ".csv", ".html"):
+        name = f"lidc-phantom-smoke{suffix}"
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), suffix

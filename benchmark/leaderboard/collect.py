@@ -1,0 +1,294 @@
+"""Reading the runs a leaderboard is computed from (MLflow or a run export) and grouping them.
+
+A run becomes a ``RunRecord`` when it finished, carries the data tags every scored run has
+(``REQUIRED_TAGS``) and was evaluated on test; its ``evaluation/per_nodule.csv`` artifact is the
+source of every number in the tables. Tuning trials (never evaluated on test), the leaderboard's
+own runs and anything without the data tags are ignored.
+
+Which runs share a table. A table holds runs that were scored on exactly the same test
+nodules under the same rules: same data source, ground truth, split hash, preset, data content
+hash, NSD tolerance and set of test nodule ids (``TableKey``). Runs that differ in any of these
+are never mixed; when the filters leave more than one such group for one output file the command
+stops and lists the groups and the option that picks one (``mixed_groups_message``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import yaml
+
+from ..errors import TrackingError, UsageError
+
+#: arch tag of reference runs -> what they are (the ``reference`` tag value)
+REFERENCE_ARCHS = {"inter_reader": "human", "threshold_baseline": "baseline", "phantom_ceiling": "phantom"}
+#: the per-nodule metrics a leaderboard reports: (CSV column, display name, higher is better)
+METRICS = (("dice", "Dice", True), ("nsd", "NSD", True), ("hd95_mm", "HD95 (mm)", False))
+#: per-nodule columns shown when every run of a table has them: (CSV column, display, higher is better)
+EXTRA_METRICS: list[tuple[str, str, bool]] = [("dice_vs_truth", "Dice vs truth", True)]
+#: tags every scored run carries (see ``benchmark.train.data_tags``)
+REQUIRED_TAGS = ("arch", "loss", "preset", "data.source", "data.ground_truth", "data.split_hash",
+                 "data.content_hash")
+
+
+@dataclass
+class RunRecord:
+    """One finished, test-evaluated MLflow run and its per-nodule table."""
+    run_id: str
+    tags: dict
+    metrics: dict
+    config: dict
+    end_time: int
+    per_nodule: pd.DataFrame       # scored test nodules only
+    n_gt_empty: int = 0            # test nodules left unscored (no ground truth at this spacing)
+
+    @property
+    def arch(self) -> str:
+        return self.tags["arch"]
+
+    @property
+    def loss(self) -> str:
+        return self.tags["loss"]
+
+    @property
+    def reference(self) -> Optional[str]:
+        """What kind of reference run this is (its ``reference`` tag; older runs: by arch), or None
+        for a model. Any run tagged ``reference=<kind>`` becomes a reference row."""
+        return self.tags.get("reference") or REFERENCE_ARCHS.get(self.arch)
+
+    @property
+    def section(self) -> str:
+        """Which table the run belongs to: ``tuned`` (a protocol's final runs), ``loss`` (its loss
+        study), ``reference``, or ``default`` (everything else: default settings, ad-hoc runs)."""
+        if self.reference:
+            return "reference"
+        part = self.tags.get("protocol.part")
+        return {"final": "tuned", "loss": "loss"}.get(part, "default")
+
+    @property
+    def seed(self) -> str:
+        return self.tags.get("seed", "")
+
+    @property
+    def nsd_tolerance_mm(self) -> float:
+        return float((self.config.get("eval") or {}).get("nsd_tolerance_mm", 1.0))
+
+
+@dataclass(frozen=True)
+class TableKey:
+    """What runs must share to appear in one table."""
+    dataset: str
+    source: str
+    ground_truth: str
+    split_hash: str
+    preset: str
+    content_hash: str
+    nsd_tolerance_mm: float
+    test_set: str          # short hash of the sorted test nodule ids
+    n_nodules: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-{self.preset}"
+
+    def describe(self) -> str:
+        return (f"split {self.split_hash}, ground truth {self.ground_truth}, data {self.content_hash[:12]}, "
+                f"NSD tolerance {self.nsd_tolerance_mm:g} mm, {self.n_nodules} test nodules ({self.test_set})")
+
+
+def _search_all(cl, experiment_ids: list[str], filter_string: str):
+    runs, token = [], None
+    while True:
+        page = cl.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token,
+                              order_by=["attributes.start_time ASC"])
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def mlflow_filter(preset: Optional[str], source: Optional[str], ground_truth: Optional[str],
+                   split_hash: Optional[str], data_hash: Optional[str], extra: Optional[str]) -> str:
+    parts = ["attributes.status = 'FINISHED'"]
+    for tag, value in (("preset", preset), ("data.source", source), ("data.ground_truth", ground_truth),
+                       ("data.split_hash", split_hash)):
+        if value:
+            if "'" in value:
+                raise UsageError(f"filter value {value!r} may not contain a quote")
+            parts.append(f"tags.`{tag}` = '{value}'")
+    if data_hash:
+        parts.append(f"tags.`data.content_hash` LIKE '{data_hash.replace(chr(39), '')}%'")
+    if extra:
+        parts.append(extra)   # MLflow filters have no OR, so plain conjunction is safe
+    return " and ".join(parts)
+
+
+def collect_runs(cl, experiment_ids: list[str], filter_string: str, warn=None) -> list[RunRecord]:
+    """Finished runs that were evaluated on test, with their per-nodule CSVs downloaded.
+
+    Tuning trials (never evaluated on test), the leaderboard's own runs and anything without
+    the data tags are ignored; a scored run whose CSV is missing is reported through ``warn``.
+    """
+    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    try:
+        found = _search_all(cl, experiment_ids, filter_string)
+    except Exception as e:  # noqa: BLE001 - MLflow raises its own exception types
+        if "filter" in str(e).lower() or "invalid" in str(e).lower():
+            raise UsageError(f"MLflow rejected the run filter {filter_string!r}: {str(e).splitlines()[0]}") from None
+        raise TrackingError(f"could not search MLflow runs: {str(e).splitlines()[0]}") from None
+    records = []
+    quiet = _env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one bar per CSV would bury the table
+    with quiet, tempfile.TemporaryDirectory() as tmp:
+        for run in found:
+            rid = run.info.run_id
+            dst = Path(tmp) / rid
+
+            def read_csv(rid=rid, dst=dst):
+                dst.mkdir(exist_ok=True)
+                return pd.read_csv(cl.download_artifacts(rid, "evaluation/per_nodule.csv", str(dst)))
+
+            def read_config(rid=rid, dst=dst, params=run.data.params):
+                try:
+                    dst.mkdir(exist_ok=True)
+                    return yaml.safe_load(Path(cl.download_artifacts(rid, "config.yaml", str(dst))).read_text()) or {}
+                except Exception:  # noqa: BLE001 - older runs: fall back to the params
+                    return _unflatten(params)
+
+            rec = _record(rid, dict(run.data.tags), dict(run.data.metrics), int(run.info.end_time or 0),
+                          read_csv, read_config, warn)
+            if rec is not None:
+                records.append(rec)
+    return records
+
+
+def _record(rid: str, tags: dict, metrics: dict, end_time: int, read_csv, read_config, warn) -> Optional[RunRecord]:
+    """One run as a leaderboard record, or None (with a warning when it should have been one).
+    The same rules whether the run comes from MLflow or from a run export."""
+    if any(not tags.get(t) for t in REQUIRED_TAGS) or "test_dice" not in metrics:
+        return None
+    try:
+        df = read_csv()
+    except Exception as e:  # noqa: BLE001
+        warn(f"run {rid} ({tags['arch']}) has test metrics but no readable evaluation/per_nodule.csv "
+             f"({type(e).__name__}); left out")
+        return None
+    missing = [c for c in ("nodule_id", *[m for m, _, _ in METRICS]) if c not in df.columns]
+    n_gt_empty = 0
+    if not missing and "gt_empty" in df.columns:
+        # nodules without ground truth at this spacing: unscored by every run alike
+        empty = df["gt_empty"].astype(str).str.lower().isin(["true", "1"])
+        n_gt_empty = int(empty.sum())
+        df = df[~empty].reset_index(drop=True)
+    if missing or df.empty or df["nodule_id"].duplicated().any() or \
+            df[[m for m, _, _ in METRICS]].isna().any().any():
+        why = "lacks " + ", ".join(missing) if missing else "empty, NaN or duplicated nodule ids"
+        warn(f"run {rid} ({tags['arch']}): per_nodule.csv is unusable ({why}); left out")
+        return None
+    return RunRecord(rid, tags, metrics, read_config(), end_time, df, n_gt_empty)
+
+
+def records_from_export(path: Path, preset: Optional[str] = None, source: Optional[str] = None,
+                        ground_truth: Optional[str] = None, split_hash: Optional[str] = None,
+                        data_hash: Optional[str] = None, warn=None) -> tuple[list[RunRecord], str]:
+    """The leaderboard records of a run export (``benchmark.export``) and the experiment it came
+    from, with the filters ``collect_runs`` would apply in MLflow."""
+    from ..export import read_export, read_manifest
+    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    wanted = {"preset": preset, "data.source": source, "data.ground_truth": ground_truth,
+              "data.split_hash": split_hash}
+    records = []
+    for run in read_export(path):
+        if run.status != "FINISHED" or any(v and run.tags.get(k) != v for k, v in wanted.items()):
+            continue
+        if data_hash and not run.tags.get("data.content_hash", "").startswith(data_hash):
+            continue
+        rec = _record(run.run_id, dict(run.tags), dict(run.metrics), run.end_time,
+                      lambda run=run: _require(run.per_nodule(), "no per-nodule table"),
+                      lambda run=run: dict(run.config) or _unflatten(run.params), warn)
+        if rec is not None:
+            records.append(rec)
+    return records, read_manifest(path).get("experiment", "")
+
+
+def _require(value, why: str):
+    if value is None:
+        raise FileNotFoundError(why)
+    return value
+
+
+@contextmanager
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _unflatten(params: dict) -> dict:
+    out: dict = {}
+    for k, v in params.items():
+        cur = out
+        parts = k.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+            if not isinstance(cur, dict):
+                break
+        else:
+            try:
+                cur[parts[-1]] = yaml.safe_load(v)
+            except yaml.YAMLError:
+                cur[parts[-1]] = v
+    return out
+
+
+def _short_hash(text: str, n: int = 10) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def table_key(run: RunRecord) -> TableKey:
+    ids = sorted(run.per_nodule["nodule_id"].astype(str))
+    t = run.tags
+    return TableKey(dataset=t.get("data.dataset") or f"lidc-{t['data.source']}", source=t["data.source"],
+                    ground_truth=t["data.ground_truth"], split_hash=t["data.split_hash"], preset=t["preset"],
+                    content_hash=t["data.content_hash"], nsd_tolerance_mm=run.nsd_tolerance_mm,
+                    test_set=_short_hash("\n".join(ids)), n_nodules=len(ids))
+
+
+def group_runs(runs: list[RunRecord]) -> dict[str, list[tuple[TableKey, list[RunRecord]]]]:
+    """Output name (``<dataset>-<preset>``) -> the compatible groups that would write to it."""
+    groups: dict[TableKey, list[RunRecord]] = {}
+    for r in runs:
+        groups.setdefault(table_key(r), []).append(r)
+    by_name: dict[str, list[tuple[TableKey, list[RunRecord]]]] = {}
+    for key in sorted(groups, key=lambda k: (k.name, k.split_hash, k.ground_truth, k.content_hash, k.test_set)):
+        by_name.setdefault(key.name, []).append((key, groups[key]))
+    return by_name
+
+
+def mixed_groups_message(name: str, groups: list[tuple[TableKey, list[RunRecord]]]) -> str:
+    lines = [f"the runs for {name} come from {len(groups)} incompatible groups; a leaderboard never mixes "
+             f"splits, ground truths, presets or test sets:"]
+    for key, runs in groups:
+        lines.append(f"  - {key.describe()}: {len(runs)} runs")
+    differ = []
+    keys = [k for k, _ in groups]
+    for attr, opt in (("split_hash", "--split-hash"), ("ground_truth", "--ground-truth"),
+                      ("content_hash", "--data-hash"), ("source", "--source")):
+        if len({getattr(k, attr) for k in keys}) > 1:
+            differ.append(opt)
+    how = ("choose one with " + " / ".join(differ)) if differ else \
+        "they differ in NSD tolerance or test nodules; choose one with --filter (an MLflow filter string)"
+    lines.append(how)
+    return "\n".join(lines)
