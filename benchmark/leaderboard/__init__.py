@@ -26,11 +26,11 @@ from .collect import (EXTRA_METRICS, METRICS, REFERENCE_ARCHS, RunRecord, TableK
                       records_from_export, table_key)
 from .plots import make_plots, pareto_front
 from .render import SECTION_TITLES, render_csv, render_html, render_markdown, table_cells, title
-from .statistics import (RANKINGS, SIZE_BINS, SIZE_KEYS, Leaderboard, Row, add_loss_tests, add_tuning_gain,
+from .statistics import (RANKINGS, Leaderboard, Row, add_loss_tests, add_tuning_gain,
                          build_leaderboard, build_sections, make_rows)
 
 __all__ = ["RunRecord", "TableKey", "Row", "Leaderboard", "collect_runs", "records_from_export", "group_runs",
            "table_key", "make_rows", "build_leaderboard", "build_sections", "add_tuning_gain", "add_loss_tests",
            "render_markdown", "render_csv", "render_html", "table_cells", "title", "make_plots", "pareto_front",
            "write_leaderboard", "generate", "register_top_model", "Generated", "holm", "register",
-           "REFERENCE_ARCHS", "METRICS", "EXTRA_METRICS", "SIZE_BINS", "SIZE_KEYS", "RANKINGS", "SECTION_TITLES"]
+           "REFERENCE_ARCHS", "METRICS", "EXTRA_METRICS", "RANKINGS", "SECTION_TITLES"]

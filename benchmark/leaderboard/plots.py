@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .statistics import SIZE_BINS, SIZE_KEYS, Leaderboard, Row
+from .statistics import Leaderboard, Row
 
 #: Paul Tol's "muted" qualitative scheme: nine colours that stay apart for the common colour-vision
 #: deficiencies and on a white page
@@ -151,14 +151,14 @@ def _dice_per_nodule(lb: Leaderboard, styles: dict[str, RowStyle]):
 def _dice_by_size(lb: Leaderboard, styles: dict[str, RowStyle]):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9.5, 4.5))
-    xs = np.arange(len(SIZE_BINS))
+    xs = np.arange(len(lb.size_keys))
     for r in lb.rows:
         style = styles[r.label]
-        ys = [r.stats[f"dice_size_{SIZE_KEYS[b]}"] for b in SIZE_BINS]
+        ys = [r.stats[f"dice_size_{key}"] for key in lb.size_keys.values()]
         ax.plot(xs, ys, marker=style.marker, ls=":" if r.reference else "-", color=style.colour,
                 label=_legend_name(r))
     ax.set_xticks(xs)
-    ax.set_xticklabels([f"{b} mm\n(n={lb.size_counts[b]})" for b in SIZE_BINS])
+    ax.set_xticklabels([f"{b} mm\n(n={lb.size_counts[b]})" for b in lb.size_keys])
     ax.set_ylabel("mean test Dice")
     ax.set_ylim(0, 1)
     ax.set_title("Dice by nodule diameter", fontsize=10)

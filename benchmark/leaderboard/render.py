@@ -18,7 +18,7 @@ import pandas as pd
 from ..protocol import REFERENCE_ARCH as REFERENCE_ARCH_NAME
 from .collect import METRICS
 from .plots import CAPTIONS as PLOT_CAPTIONS
-from .statistics import SIZE_BINS, SIZE_KEYS, Leaderboard, Row, all_rows
+from .statistics import Leaderboard, Row, all_rows
 
 SECTION_TITLES = {"tuned": "Tuned protocol", "default": "Default settings", "loss": "Loss study"}
 #: what each kind of reference row measures, for the page's reading guide (arch -> meaning)
@@ -90,7 +90,7 @@ def table_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
     has_gain = any("gain" in r.stats for r in lb.rows)
     header = ["#", "Model", "Seeds", "Dice", f"NSD@{tol}mm", "HD95 (mm)", "HD95 median (mm)", "Empty"]
     header += [name for _, name, _ in extra]
-    header += [f"Dice {b} mm (n={lb.size_counts[b]})" for b in SIZE_BINS]
+    header += [f"Dice {b} mm (n={lb.size_counts[b]})" for b in lb.size_keys]
     header += ["Params", "MACs/patch", "Latency (ms)", "Train (s)", "Mean nodule rank", "P(best)",
                "Wilcoxon p vs #1 (Holm)"]
     if lb.reference_arch:
@@ -108,7 +108,7 @@ def table_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
         cells = [first, name, seeds, _metric_cell(s, "dice", 3), _metric_cell(s, "nsd", 3),
                  _metric_cell(s, "hd95_mm", 2), _num(s["hd95_mm_median"], 2), _empty_cell(s)]
         cells += [_metric_cell(s, m, 3) for m, _, _ in extra]
-        cells += [_num(s[f"dice_size_{SIZE_KEYS[b]}"], 3) for b in SIZE_BINS]
+        cells += [_num(s[f"dice_size_{key}"], 3) for key in lb.size_keys.values()]
         cells += [_si(s["params"]), _si(s["macs_per_patch"]), _num(s["latency_ms_median"], 1),
                   _num(s["train_seconds"], 0), _num(s.get("mean_nodule_rank", float("nan")), 2),
                   _num(s.get("p_best", float("nan")), 2)]

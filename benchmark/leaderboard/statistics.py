@@ -45,10 +45,18 @@ import pandas as pd
 from ..errors import UsageError
 from .collect import EXTRA_METRICS, METRICS, REFERENCE_ARCHS, RunRecord, TableKey
 
-#: nodule diameter bins (mm) as ``benchmark.data.index.size_bin`` names them, and their column keys
-SIZE_BINS = ("<6", "6-10", "10-20", ">=20")
-SIZE_KEYS = {"<6": "lt6", "6-10": "6-10", "10-20": "10-20", ">=20": "ge20"}
 RANKINGS = ("aggregate", "rank")
+
+
+def dataset_strata_of(config: dict):
+    """The strata (size bins and their column keys, texture classes) of the dataset a run's
+    logged config names: its adapter's (``benchmark.data.datasets``); LIDC's when the dataset is
+    not registered in this process (a table read from an export of another lab's dataset)."""
+    from ..data.datasets import DEFAULT_DATASET, dataset_of_config, get_dataset
+    try:
+        return get_dataset(dataset_of_config(config)).strata
+    except UsageError:
+        return get_dataset(DEFAULT_DATASET).strata
 
 
 @dataclass
@@ -76,7 +84,7 @@ class Leaderboard:
     rows: list[Row]                # models in rank order, then references
     table: pd.DataFrame            # the CSV: one line per row, numbers unformatted
     per_nodule: pd.DataFrame       # row label x nodule id: Dice averaged over seeds
-    size_counts: dict
+    size_counts: dict              # size-bin label -> test nodules in it
     ranking: str
     n_boot: int
     boot_seed: int
@@ -88,6 +96,7 @@ class Leaderboard:
     metrics: tuple = METRICS       # METRICS plus the EXTRA_METRICS every run of the table has
     boots: dict = field(default_factory=dict)   # row label -> metric -> two-level bootstrap means
     reference_arch: str = ""       # the pre-declared comparator, when it has a row
+    size_keys: dict = field(default_factory=dict)   # size-bin label -> column key, the dataset's order
     #: the tables below the main one (default settings when the main one is tuned; the loss study)
     sections: list = field(default_factory=list)
 
@@ -173,8 +182,10 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
                          .set_index("nodule_id").loc[nodules, col].to_numpy(float) for r in row.runs])
 
     mats = {row.label: {m: matrix(row, m) for m, _, _ in metrics} for row in rows}
-    size_of = _size_bins(rows[0].runs[0].per_nodule, nodules)
-    size_counts = {b: int(sum(s == b for s in size_of)) for b in SIZE_BINS}
+    strata = dataset_strata_of(rows[0].runs[0].config)
+    size_keys = dict(strata.size_bins)
+    size_of = _size_bins(rows[0].runs[0].per_nodule, nodules, strata.size_bin)
+    size_counts = {b: int(sum(s == b for s in size_of)) for b in size_keys}
 
     # one nodule draw for every row of every section (same seed, same nodules: paired across
     # tables too, e.g. tuned minus default); each row's seeds drawn from its own stream
@@ -194,9 +205,9 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
         s["n_empty"], s["n_predictions"] = stats.empty_count(matrix(row, "empty_pred")) if has_empty else \
             (float("nan"), float("nan"))
         dice_nod = mats[row.label]["dice"].mean(axis=0)
-        for b in SIZE_BINS:
+        for b, col in size_keys.items():
             sel = np.array([x == b for x in size_of])
-            s[f"dice_size_{SIZE_KEYS[b]}"] = float(dice_nod[sel].mean()) if sel.any() else float("nan")
+            s[f"dice_size_{col}"] = float(dice_nod[sel].mean()) if sel.any() else float("nan")
         for k in ("params", "macs_per_patch", "latency_ms_median", "train_seconds"):
             vals = [r.metrics[k] for r in row.runs if k in r.metrics]
             s[k] = float(np.mean(vals)) if vals else float("nan")
@@ -247,8 +258,8 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
                 rec[f"{m}_{suffix}"] = s[f"{m}_{suffix}"]
         rec["hd95_mm_median"] = s["hd95_mm_median"]
         rec["n_empty"], rec["n_predictions"] = s["n_empty"], s["n_predictions"]
-        for b in SIZE_BINS:
-            rec[f"dice_size_{SIZE_KEYS[b]}"] = s[f"dice_size_{SIZE_KEYS[b]}"]
+        for col in size_keys.values():
+            rec[f"dice_size_{col}"] = s[f"dice_size_{col}"]
         for k in ("params", "macs_per_patch", "latency_ms_median", "train_seconds"):
             rec[k] = s[k]
         rec["mean_nodule_rank"] = s.get("mean_nodule_rank", float("nan"))
@@ -266,7 +277,7 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
     return Leaderboard(key, ordered, pd.DataFrame.from_records(records), per_nodule, size_counts, ranking,
                        n_boot, boot_seed, devices=devices,
                        n_unscored=max(x.n_gt_empty for r in ordered for x in r.runs), section=section,
-                       metrics=metrics, boots=boots, reference_arch=reference_arch)
+                       metrics=metrics, boots=boots, reference_arch=reference_arch, size_keys=size_keys)
 
 
 def add_tuning_gain(default: Leaderboard, tuned: Leaderboard) -> None:
@@ -304,12 +315,12 @@ def add_loss_tests(loss: Leaderboard, comparator: str = "dice_bce") -> None:
     loss.table["p_vs_dice_bce_holm"] = [r.stats.get("p_vs_comparator_holm", float("nan")) for r in loss.rows]
 
 
-def _size_bins(df: pd.DataFrame, nodules: list[str]) -> list[str]:
+def _size_bins(df: pd.DataFrame, nodules: list[str], size_bin) -> list[str]:
+    """Each nodule's size-bin label: the per-nodule CSV's, else ``size_bin(diameter_mm)``."""
     d = df.assign(nodule_id=df["nodule_id"].astype(str)).set_index("nodule_id")
     if "size_bin" in d.columns:
         return [str(v) for v in d.loc[nodules, "size_bin"]]
     if "diameter_mm" in d.columns:
-        from ..metrics import size_bin   # imports MONAI (seconds): only when the CSV lacks size_bin
         return [size_bin(float(v)) for v in d.loc[nodules, "diameter_mm"]]
     return [""] * len(nodules)
 
