@@ -16,7 +16,8 @@ does, in this order, skipping whatever the tracking store and the Optuna journal
      preset's epoch budget and is evaluated on the test split;
   3. **defaults**: the same architectures at the preset's default settings for ``defaults.seeds``
      seeds (``bench suite`` cells, with the reference runs): the leaderboard's second section and
-     the baseline of each architecture's gain from tuning;
+     the baseline of each architecture's gain from tuning. Run in this process, each
+     architecture's default runs follow its final runs (the references come with the first);
   4. **loss study**: on each of ``loss_study.archs`` (``best`` = the tuned architecture with the
      highest best-trial validation Dice; the test split plays no part in that choice; when the
      best is an architecture already listed, the runner-up takes its place; with
@@ -395,7 +396,8 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
             finals += _final_cells(lp, st)
         out.suites.append(("final", run_cells(finals, "final", experiment, show_progress, executor=executor)))
     else:
-        for arch in s.architectures:
+        defaults = default_cells(lp)
+        for i, arch in enumerate(s.architectures):
             st = study_state(lp, arch, storage)
             if st.finished < st.n_trials:
                 tune_arch(lp, arch, storage, show_progress)
@@ -404,6 +406,13 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
             cells = _final_cells(lp, st)
             if cells:
                 out.suites.append((f"final {arch}", run_cells(cells, f"final [{arch}]", experiment, show_progress)))
+            # the architecture's default-settings runs (and, with the first, the reference runs)
+            # right after its tuned ones: a stopped protocol leaves tuned-vs-default pairs, not
+            # a tuned column waiting a day for its baseline. The defaults stage below skips them.
+            mine = [c for c in defaults if c.arch == arch or (c.reference and i == 0)]
+            if mine:
+                out.suites.append((f"defaults {arch}", run_cells(mine, f"defaults [{arch}]", experiment,
+                                                                 show_progress)))
     cells = default_cells(lp)
     if cells:
         out.suites.append(("defaults", run_cells(cells, f"defaults [{s.preset}]", experiment, show_progress,

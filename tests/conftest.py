@@ -22,7 +22,10 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 try:
     import torch
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # the cores shared among pytest-xdist's workers (pyproject: -n 2): one intra-op thread each
+    # on two cores, rather than two workers each spinning two threads on them
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _workers)))
 except ImportError:  # pragma: no cover
     pass
 

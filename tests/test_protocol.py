@@ -161,8 +161,12 @@ def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypa
     stages = dict(res.suites)
     assert not any(r.failed for r in stages.values()), [r.failed for r in stages.values()]
     assert all(st.finished == 2 and st.best_trial is not None for st in res.studies.values())
-    assert set(stages) == {"final unet3d", "final transfuse_s", "defaults", "loss study"}
+    assert set(stages) == {"final unet3d", "final transfuse_s", "defaults unet3d", "defaults transfuse_s",
+                           "defaults", "loss study"}
     assert all(len(stages[f"final {a}"].ran) == 2 for a in ("unet3d", "transfuse_s"))
+    # each architecture's default runs come right after its tuned ones; the last stage finds them done
+    assert len(stages["defaults unet3d"].ran) == len(stages["defaults transfuse_s"].ran) == 2
+    assert not stages["defaults"].ran and len(stages["defaults"].skipped) == 4
     # loss study: the best arch x 2 losses x 2 seeds, of which the dice_bce cells are the final runs
     assert len(stages["loss study"].ran) == 2 and len(stages["loss study"].skipped) == 2
 
