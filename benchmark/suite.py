@@ -306,7 +306,7 @@ def run_cells(cells: list[Cell], desc: str, experiment: Optional[str] = None, sh
         if dry_run:
             existing[key] = _existing_runs(cl, exp_id, built_data_hash(c.cfg.data))
         else:
-            stores[key] = load_crops(c.cfg.data)
+            stores[key] = load_crops(c.cfg.data, progress=show_progress)
             existing[key] = _existing_runs(cl, exp_id, stores[key].data_hash)
 
     bar = tqdm(total=len(cells), desc=desc, unit="run", disable=not show_progress,

@@ -336,7 +336,7 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
     if dist.main:
         from .tracking import check_reachable, load_settings
         check_reachable(load_settings().tracking_uri)  # bad mlflow.yaml / dead server: before the data build
-    store = load_crops(cfg.data)
+    store = load_crops(cfg.data, progress=show_progress and dist.main)
 
     tracker: Optional[Tracker] = None
     if dist.main:
