@@ -315,110 +315,37 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
                    evaluate_test: bool = True, experiment: Optional[str] = None,
                    show_progress: bool = True, on_run_start: Optional[Callable[[str], None]] = None,
                    discard_checkpoints: bool = False) -> RunResult:
-    """Train (or resume) one run; see the module docstring for the stages.
+    """Train (or resume) one run, then evaluate it; the stages of the module docstring, each a
+    named step below.
 
     ``discard_checkpoints``: delete the run's checkpoints when it ends, however it ends (tuning
     trials: a trial is never resumed and its model never reused).
     """
     from .data import load_crops
 
-    if resume_run_id:
-        # under torchrun only rank 0 owns the MLflow run: the other ranks only read the checkpoint
-        resume_state, cfg = load_resume_state(resume_run_id, check_run=os.environ.get("RANK", "0") == "0")
-    else:
-        resume_state = None
-
-    device_kind = "cuda" if (cfg.train.device != "cpu" and torch.cuda.is_available()) else "cpu"
-    dist = init_distributed(device_kind)
-    device = pick_device(cfg, dist)
-    if resume_state is None:
-        build_model(cfg)  # a bad architecture kwarg fails here, before data or an MLflow run exist
-    if dist.main:
-        from .tracking import check_reachable, load_settings
-        check_reachable(load_settings().tracking_uri)  # bad mlflow.yaml / dead server: before the data build
+    resume_state, cfg = _resume_state(resume_run_id, cfg)
+    dist, device = _prepare(cfg, resume_state)
     store = load_crops(cfg.data, progress=show_progress and dist.main)
-
-    tracker: Optional[Tracker] = None
-    if dist.main:
-        if resume_run_id:
-            tracker = Tracker.resume(resume_run_id)
-            tracker.set_tags({"resumed_from_epoch": resume_state["epoch"]})
-        else:
-            from .cost import count_parameters  # noqa: F401  (fail early if the module is broken)
-            name = cfg.name or f"{cfg.model.arch}-{cfg.loss.name}-{cfg.preset}-s{cfg.train.seed}"
-            tracker = Tracker.start(name, {**data_tags(cfg, store), **(tags or {})},
-                                    experiment=experiment, parent_run_id=parent_run_id)
-            tracker.log_params(cfg.flat())
-            tracker.log_text(cfg.to_yaml(), "config.yaml")
-            tracker.set_tags({"world_size": dist.world})
-            from .tracking import log_split_inputs
-            adapter = get_dataset(cfg.data.dataset)
-            log_split_inputs(tracker, store.table, store.split_hash, adapter.run_name(cfg.data.source),
-                             adapter.split_path())
-        # who runs it now: lets `bench suite` tell a hard-killed run (still RUNNING) from a live one
-        tracker.set_tags(owner_tags())
-        tracker.start_system_metrics()
+    tracker = _open_tracker(cfg, store, dist, resume_run_id, resume_state, tags, experiment, parent_run_id)
     run_id = tracker.run_id if tracker else None
     if on_run_start is not None and run_id:
         on_run_start(run_id)
 
-    stopped_early = False
     status = "FAILED"
     ckpt_dir = None
     try:
         trainer = Trainer(cfg, store, device, dist)
-        start_epoch, history, elapsed = 0, [], 0.0
-        best = {"val_dice": -1.0, "epoch": -1, "bad_epochs": 0}
-        if resume_state is not None:
-            _load_weights(trainer, resume_state, checkpoints_dir(resume_run_id) / "last.pt")
-            start_epoch = resume_state["epoch"]
-            history, elapsed, best = resume_state["history"], resume_state["train_seconds"], resume_state["best"]
+        progress = _restore(trainer, tracker, dist, resume_run_id, resume_state)
         ckpt_dir = checkpoints_dir(run_id) if run_id else None
-        if resume_state is not None and dist.main:
-            _backfill(tracker, history, best)
-        epochs = range(start_epoch, cfg.train.epochs)
-        bar = tqdm(epochs, desc=f"{cfg.model.arch} [{cfg.preset}]", unit="epoch", initial=start_epoch,
-                   total=cfg.train.epochs, disable=not (show_progress and dist.main))
-        for epoch in bar:
-            t0 = time.perf_counter()
-            metrics = trainer.train_epoch(epoch, show_progress and dist.main)
-            if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
-                metrics.update(trainer.validate())
-            metrics["lr"] = trainer.optimizer.param_groups[0]["lr"]
-            metrics["epoch_seconds"] = time.perf_counter() - t0
-            elapsed += metrics["epoch_seconds"]
-            history.append({"epoch": epoch + 1, **metrics})
-            improved = metrics.get("val_dice", -1.0) > best["val_dice"]
-            if improved:
-                best.update(val_dice=metrics["val_dice"], epoch=epoch + 1, bad_epochs=0)
-            elif "val_dice" in metrics:
-                best["bad_epochs"] += 1
-            if dist.main:
-                # checkpoint first, then metrics: a kill in between loses no step, and the resume
-                # back-fills metrics of epochs the checkpoint has but MLflow lacks (no duplicates)
-                state = trainer.state(epoch + 1, best, history, elapsed, run_id)
-                if improved:
-                    save_checkpoint(state, ckpt_dir / "best.pt")
-                save_checkpoint(state, ckpt_dir / "last.pt")
-                _log_epoch(tracker, history[-1], best)
-            bar.set_postfix(val_dice=f"{metrics.get('val_dice', float('nan')):.3f}", best=f"{best['val_dice']:.3f}")
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, metrics)
-            if best["bad_epochs"] >= cfg.train.early_stopping_patience:
-                stopped_early = True
-                break
-        result = RunResult(run_id, best["val_dice"], best["epoch"], len(history), stopped_early)
+        stopped_early = _train_epochs(trainer, cfg, progress, tracker, ckpt_dir, run_id, dist,
+                                      show_progress, on_epoch_end)
+        best = progress.best
+        result = RunResult(run_id, best["val_dice"], best["epoch"], len(progress.history), stopped_early)
         if dist.main:
-            tracker.log_metrics({"train_seconds": elapsed, "epochs_completed": len(history)}, step=len(history))
-            tracker.set_tags({"stopped_early": stopped_early})
-            _log_learning_curve(tracker, history, ckpt_dir)
+            _close_training(tracker, progress, stopped_early, ckpt_dir)
             if evaluate_test:
-                from .evaluate import evaluate_run
-                best_state = load_checkpoint(ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").exists() else None
-                if best_state is not None:
-                    trainer.model.load_state_dict(best_state["model"])
-                result.test_summary = evaluate_run(trainer.model, store, cfg, device, tracker, ckpt_dir, elapsed)
-                _release_finished_checkpoints(tracker, ckpt_dir)
+                result.test_summary = _evaluate_best(trainer, store, cfg, device, tracker, ckpt_dir,
+                                                     progress.elapsed)
         status = "FINISHED"
         return result
     except TrainingError as e:
@@ -444,6 +371,138 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
             import torch.distributed as tdist
             if tdist.is_initialized():
                 tdist.destroy_process_group()
+
+
+@dataclass
+class TrainingProgress:
+    """Where training stands: what a checkpoint restores and every epoch advances."""
+    start_epoch: int = 0
+    history: list = field(default_factory=list)
+    elapsed: float = 0.0           # training seconds so far (resumed runs included)
+    best: dict = field(default_factory=lambda: {"val_dice": -1.0, "epoch": -1, "bad_epochs": 0})
+
+
+def _resume_state(resume_run_id: Optional[str], cfg: RunConfig) -> tuple[Optional[dict], RunConfig]:
+    """The checkpoint and config of the run to resume (None and ``cfg`` for a new run)."""
+    if not resume_run_id:
+        return None, cfg
+    # under torchrun only rank 0 owns the MLflow run: the other ranks only read the checkpoint
+    return load_resume_state(resume_run_id, check_run=os.environ.get("RANK", "0") == "0")
+
+
+def _prepare(cfg: RunConfig, resume_state: Optional[dict]) -> tuple["DistInfo", torch.device]:
+    """Device and process group, and the checks that must fail before data or a run exist."""
+    device_kind = "cuda" if (cfg.train.device != "cpu" and torch.cuda.is_available()) else "cpu"
+    dist = init_distributed(device_kind)
+    device = pick_device(cfg, dist)
+    if resume_state is None:
+        build_model(cfg)  # a bad architecture kwarg fails here, before data or an MLflow run exist
+    if dist.main:
+        from .tracking import check_reachable, load_settings
+        check_reachable(load_settings().tracking_uri)  # bad mlflow.yaml / dead server: before the data build
+    return dist, device
+
+
+def _open_tracker(cfg: RunConfig, store, dist: "DistInfo", resume_run_id: Optional[str],
+                  resume_state: Optional[dict], tags: Optional[dict], experiment: Optional[str],
+                  parent_run_id: Optional[str]) -> Optional[Tracker]:
+    """The run's MLflow run (rank 0 only): resumed, or created with its config, data tags and
+    split inputs; either way tagged with who runs it now."""
+    if not dist.main:
+        return None
+    if resume_run_id:
+        tracker = Tracker.resume(resume_run_id)
+        tracker.set_tags({"resumed_from_epoch": resume_state["epoch"]})
+    else:
+        from .cost import count_parameters  # noqa: F401  (fail early if the module is broken)
+        name = cfg.name or f"{cfg.model.arch}-{cfg.loss.name}-{cfg.preset}-s{cfg.train.seed}"
+        tracker = Tracker.start(name, {**data_tags(cfg, store), **(tags or {})},
+                                experiment=experiment, parent_run_id=parent_run_id)
+        tracker.log_params(cfg.flat())
+        tracker.log_text(cfg.to_yaml(), "config.yaml")
+        tracker.set_tags({"world_size": dist.world})
+        from .tracking import log_split_inputs
+        adapter = get_dataset(cfg.data.dataset)
+        log_split_inputs(tracker, store.table, store.split_hash, adapter.run_name(cfg.data.source),
+                         adapter.split_path())
+    # who runs it now: lets `bench suite` tell a hard-killed run (still RUNNING) from a live one
+    tracker.set_tags(owner_tags())
+    tracker.start_system_metrics()
+    return tracker
+
+
+def _restore(trainer: "Trainer", tracker: Optional[Tracker], dist: "DistInfo", resume_run_id: Optional[str],
+             resume_state: Optional[dict]) -> TrainingProgress:
+    """A fresh start, or the resumed run's weights, optimiser and progress (its metrics that
+    MLflow lacks back-filled, so no step is logged twice)."""
+    if resume_state is None:
+        return TrainingProgress()
+    _load_weights(trainer, resume_state, checkpoints_dir(resume_run_id) / "last.pt")
+    progress = TrainingProgress(resume_state["epoch"], resume_state["history"], resume_state["train_seconds"],
+                                resume_state["best"])
+    if dist.main:
+        _backfill(tracker, progress.history, progress.best)
+    return progress
+
+
+def _train_epochs(trainer: "Trainer", cfg: RunConfig, progress: TrainingProgress, tracker: Optional[Tracker],
+                  ckpt_dir: Optional[Path], run_id: Optional[str], dist: "DistInfo", show_progress: bool,
+                  on_epoch_end: Optional[EpochCallback]) -> bool:
+    """Epochs from ``progress.start_epoch`` on, each checkpointed then logged; True when early
+    stopping ended them."""
+    best, history = progress.best, progress.history
+    epochs = range(progress.start_epoch, cfg.train.epochs)
+    bar = tqdm(epochs, desc=f"{cfg.model.arch} [{cfg.preset}]", unit="epoch", initial=progress.start_epoch,
+               total=cfg.train.epochs, disable=not (show_progress and dist.main))
+    for epoch in bar:
+        t0 = time.perf_counter()
+        metrics = trainer.train_epoch(epoch, show_progress and dist.main)
+        if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
+            metrics.update(trainer.validate())
+        metrics["lr"] = trainer.optimizer.param_groups[0]["lr"]
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        progress.elapsed += metrics["epoch_seconds"]
+        history.append({"epoch": epoch + 1, **metrics})
+        improved = metrics.get("val_dice", -1.0) > best["val_dice"]
+        if improved:
+            best.update(val_dice=metrics["val_dice"], epoch=epoch + 1, bad_epochs=0)
+        elif "val_dice" in metrics:
+            best["bad_epochs"] += 1
+        if dist.main:
+            # checkpoint first, then metrics: a kill in between loses no step, and the resume
+            # back-fills metrics of epochs the checkpoint has but MLflow lacks (no duplicates)
+            state = trainer.state(epoch + 1, best, history, progress.elapsed, run_id)
+            if improved:
+                save_checkpoint(state, ckpt_dir / "best.pt")
+            save_checkpoint(state, ckpt_dir / "last.pt")
+            _log_epoch(tracker, history[-1], best)
+        bar.set_postfix(val_dice=f"{metrics.get('val_dice', float('nan')):.3f}", best=f"{best['val_dice']:.3f}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+        if best["bad_epochs"] >= cfg.train.early_stopping_patience:
+            return True
+    return False
+
+
+def _close_training(tracker: Tracker, progress: TrainingProgress, stopped_early: bool, ckpt_dir: Path) -> None:
+    """What the run logs once training is over: its time, epochs, stop reason, learning curve."""
+    tracker.log_metrics({"train_seconds": progress.elapsed, "epochs_completed": len(progress.history)},
+                        step=len(progress.history))
+    tracker.set_tags({"stopped_early": stopped_early})
+    _log_learning_curve(tracker, progress.history, ckpt_dir)
+
+
+def _evaluate_best(trainer: "Trainer", store, cfg: RunConfig, device, tracker: Tracker, ckpt_dir: Path,
+                   train_seconds: float) -> dict:
+    """The best validation epoch's weights on the test split (``benchmark.evaluate``); then the
+    checkpoints a finished run no longer needs are released."""
+    from .evaluate import evaluate_run
+    best_state = load_checkpoint(ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").exists() else None
+    if best_state is not None:
+        trainer.model.load_state_dict(best_state["model"])
+    summary = evaluate_run(trainer.model, store, cfg, device, tracker, ckpt_dir, train_seconds)
+    _release_finished_checkpoints(tracker, ckpt_dir)
+    return summary
 
 
 def load_resume_state(run_id: str, check_run: bool = True) -> tuple[dict, RunConfig]:
