@@ -19,7 +19,6 @@ import fnmatch
 import functools
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -65,10 +64,11 @@ def _load_sizes(path: Path) -> dict:
 
 
 def _save_sizes(path: Path, sizes: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(sizes, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)   # atomic: a concurrent reader sees the old or the new table
+    # only after measuring, when torch is imported anyway (the checkpoint module imports it);
+    # atomic: a concurrent `bench archs` reads the old table or the new one
+    from .checkpoint import atomic_write_bytes
+    text = json.dumps(sizes, indent=1, sort_keys=True) + "\n"
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
 def registry_rows(preset: str = "cpu", measure: bool = True, pattern: str = "*", latency: bool = False,
