@@ -64,8 +64,20 @@ def predict_center(model, store, rows: np.ndarray, cfg: RunConfig, device, batch
         logits = main_output(model(img.to(device))).float()
         preds.append((torch.sigmoid(logits) > cfg.eval.threshold).cpu().numpy()[:, 0])
         images.append(img.numpy()[:, 0])
-        gts.append(gt.numpy()[:, 0] > 0.5)
+        gts.append(_ground_truth_masks(gt))
     return np.concatenate(preds), np.concatenate(images), np.concatenate(gts)
+
+
+def _ground_truth_masks(gt) -> np.ndarray:
+    """A batch of ground-truth windows (B, 1, Z, Y, X) as the boolean masks that are scored."""
+    return gt.numpy()[:, 0] > 0.5
+
+
+def centre_ground_truth(store, rows: np.ndarray, patch_zyx, batch_size: int = 64) -> np.ndarray:
+    """The ground truth of the centre windows ``predict_center`` predicts on (N, Z, Y, X), without
+    a model: what stored predictions are scored against (``benchmark.rescore``)."""
+    from .data.loader import center_batches
+    return np.concatenate([_ground_truth_masks(gt) for _, _, gt in center_batches(store, rows, batch_size, patch_zyx)])
 
 
 def score(preds: np.ndarray, gts: np.ndarray, store, rows: np.ndarray, cfg: RunConfig) -> pd.DataFrame:

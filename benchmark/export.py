@@ -272,10 +272,8 @@ def import_export(path: Path, experiment: Optional[str] = None, storage: Optiona
     ``import.original_run_id``. A study of the same name holding other trials stops the import
     (``UsageError``) before anything is written.
     """
-    from mlflow.entities import Metric, Param
-
     from .study_export import import_studies
-    from .tracking import client, experiment_id, load_settings
+    from .tracking import client, experiment_id, load_settings, log_batch
     runs = read_export(path)
     studies = import_studies(read_studies(path), storage)
     settings = load_settings()
@@ -296,15 +294,11 @@ def import_export(path: Path, experiment: Optional[str] = None, storage: Optiona
                      "mlflow.runName": run.run_name or run.run_id})
         created = cl.create_run(exp_id, start_time=run.start_time or None, tags=tags, run_name=run.run_name or None)
         new_id = created.info.run_id
-        metrics = [Metric(k, v, run.end_time or run.start_time or 0, step)
-                   for k, points in run.history.items() for step, v in points]
-        covered = set(run.history)
-        metrics += [Metric(k, v, run.end_time or 0, 0) for k, v in run.metrics.items() if k not in covered]
-        params = [Param(k, str(v)) for k, v in run.params.items()]
-        for i in range(0, len(params), 100):          # MLflow's batch limits: 100 params, 1000 metrics
-            cl.log_batch(new_id, params=params[i:i + 100])
-        for i in range(0, len(metrics), 1000):
-            cl.log_batch(new_id, metrics=metrics[i:i + 1000])
+        log_batch(cl, new_id, params=run.params, history=run.history,
+                  timestamp_ms=run.end_time or run.start_time or 0)
+        # final values with no history (logged once, without a step)
+        log_batch(cl, new_id, metrics={k: v for k, v in run.metrics.items() if k not in run.history},
+                  timestamp_ms=run.end_time or 0)
         with tempfile.TemporaryDirectory() as tmp:
             if run.config:
                 p = Path(tmp) / "config.yaml"

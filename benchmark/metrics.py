@@ -25,6 +25,12 @@ instead, and ``empty_pred`` is True so the case is counted:
 An empty ground truth cannot be scored and raises :class:`DataError` (the data build never
 produces one).
 
+The metric specification (``METRIC_SPECS``, one :class:`MetricSpec` per metric) is the one place
+that says what each metric is called, which way is better, how it is printed and whether it is a
+leaderboard column: the per-nodule table, its aggregates and the leaderboard's columns all follow
+it. Adding a leaderboard column is one line there plus ``bench rescore`` for runs made before it
+(their stored predictions are scored again, nothing is retrained).
+
 ``aggregate(df, strata)`` summarises a per-nodule table (one row per nodule, the columns above
 plus ``size_bin`` and ``texture``) into a flat, MLflow-safe dict, grouped by the dataset's strata
 (its adapter's size bins and texture classes; LIDC's by default).
@@ -34,26 +40,85 @@ from __future__ import annotations
 import math
 import warnings
 from contextlib import contextmanager
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
-import torch
-from monai.metrics import (
-    compute_average_surface_distance,
-    compute_confusion_matrix_metric,
-    compute_dice,
-    compute_hausdorff_distance,
-    compute_iou,
-    compute_surface_dice,
-    get_confusion_matrix,
-)
 
 from .errors import DataError
 
-__all__ = ["METRICS", "SIZE_BINS", "TEXTURES", "nodule_metrics", "empty_penalty_mm", "size_bin", "aggregate"]
+__all__ = ["MetricSpec", "METRIC_SPECS", "METRICS", "leaderboard_metrics", "leaderboard_columns",
+           "truth_columns", "metric_spec", "SIZE_BINS", "TEXTURES", "nodule_metrics", "empty_penalty_mm", "size_bin", "aggregate"]
 
-#: per-nodule metrics that ``aggregate`` summarises
-METRICS = ("dice", "iou", "hd95_mm", "assd_mm", "nsd", "sensitivity", "precision", "rve")
+@dataclass(frozen=True)
+class MetricSpec:
+    """What one per-nodule metric is and how the leaderboard shows it.
+
+    ``key``: its column in ``per_nodule.csv`` and the stem of its aggregates (``{key}_mean``).
+    ``name`` and ``unit`` make the column heading ("HD95 (mm)"); ``{tol}`` in a name is replaced by
+    the table's NSD tolerance. ``leaderboard``: its position among a table's metric columns (None:
+    not a column; every scored run must have the columns that are). ``median``: the table also
+    shows the mean over seeds of each seed's median (for metrics a few penalties dominate).
+    ``loss_study``: a column of the loss study's table too. ``vs_truth``: the table also shows the
+    metric against the phantom's true shape (``{key}_vs_truth``) when every run of it has one.
+    """
+    key: str
+    name: str
+    higher_is_better: Optional[bool]   # None: signed, best at zero (RVE)
+    digits: int
+    unit: str = ""
+    leaderboard: Optional[int] = None
+    median: bool = False
+    loss_study: bool = False
+    vs_truth: bool = False
+
+    def heading(self, tol_mm: float = 1.0, *, what: str = "") -> str:
+        """The column heading, e.g. ``HD95 (mm)``, ``HD95 median (mm)`` (what="median"),
+        ``NSD@1mm``, ``Dice vs truth`` (what="vs truth")."""
+        name = self.name.replace("{tol}", f"{tol_mm:g}") + (f" {what}" if what else "")
+        return f"{name} ({self.unit})" if self.unit else name
+
+    def column(self, *, vs_truth: bool = False) -> str:
+        return self.key + ("_vs_truth" if vs_truth else "")
+
+
+#: every per-nodule metric, in the order of the per-nodule table and the aggregates
+METRIC_SPECS = (
+    MetricSpec("dice", "Dice", True, 3, leaderboard=0, loss_study=True, vs_truth=True),
+    MetricSpec("iou", "IoU", True, 3),
+    MetricSpec("hd95_mm", "HD95", False, 2, unit="mm", leaderboard=2, median=True, loss_study=True),
+    MetricSpec("assd_mm", "ASSD", False, 2, unit="mm"),
+    MetricSpec("nsd", "NSD@{tol}mm", True, 3, leaderboard=1),
+    MetricSpec("sensitivity", "Sensitivity", True, 3),
+    MetricSpec("precision", "Precision", True, 3),
+    MetricSpec("rve", "RVE", None, 3),
+)
+#: per-nodule metrics that ``nodule_metrics`` returns and ``aggregate`` summarises
+METRICS = tuple(s.key for s in METRIC_SPECS)
+
+
+def leaderboard_metrics() -> tuple[MetricSpec, ...]:
+    """The leaderboard's metric columns, in table order (read from ``METRIC_SPECS`` when called)."""
+    return tuple(sorted((s for s in METRIC_SPECS if s.leaderboard is not None), key=lambda s: s.leaderboard))
+
+
+def leaderboard_columns() -> tuple[str, ...]:
+    """The per-nodule columns every leaderboard table reports, so every scored run must have them."""
+    return tuple(s.key for s in leaderboard_metrics())
+
+
+def truth_columns() -> tuple[str, ...]:
+    """The ``*_vs_truth`` columns a table shows when every run of it has them (phantom data)."""
+    return tuple(s.column(vs_truth=True) for s in leaderboard_metrics() if s.vs_truth)
+
+
+def metric_spec(column: str) -> MetricSpec:
+    """The specification behind a per-nodule column: a metric key, or ``<key>_vs_truth``."""
+    for s in METRIC_SPECS:
+        if column in (s.key, s.column(vs_truth=True)):
+            return s
+    raise ValueError(f"unknown metric column {column!r}; expected one of {', '.join(METRICS)} "
+                     "(or one of them followed by _vs_truth)")
 
 
 @contextmanager
@@ -131,6 +196,12 @@ def nodule_metrics(pred, gt, spacing_mm, nsd_tolerance_mm: float = 1.0, *, nodul
         penalty = empty_penalty_mm(gt.shape, spacing)
         out.update(dice=0.0, iou=0.0, nsd=0.0, sensitivity=0.0, precision=0.0, hd95_mm=penalty, assd_mm=penalty)
         return _ordered(out)
+
+    # imported here: the specification above is read by the leaderboard, which needs no torch
+    import torch
+    from monai.metrics import (compute_average_surface_distance, compute_confusion_matrix_metric, compute_dice,
+                               compute_hausdorff_distance, compute_iou, compute_surface_dice,
+                               get_confusion_matrix)
 
     # MONAI wants one-hot (B, C, Z, Y, X); the single foreground channel is "class 0" here,
     # hence include_background=True everywhere.

@@ -124,16 +124,13 @@ def _download_checkpoint(run_id: str) -> Path:
 
 
 def _from_mlflow_model(uri: str) -> Predictor:
-    import mlflow.pytorch
-    from mlflow.models import get_model_info
-    from .tracking import client
+    from .tracking import client, load_pytorch_model
     if not re.match(r"^(runs|models):/", uri):
         raise UsageError(f"--model takes an MLflow model URI (models:/<model_id> or models:/<name>/<version>), "
                          f"got {uri!r}")
     client()  # the configured tracking URI, checked
     try:
-        meta = get_model_info(uri).metadata or {}
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+        model, meta = load_pytorch_model(uri)
     except Exception as e:  # noqa: BLE001
         raise UsageError(f"cannot load MLflow model {uri} ({type(e).__name__}: {str(e)[:160]})") from None
     need = ("spacing_mm", "crop_zyx", "patch_zyx", "hu_window", "threshold")

@@ -388,6 +388,7 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
     lp = load_protocol(path)
     s = lp.spec
     out = ProtocolResult()
+    defaults = default_cells(lp)
     if executor is not None:
         _tune_on_cluster(lp, storage, executor)
         finals = []
@@ -396,7 +397,6 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
             finals += _final_cells(lp, st)
         out.suites.append(("final", run_cells(finals, "final", experiment, show_progress, executor=executor)))
     else:
-        defaults = default_cells(lp)
         for i, arch in enumerate(s.architectures):
             st = study_state(lp, arch, storage)
             if st.finished < st.n_trials:
@@ -408,14 +408,14 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
                 out.suites.append((f"final {arch}", run_cells(cells, f"final [{arch}]", experiment, show_progress)))
             # the architecture's default-settings runs (and, with the first, the reference runs)
             # right after its tuned ones: a stopped protocol leaves tuned-vs-default pairs, not
-            # a tuned column waiting a day for its baseline. The defaults stage below skips them.
+            # a tuned column waiting a day for its baseline. The defaults stage below finds them
+            # done and trains only what is left (every default cell on the cluster path).
             mine = [c for c in defaults if c.arch == arch or (c.reference and i == 0)]
             if mine:
                 out.suites.append((f"defaults {arch}", run_cells(mine, f"defaults [{arch}]", experiment,
                                                                  show_progress)))
-    cells = default_cells(lp)
-    if cells:
-        out.suites.append(("defaults", run_cells(cells, f"defaults [{s.preset}]", experiment, show_progress,
+    if defaults:
+        out.suites.append(("defaults", run_cells(defaults, f"defaults [{s.preset}]", experiment, show_progress,
                                                  executor=executor)))
     archs = loss_study_archs(lp, out.studies)
     if archs is None:

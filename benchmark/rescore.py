@@ -30,7 +30,8 @@ def rescore_run(run_id: str) -> tuple[pd.DataFrame, dict, dict]:
     """(per-nodule table, aggregates flattened as the run logs them, the run's logged metrics)."""
     from .config import validate_config
     from .data import load_crops
-    from .evaluate import PREDICTIONS_FILE, dataset_strata, flat_metrics, load_predictions, score, summarize
+    from .evaluate import (PREDICTIONS_FILE, centre_ground_truth, dataset_strata, flat_metrics, load_predictions,
+                           score, summarize)
     from .tracking import client
     run_id = validate_run_id(run_id, "bench rescore")
     cl = client()
@@ -59,16 +60,10 @@ def rescore_run(run_id: str) -> tuple[pd.DataFrame, dict, dict]:
         raise DataError(f"run {run_id}'s predictions cover {len(ids)} nodules, the test split here {len(rows)}"
                         + (f" (unknown: {missing[:3]})" if missing else ""))
     rows = rows[[position[n] for n in ids]]
-    gts = _centre_ground_truth(store, rows, cfg.data.patch_zyx)
+    gts = centre_ground_truth(store, rows, cfg.data.patch_zyx)
     df = score(preds, gts, store, rows, cfg)
     flat = flat_metrics(summarize(df, dataset_strata(cfg)))
     return df, flat, dict(run.data.metrics)
-
-
-def _centre_ground_truth(store, rows: np.ndarray, patch_zyx) -> np.ndarray:
-    """The ground truth of the centre windows the predictions were made on (as at evaluation)."""
-    from .data.loader import center_batches
-    return np.concatenate([gt.numpy()[:, 0] > 0.5 for _, _, gt in center_batches(store, rows, 64, patch_zyx)])
 
 
 def register(sub) -> None:

@@ -362,6 +362,29 @@ def logged_metric_steps(cl, run) -> set[tuple[str, int]]:
     return out
 
 
+def log_batch(cl, run_id: str, *, tags: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+              metrics: dict[str, float] | None = None, step: int = 0, timestamp_ms: int | None = None,
+              history: dict[str, list[tuple[int, float]]] | None = None) -> None:
+    """Write tags, params and metrics to a run in as few requests as MLflow's batch limits allow
+    (100 params, 1000 metrics per request), for code that writes to runs it does not hold open as
+    a ``Tracker`` (Optuna callbacks, imports). ``metrics`` are logged at ``step``; ``history``
+    gives whole metric histories as (step, value) lists. Times default to now."""
+    import time
+
+    from mlflow.entities import Metric, Param, RunTag
+    ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
+    tag_list = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+    param_list = [Param(k, str(v)) for k, v in (params or {}).items()]
+    metric_list = [Metric(k, float(v), ts, int(step)) for k, v in (metrics or {}).items()]
+    metric_list += [Metric(k, float(v), ts, int(s)) for k, points in (history or {}).items() for s, v in points]
+    if tag_list:
+        cl.log_batch(run_id, tags=tag_list)
+    for i in range(0, len(param_list), 100):
+        cl.log_batch(run_id, params=param_list[i:i + 100])
+    for i in range(0, len(metric_list), 1000):
+        cl.log_batch(run_id, metrics=metric_list[i:i + 1000])
+
+
 def buffered_files_dir(run_id: str) -> Path:
     """Copies of the files a run logged while its server was away (``bench sync`` uploads them)."""
     return offline_dir() / f"{run_id}.files"
@@ -645,6 +668,15 @@ def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict |
     uri = f"models:/{model_id}" if model_id else info.model_uri
     tracker.set_tags({"model_uri": uri, "model_id": model_id or ""})
     return uri
+
+
+def load_pytorch_model(uri: str):
+    """The PyTorch model behind an MLflow model URI, on the CPU, and its metadata dict.
+    Unpickles the module (see ``log_pytorch_model``): only for models you trust."""
+    import mlflow.pytorch
+    from mlflow.models import get_model_info
+    meta = get_model_info(uri).metadata or {}
+    return mlflow.pytorch.load_model(uri, map_location="cpu"), meta
 
 
 def _version(pkg: str) -> str:

@@ -216,26 +216,21 @@ class MlflowTrialTracker:
         self.parent_run_id = parent_run_id
 
     def __call__(self, study, trial):
-        from mlflow.entities import Metric, RunTag
-        import time
+        from .tracking import log_batch
         run_id = trial.user_attrs.get("mlflow_run_id")
         state = trial.state.name
         if run_id:
-            tags = [RunTag("optuna.state", state), RunTag("optuna.trial", str(trial.number))]
-            self.client.log_batch(run_id, tags=tags)
+            log_batch(self.client, run_id, tags={"optuna.state": state, "optuna.trial": trial.number})
             if state == "FAIL":
                 with contextlib.suppress(Exception):
                     self.client.set_terminated(run_id, "FAILED")
-        ts = int(time.time() * 1000)
-        metrics = []
+        metrics = {}
         if trial.value is not None:
-            metrics.append(Metric("trial_value", float(trial.value), ts, trial.number))
-        try:
-            metrics.append(Metric("best_value", float(study.best_value), ts, trial.number))
-        except ValueError:
-            pass
+            metrics["trial_value"] = trial.value
+        with contextlib.suppress(ValueError):    # no completed trial yet
+            metrics["best_value"] = study.best_value
         if metrics:
-            self.client.log_batch(self.parent_run_id, metrics=metrics)
+            log_batch(self.client, self.parent_run_id, metrics=metrics, step=trial.number)
 
 
 def ensure_parent_run(study, meta: dict[str, str], storage_label: Optional[str] = None) -> str:

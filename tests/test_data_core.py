@@ -42,6 +42,20 @@ def test_index_counts_and_columns(index):
     assert set(index["size_bin"]) <= set(ix.SIZE_BINS)
 
 
+def test_size_bins_come_from_one_table():
+    """The index's labels, their edges and the aggregates' keys are one table (index.SIZE_BIN_TABLE);
+    the LIDC adapter's strata and the metrics module read it, and a diameter that is not a number
+    is refused rather than binned."""
+    from benchmark.data.datasets import get_dataset
+    from benchmark.metrics import SIZE_BINS as metric_bins
+    assert [ix.size_bin(d) for d in (0.0, 5.99, 6.0, 9.99, 10.0, 19.99, 20.0, 60.0)] == \
+        ["<6", "<6", "6-10", "6-10", "10-20", "10-20", ">=20", ">=20"]
+    assert get_dataset("lidc").strata.size_bins == ix.SIZE_BINS == metric_bins
+    assert list(ix.SIZE_BINS.values()) == ["lt6", "6-10", "10-20", "ge20"]
+    with pytest.raises(ValueError, match="finite number of mm"):
+        ix.size_bin(float("nan"))
+
+
 def test_split_is_patient_disjoint_and_matches_committed_file(index):
     split = sp.load_split()
     pats = {s: set(split["patients"][s]) for s in sp.SPLITS}

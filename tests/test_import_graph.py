@@ -102,3 +102,21 @@ def test_graph_reads_lazy_imports():
 def test_no_import_cycles():
     cycles = find_cycles(import_graph())
     assert cycles == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def _external_imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_only_the_tracking_module_imports_mlflow():
+    """Every MLflow call goes through ``benchmark.tracking`` (its docstring's promise): no other
+    module of the engine imports mlflow, lazily or not."""
+    importers = sorted(str(p.relative_to(ROOT)) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
+                       if "mlflow" in _external_imports(p))
+    assert importers == ["benchmark/tracking.py"]

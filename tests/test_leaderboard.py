@@ -534,3 +534,49 @@ def test_export_keeps_the_studies_behind_tuned_rows(store_home, bench_home, tmp_
     for suffix in (".md", ".csv", ".html"):
         name = f"lidc-phantom-smoke{suffix}"
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), suffix
+
+
+def test_a_metric_the_specification_marks_as_a_column_reaches_every_table(monkeypatch):
+    """Adding a leaderboard column is one entry in ``benchmark.metrics.METRIC_SPECS``: ASSD made a
+    column (with a median, and in the loss study) shows up in the main and loss tables and the CSV
+    with its heading, digits, interval and median, and a run without the column is refused."""
+    import dataclasses
+
+    import benchmark.metrics as metrics
+    from benchmark.leaderboard import build_sections, render_csv, table_cells, table_key
+    from benchmark.leaderboard.collect import _record
+    specs = [dataclasses.replace(s, leaderboard=3, median=True, loss_study=True) if s.key == "assd_mm" else s
+             for s in metrics.METRIC_SPECS]
+    monkeypatch.setattr(metrics, "METRIC_SPECS", tuple(specs))
+    g = np.random.default_rng(3)
+    base = g.uniform(0.4, 0.6, 12)
+    runs = []
+    for s in range(2):
+        for rec in (_synthetic_record(f"t{s}", "unet3d", "dice_bce", s, base + 0.1, part="final"),
+                    _synthetic_record(f"l{s}", "unet3d", "dice", s, base, part="loss")):
+            rec.per_nodule["assd_mm"] = 1.25 + s       # seed 0: 1.25 mm everywhere, seed 1: 2.25 mm
+            runs.append(rec)
+    lb = build_sections(table_key(runs[0]), runs, n_boot=100)
+    header, body = table_cells(lb)
+    col = header.index("ASSD (mm)")
+    assert header[col + 1] == "ASSD median (mm)" and header[col - 1] == "HD95 median (mm)"
+    assert str(body[0][col]).startswith("1.75 ± 0.71 [") and str(body[0][col + 1]) == "1.75"
+    loss_header, loss_body = table_cells(lb.sections[0])
+    assert "ASSD (mm)" in loss_header and "ASSD median (mm)" in loss_header
+    csv_header = render_csv(lb).splitlines()[0].split(",")
+    assert {"assd_mm_mean", "assd_mm_ci_low", "assd_mm_median"} <= set(csv_header)
+    # a run logged before the column existed is left out with a warning (bench rescore adds it)
+    warnings = []
+    df = runs[0].per_nodule.drop(columns=["assd_mm"])
+    assert _record("old", runs[0].tags, runs[0].metrics, 0, lambda: df, lambda: {}, warnings.append) is None
+    assert "lacks assd_mm" in warnings[0]
+
+
+def test_metric_specification_names_every_metric_once():
+    from benchmark.metrics import METRIC_SPECS, METRICS, leaderboard_columns, metric_spec, truth_columns
+    assert len(set(METRICS)) == len(METRICS) == len(METRIC_SPECS)
+    assert leaderboard_columns() == ("dice", "nsd", "hd95_mm") and truth_columns() == ("dice_vs_truth",)
+    assert metric_spec("dice_vs_truth").heading(what="vs truth") == "Dice vs truth"
+    assert metric_spec("nsd").heading(2.0) == "NSD@2mm"
+    with pytest.raises(ValueError, match="unknown metric column 'dsc'"):
+        metric_spec("dsc")

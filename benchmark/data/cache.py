@@ -348,24 +348,40 @@ def build_cache(source: str = "phantom", gt: str = "staple", spacing_mm: float =
     return target
 
 
+def cache_candidates(source, gt, spacing_mm, crop_zyx, seed, nodule_ids=None,
+                     dataset: str = DEFAULT_DATASET) -> list[tuple[Path, dict, Optional[list[int]]]]:
+    """Where a cache holding ``nodule_ids`` (all if None) can be, in the order ``ensure_cache``
+    looks: the full cache first (it serves any subset), then the subset's own cache. Each entry is
+    (folder, the manifest it must have, the rows of ``nodule_ids`` in it; None: all of it)."""
+    crop_zyx = tuple(crop_zyx)
+    adapter = get_dataset(dataset)
+    index = adapter.load_index()
+    index_sha = adapter.index_hash()
+    full_ids = list(index["nodule_id"])
+    full = (cache_dir(source, gt, spacing_mm, crop_zyx, seed, None, dataset),
+            expected_manifest(source, gt, spacing_mm, crop_zyx, seed, full_ids, index_sha, dataset), None)
+    if nodule_ids is None:
+        return [full]
+    ids = list(dict.fromkeys(nodule_ids))
+    pos = {n: i for i, n in enumerate(full_ids)}
+    subset = (cache_dir(source, gt, spacing_mm, crop_zyx, seed, ids, dataset),
+              expected_manifest(source, gt, spacing_mm, crop_zyx, seed, ids, index_sha, dataset), None)
+    return [full[:2] + ([pos[n] for n in ids],), subset]
+
+
 def ensure_cache(source, gt, spacing_mm, crop_zyx, seed, nodule_ids=None, workers=2,
                  progress=True, dataset: str = DEFAULT_DATASET) -> tuple[Path, Optional[list[int]]]:
     """A valid cache holding ``nodule_ids`` (all if None) and the rows to take from it.
 
     A subset is served from a valid full cache when there is one; otherwise only the
-    subset is built.
+    subset is built (``cache_candidates`` is the order of that lookup).
     """
     crop_zyx = tuple(crop_zyx)
-    adapter = get_dataset(dataset)
     if nodule_ids is not None:
         ids = list(dict.fromkeys(nodule_ids))
-        full = cache_dir(source, gt, spacing_mm, crop_zyx, seed, None, dataset)
-        index = adapter.load_index()
-        exp_full = expected_manifest(source, gt, spacing_mm, crop_zyx, seed, list(index["nodule_id"]),
-                                     adapter.index_hash(), dataset)
+        full, exp_full, rows = cache_candidates(source, gt, spacing_mm, crop_zyx, seed, ids, dataset)[0]
         if validate_cache(full, exp_full)[0]:
-            pos = {n: i for i, n in enumerate(index["nodule_id"])}
-            return full, [pos[n] for n in ids]
+            return full, rows
         damage = corruption(full, exp_full)
         if damage:
             # Building the subset instead would run silently on crops of another content hash

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -43,11 +44,15 @@ from . import pylidc_adapter as pla
 from .pool import worker_pool
 
 __all__ = ["INDEX_PATH", "COLUMNS", "build_index", "write_index", "load_index", "index_hash",
-           "texture_class", "size_bin", "SIZE_BINS", "TEXTURE_CLASSES", "nodule_rows_for_scan"]
+           "texture_class", "size_bin", "SIZE_BINS", "SIZE_BIN_TABLE", "TEXTURE_CLASSES", "nodule_rows_for_scan"]
 
 INDEX_PATH = PROJECT_ROOT / "datasets" / "lidc" / "nodules.csv"
 
-SIZE_BINS = ("<6", "6-10", "10-20", ">=20")
+#: LIDC's diameter bins, the one table of them: (label in the index, lower edge in mm, the
+#: MLflow-safe key of its aggregates and leaderboard columns), smallest first
+SIZE_BIN_TABLE = (("<6", 0.0, "lt6"), ("6-10", 6.0, "6-10"), ("10-20", 10.0, "10-20"), (">=20", 20.0, "ge20"))
+#: size-bin label -> key, in order (iterating gives the labels)
+SIZE_BINS = {label: key for label, _, key in SIZE_BIN_TABLE}
 TEXTURE_CLASSES = ("ground_glass", "part_solid", "solid")
 
 COLUMNS = (
@@ -81,13 +86,13 @@ def texture_class(texture_median: float) -> str:
 
 def size_bin(diameter_mm: float) -> str:
     """The diameter bin label ('<6', '6-10', '10-20', '>=20') of a nodule diameter in mm."""
-    if diameter_mm < 6:
-        return "<6"
-    if diameter_mm < 10:
-        return "6-10"
-    if diameter_mm < 20:
-        return "10-20"
-    return ">=20"
+    if not math.isfinite(diameter_mm) or diameter_mm < 0:
+        raise ValueError(f"a nodule diameter must be a finite number of mm >= 0, got {diameter_mm!r}")
+    label = SIZE_BIN_TABLE[0][0]
+    for name, lower_mm, _ in SIZE_BIN_TABLE:
+        if diameter_mm >= lower_mm:
+            label = name
+    return label
 
 
 def _quirk(masks: np.ndarray) -> str:

@@ -21,10 +21,8 @@ import numpy as np
 from .adapter import DatasetAdapter, Strata
 from .ground_truth import GROUND_TRUTHS
 
-__all__ = ["LidcDataset", "LIDC", "SIZE_KEYS"]
+__all__ = ["LidcDataset", "LIDC"]
 
-#: each diameter bin of the index (``index.SIZE_BINS``) with the MLflow-safe key of its aggregates
-SIZE_KEYS = {"<6": "lt6", "6-10": "6-10", "10-20": "10-20", ">=20": "ge20"}
 #: modules whose source shapes the pixels, per source (editing them invalidates that source's caches)
 _CODE_FILES = {"phantom": ("geometry.py", "ground_truth.py", "phantom.py", "true_shape.py"),
                "dicom": ("geometry.py", "ground_truth.py", "dicom_source.py", "true_shape.py")}
@@ -42,7 +40,7 @@ class LidcDataset(DatasetAdapter):
         # imported here: the index module loads pandas, and configs ask this adapter for its
         # sources long before anything needs the strata
         from .index import SIZE_BINS, TEXTURE_CLASSES, size_bin
-        return Strata(size_bins={b: SIZE_KEYS[b] for b in SIZE_BINS}, textures=TEXTURE_CLASSES, size_bin=size_bin)
+        return Strata(size_bins=dict(SIZE_BINS), textures=TEXTURE_CLASSES, size_bin=size_bin)
 
     # The module-level functions of index and split are called without paths, so they read
     # their own INDEX_PATH / SPLIT_PATH at call time, exactly as before the adapter existed.

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, UsageError
-from .cache import cache_dir, ensure_cache, expected_manifest, validate_cache
+from .cache import cache_candidates, ensure_cache, validate_cache
 from .datasets import DEFAULT_DATASET, get_dataset
 from .split import SPLITS, load_split, split_hash
 
@@ -186,20 +186,11 @@ def built_data_hash(data_cfg) -> Optional[str]:
     """The content hash ``load_crops(data_cfg)`` would give, if its cache is already built (the
     full cache or this subset's); None otherwise. Builds nothing and reads only manifests, so a
     status command can ask which runs exist on these data without building a crop cache."""
-    crop_zyx = tuple(data_cfg.crop_zyx)
     adapter = get_dataset(data_cfg.dataset)
-    index = adapter.load_index()
-    full_ids = list(index["nodule_id"])
-    wanted = [None]
-    if data_cfg.max_nodules:
-        wanted.append(select_nodules(index, adapter.load_split(), dict(data_cfg.max_nodules)))
-    index_sha = adapter.index_hash()
-    for ids in wanted:
-        listed = full_ids if ids is None else list(dict.fromkeys(ids))
-        path = cache_dir(data_cfg.source, data_cfg.ground_truth, data_cfg.spacing_mm, crop_zyx,
-                         data_cfg.phantom_seed, ids, adapter.name)
-        expected = expected_manifest(data_cfg.source, data_cfg.ground_truth, data_cfg.spacing_mm, crop_zyx,
-                                     data_cfg.phantom_seed, listed, index_sha, adapter.name)
+    ids = select_nodules(adapter.load_index(), adapter.load_split(), dict(data_cfg.max_nodules)) \
+        if data_cfg.max_nodules else None
+    for path, expected, _ in cache_candidates(data_cfg.source, data_cfg.ground_truth, data_cfg.spacing_mm,
+                                              data_cfg.crop_zyx, data_cfg.phantom_seed, ids, adapter.name):
         if validate_cache(path, expected, check_hashes=False)[0]:
             return json.loads((path / "manifest.json").read_text()).get("data_hash")
     return None

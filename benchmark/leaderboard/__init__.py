@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from ..stats import holm  # noqa: F401 - part of this package's interface (tests, scripts)
 from .cli import Generated, generate, register, register_top_model, write_leaderboard
-from .collect import (EXTRA_METRICS, METRICS, REFERENCE_ARCHS, RunRecord, TableKey, collect_runs, group_runs,
+from .collect import (REFERENCE_ARCHS, RunRecord, TableKey, collect_runs, group_runs,
                       records_from_export, table_key)
 from .plots import make_plots, pareto_front
 from .render import SECTION_TITLES, render_csv, render_html, render_markdown, table_cells, title
@@ -33,4 +33,4 @@ __all__ = ["RunRecord", "TableKey", "Row", "Leaderboard", "collect_runs", "recor
            "table_key", "make_rows", "build_leaderboard", "build_sections", "add_tuning_gain", "add_loss_tests",
            "render_markdown", "render_csv", "render_html", "table_cells", "title", "make_plots", "pareto_front",
            "write_leaderboard", "generate", "register_top_model", "Generated", "holm", "register",
-           "REFERENCE_ARCHS", "METRICS", "EXTRA_METRICS", "RANKINGS", "SECTION_TITLES"]
+           "REFERENCE_ARCHS", "RANKINGS", "SECTION_TITLES"]

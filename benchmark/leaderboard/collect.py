@@ -26,13 +26,10 @@ import pandas as pd
 import yaml
 
 from ..errors import TrackingError, UsageError
+from ..metrics import leaderboard_columns
 
 #: arch tag of reference runs -> what they are (the ``reference`` tag value)
 REFERENCE_ARCHS = {"inter_reader": "human", "threshold_baseline": "baseline", "phantom_ceiling": "phantom"}
-#: the per-nodule metrics a leaderboard reports: (CSV column, display name, higher is better)
-METRICS = (("dice", "Dice", True), ("nsd", "NSD", True), ("hd95_mm", "HD95 (mm)", False))
-#: per-nodule columns shown when every run of a table has them: (CSV column, display, higher is better)
-EXTRA_METRICS: list[tuple[str, str, bool]] = [("dice_vs_truth", "Dice vs truth", True)]
 #: tags every scored run carries (see ``benchmark.train.data_tags``)
 REQUIRED_TAGS = ("arch", "loss", "preset", "data.source", "data.ground_truth", "data.split_hash",
                  "data.content_hash")
@@ -179,7 +176,8 @@ def _record(rid: str, tags: dict, metrics: dict, end_time: int, read_csv, read_c
         warn(f"run {rid} ({tags['arch']}) has test metrics but no readable evaluation/per_nodule.csv "
              f"({type(e).__name__}); left out")
         return None
-    missing = [c for c in ("nodule_id", *[m for m, _, _ in METRICS]) if c not in df.columns]
+    required = leaderboard_columns()    # the columns METRIC_SPECS makes leaderboard columns
+    missing = [c for c in ("nodule_id", *required) if c not in df.columns]
     n_gt_empty = 0
     if not missing and "gt_empty" in df.columns:
         # nodules without ground truth at this spacing: unscored by every run alike
@@ -187,7 +185,7 @@ def _record(rid: str, tags: dict, metrics: dict, end_time: int, read_csv, read_c
         n_gt_empty = int(empty.sum())
         df = df[~empty].reset_index(drop=True)
     if missing or df.empty or df["nodule_id"].duplicated().any() or \
-            df[[m for m, _, _ in METRICS]].isna().any().any():
+            df[list(required)].isna().any().any():
         why = "lacks " + ", ".join(missing) if missing else "empty, NaN or duplicated nodule ids"
         warn(f"run {rid} ({tags['arch']}): per_nodule.csv is unusable ({why}); left out")
         return None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..protocol import REFERENCE_ARCH as REFERENCE_ARCH_NAME
-from .collect import METRICS
+from ..metrics import leaderboard_columns, leaderboard_metrics, metric_spec
 from .plots import CAPTIONS as PLOT_CAPTIONS
 from .statistics import Leaderboard, Row, all_rows
 
@@ -46,7 +46,9 @@ class Cell:
         return f"{self.value} {self.interval}" if self.interval else self.value
 
 
-def _metric_cell(s: dict, m: str, digits: int) -> Cell:
+def _metric_cell(s: dict, m: str) -> Cell:
+    """Column ``m``'s mean ± std over seeds, with its interval, to its specification's digits."""
+    digits = metric_spec(m).digits
     mean, std = s[f"{m}_mean"], s[f"{m}_std"]
     value = _num(mean, digits) + ("" if math.isnan(std) else f" ± {_num(std, digits)}")
     return Cell(value, f"[{_num(s[f'{m}_ci_low'], digits)}, {_num(s[f'{m}_ci_high'], digits)}]")
@@ -85,11 +87,11 @@ def table_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
     """Header and formatted cells shared by the markdown and HTML renderings."""
     if lb.section == "loss":
         return _loss_cells(lb)
-    tol = f"{lb.key.nsd_tolerance_mm:g}"
-    extra = [x for x in lb.metrics if x not in METRICS]
+    tol = lb.key.nsd_tolerance_mm
+    extra = [x for x in lb.metrics if x not in leaderboard_columns()]
     has_gain = any("gain" in r.stats for r in lb.rows)
-    header = ["#", "Model", "Seeds", "Dice", f"NSD@{tol}mm", "HD95 (mm)", "HD95 median (mm)", "Empty"]
-    header += [name for _, name, _ in extra]
+    header = ["#", "Model", "Seeds", *_metric_headings(leaderboard_metrics(), tol), "Empty"]
+    header += [metric_spec(x).heading(tol, what="vs truth") for x in extra]
     header += [f"Dice {b} mm (n={lb.size_counts[b]})" for b in lb.size_keys]
     header += ["Params", "MACs/patch", "Latency (ms)", "Train (s)", "Mean nodule rank", "P(best)",
                "Wilcoxon p vs #1 (Holm)"]
@@ -105,9 +107,8 @@ def table_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
         first = "ref" if r.reference else str(s["rank"])
         name = f"{r.label} ({'reference: ' + r.reference})" if r.reference else r.label
         seeds = "det." if r.reference else str(len(r.runs))
-        cells = [first, name, seeds, _metric_cell(s, "dice", 3), _metric_cell(s, "nsd", 3),
-                 _metric_cell(s, "hd95_mm", 2), _num(s["hd95_mm_median"], 2), _empty_cell(s)]
-        cells += [_metric_cell(s, m, 3) for m, _, _ in extra]
+        cells = [first, name, seeds, *_metric_cells(s, leaderboard_metrics()), _empty_cell(s)]
+        cells += [_metric_cell(s, m) for m in extra]
         cells += [_num(s[f"dice_size_{key}"], 3) for key in lb.size_keys.values()]
         cells += [_si(s["params"]), _si(s["macs_per_patch"]), _num(s["latency_ms_median"], 1),
                   _num(s["train_seconds"], 0), _num(s.get("mean_nodule_rank", float("nan")), 2),
@@ -128,19 +129,39 @@ def table_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
     return header, body
 
 
+def _metric_headings(specs, tol_mm: float) -> list[str]:
+    """Each metric's heading, followed by its median's where the specification asks for one."""
+    out = []
+    for spec in specs:
+        out.append(spec.heading(tol_mm))
+        if spec.median:
+            out.append(spec.heading(tol_mm, what="median"))
+    return out
+
+
+def _metric_cells(s: dict, specs) -> list:
+    """The cells under ``_metric_headings``: mean ± std [interval], then the median where shown."""
+    out = []
+    for spec in specs:
+        out.append(_metric_cell(s, spec.key))
+        if spec.median:
+            out.append(_num(s[f"{spec.key}_median"], spec.digits))
+    return out
+
+
 def _empty_cell(s: dict) -> str:
     n = s.get("n_empty", float("nan"))
     return "–" if isinstance(n, float) and math.isnan(n) else f"{n:.0f}/{s['n_predictions']:.0f}"
 
 
 def _loss_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
-    header = ["Architecture", "Loss", "Seeds", "Dice", "HD95 (mm)", "HD95 median (mm)", "Empty",
+    specs = [x for x in leaderboard_metrics() if x.loss_study]
+    header = ["Architecture", "Loss", "Seeds", *_metric_headings(specs, lb.key.nsd_tolerance_mm), "Empty",
               "Wilcoxon p vs dice_bce (Holm)"]
     body = []
     for r in lb.rows:
         s = r.stats
-        body.append(_cells([r.arch, r.loss, str(len(r.runs)), _metric_cell(s, "dice", 3),
-                            _metric_cell(s, "hd95_mm", 2), _num(s["hd95_mm_median"], 2), _empty_cell(s),
+        body.append(_cells([r.arch, r.loss, str(len(r.runs)), *_metric_cells(s, specs), _empty_cell(s),
                             "(comparator)" if r.loss == "dice_bce"
                             else _p(s.get("p_vs_comparator_holm", float("nan")))]))
     return header, body

@@ -12,11 +12,13 @@ without, the default table is the main one. A protocol's loss study (``protocol.
 the final runs of the same architectures) is the last section. Reference rows appear in the main
 table.
 
-Statistics per row (``benchmark.stats``; metric m in Dice, NSD, HD95 and any listed extra column):
+Statistics per row (``benchmark.stats``; metric m: every leaderboard column of
+``benchmark.metrics.METRIC_SPECS`` (Dice, NSD, HD95) and, when every run has it, Dice vs truth):
   * mean ± std over seeds of each seed's mean over test nodules;
   * a 95% percentile interval from a two-level bootstrap: nodules resampled with one draw shared
     by every row of every section (paired), seeds resampled within each row;
-  * median HD95 (mean over seeds of each seed's median), the count of empty predictions over
+  * median HD95 and any other metric whose specification asks for it (mean over seeds of each
+    seed's median), the count of empty predictions over
     all seeds x nodules, Dice by nodule size bin, parameters, MACs per patch, median latency
     and training time (means over seeds; the latter two depend on the machine named in the notes).
 
@@ -43,7 +45,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UsageError
-from .collect import EXTRA_METRICS, METRICS, REFERENCE_ARCHS, RunRecord, TableKey
+from ..metrics import leaderboard_columns, metric_spec, truth_columns
+from .collect import REFERENCE_ARCHS, RunRecord, TableKey
 
 RANKINGS = ("aggregate", "rank")
 
@@ -93,7 +96,7 @@ class Leaderboard:
     devices: list = field(default_factory=list)
     n_unscored: int = 0            # test nodules without ground truth at this spacing
     section: str = "default"       # tuned | default | loss (see RunRecord.section)
-    metrics: tuple = METRICS       # METRICS plus the EXTRA_METRICS every run of the table has
+    metrics: tuple = ()            # per-nodule columns: the leaderboard's, then the vs-truth ones every run has
     boots: dict = field(default_factory=dict)   # row label -> metric -> two-level bootstrap means
     reference_arch: str = ""       # the pre-declared comparator, when it has a row
     size_keys: dict = field(default_factory=dict)   # size-bin label -> column key, the dataset's order
@@ -173,7 +176,8 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
     rows = make_rows(runs)
     nodules = sorted(rows[0].runs[0].per_nodule["nodule_id"].astype(str))
     n = len(nodules)
-    metrics = METRICS + tuple(x for x in EXTRA_METRICS if all(x[0] in r.per_nodule.columns for r in runs))
+    metrics = leaderboard_columns() + tuple(x for x in truth_columns() if all(x in r.per_nodule.columns for r in runs))
+    medians = [m for m in leaderboard_columns() if metric_spec(m).median]
     has_empty = all("empty_pred" in r.per_nodule.columns for r in runs)
 
     def matrix(row: Row, col: str) -> np.ndarray:
@@ -181,7 +185,7 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
         return np.stack([r.per_nodule.assign(nodule_id=r.per_nodule["nodule_id"].astype(str))
                          .set_index("nodule_id").loc[nodules, col].to_numpy(float) for r in row.runs])
 
-    mats = {row.label: {m: matrix(row, m) for m, _, _ in metrics} for row in rows}
+    mats = {row.label: {m: matrix(row, m) for m in metrics} for row in rows}
     strata = dataset_strata_of(rows[0].runs[0].config)
     size_keys = dict(strata.size_bins)
     size_of = _size_bins(rows[0].runs[0].per_nodule, nodules, strata.size_bin)
@@ -194,14 +198,15 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
     for row in rows:
         s = row.stats
         boots[row.label] = {}
-        for m, _, _ in metrics:
+        for m in metrics:
             per_seed = mats[row.label][m].mean(axis=1)           # each seed's mean over nodules
             boot = stats.two_level_bootstrap(mats[row.label][m], res, f"{section}:{row.label}")
             boots[row.label][m] = boot
             s[f"{m}_mean"] = float(per_seed.mean())
             s[f"{m}_std"] = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan")
             s[f"{m}_ci_low"], s[f"{m}_ci_high"] = stats.percentile_interval(boot)
-        s["hd95_mm_median"] = stats.seed_median(mats[row.label]["hd95_mm"])
+        for m in medians:
+            s[f"{m}_median"] = stats.seed_median(mats[row.label][m])
         s["n_empty"], s["n_predictions"] = stats.empty_count(matrix(row, "empty_pred")) if has_empty else \
             (float("nan"), float("nan"))
         dice_nod = mats[row.label]["dice"].mean(axis=0)
@@ -253,10 +258,11 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
         rec = {"section": section, "rank": s.get("rank", ""), "row": r.label, "arch": r.arch, "loss": r.loss,
                "reference": r.reference or "", "n_seeds": len(r.runs), "seeds": ";".join(r.seeds),
                "n_nodules": n}
-        for m, _, _ in metrics:
+        for m in metrics:
             for suffix in ("mean", "std", "ci_low", "ci_high"):
                 rec[f"{m}_{suffix}"] = s[f"{m}_{suffix}"]
-        rec["hd95_mm_median"] = s["hd95_mm_median"]
+        for m in medians:
+            rec[f"{m}_median"] = s[f"{m}_median"]
         rec["n_empty"], rec["n_predictions"] = s["n_empty"], s["n_predictions"]
         for col in size_keys.values():
             rec[f"dice_size_{col}"] = s[f"dice_size_{col}"]
