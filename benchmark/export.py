@@ -16,7 +16,8 @@ Layout of an export folder (text only, one file per run, stable key order: diff-
       runs/<run_id>.json     run name, status, start/end time (ms), tags, params, final metrics,
                              per-epoch history {metric: [[step, value], ...]}, config (the run's
                              logged config.yaml, parsed)
-      per_nodule/<run_id>.csv   the run's evaluation/per_nodule.csv, as logged
+      per_nodule/<run_id>.csv   the run's evaluation/per_nodule.csv, as logged (the rescored
+                             table once `bench rescore --log` has run on it)
       studies/<study>.json   every Optuna study named by an exported run's tag optuna.study: its
                              directions, user attributes and every trial (number, state, params
                              with their distributions, values, intermediate values, user
@@ -55,7 +56,8 @@ Written by `bench leaderboard --export`; read by `bench leaderboard --from <this
 - `runs/<run_id>.json`: `run_name`, `status`, `start_time`/`end_time` (ms since epoch), `tags`,
   `params`, `metrics` (last value of each), `history` (`{{metric: [[step, value], ...]}}`) and
   `config` (the run's logged `config.yaml`).
-- `per_nodule/<run_id>.csv`: the run's `evaluation/per_nodule.csv` artifact, unchanged.
+- `per_nodule/<run_id>.csv`: the run's `evaluation/per_nodule.csv` artifact, unchanged (for a run
+  with the tag `evaluation.rescored=true`, its `evaluation/per_nodule_rescored.csv`).
 - `studies/<study>.json`: an Optuna study behind the tuned runs (tag `optuna.study`): `study_name`,
   `directions`, `user_attrs` and `trials` (each: `number`, `state`, `params` as
   `{{name: {{value, distribution}}}}`, `values`, `intermediate_values` as `[[step, value], ...]`,
@@ -111,6 +113,7 @@ def _valid_run_id(run_id: str) -> str:
 # ---------------------------------------------------------------------------------------------
 def run_payload(cl, run_id: str) -> tuple[dict, Optional[str]]:
     """(the run's JSON document, its per-nodule CSV text or None) read from MLflow."""
+    from .tracking import per_nodule_artifact
     run = cl.get_run(run_id)
     history = {}
     for key in sorted(run.data.metrics):
@@ -123,7 +126,7 @@ def run_payload(cl, run_id: str) -> tuple[dict, Optional[str]]:
         except Exception:  # noqa: BLE001 - reference runs log no config file
             config = {}
         try:
-            csv_text = Path(cl.download_artifacts(run_id, "evaluation/per_nodule.csv", tmp)).read_text()
+            csv_text = Path(cl.download_artifacts(run_id, per_nodule_artifact(run.data.tags), tmp)).read_text()
         except Exception:  # noqa: BLE001 - a run without test evaluation
             csv_text = None
     doc = {
@@ -273,7 +276,7 @@ def import_export(path: Path, experiment: Optional[str] = None, storage: Optiona
     (``UsageError``) before anything is written.
     """
     from .study_export import import_studies
-    from .tracking import client, experiment_id, load_settings, log_batch
+    from .tracking import client, experiment_id, load_settings, log_batch, per_nodule_artifact
     runs = read_export(path)
     studies = import_studies(read_studies(path), storage)
     settings = load_settings()
@@ -305,9 +308,11 @@ def import_export(path: Path, experiment: Optional[str] = None, storage: Optiona
                 p.write_text(yaml.safe_dump(run.config, sort_keys=False))
                 cl.log_artifact(new_id, str(p))
             if run.per_nodule_csv is not None:
-                p = Path(tmp) / "per_nodule.csv"
+                # under the name the run's tags point to (a rescored run's table is the rescored one)
+                folder, _, name = per_nodule_artifact(run.tags).rpartition("/")
+                p = Path(tmp) / name
                 p.write_text(run.per_nodule_csv)
-                cl.log_artifact(new_id, str(p), "evaluation")
+                cl.log_artifact(new_id, str(p), folder)
         cl.set_terminated(new_id, run.status or "FINISHED", end_time=run.end_time or None)
         mapping[run.run_id] = new_id
     return Imported(mapping, studies)

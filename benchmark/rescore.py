@@ -8,7 +8,8 @@ the very data the run was evaluated on (its ``data.content_hash`` tag); anything
 
     bench rescore RUN_ID            # print the recomputed aggregates next to the logged ones
     bench rescore RUN_ID --log      # also log what the run lacks: new aggregate metrics and
-                                    # evaluation/per_nodule_rescored.csv (logged values are kept)
+                                    # evaluation/per_nodule_rescored.csv (logged values are kept);
+                                    # the leaderboard and exports then read that table
 """
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def register(sub) -> None:
 
 
 def _cmd(args) -> None:
-    from .tracking import Tracker, client, load_settings
+    from .tracking import RESCORED_PER_NODULE_ARTIFACT, RESCORED_TAG, Tracker, client, load_settings
     df, flat, logged = rescore_run(args.run_id)
     new = {k: v for k, v in flat.items() if k not in logged}
     changed = {k: (logged[k], v) for k, v in flat.items()
@@ -91,11 +92,13 @@ def _cmd(args) -> None:
         settings = load_settings()
         tracker = Tracker(client(settings), args.run_id, settings)
         with tempfile.TemporaryDirectory() as tmp:
-            csv = Path(tmp) / "per_nodule_rescored.csv"
+            folder, _, name = RESCORED_PER_NODULE_ARTIFACT.rpartition("/")
+            csv = Path(tmp) / name
             df.to_csv(csv, index=False)
-            tracker.log_artifact(csv, "evaluation")
+            tracker.log_artifact(csv, folder)
         if new:
             tracker.log_metrics(new)
-        tracker.set_tags({"evaluation.rescored": "true"})
-        print(f"logged {len(new)} new aggregates and evaluation/per_nodule_rescored.csv"
+        # from now on the leaderboard and exports read the rescored table (per_nodule_artifact)
+        tracker.set_tags({RESCORED_TAG: "true"})
+        print(f"logged {len(new)} new aggregates and {RESCORED_PER_NODULE_ARTIFACT}"
               + ("; differing values were left as logged" if changed else ""), file=sys.stderr)

@@ -517,6 +517,16 @@ HEADLINE_METRICS = ("test_dice", "test_hd95_mm", "test_nsd", "best_val_dice", "p
 RUNS_VIEW_TAGS = ("arch", "loss", "preset", "seed")
 #: name of the logged MLflow model (a LoggedModel of the run, loaded by its ``models:/<model_id>`` URI)
 MODEL_ARTIFACT = "model"
+#: a run's per-nodule test table as evaluation wrote it, and as ``bench rescore --log`` wrote it again
+PER_NODULE_ARTIFACT = "evaluation/per_nodule.csv"
+RESCORED_PER_NODULE_ARTIFACT = "evaluation/per_nodule_rescored.csv"
+RESCORED_TAG = "evaluation.rescored"
+
+
+def per_nodule_artifact(tags: dict) -> str:
+    """The per-nodule table a run is scored by: the rescored one once ``bench rescore --log`` has
+    written it (it holds every column the metric specification has now), else the original."""
+    return RESCORED_PER_NODULE_ARTIFACT if tags.get(RESCORED_TAG) == "true" else PER_NODULE_ARTIFACT
 
 
 def quiet_mlflow_logging(level: str = "WARNING"):

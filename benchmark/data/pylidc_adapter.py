@@ -34,7 +34,7 @@ from ..errors import DataError
 
 __all__ = [
     "pylidc", "db_path", "scan_ids", "get_scan", "scan_geometry",
-    "clusters", "annotations", "reader_masks", "consensus_mask", "dicom_root",
+    "clusters", "annotations", "reader_masks", "dicom_root",
     "load_dicom_images", "RATING_NAMES",
 ]
 
@@ -167,13 +167,6 @@ def reader_masks(anns: Sequence, bbox: np.ndarray) -> np.ndarray:
     """
     bbox = np.asarray(bbox, dtype=int)
     return np.stack([a.boolean_mask(bbox=bbox) for a in anns]).astype(bool)
-
-
-def consensus_mask(anns: Sequence, level: float = 0.5):
-    """pylidc's own consensus (mask, bbox slices, per-reader masks) at ``level``."""
-    pylidc()
-    from pylidc.utils import consensus
-    return consensus(list(anns), clevel=level, ret_masks=True)
 
 
 # ----------------------------------------------------------------------------- DICOM

@@ -1,8 +1,9 @@
 """Reading the runs a leaderboard is computed from (MLflow or a run export) and grouping them.
 
 A run becomes a ``RunRecord`` when it finished, carries the data tags every scored run has
-(``REQUIRED_TAGS``) and was evaluated on test; its ``evaluation/per_nodule.csv`` artifact is the
-source of every number in the tables. Tuning trials (never evaluated on test), the leaderboard's
+(``REQUIRED_TAGS``) and was evaluated on test; its ``evaluation/per_nodule.csv`` artifact (or the
+table ``bench rescore --log`` wrote, ``tracking.per_nodule_artifact``) is the source of every number
+in the tables. Tuning trials (never evaluated on test), the leaderboard's
 own runs and anything without the data tags are ignored.
 
 Which runs share a table. A table holds runs that were scored on exactly the same test
@@ -27,6 +28,7 @@ import yaml
 
 from ..errors import TrackingError, UsageError
 from ..metrics import leaderboard_columns
+from ..tracking import per_nodule_artifact
 
 #: arch tag of reference runs -> what they are (the ``reference`` tag value)
 REFERENCE_ARCHS = {"inter_reader": "human", "threshold_baseline": "baseline", "phantom_ceiling": "phantom"}
@@ -147,9 +149,9 @@ def collect_runs(cl, experiment_ids: list[str], filter_string: str, warn=None) -
             rid = run.info.run_id
             dst = Path(tmp) / rid
 
-            def read_csv(rid=rid, dst=dst):
+            def read_csv(rid=rid, dst=dst, tags=run.data.tags):
                 dst.mkdir(exist_ok=True)
-                return pd.read_csv(cl.download_artifacts(rid, "evaluation/per_nodule.csv", str(dst)))
+                return pd.read_csv(cl.download_artifacts(rid, per_nodule_artifact(tags), str(dst)))
 
             def read_config(rid=rid, dst=dst, params=run.data.params):
                 try:
