@@ -78,6 +78,7 @@ _DECLARATIONS: dict[str, dict] = {
         module="dints", family="NAS",
         paper="He et al. 2021, arXiv 2103.15954 (MONAI DiNTS; topology searched here by `bench search dints` "
               "once architectures/dints_genotype.json exists, else the fixed one)",
+        genotype="dints_genotype.json", searched_by="bench search dints",
         preset_kwargs={"smoke": {"channel_mul": 0.25}, "cpu": {"channel_mul": 0.25}}),
     "dints_fixed": dict(
         module="dints", family="NAS",
@@ -89,6 +90,7 @@ _DECLARATIONS: dict[str, dict] = {
     "bixnas": dict(
         module="bixnas", family="NAS",
         paper="Wang et al. 2021, arXiv 2106.14033 (BiX-NAS; genotype architectures/bixnas_genotype.json)",
+        genotype="bixnas_genotype.json", searched_by="bench search bixnas",
         preset_kwargs={"smoke": {"width": 16, "full_res_width": 8}, "cpu": {"width": 16, "full_res_width": 8}}),
 }
 
@@ -115,6 +117,32 @@ def list_architectures(pattern: str = "*", include_aliases: bool = False) -> lis
 def architecture_entry(name: str):
     """Metadata of a name or alias; ``.factory`` / ``.search_space`` import its module."""
     return ARCHITECTURES.entry(name)
+
+
+def searched_genotype_problem(name: str, preset: str) -> str | None:
+    """Why architecture ``name`` cannot yet stand for a search at ``preset`` (None: it can, or it
+    is not searched). A searched network (metadata ``genotype`` and ``searched_by``) is only the
+    searched network once its genotype file exists and records a finished search (its
+    ``budget_seconds``) on that preset; until then it silently builds a placeholder (DiNTS: the
+    fixed topology; BiX-NAS: an older genotype), so a protocol must not tune or train it. The
+    smoke preset, which only tests the machinery, accepts any genotype."""
+    import json
+    from pathlib import Path
+    meta = architecture_entry(name).meta
+    if "genotype" not in meta or preset == "smoke":
+        return None
+    path = Path(__file__).parent / meta["genotype"]
+    how = f"run `{meta['searched_by']} --preset {preset}` and commit {path.name}"
+    try:
+        recorded = json.loads(path.read_text()).get("meta", {})
+    except FileNotFoundError:
+        return f"architectures/{path.name} does not exist: {how}"
+    except (OSError, ValueError) as e:
+        return f"architectures/{path.name} is unreadable ({e}): {how}"
+    if recorded.get("preset") != preset or "budget_seconds" not in recorded:
+        return (f"architectures/{path.name} is not from a recorded {preset} search "
+                f"(preset {recorded.get('preset')!r}, budget_seconds {'recorded' if 'budget_seconds' in recorded else 'missing'}): {how}")
+    return None
 
 
 def architecture_modules() -> list[str]:

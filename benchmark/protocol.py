@@ -316,6 +316,19 @@ def tuned_cell(lp: LoadedProtocol, st: StudyState, loss: str, seed: int, part: s
     return Cell(st.arch, cfg.loss.name, seed, cfg, tags=tags, artifacts=[(str(lp.path), "protocol")])
 
 
+def waiting_for_search(lp: LoadedProtocol) -> dict[str, str]:
+    """The protocol's searched architectures whose genotype is not yet a recorded search on its
+    preset, with why (``architectures.searched_genotype_problem``). They are neither tuned nor
+    trained until it is: their runs would be of a placeholder network under the searched name."""
+    from architectures import searched_genotype_problem
+    out = {}
+    for arch in lp.spec.architectures:
+        why = searched_genotype_problem(arch, lp.spec.preset)
+        if why:
+            out[arch] = why
+    return out
+
+
 def default_cells(lp: LoadedProtocol) -> list:
     from .suite import plan_cells
     d = lp.spec.defaults
@@ -337,8 +350,8 @@ def loss_study_archs(lp: LoadedProtocol, states: dict[str, StudyState]) -> Optio
     fixed = [a for a in ls.archs if a != BEST]
     if BEST not in ls.archs:
         return fixed
-    if not all(s.done for s in states.values()):
-        return None
+    if set(states) != set(lp.spec.architectures) or not all(s.done for s in states.values()):
+        return None     # 'best' is chosen among every architecture of the protocol, all tuned
     ranked = sorted(states.values(), key=lambda s: (-s.best_trial.value, s.arch))
     best = next((s.arch for s in ranked if s.arch not in fixed and loss_study_affordable(lp, s.arch)), None)
     return fixed + ([best] if best else [])
@@ -388,16 +401,20 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
     lp = load_protocol(path)
     s = lp.spec
     out = ProtocolResult()
-    defaults = default_cells(lp)
+    waiting = waiting_for_search(lp)
+    for arch, why in waiting.items():
+        print(f"protocol: {arch} waits for its search and is skipped this time: {why}", file=sys.stderr)
+    ready = [a for a in s.architectures if a not in waiting]
+    defaults = [c for c in default_cells(lp) if c.arch not in waiting]
     if executor is not None:
-        _tune_on_cluster(lp, storage, executor)
+        _tune_on_cluster(lp, storage, executor, ready)
         finals = []
-        for arch in s.architectures:
+        for arch in ready:
             st = out.studies[arch] = study_state(lp, arch, storage)
             finals += _final_cells(lp, st)
         out.suites.append(("final", run_cells(finals, "final", experiment, show_progress, executor=executor)))
     else:
-        for i, arch in enumerate(s.architectures):
+        for i, arch in enumerate(ready):
             st = study_state(lp, arch, storage)
             if st.finished < st.n_trials:
                 tune_arch(lp, arch, storage, show_progress)
@@ -419,7 +436,7 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
                                                  executor=executor)))
     archs = loss_study_archs(lp, out.studies)
     if archs is None:
-        print("protocol: the loss study waits for every study to have a completed trial", file=sys.stderr)
+        print("protocol: the loss study waits for every architecture's study to be complete", file=sys.stderr)
     if archs:
         done = {a: st for a, st in out.studies.items() if st.best_trial is not None}
         cells = loss_cells(lp, done, [a for a in archs if a in done])
@@ -459,13 +476,13 @@ def _tune_job(job: _TuneJob) -> str:
     return job.arch
 
 
-def _tune_on_cluster(lp: LoadedProtocol, storage: Optional[str], executor) -> None:
+def _tune_on_cluster(lp: LoadedProtocol, storage: Optional[str], executor, archs: list[str]) -> None:
     """Every unfinished study as one task (a study's trials stay sequential: TPE learns from the
     ones before). The studies' journal must be on a disk every worker reads, as the checkpoints
     are (a shared ``LIDC_BENCH_HOME``), or ``--storage`` an RDB URL. A study whose task fails is
     reported and left unfinished: the next run of the command resumes it."""
     from .tracking import client, experiment_id, load_settings
-    todo = [a for a in lp.spec.architectures if study_state(lp, a, storage).finished < lp.spec.tuning.n_trials]
+    todo = [a for a in archs if study_state(lp, a, storage).finished < lp.spec.tuning.n_trials]
     if not todo:
         return
     settings = load_settings()
@@ -512,6 +529,7 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
             left_total += sec
 
     lines.append(f"{'architecture':16s} {'tuning':>10s} {'final':>7s} {'default':>8s}  cost left (h)")
+    waiting = waiting_for_search(lp)
     for arch in s.architectures:
         st = study_state(lp, arch, storage)
         states[arch] = st
@@ -535,7 +553,8 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
             left = None if left is None or c is None else left + c
         add(arch, left)
         lines.append(f"{arch:16s} {st.finished:>4d}/{st.n_trials:<5d} {fin_done:>3d}/{s.final.seeds:<3d} "
-                     f"{d_done:>4d}/{s.defaults.seeds:<3d}  {'?' if left is None else f'{left / 3600:.2f}'}")
+                     f"{d_done:>4d}/{s.defaults.seeds:<3d}  {'?' if left is None else f'{left / 3600:.2f}'}"
+                     + ("  (waits for its search)" if arch in waiting else ""))
     if s.loss_study:
         archs = loss_study_archs(lp, states)
         ls = s.loss_study
@@ -565,6 +584,8 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
                  + "; tuning counted without pruning (an upper bound)")
     if unknown:
         lines.append(f"no seconds_per_epoch for: {', '.join(unknown)} (not counted)")
+    for arch, why in waiting.items():
+        lines.append(f"{arch} waits for its search: {why}")
     return "\n".join(lines)
 
 

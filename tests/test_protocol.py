@@ -134,6 +134,29 @@ def test_loss_study_cap_is_declared_and_skips_only_what_it_costs_too_much(tmp_pa
     assert loss_study_archs(uncapped, states) == ["unet3d", "transfuse_s"]
 
 
+def test_searched_architectures_wait_for_a_recorded_search_on_the_protocols_preset(tmp_path, monkeypatch):
+    """A NAS architecture whose genotype is missing, or not from a finished search on the
+    protocol's preset, would train a placeholder under the searched name: the protocol leaves it
+    out (and 'best' undecided) until the genotype is there; the smoke preset accepts any genotype."""
+    import json
+
+    from architectures import architecture_entry, searched_genotype_problem
+    from benchmark.protocol import StudyState, load_protocol, loss_study_archs, waiting_for_search
+    entry = architecture_entry("dints")
+    monkeypatch.setitem(entry.meta, "genotype", str(tmp_path / "dints_genotype.json"))
+    text = GOOD.replace("[unet3d, transfuse_s]", "[unet3d, dints]")
+    lp = load_protocol(_write(tmp_path, text))
+    assert "dints_genotype.json does not exist: run `bench search dints --preset cpu`" in waiting_for_search(lp)["dints"]
+    (tmp_path / "dints_genotype.json").write_text(json.dumps({"meta": {"preset": "smoke", "budget_seconds": 9.0}}))
+    assert "not from a recorded cpu search (preset 'smoke'" in searched_genotype_problem("dints", "cpu")
+    assert searched_genotype_problem("dints", "smoke") is None and searched_genotype_problem("unet3d", "cpu") is None
+    # while dints waits, the loss study cannot pick 'best' from the architectures that are tuned
+    states = {"unet3d": StudyState("unet3d", "u", 4, 4, _frozen_trial(lp, "unet3d", value=0.9)[0])}
+    assert loss_study_archs(lp, states) is None
+    (tmp_path / "dints_genotype.json").write_text(json.dumps({"meta": {"preset": "cpu", "budget_seconds": 9.0}}))
+    assert waiting_for_search(lp) == {}
+
+
 def test_status_builds_no_crop_cache(bench_home, tmp_path, monkeypatch):
     """`bench protocol status` is a look at the store: on a machine without the crop cache it
     reports the cells as not done and builds nothing (it once spent 7 minutes building crops)."""
