@@ -60,11 +60,18 @@ def _swin_space(trial):
             "dropout_path_rate": trial.suggest_float("arch.dropout_path_rate", 0.0, 0.2)}
 
 
+#: the ViT widths UNETR is tuned over, DeiT-Tiny and DeiT-Small: hidden size -> attention heads
+_DEIT_HEADS = {192: 3, 384: 6}
+
+
 def _unetr_space(trial):
-    width = trial.suggest_categorical("arch.vit_width", ["tiny", "small"])
-    hidden, heads = {"tiny": (192, 3), "small": (384, 6)}[width]
-    return {"hidden_size": hidden, "num_heads": heads,
-            "dropout_rate": trial.suggest_float("arch.dropout_rate", 0.0, 0.2)}
+    # named after the kwarg, so a protocol that holds sizes at the preset's (tuning.size: preset)
+    # can fix it; a DeiT width brings its heads and MLP, a preset's own width keeps the preset's
+    hidden = trial.suggest_categorical("arch.hidden_size", list(_DEIT_HEADS))
+    out = {"hidden_size": hidden, "dropout_rate": trial.suggest_float("arch.dropout_rate", 0.0, 0.2)}
+    if hidden in _DEIT_HEADS:
+        out.update(num_heads=_DEIT_HEADS[hidden], mlp_dim=4 * hidden)
+    return out
 
 
 @register_architecture("swinunetr", search_space=_swin_space)

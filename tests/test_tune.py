@@ -163,18 +163,46 @@ def test_replay_keeps_derived_values():
     meta = {"arch": "unetr", "loss": "tversky", "preset": "cpu"}
     old = optuna.trial.create_trial(
         params={"optim.lr": 1e-3, "optim.weight_decay": 1e-5, "optim.optimizer": "adam", "train.batch_size": 8,
-                "arch.vit_width": "small", "arch.dropout_rate": 0.1, "loss.beta": 0.8},
+                "arch.hidden_size": 384, "arch.dropout_rate": 0.1, "loss.beta": 0.8},
         distributions={"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
                        "optim.weight_decay": optuna.distributions.FloatDistribution(1e-6, 1e-3, log=True),
                        "optim.optimizer": optuna.distributions.CategoricalDistribution(["adam", "adamw", "sgd"]),
                        "train.batch_size": optuna.distributions.CategoricalDistribution([4, 8, 16]),
-                       "arch.vit_width": optuna.distributions.CategoricalDistribution(["tiny", "small"]),
+                       "arch.hidden_size": optuna.distributions.CategoricalDistribution([192, 384]),
                        "arch.dropout_rate": optuna.distributions.FloatDistribution(0.0, 0.2),
                        "loss.beta": optuna.distributions.FloatDistribution(0.5, 0.9)}, value=0.5)
     cfg = config_from_overrides(meta, replay_overrides(old, meta))
     assert cfg.model.kwargs["hidden_size"] == 384 and cfg.model.kwargs["num_heads"] == 6
-    assert "vit_width" not in cfg.model.kwargs
+    assert cfg.model.kwargs["mlp_dim"] == 4 * 384
     assert cfg.loss.kwargs["alpha"] == pytest.approx(0.2) and cfg.loss.kwargs["beta"] == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("arch", ["unet3d", "unetr", "transfuse_s", "dints"])
+def test_a_protocol_that_holds_sizes_tunes_the_presets_network(arch, tmp_path):
+    """`tuning.size: preset` fixes every knob the preset sizes: the trial trains the very network
+    the default runs train (same size kwargs), samples none of its size parameters, and replays
+    exactly; the other knobs (dropout, optimiser, batch) are still searched."""
+    from architectures import architecture_entry
+    from benchmark.config import build_config
+    from benchmark.protocol import held_size, load_protocol
+    from benchmark.tune import config_from_overrides, replay_overrides
+    path = tmp_path / "p.yaml"
+    path.write_text(f"name: t\nversion: 1\npreset: cpu\narchitectures: [{arch}]\nreference_arch: {arch}\n"
+                    "tuning: {n_trials: 2, epochs: 1, size: preset}\nfinal: {seeds: 3}\n")
+    lp = load_protocol(path)
+    fixed = held_size(lp, arch)
+    sized = architecture_entry(arch).meta["preset_kwargs"]["cpu"]
+    assert fixed == {f"arch.{k}": v for k, v in sized.items()} and fixed
+    meta = {"arch": arch, "loss": "dice_bce", "preset": "cpu", "loss_space": False}
+    default = build_config("cpu", [], **{"model.arch": arch}).model.kwargs
+    for t in _sampled_trials(meta, [], n=3, fixed=fixed):
+        cfg = config_from_overrides(meta, t.user_attrs["overrides"])
+        assert {k: cfg.model.kwargs[k] for k in sized} == {k: default[k] for k in sized}
+        assert not set(t.params) & set(fixed) and "optim.lr" in t.params
+        assert config_from_overrides(meta, replay_overrides(t, meta)).fingerprint() == t.user_attrs["config_fingerprint"]
+    searched = tmp_path / "q.yaml"
+    searched.write_text(path.read_text().replace("size: preset", "size: search"))
+    assert held_size(load_protocol(searched), arch) == {}
 
 
 def test_protocol_tuning_leaves_the_loss_at_its_defaults():
