@@ -242,12 +242,17 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Validation Dice per nodule on the centre window (selection metric), and loss."""
+        """Validation Dice per nodule on the centre window (selection metric), loss, and soft Dice.
+
+        Soft Dice is the Dice of the predicted probabilities (2 sum(p g) / (sum p + sum g) per
+        nodule): it rises as soon as the model moves towards the nodules, while the thresholded
+        Dice stays 0 until a probability crosses the threshold, which in a short tuning trial can
+        be never; a protocol can tune on it (``tuning.metric``)."""
         from monai.metrics import compute_dice
         self.net.eval()
         rows = self.val_rows[self.dist.rank::self.dist.world]
         # accumulated on the device and read back once (no host sync per batch)
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # dice sum, loss sum, count
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # dice, loss, count, soft dice
         for _, images, masks in center_batches(self.store, rows, self.cfg.train.batch_size, self.cfg.data.patch_zyx):
             images, masks = self._to(images), self._to(masks)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
@@ -260,11 +265,16 @@ class Trainer:
             sums[0] += (torch.nan_to_num(dice, nan=0.0) * scorable).sum()
             sums[1] += self.loss_fn(logits, masks).double() * images.shape[0]
             sums[2] += scorable.sum()
+            prob = torch.sigmoid(logits).flatten(1)
+            gt = masks.flatten(1).float()
+            soft = 2 * (prob * gt).sum(1) / (prob.sum(1) + gt.sum(1)).clamp_min(1e-6)
+            sums[3] += (soft * scorable).sum()
         _all_reduce(sums, self.dist)
         sums = sums.cpu()
         n = max(float(sums[2]), 1.0)
         n_all = max(len(self.val_rows), 1)
-        return {"val_dice": float(sums[0]) / n, "val_loss": float(sums[1]) / n_all}
+        return {"val_dice": float(sums[0]) / n, "val_loss": float(sums[1]) / n_all,
+                "val_soft_dice": float(sums[3]) / n}
 
     def state(self, epoch: int, best: dict, history: list, elapsed: float, run_id: Optional[str]) -> dict:
         return {

@@ -137,6 +137,8 @@ class ConstrainedTrial:
 
 
 BATCH_CHOICES = {"smoke": [2, 4], "cpu": [4, 8, 16], "paper": [4, 8, 16]}
+#: validation metrics a study can maximise (``Trainer.validate``'s)
+TUNING_METRICS = ("val_dice", "val_soft_dice")
 
 
 def common_space(trial, preset: str) -> dict[str, Any]:
@@ -367,6 +369,12 @@ def objective_factory(base_overrides: list[str], meta: dict, fixed: dict, narrow
     from .train import run_experiment
     from .run_args import validate_names
 
+    # what a trial reports each epoch and maximises (its best epoch's): the thresholded validation
+    # Dice, or the soft Dice a protocol may declare (``tuning.metric``; see Trainer.validate)
+    metric = meta.get("metric", "val_dice")
+    if metric not in TUNING_METRICS:
+        raise UsageError(f"tuning metric {metric!r}: choose from {', '.join(TUNING_METRICS)}")
+
     def objective(trial) -> float:
         trial.set_user_attr("worker_pid", os.getpid())
         trial.set_user_attr("worker_host", socket.gethostname())
@@ -381,9 +389,13 @@ def objective_factory(base_overrides: list[str], meta: dict, fixed: dict, narrow
         trial.set_user_attr("config_fingerprint", cfg.fingerprint())
         cfg.name = f"{trial.study.study_name}-t{trial.number:03d}"
 
+        best = {"value": -math.inf}
+
         def report(epoch: int, metrics: dict):
-            if "val_dice" in metrics:
-                trial.report(metrics["val_dice"], epoch)
+            if metric in metrics:
+                value = metrics[metric]
+                best["value"] = max(best["value"], value)
+                trial.report(value, epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch + 1}")
 
@@ -393,9 +405,10 @@ def objective_factory(base_overrides: list[str], meta: dict, fixed: dict, narrow
         res = run_experiment(cfg, parent_run_id=parent_run_id, evaluate_test=False, on_epoch_end=report,
                              on_run_start=started, show_progress=False, discard_checkpoints=True,
                              tags={"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number)})
-        if not math.isfinite(res.best_val_dice):
-            raise optuna.TrialPruned("non-finite validation Dice")
-        return res.best_val_dice
+        value = res.best_val_dice if metric == "val_dice" else best["value"]
+        if not math.isfinite(value):
+            raise optuna.TrialPruned(f"non-finite {metric}")
+        return value
 
     return objective
 

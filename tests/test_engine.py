@@ -37,6 +37,8 @@ def test_smoke_run_logs_everything(bench_home):
     for t in ("data.split_hash", "git.commit", "torch", "preset", "device"):
         assert tags.get(t), t
     assert [s for s, _ in _history(cl, res.run_id, "val_dice")] == [1, 2]
+    soft = _history(cl, res.run_id, "val_soft_dice")      # what a protocol may tune on
+    assert [s for s, _ in soft] == [1, 2] and all(0.0 < v < 1.0 for _, v in soft)
     arts = {a.path for a in cl.list_artifacts(res.run_id)}
     assert {"config.yaml", "evaluation", "plots", "checkpoints"} <= arts
     evals = {a.path for a in cl.list_artifacts(res.run_id, "evaluation")}

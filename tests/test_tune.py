@@ -94,6 +94,34 @@ def test_constructed_bad_trial_is_pruned(bench_home):
     assert run.data.tags["optuna.state"] == "PRUNED" and run.info.status == "KILLED"
 
 
+def test_a_study_on_soft_dice_reports_and_maximises_it(monkeypatch):
+    """`metric: val_soft_dice` (a protocol's tuning.metric): each epoch reports the soft Dice to
+    the pruner and the trial's value is its best epoch's soft Dice, not the thresholded Dice the
+    run selects its checkpoint by; an unknown metric is refused before anything trains."""
+    from benchmark import train as train_mod
+    from benchmark.errors import UsageError
+    from benchmark.tune import objective_factory
+    curve = [{"val_dice": 0.0, "val_soft_dice": 0.05}, {"val_dice": 0.0, "val_soft_dice": 0.21},
+             {"val_dice": 0.1, "val_soft_dice": 0.18}]
+
+    def fake_run(cfg, on_epoch_end, on_run_start, **kw):
+        on_run_start("0" * 32)
+        for epoch, metrics in enumerate(curve):
+            on_epoch_end(epoch, metrics)
+        return train_mod.RunResult(None, 0.1, 3, 3, False)
+    monkeypatch.setattr(train_mod, "run_experiment", fake_run)
+    meta = {"arch": "unet3d", "loss": "dice_bce", "preset": "smoke", "loss_space": False, "metric": "val_soft_dice"}
+    study = optuna.create_study(direction="maximize")
+    study.optimize(objective_factory([], meta, {}, {}, "p" * 32), n_trials=1)
+    [t] = study.trials
+    assert t.value == pytest.approx(0.21) and t.intermediate_values == {0: 0.05, 1: 0.21, 2: 0.18}
+    plain = optuna.create_study(direction="maximize")
+    plain.optimize(objective_factory([], {**meta, "metric": "val_dice"}, {}, {}, "p" * 32), n_trials=1)
+    assert plain.trials[0].value == pytest.approx(0.1)
+    with pytest.raises(UsageError, match="tuning metric 'val_iou'"):
+        objective_factory([], {**meta, "metric": "val_iou"}, {}, {}, "p" * 32)
+
+
 def test_postgres_storage(bench_home):
     url = os.environ.get("LIDC_BENCH_TEST_POSTGRES_URL")
     if not url:
