@@ -224,12 +224,23 @@ class TrainConfig(_Strict):
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     val_every: int = 1
+    #: stop after this many epochs of the ``epochs``-long schedule (None: run it all). A tuning
+    #: trial that is the beginning of the final run, learning rate included (a protocol's
+    #: ``tuning.schedule: truncated``)
+    stop_after_epochs: Optional[int] = None
 
     @field_validator("epochs", "batch_size", "val_every")
     @classmethod
     def _at_least_one(cls, v):
         if v < 1:
             raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("stop_after_epochs")
+    @classmethod
+    def _stop_at_least_one(cls, v):
+        if v is not None and v < 1:
+            raise ValueError("must be >= 1 (or null to train every epoch)")
         return v
 
     @field_validator("steps_per_epoch")
@@ -312,11 +323,27 @@ class RunConfig(_Strict):
         return self._hash(with_patience=False)
 
     def _hash(self, with_patience: bool) -> str:
-        d = self.model_dump(mode="json")
+        d = without_unset_additions(self.model_dump(mode="json"))
         d.pop("name", None)
         if not with_patience:
             d["train"].pop("early_stopping_patience", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: fields added after runs were recorded, with their default: (section, field) -> default
+_ADDED_FIELDS = {("train", "stop_after_epochs"): None}
+
+
+def without_unset_additions(d: dict) -> dict:
+    """A config dict (nested, as dumped or as a run logged it) without the fields added after runs
+    were recorded while they hold their default. Fingerprints and the leaderboard's grouping use
+    it, so a run that trains every epoch is the run it always was and matches one logged before
+    ``train.stop_after_epochs`` existed."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+    for (section, name), default in _ADDED_FIELDS.items():
+        if isinstance(out.get(section), dict) and out[section].get(name, default) == default:
+            out[section].pop(name, None)
+    return out
 
 
 def ran_full_budget(stopped_early_tag: Optional[str], epochs_completed: Optional[float], epochs: Any) -> bool:

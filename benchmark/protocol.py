@@ -85,6 +85,12 @@ class TuningSpec(_Strict):
     #: 6-epoch cpu trials most configurations still scored a thresholded Dice of 0 at the epoch the
     #: pruner first looks, so ties decided the pruning and gave TPE nothing to rank)
     metric: Literal["val_dice", "val_soft_dice"] = "val_dice"
+    #: "compressed": a trial's learning-rate schedule spans its ``epochs``; "truncated": a trial is
+    #: the first ``epochs`` epochs of the final runs' schedule (``train.stop_after_epochs``), so it
+    #: is the beginning of the run the final seeds train and its learning rate is still high where
+    #: it stops (a compressed 6-epoch cosine anneals before a U-Net at the default rate has learnt
+    #: to predict anything; the same settings score 0.3 at epoch 6 of the 20-epoch schedule)
+    schedule: Literal["compressed", "truncated"] = "compressed"
 
     @field_validator("n_trials", "epochs")
     @classmethod
@@ -221,7 +227,7 @@ def study_meta(lp: LoadedProtocol, arch: str) -> dict:
     return {"arch": arch, "loss": s.tuning.loss, "preset": s.preset, "loss_space": False,
             "protocol": f"{s.name}/v{s.version}", "n_trials": s.tuning.n_trials, "epochs": s.tuning.epochs,
             "pruner": s.tuning.pruner, "sampler": f"{s.tuning.sampler}:{s.tuning.sampler_seed}",
-            "size": s.tuning.size, "metric": s.tuning.metric}
+            "size": s.tuning.size, "metric": s.tuning.metric, "schedule": s.tuning.schedule}
 
 
 def held_size(lp: LoadedProtocol, arch: str) -> dict:
@@ -236,7 +242,18 @@ def held_size(lp: LoadedProtocol, arch: str) -> dict:
 
 
 def tuning_overrides(lp: LoadedProtocol) -> list[str]:
-    return list(lp.spec.tuning.overrides) + [f"train.epochs={lp.spec.tuning.epochs}"]
+    """What every trial adds to its suggestions: the declared overrides and its epoch budget
+    (its own schedule, or the first epochs of the final runs' schedule when truncated)."""
+    t = lp.spec.tuning
+    if t.schedule == "truncated":
+        return list(t.overrides) + [f"train.epochs={final_epochs(lp)}", f"train.stop_after_epochs={t.epochs}"]
+    return list(t.overrides) + [f"train.epochs={t.epochs}"]
+
+
+def final_epochs(lp: LoadedProtocol) -> int:
+    """Training epochs of the final (and loss-study) runs: declared, else the preset's."""
+    from .config import PRESETS
+    return lp.spec.final.epochs or PRESETS[lp.spec.preset].get("train", {}).get("epochs")
 
 
 @dataclass
@@ -313,13 +330,15 @@ def _tag_trial_runs(lp: LoadedProtocol, arch: str, storage: Optional[str]) -> No
 # cells
 # ---------------------------------------------------------------------------------------------
 def final_overrides(lp: LoadedProtocol, seed: int) -> list[str]:
-    """What the final runs add to a replayed trial: the preset's (or the declared) epoch budget
-    and the seed (later overrides win over the trial's own ``train.epochs``)."""
-    from .config import PRESETS
-    epochs = lp.spec.final.epochs or PRESETS[lp.spec.preset].get("train", {}).get("epochs")
+    """What the final runs add to a replayed trial: the preset's (or the declared) epoch budget,
+    every epoch of it (a truncated trial stopped early), and the seed (later overrides win over
+    the trial's own ``train.epochs`` and ``train.stop_after_epochs``)."""
+    epochs = final_epochs(lp)
     out = list(lp.spec.final.overrides)
     if epochs:
         out.append(f"train.epochs={epochs}")
+    if lp.spec.tuning.schedule == "truncated":
+        out.append("train.stop_after_epochs=null")
     return out + [f"train.seed={seed}"]
 
 

@@ -461,13 +461,15 @@ def _train_epochs(trainer: "Trainer", cfg: RunConfig, progress: TrainingProgress
     """Epochs from ``progress.start_epoch`` on, each checkpointed then logged; True when early
     stopping ended them."""
     best, history = progress.best, progress.history
-    epochs = range(progress.start_epoch, cfg.train.epochs)
+    # the schedule spans train.epochs; a truncated run (stop_after_epochs) trains its beginning
+    last = min(cfg.train.epochs, cfg.train.stop_after_epochs or cfg.train.epochs)
+    epochs = range(progress.start_epoch, last)
     bar = tqdm(epochs, desc=f"{cfg.model.arch} [{cfg.preset}]", unit="epoch", initial=progress.start_epoch,
-               total=cfg.train.epochs, disable=not (show_progress and dist.main))
+               total=last, disable=not (show_progress and dist.main))
     for epoch in bar:
         t0 = time.perf_counter()
         metrics = trainer.train_epoch(epoch, show_progress and dist.main)
-        if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs:
+        if (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == last:
             metrics.update(trainer.validate())
         metrics["lr"] = trainer.optimizer.param_groups[0]["lr"]
         metrics["epoch_seconds"] = time.perf_counter() - t0

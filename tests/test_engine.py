@@ -1,5 +1,6 @@
 """`bench run` end to end on the smoke preset: MLflow contents, resume, real server, bad CLI input."""
 
+import math
 import os
 
 import numpy as np
@@ -93,6 +94,21 @@ def _check_rescore_from_stored_predictions(cl, run_id):
     from benchmark.leaderboard import collect_runs
     [record] = collect_runs(cl, [run.info.experiment_id], f"attributes.run_id = '{run_id}'")
     assert "volume_ratio" in record.per_nodule.columns and len(record.per_nodule) == len(original)
+
+
+@pytest.mark.slow
+def test_a_truncated_run_trains_the_beginning_of_its_schedule(bench_home):
+    """train.stop_after_epochs: the run stops there with the learning rate of the full schedule
+    at that epoch (a tuning trial that is the start of the final run), and logs what it trained."""
+    base = [*SMOKE, "train.epochs=4", "optim.scheduler=cosine", "optim.warmup_epochs=0"]
+    cut = run_experiment(build_config("smoke", [*base, "train.stop_after_epochs=2"], **{"model.arch": "unet3d"}),
+                         show_progress=False, evaluate_test=False)
+    cl = _client()
+    assert cut.epochs_completed == 2 and [s for s, _ in _history(cl, cut.run_id, "val_dice")] == [1, 2]
+    lr = dict(_history(cl, cut.run_id, "lr"))
+    peak = build_config("smoke", base, **{"model.arch": "unet3d"}).optim.lr
+    # cosine over 4 epochs: after epoch 2 the rate is half the peak, not the ~0 of a 2-epoch cosine
+    assert lr[2] == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * 2 / 4)), rel=1e-6)
 
 
 class _Interrupt(Exception):

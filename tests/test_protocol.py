@@ -106,6 +106,23 @@ def test_final_cell_is_the_best_trial_with_the_final_budget(tmp_path):
         assert tuned_cell(lp, st, "dice_bce_rm", 2, "loss").cfg.loss.name == "dice_bce_rm"
 
 
+def test_a_truncated_trial_is_the_beginning_of_the_final_run(tmp_path):
+    """`tuning.schedule: truncated`: a trial trains the first `epochs` epochs of the final runs'
+    schedule (same train.epochs, stop_after_epochs set), and its final cell trains every epoch of
+    exactly that config; the compressed default gives a trial a schedule of its own."""
+    from benchmark.protocol import StudyState, load_protocol, tuned_cell
+    lp = load_protocol(_write(tmp_path, GOOD.replace("epochs: 2}", "epochs: 2, schedule: truncated}")))
+    best, trial_cfg = _frozen_trial(lp, "unet3d")
+    assert (trial_cfg.train.epochs, trial_cfg.train.stop_after_epochs) == (20, 2)
+    cell = tuned_cell(lp, StudyState("unet3d", lp.study_name("unet3d"), 4, 4, best, 10.0), "dice_bce", 1, "final")
+    want = trial_cfg.model_copy(deep=True)
+    want.train.stop_after_epochs, want.train.seed = None, 1
+    assert cell.cfg.train.stop_after_epochs is None and cell.cfg.fingerprint() == want.fingerprint()
+    compressed = load_protocol(_write(tmp_path, GOOD))
+    _, cfg = _frozen_trial(compressed, "unet3d")
+    assert (cfg.train.epochs, cfg.train.stop_after_epochs) == (2, None)
+
+
 def test_loss_study_takes_the_runner_up_when_unet3d_is_best(tmp_path):
     from benchmark.protocol import StudyState, load_protocol, loss_study_archs
     text = GOOD.replace("[unet3d, transfuse_s]", "[unet3d, transfuse_s, nnunet_plain]")

@@ -108,8 +108,8 @@ def _protocol_config(run: RunRecord) -> dict:
     """The run's config as it bears on the result: without its name, and without the early
     stopping patience when early stopping never fired (it then made no difference, so such a
     run is the same experiment as one with any larger patience; see RunConfig.budget_fingerprint)."""
-    from ..config import flatten, ran_full_budget
-    flat = flatten(run.config) if run.config else {}
+    from ..config import flatten, ran_full_budget, without_unset_additions
+    flat = flatten(without_unset_additions(run.config)) if run.config else {}
     flat.pop("name", None)
     if ran_full_budget(run.tags.get("stopped_early"), run.metrics.get("epochs_completed"), flat.get("train.epochs")):
         flat.pop("train.early_stopping_patience", None)
