@@ -351,7 +351,8 @@ def tuned_cell(lp: LoadedProtocol, st: StudyState, loss: str, seed: int, part: s
     cfg = config_from_overrides({**meta, "loss": loss}, overrides)
     validate_names(cfg)
     t = lp.spec.tuning
-    budget = f"{t.n_trials} trials x {t.epochs} epochs, {t.pruner} pruner" + \
+    epochs = f"first {t.epochs} of {final_epochs(lp)} epochs" if t.schedule == "truncated" else f"{t.epochs} epochs"
+    budget = f"{t.n_trials} trials x {epochs}, {t.pruner} pruner" + \
         (f", on {t.metric}" if t.metric != "val_dice" else "")
     tags = {**lp.tags, "protocol.part": part, "tuned": "true", "optuna.study": st.name, "tuning.metric": t.metric,
             "optuna.best_trial": str(st.best_trial.number), "tuning.budget": budget,

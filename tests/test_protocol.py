@@ -118,6 +118,7 @@ def test_a_truncated_trial_is_the_beginning_of_the_final_run(tmp_path):
     want = trial_cfg.model_copy(deep=True)
     want.train.stop_after_epochs, want.train.seed = None, 1
     assert cell.cfg.train.stop_after_epochs is None and cell.cfg.fingerprint() == want.fingerprint()
+    assert cell.tags["tuning.budget"] == "4 trials x first 2 of 20 epochs, median pruner"
     compressed = load_protocol(_write(tmp_path, GOOD))
     _, cfg = _frozen_trial(compressed, "unet3d")
     assert (cfg.train.epochs, cfg.train.stop_after_epochs) == (2, None)
