@@ -71,6 +71,8 @@ class TuningSpec(_Strict):
     pruner: Literal["median", "hyperband", "none"] = "median"
     sampler: Literal["tpe", "random"] = "tpe"
     sampler_seed: int = 0
+    #: TPE's random start-up trials (None: Optuna's default, 10)
+    startup_trials: Optional[int] = None
     #: loss trained during tuning (at its default settings)
     loss: str = "dice_bce"
     #: config overrides for every trial (after the suggestions: they win)
@@ -226,7 +228,8 @@ def study_meta(lp: LoadedProtocol, arch: str) -> dict:
     s = lp.spec
     return {"arch": arch, "loss": s.tuning.loss, "preset": s.preset, "loss_space": False,
             "protocol": f"{s.name}/v{s.version}", "n_trials": s.tuning.n_trials, "epochs": s.tuning.epochs,
-            "pruner": s.tuning.pruner, "sampler": f"{s.tuning.sampler}:{s.tuning.sampler_seed}",
+            "pruner": s.tuning.pruner, "sampler": f"{s.tuning.sampler}:{s.tuning.sampler_seed}"
+            + (f":{s.tuning.startup_trials}" if s.tuning.startup_trials is not None else ""),
             "size": s.tuning.size, "metric": s.tuning.metric, "schedule": s.tuning.schedule}
 
 
@@ -306,7 +309,7 @@ def tune_arch(lp: LoadedProtocol, arch: str, storage: Optional[str], show_progre
         settings = load_settings()
         Tracker(client(settings), parent, settings).log_artifact(lp.path, "protocol")
     run_worker(lp.study_name(arch), storage, t.n_trials, meta, tuning_overrides(lp), held_size(lp, arch), {}, t.pruner,
-               show_progress=show_progress, sampler=(t.sampler, t.sampler_seed))
+               show_progress=show_progress, sampler=(t.sampler, t.sampler_seed, t.startup_trials))
     close_parent_run(parent)
     _tag_trial_runs(lp, arch, storage)
 

@@ -1,5 +1,6 @@
 """`bench tune`: parent/child MLflow runs, parallel journal workers, pruning, resume, PostgreSQL."""
 import os
+from pathlib import Path
 
 import optuna
 import pytest
@@ -226,11 +227,27 @@ def test_a_protocol_that_holds_sizes_tunes_the_presets_network(arch, tmp_path):
     for t in _sampled_trials(meta, [], n=3, fixed=fixed):
         cfg = config_from_overrides(meta, t.user_attrs["overrides"])
         assert {k: cfg.model.kwargs[k] for k in sized} == {k: default[k] for k in sized}
-        assert not set(t.params) & set(fixed) and "optim.lr" in t.params
+        assert not set(t.params) & set(fixed) and {"optim.lr", "optim.sgd_lr"} & set(t.params)
         assert config_from_overrides(meta, replay_overrides(t, meta)).fingerprint() == t.user_attrs["config_fingerprint"]
     searched = tmp_path / "q.yaml"
     searched.write_text(path.read_text().replace("size: preset", "size: search"))
     assert held_size(load_protocol(searched), arch) == {}
+
+
+def test_learning_rate_range_follows_the_optimiser():
+    """SGD's rate is its own parameter over a range ten times Adam's (LR_RANGES); either way the
+    config gets it as optim.lr."""
+    from benchmark.tune import LR_RANGES, config_from_overrides
+    meta = {"arch": "unet3d", "loss": "dice_bce", "preset": "cpu", "loss_space": False}
+    trials = _sampled_trials(meta, [], n=12)
+    by_optimiser = {t.params["optim.optimizer"] for t in trials}
+    assert by_optimiser == {"adam", "adamw", "sgd"}
+    for t in trials:
+        opt = t.params["optim.optimizer"]
+        name = "optim.sgd_lr" if opt == "sgd" else "optim.lr"
+        low, high = LR_RANGES[opt]
+        assert low <= t.params[name] <= high and ({"optim.lr", "optim.sgd_lr"} - {name}).isdisjoint(t.params)
+        assert config_from_overrides(meta, t.user_attrs["overrides"]).optim.lr == pytest.approx(t.params[name])
 
 
 def test_protocol_tuning_leaves_the_loss_at_its_defaults():
@@ -239,3 +256,11 @@ def test_protocol_tuning_leaves_the_loss_at_its_defaults():
     for t in _sampled_trials(meta, [], n=2):
         assert not any(o.startswith("loss.") for o in t.user_attrs["overrides"])
         assert config_from_overrides(meta, t.user_attrs["overrides"]).loss.kwargs == {}
+
+
+def test_declared_tpe_start_up_trials_reach_the_sampler():
+    from benchmark.protocol import load_protocol
+    from benchmark.tune import make_sampler
+    cpu = load_protocol(Path(__file__).resolve().parent.parent / "protocols" / "cpu.yaml").spec.tuning
+    assert make_sampler((cpu.sampler, cpu.sampler_seed, cpu.startup_trials))._n_startup_trials == 5
+    assert make_sampler(("tpe", 0))._n_startup_trials == 10          # Optuna's default
