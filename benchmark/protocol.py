@@ -73,6 +73,10 @@ class TuningSpec(_Strict):
     sampler_seed: int = 0
     #: TPE's random start-up trials (None: Optuna's default, 10)
     startup_trials: Optional[int] = None
+    #: "sampled": every trial is drawn; "default_optimiser": trial 0 is the preset's own optimiser
+    #: settings (the default rows' optimiser, learning rate and batch; ``tune.default_optimiser_params``),
+    #: the architecture's knobs drawn, so a study has always tried what the default rows train
+    first_trial: Literal["sampled", "default_optimiser"] = "sampled"
     #: loss trained during tuning (at its default settings)
     loss: str = "dice_bce"
     #: config overrides for every trial (after the suggestions: they win)
@@ -230,6 +234,7 @@ def study_meta(lp: LoadedProtocol, arch: str) -> dict:
             "protocol": f"{s.name}/v{s.version}", "n_trials": s.tuning.n_trials, "epochs": s.tuning.epochs,
             "pruner": s.tuning.pruner, "sampler": f"{s.tuning.sampler}:{s.tuning.sampler_seed}"
             + (f":{s.tuning.startup_trials}" if s.tuning.startup_trials is not None else ""),
+            "first_trial": s.tuning.first_trial,
             "size": s.tuning.size, "metric": s.tuning.metric, "schedule": s.tuning.schedule}
 
 
@@ -299,10 +304,12 @@ def study_state(lp: LoadedProtocol, arch: str, storage: Optional[str]) -> StudyS
 def tune_arch(lp: LoadedProtocol, arch: str, storage: Optional[str], show_progress: bool) -> None:
     """Run (or resume) the architecture's study until it holds ``n_trials`` finished trials."""
     from .tracking import Tracker, client, load_settings
-    from .tune import close_parent_run, ensure_parent_run, open_study, run_worker
+    from .tune import close_parent_run, default_optimiser_params, ensure_parent_run, open_study, run_worker
     t = lp.spec.tuning
     meta = study_meta(lp, arch)
     study, _ = open_study(lp.study_name(arch), storage, 1, meta, t.pruner)
+    if t.first_trial == "default_optimiser" and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(default_optimiser_params(arch, lp.spec.preset))
     new_parent = "mlflow_parent_run_id" not in study.user_attrs
     parent = ensure_parent_run(study, {**meta, **lp.tags})
     if new_parent:

@@ -145,6 +145,7 @@ TUNING_METRICS = ("val_dice", "val_soft_dice")
 #: shared range left most SGD draws unable to learn in a short trial (cpu protocol v4: every
 #: SGD trial of unet3d at <= 3.5e-3 ended at Dice 0)
 LR_RANGES = {"adam": (1e-4, 1e-2), "adamw": (1e-4, 1e-2), "sgd": (1e-3, 1e-1)}
+WEIGHT_DECAY_RANGE = (1e-6, 1e-3)
 
 
 def common_space(trial, preset: str) -> dict[str, Any]:
@@ -155,10 +156,23 @@ def common_space(trial, preset: str) -> dict[str, Any]:
     lr_name = "optim.sgd_lr" if optimizer == "sgd" else "optim.lr"
     return {
         "optim.lr": trial.suggest_float(lr_name, *LR_RANGES[optimizer], log=True),
-        "optim.weight_decay": trial.suggest_float("optim.weight_decay", 1e-6, 1e-3, log=True),
+        "optim.weight_decay": trial.suggest_float("optim.weight_decay", *WEIGHT_DECAY_RANGE, log=True),
         "optim.optimizer": optimizer,
         "train.batch_size": trial.suggest_categorical("train.batch_size", BATCH_CHOICES.get(preset, [4, 8])),
     }
+
+
+def default_optimiser_params(arch: str, preset: str) -> dict[str, Any]:
+    """The preset's own optimiser settings in the shared space's parameter names: the trial a
+    study can start from (a protocol's ``tuning.first_trial: default_optimiser``). A weight
+    decay of 0 becomes the range's floor (1e-6: no measurable difference in 400 steps)."""
+    from .config import build_config
+    cfg = build_config(preset, [], **{"model.arch": arch})
+    o = cfg.optim
+    lr_name = "optim.sgd_lr" if o.optimizer == "sgd" else "optim.lr"
+    return {"optim.optimizer": o.optimizer, lr_name: o.lr,
+            "optim.weight_decay": max(o.weight_decay, WEIGHT_DECAY_RANGE[0]),
+            "train.batch_size": cfg.train.batch_size}
 
 
 def suggest_overrides(trial, arch: str, loss: str, preset: str, loss_space: bool = True) -> list[str]:

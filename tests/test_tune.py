@@ -264,3 +264,37 @@ def test_declared_tpe_start_up_trials_reach_the_sampler():
     cpu = load_protocol(Path(__file__).resolve().parent.parent / "protocols" / "cpu.yaml").spec.tuning
     assert make_sampler((cpu.sampler, cpu.sampler_seed, cpu.startup_trials))._n_startup_trials == 5
     assert make_sampler(("tpe", 0))._n_startup_trials == 10          # Optuna's default
+
+
+def test_a_study_can_start_from_the_default_optimiser():
+    """`tuning.first_trial: default_optimiser`: trial 0 trains the default rows' optimiser,
+    learning rate and batch (the architecture's own knobs drawn), so tuning has always tried them."""
+    from benchmark.config import build_config
+    from benchmark.tune import (ConstrainedTrial, config_from_overrides, default_optimiser_params,
+                                trial_run_overrides)
+    meta = {"arch": "unet3d", "loss": "dice_bce", "preset": "cpu", "loss_space": False}
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    study.enqueue_trial(default_optimiser_params("unet3d", "cpu"))
+    trial = study.ask()
+    cfg = config_from_overrides(meta, trial_run_overrides(ConstrainedTrial(trial, {}, {}), meta, []))
+    default = build_config("cpu", [], **{"model.arch": "unet3d"})
+    assert (cfg.optim.optimizer, cfg.optim.lr, cfg.train.batch_size) == \
+        (default.optim.optimizer, default.optim.lr, default.train.batch_size)
+    assert cfg.optim.weight_decay == 1e-6 and default.optim.weight_decay == 0.0   # the range's floor
+    assert "arch.dropout" in trial.params                                          # still drawn
+
+
+def test_protocol_enqueues_the_default_trial_once(bench_home, tmp_path, monkeypatch):
+    from benchmark import tune as tune_mod
+    from benchmark.protocol import load_protocol, tune_arch
+    monkeypatch.setattr(tune_mod, "run_worker", lambda *a, **k: 0)     # no training: the queue is the point
+    path = tmp_path / "p.yaml"
+    path.write_text("name: t\nversion: 1\npreset: cpu\narchitectures: [unet3d]\n"
+                    "tuning: {n_trials: 2, epochs: 1, first_trial: default_optimiser}\nfinal: {seeds: 3}\n")
+    lp = load_protocol(path)
+    for _ in range(2):                                                # a rerun does not queue it again
+        tune_arch(lp, "unet3d", None, show_progress=False)
+    [waiting] = _study(lp.study_name("unet3d")).get_trials(deepcopy=False)
+    assert waiting.state == optuna.trial.TrialState.WAITING
+    assert waiting.system_attrs["fixed_params"] == {"optim.optimizer": "adam", "optim.lr": 3e-3, "optim.weight_decay": 1e-6,
+                              "train.batch_size": 8}
