@@ -236,19 +236,13 @@ class TrainConfig(_Strict):
             raise ValueError("must be >= 1")
         return v
 
-    @field_validator("stop_after_epochs")
+    @field_validator("steps_per_epoch", "stop_after_epochs")
     @classmethod
-    def _stop_at_least_one(cls, v):
-        if v is not None and v < 1:
-            raise ValueError("must be >= 1 (or null to train every epoch)")
-        return v
-
-    @field_validator("steps_per_epoch")
-    @classmethod
-    def _steps_at_least_one(cls, v):
+    def _optional_at_least_one(cls, v, info):
         # 0 or a negative cap would give a run that "finishes" without one optimiser step
         if v is not None and v < 1:
-            raise ValueError("must be >= 1 (or null for one pass over the training split)")
+            unset = {"steps_per_epoch": "one pass over the training split", "stop_after_epochs": "every epoch"}
+            raise ValueError(f"must be >= 1 (or null for {unset[info.field_name]})")
         return v
 
     @field_validator("seed")
