@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -220,3 +221,18 @@ def test_missing_journal_is_a_warning_not_a_crash(bench_home, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("warning: no Optuna journal") and STUDY in err
     assert not default_storage_path().exists()       # looking did not create one
+
+
+COMMITTED_EXPORTS = sorted((Path(__file__).resolve().parent.parent / "leaderboards").rglob("*.runs"))
+
+
+@pytest.mark.parametrize("export", COMMITTED_EXPORTS, ids=lambda p: str(p.parent.name + "/" + p.name))
+def test_committed_leaderboard_is_recomputed_byte_for_byte_from_its_export(export, tmp_path):
+    """Every leaderboard committed with its run export (`bench leaderboard --export`) is what
+    `bench leaderboard --from` computes from that export alone: no MLflow store, no number typed."""
+    from benchmark.leaderboard import generate
+    stem = export.name.removesuffix(".runs")
+    generate(from_export=export, out_dir=tmp_path, log_to_mlflow=False)
+    for suffix in (".md", ".csv", ".html"):
+        committed = export.with_name(stem + suffix)
+        assert (tmp_path / committed.name).read_bytes() == committed.read_bytes(), committed
