@@ -260,7 +260,7 @@ def test_tune_gives_up_after_consecutive_failures(bench_home):
     env = {"LIDC_BENCH_HOME": str(bench_home), "OMP_NUM_THREADS": "1"}
     try:
         r = run_cli("tune", "--arch", "unet3d", "--preset", "smoke", "--study", "loop", "--trials", "1",
-                    "--fix", "optim.lr=abc", "--no-progress", env=env, timeout=400)
+                    "--fix", "optim.optimizer=adam", "--fix", "optim.lr=abc", "--no-progress", env=env, timeout=400)
     except subprocess.TimeoutExpired:
         pytest.fail("bench tune kept making failed trials")
     assert r.returncode != 0

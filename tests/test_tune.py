@@ -54,7 +54,8 @@ def test_tune_lifecycle_children_resume_report_params_from_and_refusal(bench_hom
     run_id = capsys.readouterr().out.split()[1].rstrip(":")
     run = client().get_run(run_id)
     assert run.data.tags["optuna.study"] == "life" and "test_dice" in run.data.metrics
-    assert float(run.data.params["optim.lr"]) == pytest.approx(study.best_trial.params["optim.lr"])
+    best = study.best_trial.params       # the rate is optim.lr (Adam, AdamW) or optim.sgd_lr (SGD)
+    assert float(run.data.params["optim.lr"]) == pytest.approx(best.get("optim.lr", best.get("optim.sgd_lr")))
 
     assert main(["tune", "--arch", "unet3d", "--loss", "dice", "--trials", "1", "--preset", "smoke",
                  "--study", "life"]) == 2
