@@ -591,7 +591,8 @@ def report(args) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    with tempfile.TemporaryDirectory() as d:
+    # Optuna's plots set the global style (ggplot); the context gives the process its own back
+    with matplotlib.rc_context(), tempfile.TemporaryDirectory() as d:
         plots = [("optimization_history.png", plot_optimization_history)]
         if importances:
             plots.append(("param_importances.png", plot_param_importances))

@@ -230,9 +230,14 @@ COMMITTED_EXPORTS = sorted((Path(__file__).resolve().parent.parent / "leaderboar
 def test_committed_leaderboard_is_recomputed_byte_for_byte_from_its_export(export, tmp_path):
     """Every leaderboard committed with its run export (`bench leaderboard --export`) is what
     `bench leaderboard --from` computes from that export alone: no MLflow store, no number typed."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
     from benchmark.leaderboard import generate
     stem = export.name.removesuffix(".runs")
-    generate(from_export=export, out_dir=tmp_path, log_to_mlflow=False)
+    with matplotlib.rc_context():
+        plt.style.use("ggplot")     # what Optuna's plots leave in a process: the page must not care
+        generate(from_export=export, out_dir=tmp_path, log_to_mlflow=False)
     for suffix in (".md", ".csv", ".html"):
         committed = export.with_name(stem + suffix)
         assert (tmp_path / committed.name).read_bytes() == committed.read_bytes(), committed

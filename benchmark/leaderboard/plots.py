@@ -69,8 +69,12 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def make_plots(lb: Leaderboard) -> dict[str, bytes]:
-    """The page's plots as PNG bytes, by name (the keys of ``CAPTIONS``)."""
-    return {name: _png(fig) for name, fig in make_figures(lb).items()}
+    """The page's plots as PNG bytes, by name (the keys of ``CAPTIONS``), drawn under matplotlib's
+    default style whatever the process set before (Optuna's matplotlib plots switch the global
+    style to ggplot), so that a page is the same bytes in any process."""
+    import matplotlib.pyplot as plt
+    with plt.style.context("default"):
+        return {name: _png(fig) for name, fig in make_figures(lb).items()}
 
 
 def make_figures(lb: Leaderboard) -> dict:
