@@ -119,6 +119,12 @@ def architecture_entry(name: str):
     return ARCHITECTURES.entry(name)
 
 
+def preset_kwargs(name: str, preset: str) -> dict:
+    """The architecture's own size for ``preset`` (its declared ``preset_kwargs``; {} if none):
+    what a config merges under the user's kwargs and what a protocol holding sizes fixes."""
+    return dict(architecture_entry(name).meta.get("preset_kwargs", {}).get(preset, {}))
+
+
 def searched_genotype_problem(name: str, preset: str) -> str | None:
     """Why architecture ``name`` cannot yet stand for a search at ``preset`` (None: it can, or it
     is not searched). A searched network (metadata ``genotype`` and ``searched_by``) is only the

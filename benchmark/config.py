@@ -485,13 +485,13 @@ def _apply_arch_preset(d: dict, preset: str) -> None:
     """Merge the architecture's own size for this preset (``preset_kwargs`` declared beside its
     code, e.g. a narrower unet3d for ``cpu``) under the user's ``model.kwargs``; the result is
     part of the resolved, logged config."""
-    from architectures import ARCHITECTURES
+    from architectures import ARCHITECTURES, preset_kwargs
     try:
         entry = ARCHITECTURES.entry(d["model"]["arch"])
     except UsageError:
         return  # reported by the caller's name validation, with close matches
     d["model"]["arch"] = entry.name
-    sized = entry.meta.get("preset_kwargs", {}).get(preset, {})
+    sized = preset_kwargs(entry.name, preset)
     d["model"]["kwargs"] = {**sized, **(d["model"].get("kwargs") or {})}
 
 

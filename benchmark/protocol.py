@@ -242,11 +242,10 @@ def held_size(lp: LoadedProtocol, arch: str) -> dict:
     """The search-space parameters a study holds fixed (``tuning.size: preset``): ``arch.<kwarg>``
     at the preset's value for every kwarg the preset sizes; nothing under ``size: search``.
     Search spaces name a kwarg's parameter ``arch.<kwarg>``, so this reaches every size knob."""
-    from architectures import architecture_entry
+    from architectures import preset_kwargs
     if lp.spec.tuning.size != "preset":
         return {}
-    sized = architecture_entry(arch).meta.get("preset_kwargs", {}).get(lp.spec.preset, {})
-    return {f"arch.{k}": v for k, v in sized.items()}
+    return {f"arch.{k}": v for k, v in preset_kwargs(arch, lp.spec.preset).items()}
 
 
 def tuning_overrides(lp: LoadedProtocol) -> list[str]:
