@@ -23,7 +23,9 @@ does, in this order, skipping whatever the tracking store and the Optuna journal
      best is an architecture already listed, the runner-up takes its place; with
      ``best_max_hours``, only architectures whose loss study fits that estimate qualify) every listed loss x
      ``loss_study.seeds`` seeds with that architecture's tuned settings. Its ``dice_bce`` cells
-     are the final runs themselves (same fingerprint), so they are not trained again.
+     are the final runs themselves (same fingerprint), so they are not trained again. Run in
+     this process, a named architecture's loss cells follow its default runs; ``best`` waits for
+     every study.
 
 Restartable like ``bench suite`` (whose cell machinery runs stages 2-4): stop at any point and
 rerun the command. A study resumes until it holds its trials (a trial whose process died is
@@ -484,6 +486,12 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
             if mine:
                 out.suites.append((f"defaults {arch}", run_cells(mine, f"defaults [{arch}]", experiment,
                                                                  show_progress)))
+            # an architecture the loss study names (not 'best', which needs every study) has
+            # its loss cells next, for the same reason; the loss stage below skips them as done
+            if s.loss_study and arch in s.loss_study.archs and st.best_trial is not None:
+                out.suites.append((f"loss study {arch}", run_cells(loss_cells(lp, {arch: st}, [arch]),
+                                                                   f"loss study [{arch}]", experiment,
+                                                                   show_progress)))
     if defaults:
         out.suites.append(("defaults", run_cells(defaults, f"defaults [{s.preset}]", experiment, show_progress,
                                                  executor=executor)))
@@ -612,12 +620,21 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
         archs = loss_study_archs(lp, states)
         ls = s.loss_study
         n_other = len([x for x in ls.losses if x != s.tuning.loss])
+
+        def loss_study_line(a):
+            res = run_cells(loss_cells(lp, states, [a]), "", experiment, show_progress=False, dry_run=True)
+            add(f"loss study {a}", _cost(lp, a, len(res.ran) * final_epochs))
+            lines.append(f"loss study {a}: {len(res.skipped)} done, {len(res.ran)} left")
+
         if archs is None:
             named = [a for a in ls.archs if a != BEST]
             lines.append(f"loss study: waiting for tuning to pick '{BEST}'; {len(ls.losses)} losses x {ls.seeds} seeds "
                          f"on {', '.join(named + [BEST])}")
-            for a in named:
-                add(f"loss study {a}", _cost(lp, a, n_other * ls.seeds * final_epochs))
+            for a in named:     # a named architecture's loss cells run once its own study is done
+                if a in states and states[a].done:
+                    loss_study_line(a)
+                else:
+                    add(f"loss study {a}", _cost(lp, a, n_other * ls.seeds * final_epochs))
             hours = {a: loss_study_hours(lp, a) for a in s.architectures if a not in named}
             costs = [h for a, h in hours.items() if h is not None and loss_study_affordable(lp, a)]
             if costs:
@@ -629,9 +646,7 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
                              + ", ".join(f"{a} ({hours[a]:.1f} h)" for a in capped))
         else:
             for a in archs:
-                res = run_cells(loss_cells(lp, states, [a]), "", experiment, show_progress=False, dry_run=True)
-                add(f"loss study {a}", _cost(lp, a, len(res.ran) * final_epochs))
-                lines.append(f"loss study {a}: {len(res.skipped)} done, {len(res.ran)} left")
+                loss_study_line(a)
     lines.append(f"estimated cost left: {left_total / 3600:.1f} h on the machine the figures come from"
                  + (f" ({s.seconds_per_epoch_source})" if s.seconds_per_epoch_source else "")
                  + "; tuning counted without pruning (an upper bound)")

@@ -202,14 +202,21 @@ def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypa
     stages = dict(res.suites)
     assert not any(r.failed for r in stages.values()), [r.failed for r in stages.values()]
     assert all(st.finished == 2 and st.best_trial is not None for st in res.studies.values())
-    assert set(stages) == {"final unet3d", "final transfuse_s", "defaults unet3d", "defaults transfuse_s",
-                           "defaults", "loss study"}
+    # in this process each architecture's stages come in turn; a named loss-study architecture's
+    # loss cells follow its defaults, 'best' waits for every study
+    assert [name for name, _ in res.suites] == [
+        "final unet3d", "defaults unet3d", "loss study unet3d", "final transfuse_s", "defaults transfuse_s",
+        "defaults", "loss study"]
     assert all(len(stages[f"final {a}"].ran) == 2 for a in ("unet3d", "transfuse_s"))
     # each architecture's default runs come right after its tuned ones; the last stage finds them done
     assert len(stages["defaults unet3d"].ran) == len(stages["defaults transfuse_s"].ran) == 2
     assert not stages["defaults"].ran and len(stages["defaults"].skipped) == 4
-    # loss study: the best arch x 2 losses x 2 seeds, of which the dice_bce cells are the final runs
-    assert len(stages["loss study"].ran) == 2 and len(stages["loss study"].skipped) == 2
+    # loss study: unet3d and best (transfuse_s) x 2 losses x 2 seeds; the dice_bce cells are the
+    # final runs, and unet3d's own cells were trained in its turn
+    assert len(stages["loss study unet3d"].ran) == 2 and len(stages["loss study unet3d"].skipped) == 2
+    assert len(stages["loss study"].ran) == 2 and len(stages["loss study"].skipped) == 6
+    ran = {label.rsplit("/", 1)[0] for r in (stages["loss study unet3d"], stages["loss study"]) for label, _ in r.ran}
+    assert ran == {"unet3d/dice_bce_rm", "transfuse_s/dice_bce_rm"}
 
     cl = client()
     final_id = stages["final unet3d"].ran[0][1]
@@ -237,4 +244,4 @@ def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypa
     assert all(not r.ran and not r.resumed and not r.failed for _, r in again.suites)
     assert all(st.finished == 2 for st in again.studies.values())
     status = protocol_status(path)
-    assert "estimated cost left: 0.0 h" in status and re.search(r"loss study \w+: 4 done, 0 left", status)
+    assert "estimated cost left: 0.0 h" in status and len(re.findall(r"loss study \w+: 4 done, 0 left", status)) == 2
