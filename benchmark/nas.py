@@ -29,7 +29,9 @@ Tracking: one MLflow parent run per study, a child run for phase one (its logits
 and genotype) and one per candidate (tags ``optuna.trial``, ``optuna.state``), and on the parent
 the Pareto front as CSV/markdown, a Dice-vs-MACs plot and the budget. ``--choose`` writes
 ``architectures/bixnas_genotype.json`` recording the study, its storage, the parent run id, the
-trial, the trade-off and the budget.
+trial, the trade-off and the budget, and beside it ``architectures/searches/<study>/``: the same
+front files and ``study.json``, every trial of the study (``benchmark.study_export``), so the
+choice can be checked without the MLflow store.
 """
 from __future__ import annotations
 
@@ -307,15 +309,13 @@ def run_search_worker(study_name: str, storage: Optional[str], n_trials: int, me
     bar.close()
 
 
-def log_front(study) -> list:
-    """Pareto front (Optuna's best_trials): CSV + markdown table, a plot and the budget on the parent run."""
+def write_front(study, folder: Path) -> tuple[list, list[str], dict]:
+    """The Pareto front (Optuna's best_trials) and the budget as files in ``folder``:
+    ``pareto_front.{md,csv,png}`` and ``budget.json``. Returns (front, markdown lines, budget)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from .tracking import Tracker, client, load_settings
     trials = _finished(study)
-    if not trials:
-        return []
     best = front(study)
     k = knee(best)
     lines = ["| trial | val Dice | GMACs | knee | MLflow run |", "| --- | --- | --- | --- | --- |"]
@@ -325,22 +325,37 @@ def log_front(study) -> list:
                      f"{t.user_attrs.get('mlflow_run_id', '')} |")
         csv.append(f"{t.number},{t.values[0]:.6f},{int(t.values[1])},{int(t is k)},{t.user_attrs.get('mlflow_run_id', '')}")
     b = budget(study)
-    settings = load_settings()
-    tr = Tracker(client(settings), study.user_attrs["mlflow_parent_run_id"], settings)
-    tr.log_metrics({"nas.budget_hours": b["hours"], "nas.full_trainings": b["full_trainings"],
-                    "nas.pareto_points": distinct_points(best), "nas.candidates": len(trials)})
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "pareto_front.md").write_text("\n".join(lines) + "\n\n" + budget_line(b) + "\n")
-        (Path(d) / "pareto_front.csv").write_text("\n".join(csv) + "\n")
-        (Path(d) / "budget.json").write_text(json.dumps(b, indent=1) + "\n")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pareto_front.md").write_text("\n".join(lines) + "\n\n" + budget_line(b) + "\n")
+    (folder / "pareto_front.csv").write_text("\n".join(csv) + "\n")
+    (folder / "budget.json").write_text(json.dumps(b, indent=1) + "\n")
+    with plt.style.context("default"):
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.scatter([t.values[1] / 1e9 for t in trials], [t.values[0] for t in trials], s=14, c="0.6", label="candidates")
         ax.plot([t.values[1] / 1e9 for t in best], [t.values[0] for t in best], "o-", c="C3", label="Pareto front")
         ax.scatter([k.values[1] / 1e9], [k.values[0]], s=120, facecolors="none", edgecolors="k", label="knee")
         ax.set_xlabel("GMACs per patch"); ax.set_ylabel("validation Dice"); ax.set_xscale("log")
         ax.set_title(f"BiX-NAS search {study.study_name}"); ax.legend(fontsize=8); ax.grid(alpha=.3)
-        fig.tight_layout(); fig.savefig(Path(d) / "pareto_front.png", dpi=100); plt.close(fig)
-        for name in ("pareto_front.md", "pareto_front.csv", "pareto_front.png", "budget.json"):
+        fig.tight_layout(); fig.savefig(folder / "pareto_front.png", dpi=100); plt.close(fig)
+    return best, lines, b
+
+
+FRONT_FILES = ("pareto_front.md", "pareto_front.csv", "pareto_front.png", "budget.json")
+
+
+def log_front(study) -> list:
+    """Pareto front as CSV/markdown, a plot and the budget, on the study's MLflow parent run."""
+    from .tracking import Tracker, client, load_settings
+    trials = _finished(study)
+    if not trials:
+        return []
+    settings = load_settings()
+    tr = Tracker(client(settings), study.user_attrs["mlflow_parent_run_id"], settings)
+    with tempfile.TemporaryDirectory() as d:
+        best, lines, b = write_front(study, Path(d))
+        tr.log_metrics({"nas.budget_hours": b["hours"], "nas.full_trainings": b["full_trainings"],
+                        "nas.pareto_points": distinct_points(best), "nas.candidates": len(trials)})
+        for name in FRONT_FILES:
             tr.log_artifact(Path(d) / name, "nas")
     print("\n".join(lines))
     print(budget_line(b))
@@ -349,6 +364,11 @@ def log_front(study) -> list:
         print(f"warning: the Pareto front has {n} distinct point(s), fewer than {MIN_FRONT}; run more candidates "
               "(--trials) or longer ones (--epochs) before choosing a genotype", file=sys.stderr)
     return best
+
+
+def search_record_dir(genotype_path: Path, study_name: str) -> Path:
+    """Where ``--choose`` writes the search behind a genotype: ``<its folder>/searches/<study>/``."""
+    return genotype_path.parent / "searches" / study_name
 
 
 def choose(study_name: str, storage: Optional[str], trade_off: str, out: Optional[str]) -> Path:
@@ -380,7 +400,14 @@ def choose(study_name: str, storage: Optional[str], trade_off: str, out: Optiona
         "candidates": len(_finished(study)), "pareto_size": distinct_points(best),
         "budget_seconds": round(b["hours"] * 3600, 1), "budget_hours": round(b["hours"], 4), "budget_device": b["device_kind"],
         "budget_full_trainings": round(b["full_trainings"], 2)})
-    print(f"trial {t.number}: val Dice {t.values[0]:.4f}, {t.values[1] / 1e9:.3f} GMACs -> {path}")
+    # the search itself beside it, so the choice can be checked from the repository: the front,
+    # its plot, the budget and every trial (parameters, objectives, genotypes, MLflow run ids)
+    from .study_export import study_document
+    record = search_record_dir(path, study_name)
+    write_front(study, record)
+    (record / "study.json").write_text(json.dumps(study_document(study), indent=1, sort_keys=True) + "\n")
+    print(f"trial {t.number}: val Dice {t.values[0]:.4f}, {t.values[1] / 1e9:.3f} GMACs -> {path} "
+          f"(search record in {record})")
     return path
 
 

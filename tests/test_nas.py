@@ -36,7 +36,7 @@ def test_two_phase_search_never_reads_the_test_split(bench_home, monkeypatch):
     from architectures import create_architecture
     from architectures.bixnas import Genotype, load_genotype
     from benchmark.data.store import CropStore
-    from benchmark.nas import _study, choose, search
+    from benchmark.nas import FRONT_FILES, _study, choose, search, search_record_dir
     from benchmark.tracking import client
     import torch
 
@@ -83,6 +83,14 @@ def test_two_phase_search_never_reads_the_test_split(bench_home, monkeypatch):
     g = load_genotype(out)
     assert g.meta["mlflow_parent_run_id"] == parent and g.meta["budget_seconds"] > 0
     assert g.meta["mlflow_phase1_run_id"] == study.user_attrs["phase1"]["mlflow_run_id"]
+    # the search record beside the genotype: the front, its plot, the budget and every trial
+    record = search_record_dir(out, "nas-t")
+    assert {f.name for f in record.iterdir()} == {*FRONT_FILES, "study.json"}
+    doc = json.loads((record / "study.json").read_text())
+    assert doc["user_attrs"]["mlflow_parent_run_id"] == parent
+    assert [t["number"] for t in doc["trials"]] == [t.number for t in study.trials]
+    front_rows = (record / "pareto_front.csv").read_text().splitlines()[1:]
+    assert sorted(int(r.split(",")[0]) for r in front_rows) == sorted(t.number for t in study.best_trials)
     net = create_architecture("bixnas", spatial_size=(8, 16, 16), genotype=str(out)).eval()
     assert net(torch.zeros(1, 1, 8, 16, 16)).shape == (1, 1, 8, 16, 16)
 
