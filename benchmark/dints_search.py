@@ -18,11 +18,20 @@ rewritten here for one process and no AMP (the tutorial hard-codes CUDA):
 * the result is ``TopologySearch.decode()`` (a shortest path over feasible topologies), written
   as ``architectures/dints_genotype.json`` with its MLflow run and its budget.
 
+Resumable: after every epoch the search state (weights and architecture parameters, the three
+optimisers, the RNG, the seconds spent, the MLflow run) goes to an atomic checkpoint under
+``runs/nas/``, keyed by the search's settings. Rerunning the same command after a stop continues
+from the last finished epoch in the same MLflow run (batch order and augmentation are drawn
+from (seed, epoch), so a resumed search trains what an uninterrupted one would); the checkpoint
+is deleted once the topology is written.
+
 The search space is sized like the registered network (6 blocks, 3 depths) at channel_mul 0.25;
 the decoded codes do not depend on the width, and ``dints`` rebuilds them at its own.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -56,6 +65,15 @@ def _arch_loss_terms(space, images_shape, ram_factor: float):
     return entropy_a, entropy_c, ram, space.get_topology_entropy(probs_a)
 
 
+def search_state_path(preset: str, warmup_epochs: int, search_epochs: int, overrides: list[str],
+                      channel_mul: float, num_blocks: int, num_depths: int, ram_factor: float) -> Path:
+    """The resumable state of a search with these settings (another setting, another search)."""
+    from .paths import runs_dir
+    key = json.dumps([preset, warmup_epochs, search_epochs, list(overrides), channel_mul, num_blocks,
+                      num_depths, ram_factor])
+    return runs_dir() / "nas" / f"dints-search-{preset}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pt"
+
+
 def run_dints_search(preset: str, warmup_epochs: int, search_epochs: int, overrides: list[str],
                      out: Optional[Path] = None, channel_mul: float = 0.25, num_blocks: int = 6,
                      num_depths: int = 3, ram_factor: float = 0.8, show_progress: bool = True) -> dict:
@@ -65,6 +83,7 @@ def run_dints_search(preset: str, warmup_epochs: int, search_epochs: int, overri
 
     from architectures._layers import PadToMultiple
     from architectures.dints import GENOTYPE_PATH, save_topology
+    from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
     from .config import build_config
     from .data import load_crops
     from .tracking import Tracker
@@ -79,12 +98,24 @@ def run_dints_search(preset: str, warmup_epochs: int, search_epochs: int, overri
     device = pick_device(cfg, dist)
     store = load_crops(cfg.data)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    tracker = Tracker.start(f"dints-search-{preset}", {"nas.searcher": "dints", "kind": "nas", "preset": preset,
-                                                       "arch": "dints"})
-    tracker.log_params({**cfg.flat(), "search.warmup_epochs": warmup_epochs, "search.epochs": search_epochs,
-                        "search.channel_mul": channel_mul, "search.num_blocks": num_blocks,
-                        "search.num_depths": num_depths, "search.ram_factor": ram_factor})
+    state_path = search_state_path(preset, warmup_epochs, search_epochs, overrides, channel_mul, num_blocks,
+                                   num_depths, ram_factor)
+    state = load_checkpoint(state_path) if state_path.exists() else None
+    if state:
+        tracker = Tracker.resume(state["run_id"])
+        print(f"dints search: resuming MLflow run {state['run_id']} after epoch {state['epoch']}/{epochs} "
+              f"({state_path})", file=sys.stderr)
+    else:
+        tracker = Tracker.start(f"dints-search-{preset}", {"nas.searcher": "dints", "kind": "nas", "preset": preset,
+                                                           "arch": "dints"})
+        tracker.log_params({**cfg.flat(), "search.warmup_epochs": warmup_epochs, "search.epochs": search_epochs,
+                            "search.channel_mul": channel_mul, "search.num_blocks": num_blocks,
+                            "search.num_depths": num_depths, "search.ram_factor": ram_factor})
     c0, w0 = time.process_time(), time.perf_counter()
+    spent = state["seconds"] if state else 0.0      # seconds of the search's earlier processes
+
+    def seconds_so_far() -> float:
+        return spent + ((time.perf_counter() - w0) if device.type == "cuda" else (time.process_time() - c0))
     status = "FAILED"
     try:
         trainer = Trainer(cfg, store, device, dist)  # train/val rows, loss, validation; model replaced below
@@ -106,9 +137,17 @@ def run_dints_search(preset: str, warmup_epochs: int, search_epochs: int, overri
         w_source = TrainBatches(store, w_rows, cfg.data, bs, cfg.train.seed, steps, device)
         a_source = TrainBatches(store, a_rows, cfg.data, bs, cfg.train.seed + 1, None, device)
 
+        first_epoch, metrics = 0, {}
+        if state:
+            model.load_state_dict(state["model"])
+            for opt, name in ((opt_w, "opt_w"), (opt_a, "opt_a"), (opt_c, "opt_c")):
+                opt.load_state_dict(state[name])
+            torch.set_rng_state(state["torch_rng"])
+            first_epoch, metrics = state["epoch"], state["metrics"]
+
         def model_input(raw):
             return to_model_input(*raw, device, cfg.data.hu_window)
-        for epoch in range(epochs):
+        for epoch in range(first_epoch, epochs):
             searching = epoch >= warmup_epochs
             s = epoch - warmup_epochs
             for g in opt_w.param_groups:  # halved at 40 % and 80 % of the search epochs
@@ -154,11 +193,16 @@ def run_dints_search(preset: str, warmup_epochs: int, search_epochs: int, overri
             metrics = {k: v / max(n, 1) for k, v in sums.items()}
             metrics.update(trainer.validate())
             tracker.log_metrics(metrics, step=epoch + 1)
+            save_checkpoint({"epoch": epoch + 1, "config": state_path.stem, "run_id": tracker.run_id,
+                             "seconds": seconds_so_far(),
+                             "metrics": metrics, "model": model.state_dict(), "opt_w": opt_w.state_dict(),
+                             "opt_a": opt_a.state_dict(), "opt_c": opt_c.state_dict(),
+                             "torch_rng": torch.get_rng_state()}, state_path)
             if show_progress:
                 print(f"dints search epoch {epoch + 1}/{epochs} ({'search' if searching else 'warm-up'}): "
                       + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), file=sys.stderr)
         node_a, code_a, code_c, _ = space.decode()
-        seconds = (time.perf_counter() - w0) if device.type == "cuda" else (time.process_time() - c0)
+        seconds = seconds_so_far()
         full_epochs = build_config(preset, []).train.epochs
         topology = {
             "node_a": np.asarray(node_a).astype(int).tolist(),
@@ -177,8 +221,13 @@ def run_dints_search(preset: str, warmup_epochs: int, search_epochs: int, overri
         tracker.log_artifact(path, "nas")
         tracker.log_metrics({"nas.budget_hours": seconds / 3600})
         status = "FINISHED"
+        remove_checkpoint(state_path)
         print(f"DiNTS topology -> {path} (MLflow run {tracker.run_id}; {seconds / 3600:.2f} "
               f"{topology['meta']['budget_device']} hours)")
         return topology
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM: the last finished epoch is kept
+        status = "KILLED"
+        print(f"dints search interrupted; rerun the same command to resume ({state_path})", file=sys.stderr)
+        raise
     finally:
         tracker.finish(status)
