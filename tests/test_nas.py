@@ -21,6 +21,8 @@ def test_front_is_optunas_best_trials_and_knee_is_on_it():
     assert [t.number for t in best] == [5, 1, 2, 0]  # cheapest first; 3 and 4 are dominated
     assert distinct_points(best) == 4
     assert knee(best).number in (1, 2)
+    # two points have no knee: the better Dice, however small the MACs gap
+    assert knee(front(_study_with([(0.233, 0.172e9), (0.300, 0.174e9)]))).number == 1
 
 
 def test_prune_epochs_spread_over_second_half_before_the_last_epoch():
