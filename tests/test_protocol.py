@@ -175,6 +175,40 @@ def test_searched_architectures_wait_for_a_recorded_search_on_the_protocols_pres
     assert waiting_for_search(lp) == {}
 
 
+@pytest.mark.parametrize("on_cluster", [False, True])
+def test_a_named_loss_study_architecture_does_not_wait_for_best(tmp_path, monkeypatch, on_cluster):
+    """While 'best' is undecided (dints waits for its search), unet3d's loss cells run as soon as
+    its own study is done: in this process right after its default runs, on a cluster in the
+    loss stage."""
+    import benchmark.protocol as protocol
+    import benchmark.suite as suite
+    from architectures import architecture_entry
+    from benchmark.protocol import StudyState, load_protocol
+    monkeypatch.setitem(architecture_entry("dints").meta, "genotype", str(tmp_path / "none.json"))
+    path = _write(tmp_path, GOOD.replace("[unet3d, transfuse_s]", "[unet3d, dints]")
+                  .replace("final: {seeds: 3}", "final: {seeds: 3}\ndefaults: {seeds: 3, references: false}"))
+    lp = load_protocol(path)
+    best = _frozen_trial(lp, "unet3d", value=0.9)[0]
+    monkeypatch.setattr(protocol, "study_state", lambda lp, arch, storage: StudyState(arch, "s", 4, 4, best, 1.0))
+    monkeypatch.setattr(protocol, "_tune_on_cluster", lambda *a, **k: None)
+    submitted = []
+
+    def fake_run_cells(cells, label, *a, **k):
+        submitted.append((label, [(c.arch, c.loss, c.tags.get("protocol.part")) for c in cells]))
+        return suite.SuiteResult()
+    monkeypatch.setattr(suite, "run_cells", fake_run_cells)
+    protocol.run_protocol(path, show_progress=False, executor=object() if on_cluster else None)
+    loss_stages = [(label, cells) for label, cells in submitted if any(part == "loss" for _, _, part in cells)]
+    want = sorted(("unet3d", loss, "loss") for _seed in range(3) for loss in ("dice_bce", "dice_bce_rm"))
+    assert loss_stages and all(sorted(cells) == want for _, cells in loss_stages)
+    labels = [label for label, _ in submitted]
+    if on_cluster:
+        assert [label for label, _ in loss_stages] == ["loss study"]
+    else:   # right after its defaults; the closing loss stage finds the same cells (done, in a real store)
+        assert labels.index("loss study [unet3d]") == labels.index("defaults [unet3d]") + 1
+    assert not any(arch == "dints" for _, cells in submitted for arch, _, _ in cells)
+
+
 def test_status_builds_no_crop_cache(bench_home, tmp_path, monkeypatch):
     """`bench protocol status` is a look at the store: on a machine without the crop cache it
     reports the cells as not done and builds nothing (it once spent 7 minutes building crops)."""
