@@ -315,17 +315,34 @@ def run_search_worker(study_name: str, storage: Optional[str], n_trials: int, me
     bar.close()
 
 
-def write_front(study, folder: Path) -> tuple[list, list[str], dict]:
+TRADE_OFFS = ("knee", "dice", "macs")
+
+
+def pick(best: list, trade_off: str):
+    """The front trial a trade-off chooses: ``knee`` (see :func:`knee`), ``dice`` (the best
+    validation Dice, fewer MACs on ties) or ``macs`` (the fewest MACs)."""
+    if trade_off == "knee":
+        return knee(best)
+    if trade_off == "dice":
+        return max(best, key=lambda x: (x.values[0], -x.values[1]))
+    if trade_off == "macs":
+        return min(best, key=lambda x: x.values[1])
+    raise UsageError(f"unknown trade-off {trade_off!r} ({', '.join(TRADE_OFFS)})")
+
+
+def write_front(study, folder: Path, trade_off: str = "knee") -> tuple[list, list[str], dict]:
     """The Pareto front (Optuna's best_trials) and the budget as files in ``folder``:
-    ``pareto_front.{md,csv,png}`` and ``budget.json``. Returns (front, markdown lines, budget)."""
+    ``pareto_front.{md,csv,png}`` and ``budget.json``, with the trial ``trade_off`` chooses
+    marked. Returns (front, markdown lines, budget)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
     trials = _finished(study)
     best = front(study)
-    k = knee(best)
-    lines = ["| trial | val Dice | GMACs | knee | MLflow run |", "| --- | --- | --- | --- | --- |"]
-    csv = ["trial,val_dice,macs,knee,mlflow_run_id"]
+    k = pick(best, trade_off)
+    lines = [f"| trial | val Dice | GMACs | chosen ({trade_off}) | MLflow run |", "| --- | --- | --- | --- | --- |"]
+    csv = ["trial,val_dice,macs,chosen,mlflow_run_id"]
     for t in best:
         lines.append(f"| {t.number} | {t.values[0]:.4f} | {t.values[1] / 1e9:.3f} | {'yes' if t is k else ''} | "
                      f"{t.user_attrs.get('mlflow_run_id', '')} |")
@@ -339,8 +356,13 @@ def write_front(study, folder: Path) -> tuple[list, list[str], dict]:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.scatter([t.values[1] / 1e9 for t in trials], [t.values[0] for t in trials], s=14, c="0.6", label="candidates")
         ax.plot([t.values[1] / 1e9 for t in best], [t.values[0] for t in best], "o-", c="C3", label="Pareto front")
-        ax.scatter([k.values[1] / 1e9], [k.values[0]], s=120, facecolors="none", edgecolors="k", label="knee")
-        ax.set_xlabel("GMACs per patch"); ax.set_ylabel("validation Dice"); ax.set_xscale("log")
+        ax.scatter([k.values[1] / 1e9], [k.values[0]], s=120, facecolors="none", edgecolors="k",
+                   label=f"chosen ({trade_off})")
+        ax.set_xlabel("GMACs per patch"); ax.set_ylabel("validation Dice")
+        macs = [t.values[1] for t in trials]
+        if max(macs) > 3 * min(macs):   # a log axis only where the costs span a factor of 3 or more
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter()); ax.xaxis.set_minor_formatter(ScalarFormatter())
         ax.set_title(f"BiX-NAS search {study.study_name}"); ax.legend(fontsize=8); ax.grid(alpha=.3)
         fig.tight_layout(); fig.savefig(folder / "pareto_front.png", dpi=100); plt.close(fig)
     return best, lines, b
@@ -384,14 +406,7 @@ def choose(study_name: str, storage: Optional[str], trade_off: str, out: Optiona
     if not _finished(study):
         raise UsageError(f"study {study_name!r} has no completed candidate")
     best = front(study)
-    if trade_off == "knee":
-        t = knee(best)
-    elif trade_off == "dice":
-        t = max(best, key=lambda x: x.values[0])
-    elif trade_off == "macs":
-        t = min(best, key=lambda x: x.values[1])
-    else:
-        raise UsageError(f"unknown trade-off {trade_off!r} (knee, dice, macs)")
+    t = pick(best, trade_off)
     meta = study.user_attrs.get("meta", {})
     b = budget(study)
     path = Path(out) if out else GENOTYPE_PATH
@@ -410,7 +425,7 @@ def choose(study_name: str, storage: Optional[str], trade_off: str, out: Optiona
     # its plot, the budget and every trial (parameters, objectives, genotypes, MLflow run ids)
     from .study_export import study_document
     record = search_record_dir(path, study_name)
-    write_front(study, record)
+    write_front(study, record, trade_off)
     (record / "study.json").write_text(json.dumps(study_document(study), indent=1, sort_keys=True) + "\n")
     print(f"trial {t.number}: val Dice {t.values[0]:.4f}, {t.values[1] / 1e9:.3f} GMACs -> {path} "
           f"(search record in {record})")
