@@ -98,10 +98,26 @@ def test_two_phase_search_never_reads_the_test_split(bench_home, monkeypatch):
 
 
 def test_committed_genotype_comes_from_a_recorded_cpu_search():
+    """The committed genotype names its search, and the search record beside it (every trial)
+    holds that very genotype as a front trial of a front with at least MIN_FRONT points."""
     from architectures.bixnas import GENOTYPE_PATH
-    meta = json.loads(GENOTYPE_PATH.read_text())["meta"]
+    from benchmark.nas import MIN_FRONT, search_record_dir
+    committed = json.loads(GENOTYPE_PATH.read_text())
+    meta = committed["meta"]
     assert meta["source"] == "bench search bixnas" and meta["preset"] == "cpu"
-    assert meta["mlflow_parent_run_id"] and meta["mlflow_run_id"] and meta["study"]
+    assert meta["mlflow_parent_run_id"] and meta["mlflow_run_id"] and meta["study"] and meta["budget_seconds"] > 0
+    assert meta["pareto_size"] >= MIN_FRONT
+    record = search_record_dir(GENOTYPE_PATH, meta["study"])
+    doc = json.loads((record / "study.json").read_text())
+    assert doc["study_name"] == meta["study"] and doc["user_attrs"]["mlflow_parent_run_id"] == meta["mlflow_parent_run_id"]
+    trial = next(t for t in doc["trials"] if t["number"] == meta["trial"])
+    assert trial["state"] == "COMPLETE" and trial["user_attrs"]["mlflow_run_id"] == meta["mlflow_run_id"]
+    assert trial["values"][0] == pytest.approx(meta["val_dice"], abs=1e-4) and int(trial["values"][1]) == meta["macs_per_patch"]
+    searched = trial["user_attrs"]["genotype"]
+    assert all(committed[k] == searched[k] for k in ("iterations", "levels", "encoder", "decoder"))
+    front_rows = [r.split(",") for r in (record / "pareto_front.csv").read_text().splitlines()[1:]]
+    assert len({(r[1], r[2]) for r in front_rows}) == meta["pareto_size"]
+    assert [r[0] for r in front_rows if r[3] == "1"] == [str(meta["trial"])]
 
 
 def test_unknown_searcher_is_one_line(bench_home):
