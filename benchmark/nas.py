@@ -100,6 +100,11 @@ def distinct_points(trials) -> int:
     return len({(round(t.values[0], 6), int(t.values[1])) for t in trials})
 
 
+def best_dice(trials) -> "object":
+    """The trial with the best validation Dice (the fewer MACs on ties)."""
+    return max(trials, key=lambda t: (t.values[0], -t.values[1]))
+
+
 def knee(trials) -> "object":
     """The front trial closest to the ideal (best Dice, least MACs) after min-max scaling (log MACs).
 
@@ -107,7 +112,7 @@ def knee(trials) -> "object":
     distance from the ideal, whatever their gaps (bixnas-cpu's first 24 candidates gave
     Dice 0.233 at 0.172 GMACs and 0.300 at 0.174). There the trial with the best Dice is taken."""
     if len(trials) < 3:
-        return max(trials, key=lambda t: (t.values[0], -t.values[1]))
+        return best_dice(trials)
     ds = [t.values[0] for t in trials]
     ms = [math.log(t.values[1]) for t in trials]
     dspan, mspan = (max(ds) - min(ds)) or 1.0, (max(ms) - min(ms)) or 1.0
@@ -324,7 +329,7 @@ def pick(best: list, trade_off: str):
     if trade_off == "knee":
         return knee(best)
     if trade_off == "dice":
-        return max(best, key=lambda x: (x.values[0], -x.values[1]))
+        return best_dice(best)
     if trade_off == "macs":
         return min(best, key=lambda x: x.values[1])
     raise UsageError(f"unknown trade-off {trade_off!r} ({', '.join(TRADE_OFFS)})")
@@ -340,13 +345,13 @@ def write_front(study, folder: Path, trade_off: str = "knee") -> tuple[list, lis
     from matplotlib.ticker import ScalarFormatter
     trials = _finished(study)
     best = front(study)
-    k = pick(best, trade_off)
+    chosen = pick(best, trade_off)
     lines = [f"| trial | val Dice | GMACs | chosen ({trade_off}) | MLflow run |", "| --- | --- | --- | --- | --- |"]
     csv = ["trial,val_dice,macs,chosen,mlflow_run_id"]
     for t in best:
-        lines.append(f"| {t.number} | {t.values[0]:.4f} | {t.values[1] / 1e9:.3f} | {'yes' if t is k else ''} | "
+        lines.append(f"| {t.number} | {t.values[0]:.4f} | {t.values[1] / 1e9:.3f} | {'yes' if t is chosen else ''} | "
                      f"{t.user_attrs.get('mlflow_run_id', '')} |")
-        csv.append(f"{t.number},{t.values[0]:.6f},{int(t.values[1])},{int(t is k)},{t.user_attrs.get('mlflow_run_id', '')}")
+        csv.append(f"{t.number},{t.values[0]:.6f},{int(t.values[1])},{int(t is chosen)},{t.user_attrs.get('mlflow_run_id', '')}")
     b = budget(study)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "pareto_front.md").write_text("\n".join(lines) + "\n\n" + budget_line(b) + "\n")
@@ -356,7 +361,7 @@ def write_front(study, folder: Path, trade_off: str = "knee") -> tuple[list, lis
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.scatter([t.values[1] / 1e9 for t in trials], [t.values[0] for t in trials], s=14, c="0.6", label="candidates")
         ax.plot([t.values[1] / 1e9 for t in best], [t.values[0] for t in best], "o-", c="C3", label="Pareto front")
-        ax.scatter([k.values[1] / 1e9], [k.values[0]], s=120, facecolors="none", edgecolors="k",
+        ax.scatter([chosen.values[1] / 1e9], [chosen.values[0]], s=120, facecolors="none", edgecolors="k",
                    label=f"chosen ({trade_off})")
         ax.set_xlabel("GMACs per patch"); ax.set_ylabel("validation Dice")
         macs = [t.values[1] for t in trials]
