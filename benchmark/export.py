@@ -48,6 +48,13 @@ FORMAT_VERSION = 1
 ORIGINAL_ID_TAG = "import.original_run_id"
 ORIGINAL_EXPORT_TAG = "import.export"
 
+
+def origin_run_id(run_id: str, tags: dict) -> str:
+    """A run's id where it was trained. An imported run gets a new id in each store it is loaded
+    into and keeps its first one in the tag ``import.original_run_id``; leaderboards cite it and
+    exports file it under that first id, so it is one run with one name on every machine."""
+    return tags.get(ORIGINAL_ID_TAG) or run_id
+
 _FORMAT_NOTE = """# Run export (format {version})
 
 Written by `bench leaderboard --export`; read by `bench leaderboard --from <this folder>` and
@@ -55,7 +62,8 @@ Written by `bench leaderboard --export`; read by `bench leaderboard --from <this
 
 - `runs/<run_id>.json`: `run_name`, `status`, `start_time`/`end_time` (ms since epoch), `tags`,
   `params`, `metrics` (last value of each), `history` (`{{metric: [[step, value], ...]}}`) and
-  `config` (the run's logged `config.yaml`).
+  `config` (the run's logged `config.yaml`). A run that was itself loaded by `bench import` is
+  filed under its original id, so it keeps one id from machine to machine.
 - `per_nodule/<run_id>.csv`: the run's `evaluation/per_nodule.csv` artifact, unchanged (for a run
   with the tag `evaluation.rescored=true`, its `evaluation/per_nodule_rescored.csv`).
 - `studies/<study>.json`: an Optuna study behind the tuned runs (tag `optuna.study`): `study_name`,
@@ -129,10 +137,12 @@ def run_payload(cl, run_id: str) -> tuple[dict, Optional[str]]:
             csv_text = Path(cl.download_artifacts(run_id, per_nodule_artifact(run.data.tags), tmp)).read_text()
         except Exception:  # noqa: BLE001 - a run without test evaluation
             csv_text = None
+    # filed under its original id; the import tags only said where this copy came from
     doc = {
-        "run_id": run_id, "run_name": run.info.run_name or "", "status": run.info.status,
+        "run_id": origin_run_id(run_id, run.data.tags), "run_name": run.info.run_name or "", "status": run.info.status,
         "start_time": int(run.info.start_time or 0), "end_time": int(run.info.end_time or 0),
-        "tags": {k: v for k, v in sorted(run.data.tags.items()) if not k.startswith("mlflow.log-model")},
+        "tags": {k: v for k, v in sorted(run.data.tags.items())
+                 if not k.startswith("mlflow.log-model") and k not in (ORIGINAL_ID_TAG, ORIGINAL_EXPORT_TAG)},
         "params": dict(sorted(run.data.params.items())),
         "metrics": {k: float(v) for k, v in sorted(run.data.metrics.items())},
         "history": history, "config": config,
@@ -183,7 +193,9 @@ def write_export(payloads: Iterable[tuple[dict, Optional[str]]], dest: Path, exp
 def export_runs(cl, run_ids: Iterable[str], dest: Path, experiment: str = "", studies: Iterable[dict] = ()) -> Path:
     """Export these MLflow runs (``experiment``: the name they were read from, kept for the record)
     and these Optuna study documents."""
-    return write_export((run_payload(cl, rid) for rid in sorted(set(run_ids))), dest, experiment, studies)
+    from .tracking import no_download_bars
+    with no_download_bars():
+        return write_export((run_payload(cl, rid) for rid in sorted(set(run_ids))), dest, experiment, studies)
 
 
 def read_manifest(path: Path) -> dict:
@@ -292,7 +304,9 @@ def import_export(path: Path, experiment: Optional[str] = None, storage: Optiona
     for run in runs:
         if run.run_id in mapping:
             continue
-        tags = {k: v for k, v in run.tags.items() if not k.startswith("mlflow.")}
+        # MLflow's own tags travel too (source, commit, user): only the link to a parent run,
+        # which stayed in the exporting store, is dropped
+        tags = {k: v for k, v in run.tags.items() if k != "mlflow.parentRunId"}
         tags.update({ORIGINAL_ID_TAG: run.run_id, ORIGINAL_EXPORT_TAG: Path(path).name,
                      "mlflow.runName": run.run_name or run.run_id})
         created = cl.create_run(exp_id, start_time=run.start_time or None, tags=tags, run_name=run.run_name or None)

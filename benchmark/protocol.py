@@ -2,6 +2,7 @@
 
     bench protocol run protocols/cpu.yaml [--experiment NAME] [--no-progress] [--scheduler ADDRESS]
     bench protocol status protocols/cpu.yaml
+    bench protocol export protocols/cpu.yaml [--out DIR]    # carry its progress to another machine
 
 A protocol is a versioned YAML file in ``protocols/`` (validated by :class:`Protocol`). Running it
 does, in this order, skipping whatever the tracking store and the Optuna journal already hold:
@@ -36,6 +37,10 @@ On a Dask cluster (``--scheduler``, see ``benchmark.cluster``) the unfinished st
 side, one task each, and then the cells of stages 2-4 are submitted as ``bench suite --scheduler``
 submits its cells; the same store, journal and rules, so either way of running resumes the other.
 
+A protocol outlives the machine it started on: ``bench protocol export`` writes what it has
+finished (its scored runs and its studies' finished trials) as a run export, ``bench import`` of
+that folder elsewhere recreates them, and ``bench protocol run`` there resumes as it would here.
+
 Every run the protocol starts carries the tags ``protocol.name``, ``protocol.version``,
 ``protocol.sha`` (of the file's bytes) and ``protocol.part`` (final / default / loss; tuning
 trials are children of their study's parent run, which carries the same tags), and logs the
@@ -56,7 +61,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from .errors import UsageError
 
-__all__ = ["Protocol", "load_protocol", "run_protocol", "protocol_status", "register"]
+__all__ = ["Protocol", "load_protocol", "run_protocol", "protocol_status", "export_protocol", "register"]
 
 REFERENCE_ARCH = "unet3d"
 BEST = "best"   # loss_study.archs entry standing for the best tuned architecture
@@ -333,8 +338,18 @@ def _tag_trial_runs(lp: LoadedProtocol, arch: str, storage: Optional[str]) -> No
     study = optuna.load_study(study_name=lp.study_name(arch), storage=open_storage(storage)[0])
     for t in study.get_trials(deepcopy=False):
         rid = t.user_attrs.get("mlflow_run_id")
-        if rid:
+        if rid and _in_store(cl, rid):
             Tracker(cl, rid, settings).set_tags({**lp.tags, "protocol.part": "tuning"})
+
+
+def _in_store(cl, run_id: str) -> bool:
+    """False for a trial imported with its study (``bench protocol export``): its MLflow run
+    stayed in the store it was tuned in, and tagging it here would only fill the offline buffer."""
+    try:
+        cl.get_run(run_id)
+        return True
+    except Exception:  # noqa: BLE001 - MLflow raises its own types for an unknown id
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -660,12 +675,70 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
 
 
 # ---------------------------------------------------------------------------------------------
+# export: the protocol's progress, carried to another machine
+# ---------------------------------------------------------------------------------------------
+#: the runs an export carries (tuning trials travel inside their study documents)
+EXPORTED_PARTS = ("final", "default", "loss", "reference")
+#: the trials it carries: a RUNNING or WAITING trial belongs to a process on this machine, and
+#: the protocol there enqueues or runs it again
+FINISHED_TRIAL_STATES = ("COMPLETE", "PRUNED", "FAIL")
+
+
+def default_export_path(lp: LoadedProtocol) -> Path:
+    return lp.path.parent / "progress" / f"{lp.spec.name}-v{lp.spec.version}.runs"
+
+
+@dataclass
+class ProtocolExport:
+    path: Path
+    runs: int
+    trials: dict          # study name -> finished trials exported
+
+
+def export_protocol(path: str | Path, out: Optional[str | Path] = None, experiment: Optional[str] = None,
+                    storage: Optional[str] = None) -> ProtocolExport:
+    """Write what the protocol has finished so far as a run export (``benchmark.export``): every
+    finished final, default, loss-study and reference run it started (tags ``protocol.name`` and
+    ``protocol.version``), and each of its studies with its finished trials.
+
+    ``bench import`` of the folder into another store and journal (a fresh clone, another
+    machine) gives ``bench protocol run`` there the state to resume from: its cells are matched
+    by their config fingerprints, which the runs carry as tags, and each study continues from its
+    trials. Left behind: checkpoints, the trials' own MLflow runs, and whatever is still running
+    (it is trained again there)."""
+    import optuna
+    from .export import export_runs
+    from .study_export import export_studies
+    from .tracking import client, experiment_id, load_settings, search_all_runs
+    from .tune import open_storage
+    lp = load_protocol(path)
+    s = lp.spec
+    settings = load_settings()
+    cl = client(settings)
+    exp_id = experiment_id(cl, settings, experiment)
+    where = (f"attributes.status = 'FINISHED' and tags.`protocol.name` = '{s.name}' "
+             f"and tags.`protocol.version` = '{s.version}'")
+    runs = [r.info.run_id for r in search_all_runs(cl, [exp_id], where)
+            if r.data.tags.get("protocol.part") in EXPORTED_PARTS]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    present = set(optuna.get_all_study_names(open_storage(storage)[0]))
+    studies = export_studies([n for n in map(lp.study_name, s.architectures) if n in present], storage)
+    for doc in studies:
+        doc["trials"] = [t for t in doc["trials"] if t["state"] in FINISHED_TRIAL_STATES]
+    dest = Path(out) if out else default_export_path(lp)
+    export_runs(cl, runs, dest, experiment or settings.experiment, studies)
+    return ProtocolExport(dest, len(set(runs)), {d["study_name"]: len(d["trials"]) for d in studies})
+
+
+# ---------------------------------------------------------------------------------------------
 def register(sub) -> None:
     p = sub.add_parser("protocol", help="run or inspect a declared, tuned benchmark protocol (protocols/*.yaml)")
-    verbs = p.add_subparsers(dest="verb", required=True, metavar="{run,status}")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="{run,status,export}")
     for verb, help_ in (("run", "tune every architecture, train the tuned seeds, defaults and the loss study; "
                                 "restartable"),
-                        ("status", "what is done, what is left, and its estimated cost")):
+                        ("status", "what is done, what is left, and its estimated cost"),
+                        ("export", "write what is finished as a run export, to resume on another machine after "
+                                   "`bench import` there")):
         v = verbs.add_parser(verb, help=help_)
         v.add_argument("file", help="protocol file, e.g. protocols/cpu.yaml")
         v.add_argument("--experiment", help="MLflow experiment (default: mlflow.yaml's)")
@@ -675,6 +748,9 @@ def register(sub) -> None:
             v.add_argument("--scheduler", metavar="ADDRESS",
                            help="run the studies and cells on a Dask cluster: tcp://HOST:PORT of a running "
                                 "scheduler, or local:N for N worker processes here (default: this process)")
+        if verb == "export":
+            v.add_argument("--out", help="export folder (default: protocols/progress/<name>-v<version>.runs "
+                                         "beside the protocol file)")
         v.set_defaults(func=_cmd)
 
 
@@ -682,6 +758,12 @@ def _cmd(args) -> None:
     from .suite import SuiteFailed
     if args.verb == "status":
         print(protocol_status(args.file, args.experiment, args.storage))
+        return
+    if args.verb == "export":
+        done = export_protocol(args.file, args.out, args.experiment, args.storage)
+        trials = ", ".join(f"{name} {n}" for name, n in sorted(done.trials.items())) or "none"
+        print(f"{done.runs} finished runs and the studies' finished trials ({trials}) are in {done.path}; "
+              f"elsewhere: bench import {done.path}, then bench protocol run {args.file}")
         return
     with contextlib.ExitStack() as stack:
         executor = None

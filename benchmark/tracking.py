@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import contextlib
 import os
 import platform
 import subprocess
@@ -354,6 +355,18 @@ class Tracker:
             self._monitor = None
 
 
+def search_all_runs(cl, experiment_ids: list[str], filter_string: str = "") -> list:
+    """Every run of these experiments matching the MLflow filter, oldest first (all pages)."""
+    runs, token = [], None
+    while True:
+        page = cl.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token,
+                              order_by=["attributes.start_time ASC"])
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def logged_metric_steps(cl, run) -> set[tuple[str, int]]:
     """Every (metric, step) pair a run already holds."""
     out: set[tuple[str, int]] = set()
@@ -527,6 +540,22 @@ def per_nodule_artifact(tags: dict) -> str:
     """The per-nodule table a run is scored by: the rescored one once ``bench rescore --log`` has
     written it (it holds every column the metric specification has now), else the original."""
     return RESCORED_PER_NODULE_ARTIFACT if tags.get(RESCORED_TAG) == "true" else PER_NODULE_ARTIFACT
+
+
+@contextlib.contextmanager
+def no_download_bars():
+    """No MLflow progress bar per downloaded artifact: reading a few hundred runs' tables
+    would bury the console in bars of one file each."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    old = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def quiet_mlflow_logging(level: str = "WARNING"):

@@ -90,6 +90,31 @@ def test_import_into_a_fresh_store_through_mlflow(bench_home, tmp_path, capsys):
     assert f"parent run {'f' * 32} is not in" in captured.err
 
 
+@pytest.mark.slow
+def test_an_imported_run_keeps_its_first_id_and_its_commit_wherever_it_goes(bench_home, tmp_path):
+    """A run carried from store to store (`bench import`, then exported again, e.g. by `bench
+    protocol export` on the second machine) is cited and filed under the id it was trained as,
+    and keeps MLflow's source tags; only the link to a parent run that stayed behind is dropped."""
+    from benchmark.export import export_runs, import_export
+    from benchmark.leaderboard.collect import collect_runs
+    from benchmark.tracking import client
+    first = _doc()["run_id"]
+    tags = {**_doc()["tags"], "mlflow.source.git.commit": "a" * 40, "mlflow.parentRunId": "e" * 32,
+            "preset": "smoke", "data.source": "phantom", "data.ground_truth": "staple",
+            "data.split_hash": "s" * 8, "data.content_hash": "c" * 16}
+    done = import_export(write_export([(_doc(tags=tags), PER_NODULE)], tmp_path / "lb.runs"))
+    here = done.runs[first]
+    assert here != first
+    cl = client()
+    run = cl.get_run(here)
+    assert run.data.tags["mlflow.source.git.commit"] == "a" * 40 and "mlflow.parentRunId" not in run.data.tags
+    [rec] = collect_runs(cl, [run.info.experiment_id], "")
+    assert (rec.run_id, rec.local_id) == (first, here)       # cited by its first id, read by this store's
+    [back] = read_export(export_runs(cl, [rec.local_id], tmp_path / "again.runs"))
+    assert back.run_id == first and ORIGINAL_ID_TAG not in back.tags
+    assert back.tags["mlflow.source.git.commit"] == "a" * 40 and back.metrics["test_dice"] == pytest.approx(0.7)
+
+
 # ---------------------------------------------------------------------------------------------
 # Optuna studies behind the tuned rows
 # ---------------------------------------------------------------------------------------------

@@ -220,11 +220,74 @@ def test_status_builds_no_crop_cache(bench_home, tmp_path, monkeypatch):
     assert not cache.exists() or not any(cache.iterdir())
 
 
+def _fake_run(cl, exp_id, tags, tmp_path, test_dice=0.5):
+    """A finished run as the protocol logs one (tags, test metric, per-nodule table), untrained."""
+    run = cl.create_run(exp_id, tags=tags)
+    cl.log_metric(run.info.run_id, "test_dice", test_dice)
+    csv = tmp_path / "per_nodule.csv"
+    csv.write_text("nodule_id,dice,nsd,hd95_mm\nLIDC-0001_n01,0.5,0.5,3.0\n")
+    cl.log_artifact(run.info.run_id, str(csv), "evaluation")
+    cl.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def test_export_carries_the_finished_runs_and_trials_to_a_fresh_store(bench_home, tmp_path, monkeypatch,
+                                                                       migrated_store_template):
+    """`bench protocol export` then `bench import` elsewhere: the protocol's scored runs (under
+    their ids) and its studies' finished trials arrive; trial runs, other protocols' runs and a
+    trial still running stay behind."""
+    import shutil
+
+    from benchmark.cli import main
+    from benchmark.export import read_export
+    from benchmark.protocol import export_protocol, load_protocol, study_state
+    from benchmark.tracking import client, experiment_id, load_settings
+    from benchmark.tune import open_storage
+    path = _write(tmp_path, GOOD)
+    lp = load_protocol(path)
+    cl = client()
+    exp = experiment_id(cl, load_settings())
+    keep = {_fake_run(cl, exp, {**lp.tags, "protocol.part": part, "arch": "unet3d"}, tmp_path)
+            for part in ("final", "default", "loss", "reference")}
+    _fake_run(cl, exp, {**lp.tags, "protocol.part": "tuning"}, tmp_path)
+    _fake_run(cl, exp, {**lp.tags, "protocol.version": "0", "protocol.part": "final"}, tmp_path)
+    _fake_run(cl, exp, {"arch": "unet3d"}, tmp_path)
+    S = optuna.trial.TrialState
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=open_storage(None)[0], study_name=lp.study_name("unet3d"),
+                                direction="maximize")
+    dist = {"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    for i, state in enumerate([S.COMPLETE, S.PRUNED, S.COMPLETE]):
+        study.add_trial(optuna.trial.create_trial(
+            state=state, value=0.5 + i / 10 if state == S.COMPLETE else None, params={"optim.lr": 1e-3},
+            distributions=dist, intermediate_values={0: 0.1}, user_attrs={"mlflow_run_id": f"{i:032x}"}))
+    study.enqueue_trial({"optim.lr": 2e-3})
+    study.ask()                                   # a trial this machine is running: RUNNING
+
+    done = export_protocol(path, tmp_path / "carry.runs")
+    assert done.runs == 4 and done.trials == {lp.study_name("unet3d"): 3}
+    assert {r.run_id for r in read_export(done.path)} == keep
+
+    fresh = tmp_path / "elsewhere"
+    (fresh / "runs").mkdir(parents=True)
+    shutil.copy(migrated_store_template, fresh / "runs" / "mlflow.db")
+    monkeypatch.setenv("LIDC_BENCH_HOME", str(fresh))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)   # mlflow.set_tracking_uri exported the first store's
+    assert main(["import", str(done.path)]) == 0
+    st = study_state(lp, "unet3d", None)
+    assert st.finished == 3 and st.n_trials == 4 and st.best_trial is None      # resumes at trial 4
+    there = client().search_runs([experiment_id(client(), load_settings())], "")
+    assert {r.data.tags["import.original_run_id"] for r in there} == keep
+    # exported again from the second machine: the same runs under the same ids
+    again = export_protocol(path, tmp_path / "again.runs")
+    assert {r.run_id for r in read_export(again.path)} == keep and again.trials == done.trials
+
+
 # about 2.5 CPU-minutes (16 smoke runs, then a rerun); on two cores shared with other work its wall
 # time has passed the project's 900 s per-test limit, hence the larger limit here
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypatch, tmp_path):
+def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypatch, tmp_path, migrated_store_template):
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
     from benchmark.leaderboard import generate
     from benchmark.protocol import load_protocol, protocol_status, run_protocol
@@ -279,3 +342,18 @@ def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypa
     assert all(st.finished == 2 for st in again.studies.values())
     status = protocol_status(path)
     assert "estimated cost left: 0.0 h" in status and len(re.findall(r"loss study \w+: 4 done, 0 left", status)) == 2
+
+    # carried to a fresh store (`bench protocol export`, then `bench import` there), nothing is left
+    # to do: every cell is found by its fingerprint and every study is complete
+    import shutil
+
+    from benchmark.export import import_export
+    from benchmark.protocol import export_protocol
+    carried = export_protocol(path, tmp_path / "carried.runs")
+    fresh = tmp_path / "fresh-home"
+    (fresh / "runs").mkdir(parents=True)
+    shutil.copy(migrated_store_template, fresh / "runs" / "mlflow.db")
+    monkeypatch.setenv("LIDC_BENCH_HOME", str(fresh))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)   # mlflow.set_tracking_uri exported the first store's
+    import_export(carried.path)
+    assert protocol_status(path) == status

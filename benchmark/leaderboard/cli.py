@@ -101,7 +101,7 @@ def generate(preset: Optional[str] = None, ranking: str = "aggregate", out_dir: 
             runs_of_table = [x for r in all_rows(lb) for x in r.runs]
             studies = export_studies({x.tags["optuna.study"] for x in runs_of_table if x.tags.get("optuna.study")},
                                      study_storage)
-            files.append(export_runs(cl, {x.run_id for x in runs_of_table}, out_dir / f"{lb.key.name}.runs",
+            files.append(export_runs(cl, {x.local_id for x in runs_of_table}, out_dir / f"{lb.key.name}.runs",
                                      exp_name, studies))
         results.append(Generated(lb, files, files[0].read_text(encoding="utf-8")))
         if register_top:
@@ -140,7 +140,7 @@ def register_top_model(lb: Leaderboard):
     row = [str(c) for c in body[lb.rows.index(top)]]
     description = (f"{title(lb)}: top row, seed {best.seed} (test Dice {best.metrics.get('test_dice', float('nan')):.4f})"
                    f"\n\n| {' | '.join(header)} |\n|{'|'.join('---' for _ in header)}|\n| {' | '.join(row)} |")
-    version = register_model(best.run_id, lb.key.name, description)
+    version = register_model(best.local_id, lb.key.name, description)
     print(f"registered {top.label} (run {best.run_id}) as {lb.key.name} version {version.version}", file=sys.stderr)
     return version
 

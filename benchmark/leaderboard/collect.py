@@ -15,10 +15,8 @@ stops and lists the groups and the option that picks one (``mixed_groups_message
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -47,6 +45,14 @@ class RunRecord:
     end_time: int
     per_nodule: pd.DataFrame       # scored test nodules only
     n_gt_empty: int = 0            # test nodules left unscored (no ground truth at this spacing)
+    #: the run's id in the store it was read from, when that is not ``run_id`` (an imported run:
+    #: ``run_id`` is then its original id, the one leaderboards cite; see ``export.origin_run_id``)
+    store_id: Optional[str] = None
+
+    @property
+    def local_id(self) -> str:
+        """The id to give the tracking store this record came from (export, register)."""
+        return self.store_id or self.run_id
 
     @property
     def arch(self) -> str:
@@ -102,17 +108,6 @@ class TableKey:
                 f"NSD tolerance {self.nsd_tolerance_mm:g} mm, {self.n_nodules} test nodules ({self.test_set})")
 
 
-def _search_all(cl, experiment_ids: list[str], filter_string: str):
-    runs, token = [], None
-    while True:
-        page = cl.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token,
-                              order_by=["attributes.start_time ASC"])
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def mlflow_filter(preset: Optional[str], source: Optional[str], ground_truth: Optional[str],
                    split_hash: Optional[str], data_hash: Optional[str], extra: Optional[str]) -> str:
     parts = ["attributes.status = 'FINISHED'"]
@@ -135,16 +130,17 @@ def collect_runs(cl, experiment_ids: list[str], filter_string: str, warn=None) -
     Tuning trials (never evaluated on test), the leaderboard's own runs and anything without
     the data tags are ignored; a scored run whose CSV is missing is reported through ``warn``.
     """
+    from ..export import origin_run_id
+    from ..tracking import no_download_bars, search_all_runs
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     try:
-        found = _search_all(cl, experiment_ids, filter_string)
+        found = search_all_runs(cl, experiment_ids, filter_string)
     except Exception as e:  # noqa: BLE001 - MLflow raises its own exception types
         if "filter" in str(e).lower() or "invalid" in str(e).lower():
             raise UsageError(f"MLflow rejected the run filter {filter_string!r}: {str(e).splitlines()[0]}") from None
         raise TrackingError(f"could not search MLflow runs: {str(e).splitlines()[0]}") from None
     records = []
-    quiet = _env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # one bar per CSV would bury the table
-    with quiet, tempfile.TemporaryDirectory() as tmp:
+    with no_download_bars(), tempfile.TemporaryDirectory() as tmp:
         for run in found:
             rid = run.info.run_id
             dst = Path(tmp) / rid
@@ -162,6 +158,8 @@ def collect_runs(cl, experiment_ids: list[str], filter_string: str, warn=None) -
 
             rec = _record(rid, dict(run.data.tags), dict(run.data.metrics), int(run.info.end_time or 0),
                           read_csv, read_config, warn)
+            if rec is not None and origin_run_id(rid, rec.tags) != rid:
+                rec.run_id, rec.store_id = origin_run_id(rid, rec.tags), rid
             if rec is not None:
                 records.append(rec)
     return records
@@ -223,17 +221,6 @@ def _require(value, why: str):
     return value
 
 
-@contextmanager
-def _env(name: str, value: str):
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
 
 
 def _unflatten(params: dict) -> dict:
