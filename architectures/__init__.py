@@ -78,7 +78,7 @@ _DECLARATIONS: dict[str, dict] = {
         module="dints", family="NAS",
         paper="He et al. 2021, arXiv 2103.15954 (MONAI DiNTS; topology searched here by `bench search dints` "
               "once architectures/dints_genotype.json exists, else the fixed one)",
-        genotype="dints_genotype.json", searched_by="bench search dints",
+        genotype="dints_genotype.json", searched_by="bench search dints", parent="dints_fixed",
         preset_kwargs={"smoke": {"channel_mul": 0.25}, "cpu": {"channel_mul": 0.25}}),
     "dints_fixed": dict(
         module="dints", family="NAS",
@@ -90,7 +90,7 @@ _DECLARATIONS: dict[str, dict] = {
     "bixnas": dict(
         module="bixnas", family="NAS",
         paper="Wang et al. 2021, arXiv 2106.14033 (BiX-NAS; genotype architectures/bixnas_genotype.json)",
-        genotype="bixnas_genotype.json", searched_by="bench search bixnas",
+        genotype="bixnas_genotype.json", searched_by="bench search bixnas", parent="bionet",
         preset_kwargs={"smoke": {"width": 16, "full_res_width": 8}, "cpu": {"width": 16, "full_res_width": 8}}),
 }
 
@@ -123,6 +123,15 @@ def preset_kwargs(name: str, preset: str) -> dict:
     """The architecture's own size for ``preset`` (its declared ``preset_kwargs``; {} if none):
     what a config merges under the user's kwargs and what a protocol holding sizes fixes."""
     return dict(architecture_entry(name).meta.get("preset_kwargs", {}).get(preset, {}))
+
+
+def searched_parents() -> dict[str, str]:
+    """{searched architecture: its parent}, from the metadata ``parent``: the hand-designed network
+    whose design space the search explored (BiX-NAS prunes BiO-Net's skips; the DiNTS search
+    replaces the fixed decoded topology). A search earns its row by matching or beating its parent
+    at lower cost; the leaderboard sets the two side by side."""
+    return {n: architecture_entry(n).meta["parent"] for n in list_architectures()
+            if "parent" in architecture_entry(n).meta}
 
 
 def searched_genotype_problem(name: str, preset: str) -> str | None:

@@ -400,6 +400,35 @@ def test_sections_gain_loss_study_and_empty_count_on_synthetic_runs():
     assert "+0.200 [" in md and "| unet3d | dice | 3 |" in md and "6/90" in md
 
 
+def test_a_searched_network_is_set_against_its_parent_on_both_pages():
+    """bixnas's parent is bionet (architecture metadata): the page pairs their tuned rows, with
+    the paired Dice difference and its interval, the costs and a reading in words."""
+    from benchmark.leaderboard import build_sections, render_html, render_markdown, table_key
+    from architectures import searched_parents
+    assert searched_parents() == {"bixnas": "bionet", "dints": "dints_fixed"}
+    g = np.random.default_rng(2)
+    n = 40
+    base = g.uniform(0.3, 0.6, n)
+    runs = []
+    for s in range(3):
+        for arch, shift, macs in (("bionet", 0.0, 4e8), ("bixnas", 0.1, 2e8), ("unet3d", 0.05, 5e8),
+                                  ("dints_fixed", 0.0, 1e8)):
+            rec = _synthetic_record(f"{arch}{s}", arch, "dice_bce", s, base + shift + g.normal(0, .01, n),
+                                    part="final", variant=1)
+            rec.metrics.update(macs_per_patch=macs, params=macs / 100)
+            runs.append(rec)
+    lb = build_sections(table_key(runs[0]), runs, n_boot=300)
+    [c] = lb.comparisons                           # dints has no row: no pair for dints_fixed
+    assert (c.searched.arch, c.parent.arch) == ("bixnas", "bionet")
+    assert c.dice_diff == pytest.approx(0.1, abs=0.01) and 0 < c.dice_diff_low < 0.1 < c.dice_diff_high
+    assert c.p_holm < 0.001 and c.verdict() == "beats its parent (Dice difference interval above 0), at fewer MACs"
+    md = render_markdown(lb)
+    section = md.split("## Searched networks against their parents", 1)[1].split("##", 1)[0]
+    assert "| bixnas / dice_bce | bionet / dice_bce | 3 / 3 |" in section and "| 2 M / 4 M | 200 M / 400 M |" in section, section
+    assert re.search(r"\| \+0\.(09|10)\d \[\+0\.\d{3}, \+0\.\d{3}\] \|", section), section
+    assert "Searched networks against their parents" in render_html(lb, {})
+
+
 def _page_with_references(n_models=4):
     """A default-settings table of ``n_models`` models (with MACs) and two reference rows."""
     from benchmark.leaderboard import build_sections, table_key

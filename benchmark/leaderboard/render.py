@@ -129,6 +129,29 @@ def table_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
     return header, body
 
 
+#: the heading of the searched-vs-parent table on both pages
+COMPARISON_TITLE = "Searched networks against their parents"
+
+
+def comparison_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
+    """The searched-vs-parent table (``statistics.search_comparisons``): both rows' Dice and HD95
+    with their intervals, the paired difference, the cost of each and the paired test."""
+    header = ["Searched", "Parent", "Seeds", "Dice searched", "Dice parent", "Dice difference",
+              "HD95 searched (mm)", "HD95 parent (mm)", "Params searched / parent",
+              "MACs/patch searched / parent", "Wilcoxon p (Holm)", "Reading"]
+    body = []
+    for c in lb.comparisons:
+        s, q = c.searched.stats, c.parent.stats
+        body.append(_cells([
+            c.searched.label, c.parent.label, f"{len(c.searched.runs)} / {len(c.parent.runs)}",
+            _metric_cell(s, "dice"), _metric_cell(q, "dice"),
+            Cell(f"{c.dice_diff:+.3f}", f"[{c.dice_diff_low:+.3f}, {c.dice_diff_high:+.3f}]"),
+            _metric_cell(s, "hd95_mm"), _metric_cell(q, "hd95_mm"),
+            f"{_si(s['params'])} / {_si(q['params'])}", f"{_si(s['macs_per_patch'])} / {_si(q['macs_per_patch'])}",
+            _p(c.p_holm), c.verdict()]))
+    return header, body
+
+
 def _metric_headings(specs, tol_mm: float) -> list[str]:
     """Each metric's heading, followed by its median's where the specification asks for one."""
     out = []
@@ -257,6 +280,14 @@ def reading_guide(lb: Leaderboard, interval_place: str = "after") -> list[tuple[
         guide.append(("Gain from tuning", "tuned minus default mean Dice of the same architecture and loss, with "
                                           "the 95% interval of the paired bootstrap difference; an interval above "
                                           "0 means tuning helped beyond chance."))
+    if lb.comparisons:
+        guide.append((COMPARISON_TITLE, "each searched network's row against its parent's, the hand-designed "
+                                        "network whose design space its search explored, in the same table "
+                                        "and with the same loss: Dice difference is searched minus parent "
+                                        "with the 95% interval of the paired bootstrap difference, and the "
+                                        "Wilcoxon test is paired over nodules, one Holm family for the pairs. "
+                                        "A search earns its row by matching or beating its parent at fewer "
+                                        "MACs."))
     if any(sec.section == "loss" for sec in sections):
         guide.append(("Loss study", "each loss against dice_bce on the same architecture: the same paired test, "
                                     "one Holm family for the whole study."))
@@ -269,7 +300,10 @@ def _generated_line(lb: Leaderboard) -> str:
 
 
 def _markdown_table(lb: Leaderboard) -> list[str]:
-    header, body = table_cells(lb)
+    return _markdown_rows(*table_cells(lb))
+
+
+def _markdown_rows(header: list[str], body: list[list[Cell]]) -> list[str]:
     esc = [[str(c).replace("|", "\\|") for c in row] for row in body]
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
         ["| " + " | ".join(row) + " |" for row in esc]
@@ -307,6 +341,8 @@ def render_markdown(lb: Leaderboard) -> str:
     out += _markdown_table(lb)
     for sec in lb.sections:
         out += ["", f"## {SECTION_TITLES[sec.section]}", ""] + _markdown_table(sec)
+    if lb.comparisons:
+        out += ["", f"## {COMPARISON_TITLE}", ""] + _markdown_rows(*comparison_cells(lb))
     out += ["", "## How to read this table", ""]
     out += [f"- **{term}**: {text}" for term, text in reading_guide(lb, "after")]
     out += ["", "## Notes", ""] + [f"- {n}" for n in _notes(lb)]
@@ -358,16 +394,19 @@ def render_html(lb: Leaderboard, plots: dict[str, bytes]) -> str:
              f"<title>{e(title(lb))}</title><style>{_CSS}</style></head><body>",
              f"<h1>{e(title(lb))}</h1>",
              f"<p>{e(_generated_line(lb)).replace('`', '')}</p>"]
-    for sec in [lb] + lb.sections:
-        if lb.sections:
-            parts.append(f"<h2>{e(SECTION_TITLES[sec.section])}</h2>")
-        header, body = table_cells(sec)
+    tables = [(SECTION_TITLES[sec.section] if lb.sections else None, *table_cells(sec),
+               ["ref" if r.reference else "model" for r in sec.rows]) for sec in [lb] + lb.sections]
+    if lb.comparisons:
+        header, body = comparison_cells(lb)
+        tables.append((COMPARISON_TITLE, header, body, ["model"] * len(body)))
+    for heading, header, body, classes in tables:
+        if heading:
+            parts.append(f"<h2>{e(heading)}</h2>")
         parts.append("<div class='scroll'><table><thead><tr>")
         parts += [f"<th>{e(h)}</th>" for h in header]
         parts.append("</tr></thead><tbody>")
-        for r, cells in zip(sec.rows, body):
-            parts.append(f"<tr class='{'ref' if r.reference else 'model'}'>"
-                         + "".join(_html_cell(c) for c in cells) + "</tr>")
+        for cls, cells in zip(classes, body):
+            parts.append(f"<tr class='{cls}'>" + "".join(_html_cell(c) for c in cells) + "</tr>")
         parts.append("</tbody></table></div>")
     parts.append("<h2>How to read this table</h2><ul>")
     parts += [f"<li><b>{e(term)}</b>: {e(text)}</li>" for term, text in reading_guide(lb, "under")]

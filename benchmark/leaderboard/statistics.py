@@ -102,6 +102,8 @@ class Leaderboard:
     size_keys: dict = field(default_factory=dict)   # size-bin label -> column key, the dataset's order
     #: the tables below the main one (default settings when the main one is tuned; the loss study)
     sections: list = field(default_factory=list)
+    #: searched networks against their parents, on this table's rows (``search_comparisons``)
+    comparisons: list = field(default_factory=list)
 
 
 def _protocol_config(run: RunRecord) -> dict:
@@ -321,6 +323,50 @@ def add_loss_tests(loss: Leaderboard, comparator: str = "dice_bce") -> None:
     loss.table["p_vs_dice_bce_holm"] = [r.stats.get("p_vs_comparator_holm", float("nan")) for r in loss.rows]
 
 
+@dataclass
+class SearchComparison:
+    """A searched network's row against its parent's in the same table (``searched_parents``):
+    the Dice difference (searched minus parent, mean with the interval of the paired two-level
+    bootstrap difference) and the paired Wilcoxon p over nodules, Holm-corrected over the pairs."""
+    searched: Row
+    parent: Row
+    dice_diff: float
+    dice_diff_low: float
+    dice_diff_high: float
+    p: float
+    p_holm: float = float("nan")
+
+    def verdict(self) -> str:
+        """What the row shows, in the terms of the question a search must answer: does the searched
+        network match or beat its parent at lower cost?"""
+        if self.dice_diff_low > 0:
+            dice = "beats its parent (Dice difference interval above 0)"
+        elif self.dice_diff_high < 0:
+            dice = "is worse than its parent (Dice difference interval below 0)"
+        else:
+            dice = "cannot be told from its parent (Dice difference interval includes 0)"
+        cheaper = self.searched.stats["macs_per_patch"] < self.parent.stats["macs_per_patch"]
+        return f"{dice}, {'at fewer MACs' if cheaper else 'at no fewer MACs'}"
+
+
+def search_comparisons(lb: Leaderboard, parents: dict[str, str]) -> list[SearchComparison]:
+    """Each searched architecture's model row against its parent's model row of the same table
+    and loss (both must be there); the pairs form one Holm family."""
+    from .. import stats
+    rows = {(r.arch, r.loss): r for r in lb.rows if not r.reference}
+    out = []
+    for (arch, loss), r in sorted(rows.items()):
+        parent = rows.get((parents.get(arch), loss))
+        if parent is None:
+            continue
+        mean, lo, hi = stats.difference_interval(lb.boots[r.label]["dice"], lb.boots[parent.label]["dice"])
+        p = stats.wilcoxon_p(lb.per_nodule.loc[r.label].to_numpy(float), lb.per_nodule.loc[parent.label].to_numpy(float))
+        out.append(SearchComparison(r, parent, mean, lo, hi, p))
+    for c, q in zip(out, stats.holm([c.p for c in out])):
+        c.p_holm = q
+    return out
+
+
 def _size_bins(df: pd.DataFrame, nodules: list[str], size_bin) -> list[str]:
     """Each nodule's size-bin label: the per-nodule CSV's, else ``size_bin(diameter_mm)``."""
     d = df.assign(nodule_id=df["nodule_id"].astype(str)).set_index("nodule_id")
@@ -350,6 +396,8 @@ def build_sections(key: TableKey, runs: list[RunRecord], ranking: str = "aggrega
             lb.sections.append(d)
     else:
         lb = build_leaderboard(key, default + refs, ranking, n_boot, boot_seed, section="default")
+    from architectures import searched_parents
+    lb.comparisons = search_comparisons(lb, searched_parents())
     loss_archs = {r.arch for r in runs if r.section == "loss"}
     if loss_archs:
         study = [r for r in runs if r.section in ("tuned", "loss") and r.arch in loss_archs]
