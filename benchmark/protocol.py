@@ -1,6 +1,6 @@
 """``bench protocol``: the declared, tuned benchmark protocol, restartable.
 
-    bench protocol run protocols/cpu.yaml [--experiment NAME] [--no-progress] [--scheduler ADDRESS]
+    bench protocol run protocols/cpu.yaml [--experiment NAME] [--no-progress] [--scheduler ADDRESS] [--hours H]
     bench protocol status protocols/cpu.yaml
     bench protocol export protocols/cpu.yaml [--out DIR]    # carry its progress to another machine
 
@@ -37,6 +37,11 @@ On a Dask cluster (``--scheduler``, see ``benchmark.cluster``) the unfinished st
 side, one task each, and then the cells of stages 2-4 are submitted as ``bench suite --scheduler``
 submits its cells; the same store, journal and rules, so either way of running resumes the other.
 
+On a machine lent for a fixed time (a batch job's wall time, a session that ends every
+process), ``--hours H`` starts no trial or cell that would not end within H hours of the start,
+by the protocol's ``seconds_per_epoch``, and stops there: a run cut off at the end would be lost
+with the machine, or begun again from its last checkpoint.
+
 A protocol outlives the machine it started on: ``bench protocol export`` writes what it has
 finished (its scored runs and its studies' finished trials) as a run export, ``bench import`` of
 that folder elsewhere recreates them, and ``bench protocol run`` there resumes as it would here.
@@ -52,6 +57,7 @@ import contextlib
 import hashlib
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -307,8 +313,10 @@ def study_state(lp: LoadedProtocol, arch: str, storage: Optional[str]) -> StudyS
     return st
 
 
-def tune_arch(lp: LoadedProtocol, arch: str, storage: Optional[str], show_progress: bool) -> None:
-    """Run (or resume) the architecture's study until it holds ``n_trials`` finished trials."""
+def tune_arch(lp: LoadedProtocol, arch: str, storage: Optional[str], show_progress: bool,
+              limit: Optional["TimeLimit"] = None) -> None:
+    """Run (or resume) the architecture's study until it holds ``n_trials`` finished trials (or
+    until the next trial would overrun ``limit``)."""
     from .tracking import Tracker, client, load_settings
     from .tune import close_parent_run, default_optimiser_params, ensure_parent_run, open_study, run_worker
     t = lp.spec.tuning
@@ -322,7 +330,8 @@ def tune_arch(lp: LoadedProtocol, arch: str, storage: Optional[str], show_progre
         settings = load_settings()
         Tracker(client(settings), parent, settings).log_artifact(lp.path, "protocol")
     run_worker(lp.study_name(arch), storage, t.n_trials, meta, tuning_overrides(lp), held_size(lp, arch), {}, t.pruner,
-               show_progress=show_progress, sampler=(t.sampler, t.sampler_seed, t.startup_trials))
+               show_progress=show_progress, sampler=(t.sampler, t.sampler_seed, t.startup_trials),
+               may_start=(lambda: limit.trial(arch)) if limit else None)
     close_parent_run(parent)
     _tag_trial_runs(lp, arch, storage)
 
@@ -457,11 +466,44 @@ def loss_cells(lp: LoadedProtocol, states: dict[str, StudyState], archs: list[st
 class ProtocolResult:
     studies: dict = field(default_factory=dict)
     suites: list = field(default_factory=list)    # (stage, SuiteResult)
+    stopped: str = ""                             # why it stopped at its time limit ("" if it did not)
+
+
+@dataclass
+class TimeLimit:
+    """``--hours``: start nothing that would not end within ``hours`` of ``start``. The cost of a
+    trial or cell is the protocol's estimate (``seconds_per_epoch``; a trial at the mean tuning
+    batch, counted unpruned, so an upper bound); work without an estimate is started. Once one
+    thing is refused, so is everything after it: the protocol stops in its own order, not by
+    filling the time left with whatever is cheaper."""
+    lp: "LoadedProtocol"
+    hours: float
+    start: float = field(default_factory=time.monotonic)
+    stopped: str = ""
+
+    def seconds_left(self) -> float:
+        return self.hours * 3600 - (time.monotonic() - self.start)
+
+    def _refuse(self, what: str, seconds: Optional[float]) -> Optional[str]:
+        if not self.stopped and (seconds is None or seconds <= self.seconds_left()):
+            return None
+        if not self.stopped:
+            self.stopped = (f"{what} would take about {seconds / 60:.0f} min and {max(0.0, self.seconds_left()) / 60:.0f} "
+                            f"min of --hours {self.hours:g} are left")
+        return self.stopped
+
+    def trial(self, arch: str) -> Optional[str]:
+        s = self.lp.spec
+        return self._refuse(f"a {arch} trial", _cost(self.lp, arch, s.tuning.epochs, tuning_batch_factor(s.preset)))
+
+    def cell(self, c) -> Optional[str]:
+        return self._refuse(f"run {c.label}", None if c.reference else _cost(self.lp, c.arch, final_epochs(self.lp)))
 
 
 def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Optional[str] = None,
-                 show_progress: bool = True, executor=None) -> ProtocolResult:
-    """Run or continue every stage; see the module docstring.
+                 show_progress: bool = True, executor=None, hours: Optional[float] = None) -> ProtocolResult:
+    """Run or continue every stage; see the module docstring. ``hours``: the time limit
+    (``TimeLimit``; this process only, not with ``executor``).
 
     ``executor`` (a ``benchmark.cluster.DaskExecutor``, ``bench protocol run --scheduler``): the
     unfinished studies run as one cluster task each, side by side, then every final cell, the
@@ -471,6 +513,12 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
     lp = load_protocol(path)
     s = lp.spec
     out = ProtocolResult()
+    if hours is not None and executor is not None:
+        raise UsageError("--hours applies to a protocol run in this process, not on a cluster (--scheduler)")
+    if hours is not None and hours <= 0:
+        raise UsageError(f"--hours must be positive, got {hours:g}")
+    limit = TimeLimit(lp, hours) if hours is not None else None
+    may_start = limit.cell if limit else None
     waiting = waiting_for_search(lp)
     for arch, why in waiting.items():
         print(f"protocol: {arch} waits for its search and is skipped this time: {why}", file=sys.stderr)
@@ -486,13 +534,17 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
     else:
         for i, arch in enumerate(ready):
             st = study_state(lp, arch, storage)
-            if st.finished < st.n_trials:
-                tune_arch(lp, arch, storage, show_progress)
+            if limit and limit.stopped:
+                out.studies[arch] = st
+                continue
+            if st.finished < st.n_trials and not (limit and limit.trial(arch)):
+                tune_arch(lp, arch, storage, show_progress, limit)
                 st = study_state(lp, arch, storage)
             out.studies[arch] = st
             cells = _final_cells(lp, st)
             if cells:
-                out.suites.append((f"final {arch}", run_cells(cells, f"final [{arch}]", experiment, show_progress)))
+                out.suites.append((f"final {arch}", run_cells(cells, f"final [{arch}]", experiment, show_progress,
+                                                              may_start=may_start)))
             # the architecture's default-settings runs (and, with the first, the reference runs)
             # right after its tuned ones: a stopped protocol leaves tuned-vs-default pairs, not
             # a tuned column waiting a day for its baseline. The defaults stage below finds them
@@ -500,16 +552,19 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
             mine = [c for c in defaults if c.arch == arch or (c.reference and i == 0)]
             if mine:
                 out.suites.append((f"defaults {arch}", run_cells(mine, f"defaults [{arch}]", experiment,
-                                                                 show_progress)))
+                                                                 show_progress, may_start=may_start)))
             # an architecture the loss study names (not 'best', which needs every study) has
             # its loss cells next, for the same reason; the loss stage below skips them as done
             if s.loss_study and arch in s.loss_study.archs and st.best_trial is not None:
                 out.suites.append((f"loss study {arch}", run_cells(loss_cells(lp, {arch: st}, [arch]),
                                                                    f"loss study [{arch}]", experiment,
-                                                                   show_progress)))
+                                                                   show_progress, may_start=may_start)))
+    if limit and limit.stopped:
+        out.stopped = limit.stopped
+        return out
     if defaults:
         out.suites.append(("defaults", run_cells(defaults, f"defaults [{s.preset}]", experiment, show_progress,
-                                                 executor=executor)))
+                                                 executor=executor, may_start=may_start)))
     archs = loss_study_archs(lp, out.studies)
     if archs is None:
         print(f"protocol: the loss study's '{BEST}' waits for every architecture's study to be complete",
@@ -518,7 +573,9 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
     if archs:
         done = {a: st for a, st in out.studies.items() if st.best_trial is not None}
         cells = loss_cells(lp, done, [a for a in archs if a in done])
-        out.suites.append(("loss study", run_cells(cells, "loss study", experiment, show_progress, executor=executor)))
+        out.suites.append(("loss study", run_cells(cells, "loss study", experiment, show_progress, executor=executor,
+                                                   may_start=may_start)))
+    out.stopped = limit.stopped if limit else ""
     return out
 
 
@@ -748,6 +805,9 @@ def register(sub) -> None:
             v.add_argument("--scheduler", metavar="ADDRESS",
                            help="run the studies and cells on a Dask cluster: tcp://HOST:PORT of a running "
                                 "scheduler, or local:N for N worker processes here (default: this process)")
+            v.add_argument("--hours", type=float, metavar="H",
+                           help="start no trial or run that would not end within H hours (by the protocol's "
+                                "seconds_per_epoch), then stop; rerun to continue")
         if verb == "export":
             v.add_argument("--out", help="export folder (default: protocols/progress/<name>-v<version>.runs "
                                          "beside the protocol file)")
@@ -771,13 +831,17 @@ def _cmd(args) -> None:
             from .cluster import DaskExecutor
             executor = stack.enter_context(DaskExecutor.connect(args.scheduler))
         res = run_protocol(args.file, args.experiment, args.storage, show_progress=not args.no_progress,
-                           executor=executor)
+                           executor=executor, hours=args.hours)
     failed = []
     for stage, r in res.suites:
         print(f"{stage}: {len(r.planned)} runs: {len(r.ran)} ran, {len(r.resumed)} resumed, "
-              f"{len(r.skipped)} already done, {len(r.failed)} failed")
+              f"{len(r.skipped)} already done, {len(r.failed)} failed"
+              + (f", {len(r.deferred)} left for the next run" if r.deferred else ""))
         failed += [f"{stage} {label}: {msg}" for label, msg in r.failed]
     if failed:
         raise SuiteFailed(f"{len(failed)} protocol runs failed ({'; '.join(failed)}); rerun the same command to "
                           f"retry them")
+    if res.stopped:
+        print(f"stopped at the time limit: {res.stopped}; rerun the same command to continue")
+        return
     print(f"next: bench leaderboard --preset {load_protocol(args.file).spec.preset}")

@@ -75,7 +75,8 @@ class Cell:
 @dataclass
 class CellOutcome:
     """What ``run_cell`` did with one cell. ``kind``: ran | resumed | skipped | failed |
-    elsewhere (another live process holds it); ``detail``: the run id, or the failure message."""
+    elsewhere (another live process holds it) | deferred (not started: it would not end within
+    the time limit); ``detail``: the run id, or the failure message or the reason."""
     kind: str
     label: str
     detail: str = ""
@@ -88,6 +89,7 @@ class SuiteResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)     # (cell label, message)
     elsewhere: list[tuple[str, str]] = field(default_factory=list)  # being trained by another live process
+    deferred: list[tuple[str, str]] = field(default_factory=list)   # (cell label, why): left for the next run
     planned: list[Cell] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -275,9 +277,13 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
 
 
 def run_cells(cells: list[Cell], desc: str, experiment: Optional[str] = None, show_progress: bool = True,
-              dry_run: bool = False, executor=None) -> SuiteResult:
+              dry_run: bool = False, executor=None,
+              may_start: Optional[Callable[[Cell], Optional[str]]] = None) -> SuiteResult:
     """Skip, run or resume each planned cell in order (what ``bench suite`` and ``bench protocol``
     share). Never raises for a failing cell: failures are collected in the result.
+
+    ``may_start``: asked before a cell that is not done yet is started; a reason (not None)
+    leaves it ``deferred`` (``bench protocol run --hours``).
 
     ``executor``: an object with ``run_cells(cells, experiment)`` yielding ``(cell, CellOutcome)``
     as cells end (see ``benchmark.cluster.DaskExecutor``); the data are then loaded by the
@@ -318,6 +324,10 @@ def run_cells(cells: list[Cell], desc: str, experiment: Optional[str] = None, sh
         if dry_run:
             done = existing[key].done_for(c)
             return CellOutcome("skipped" if done else "ran", c.label, done or "")
+        if may_start is not None and not existing[key].done_for(c):
+            why = may_start(c)
+            if why:
+                return CellOutcome("deferred", c.label, why)
         # Claim the cell under a host-wide lock: other `bench suite` processes on this host may
         # have finished or started cells meanwhile (run_cell lets it go once the run names our pid).
         with HostLock(runs_dir() / "suite.lock") as claim:

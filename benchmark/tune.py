@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .errors import BenchError, TrainingError, UsageError
 from .liveness import HostLock, pid_alive
@@ -442,8 +442,10 @@ def objective_factory(base_overrides: list[str], meta: dict, fixed: dict, narrow
 
 def run_worker(study_name: str, storage_url: Optional[str], n_trials: int, meta: dict, base_overrides: list[str],
                fixed: dict, narrowed: dict, pruner: str, show_progress: bool = True,
-               sampler: Optional[tuple[str, int]] = None, max_failures: int = DEFAULT_MAX_FAILURES) -> int:
-    """One worker process: ask/tell trials until the study holds ``n_trials`` finished ones.
+               sampler: Optional[tuple[str, int]] = None, max_failures: int = DEFAULT_MAX_FAILURES,
+               may_start: Optional[Callable[[], Optional[str]]] = None) -> int:
+    """One worker process: ask/tell trials until the study holds ``n_trials`` finished ones, or
+    until ``may_start`` gives a reason not to start the next one (``bench protocol run --hours``).
 
     Failed trials do not count towards ``n_trials`` (a rerun after a fix still gets its
     trials), so a trial that fails the same way every time would loop for ever: after
@@ -463,6 +465,10 @@ def run_worker(study_name: str, storage_url: Optional[str], n_trials: int, meta:
         with ask_lock(label):
             fail_dead_local_trials(study)
             if count_finished(study) >= n_trials:
+                break
+            why = may_start() if may_start is not None else None
+            if why:
+                print(f"study {study_name}: no new trial: {why}", file=sys.stderr)
                 break
             trial = study.ask()
             trial.set_user_attr("worker_pid", os.getpid())

@@ -220,6 +220,58 @@ def test_status_builds_no_crop_cache(bench_home, tmp_path, monkeypatch):
     assert not cache.exists() or not any(cache.iterdir())
 
 
+def test_time_limit_refuses_what_would_not_end_in_time_and_everything_after(tmp_path):
+    """`--hours`: a trial or run is started only if its estimate (seconds_per_epoch) ends within
+    the limit; once one is refused the protocol stops in its own order; no estimate, no refusal."""
+    from benchmark.protocol import TimeLimit, load_protocol
+    from benchmark.suite import Cell
+    lp = load_protocol(_write(tmp_path, GOOD + "seconds_per_epoch: {unet3d: 10, transfuse_s: 1000}\n"))
+    limit = TimeLimit(lp, hours=1.0)
+    assert limit.trial("unet3d") is None                      # 2 epochs x 10 s x the mean tuning batch
+    cfg = object()
+    assert limit.cell(Cell("unet3d", "dice_bce", 0, cfg)) is None            # 20 epochs x 10 s
+    why = limit.cell(Cell("transfuse_s", "dice_bce", 0, cfg))               # 20 epochs x 1000 s
+    assert why and "transfuse_s" in why and "333 min" in why and limit.stopped == why
+    assert limit.trial("unet3d") == why                       # nothing starts after the first refusal
+    assert TimeLimit(lp, hours=1.0).trial("bixnas") is None   # no estimate: started
+
+
+def test_a_protocol_with_no_time_for_its_first_trial_starts_nothing(bench_home, tmp_path, capsys):
+    from benchmark.cli import main
+    from benchmark.protocol import run_protocol
+    from benchmark.tune import open_storage
+    path = _write(tmp_path, GOOD.replace("preset: cpu", "preset: smoke") + "seconds_per_epoch: {unet3d: 100000}\n")
+    res = run_protocol(path, show_progress=False, hours=1)
+    assert res.stopped.startswith("a unet3d trial would take about") and not res.suites
+    assert optuna.get_all_study_names(open_storage(None)[0]) == []           # not even a study created
+    assert main(["protocol", "run", str(path), "--hours", "0.5", "--no-progress"]) == 0
+    assert "stopped at the time limit: a unet3d trial" in capsys.readouterr().out
+    assert main(["protocol", "run", str(path), "--hours", "-1"]) == 2
+
+
+@pytest.mark.slow
+def test_a_run_that_would_overrun_the_time_limit_is_left_for_the_next_time(bench_home, tmp_path):
+    """Both smoke trials fit in the hour (1 epoch, estimated 1500 s each); a final run does not
+    (2 epochs, 4000 s): the study is complete, the run is deferred, nothing after it starts."""
+    from benchmark.protocol import run_protocol
+    path = _write(tmp_path, """
+name: t
+version: 1
+preset: smoke
+architectures: [unet3d]
+tuning: {n_trials: 2, epochs: 1}
+final: {seeds: 2, epochs: 2}
+defaults: {seeds: 1, references: false}
+seconds_per_epoch: {unet3d: 2000}
+""")
+    res = run_protocol(path, show_progress=False, hours=1)
+    assert res.studies["unet3d"].finished == 2 and res.studies["unet3d"].best_trial is not None
+    stages = dict(res.suites)
+    assert [label for label, _ in stages["final unet3d"].deferred] == ["unet3d/dice_bce/s0", "unet3d/dice_bce/s1"]
+    assert not stages["final unet3d"].ran and not stages["defaults unet3d"].ran
+    assert res.stopped.startswith("run unet3d/dice_bce/s0 would take about 67 min")
+
+
 def _fake_run(cl, exp_id, tags, tmp_path, test_dice=0.5):
     """A finished run as the protocol logs one (tags, test metric, per-nodule table), untrained."""
     run = cl.create_run(exp_id, tags=tags)
