@@ -497,7 +497,13 @@ class TimeLimit:
         return self._refuse(f"a {arch} trial", _cost(self.lp, arch, s.tuning.epochs, tuning_batch_factor(s.preset)))
 
     def cell(self, c) -> Optional[str]:
-        return self._refuse(f"run {c.label}", None if c.reference else _cost(self.lp, c.arch, final_epochs(self.lp)))
+        """A final, default or loss run: its epochs at its own batch (an epoch is a fixed number of
+        steps, so a tuned batch of 16 costs twice the preset's 8); a reference run trains nothing."""
+        from .config import PRESETS
+        if c.reference:
+            return self._refuse(f"run {c.label}", 0.0)
+        batch = c.cfg.train.batch_size / PRESETS[self.lp.spec.preset].get("train", {}).get("batch_size", c.cfg.train.batch_size)
+        return self._refuse(f"run {c.label}", _cost(self.lp, c.arch, final_epochs(self.lp), batch))
 
 
 def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Optional[str] = None,

@@ -223,15 +223,16 @@ def test_status_builds_no_crop_cache(bench_home, tmp_path, monkeypatch):
 def test_time_limit_refuses_what_would_not_end_in_time_and_everything_after(tmp_path):
     """`--hours`: a trial or run is started only if its estimate (seconds_per_epoch) ends within
     the limit; once one is refused the protocol stops in its own order; no estimate, no refusal."""
+    from benchmark.config import build_config
     from benchmark.protocol import TimeLimit, load_protocol
     from benchmark.suite import Cell
     lp = load_protocol(_write(tmp_path, GOOD + "seconds_per_epoch: {unet3d: 10, transfuse_s: 1000}\n"))
     limit = TimeLimit(lp, hours=1.0)
     assert limit.trial("unet3d") is None                      # 2 epochs x 10 s x the mean tuning batch
-    cfg = object()
-    assert limit.cell(Cell("unet3d", "dice_bce", 0, cfg)) is None            # 20 epochs x 10 s
-    why = limit.cell(Cell("transfuse_s", "dice_bce", 0, cfg))               # 20 epochs x 1000 s
-    assert why and "transfuse_s" in why and "333 min" in why and limit.stopped == why
+    cfg = build_config("cpu", ["train.batch_size=16"], **{"model.arch": "unet3d"})   # the preset's: 8
+    assert limit.cell(Cell("unet3d", "dice_bce", 0, cfg)) is None            # 20 epochs x 10 s x 2
+    why = limit.cell(Cell("transfuse_s", "dice_bce", 0, cfg))               # 20 epochs x 1000 s x 2
+    assert why and "transfuse_s" in why and "667 min" in why and limit.stopped == why
     assert limit.trial("unet3d") == why                       # nothing starts after the first refusal
     assert TimeLimit(lp, hours=1.0).trial("bixnas") is None   # no estimate: started
 
