@@ -787,7 +787,9 @@ def export_protocol(path: str | Path, out: Optional[str | Path] = None, experime
     present = set(optuna.get_all_study_names(open_storage(storage)[0]))
     studies = export_studies([n for n in map(lp.study_name, s.architectures) if n in present], storage)
     for doc in studies:
-        doc["trials"] = [t for t in doc["trials"] if t["state"] in FINISHED_TRIAL_STATES]
+        kept = [t for t in doc["trials"] if t["state"] in FINISHED_TRIAL_STATES]
+        # numbered as the importing storage will number them (a running trial left out is a gap)
+        doc["trials"] = [{**t, "number": i} for i, t in enumerate(kept)]
     dest = Path(out) if out else default_export_path(lp)
     export_runs(cl, runs, dest, experiment or settings.experiment, studies)
     return ProtocolExport(dest, len(set(runs)), {d["study_name"]: len(d["trials"]) for d in studies})
