@@ -683,7 +683,12 @@ def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict |
     flavour_log = logging.getLogger("mlflow.pytorch")
     level = flavour_log.level
     flavour_log.setLevel(logging.ERROR)
+    # MLflow 3 files a LoggedModel under the fluent API's experiment, not its source run's: with
+    # none set that is experiment 0, whose artifacts go to ./mlruns of whatever folder the
+    # process started in, outside the project's store. The run's own experiment keeps it there.
+    experiment_was = os.environ.get("MLFLOW_EXPERIMENT_ID")
     try:
+        os.environ["MLFLOW_EXPERIMENT_ID"] = tracker.client.get_run(tracker.run_id).info.experiment_id
         info = mlflow.pytorch.log_model(
             cpu_model, name=MODEL_ARTIFACT, run_id=tracker.run_id, signature=signature,
             input_example=example, metadata=metadata or {},
@@ -701,6 +706,10 @@ def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict |
         return None
     finally:
         flavour_log.setLevel(level)
+        if experiment_was is None:
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        else:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_was
     # MLflow 3 stores a model as a LoggedModel of its own (``models:/<model_id>``); that URI is
     # what load_model and the registry resolve reliably
     model_id = getattr(info, "model_id", None)

@@ -174,6 +174,10 @@ def test_logged_mlflow_model_reproduces_the_run(smoke_run):
     assert np.allclose(again["dice"].fillna(-1), logged["dice"].fillna(-1))
     info = mlflow.models.get_model_info(uri)
     assert info.signature is not None and info.metadata["spacing_mm"] == cfg.data.spacing_mm
+    # filed with its run, in the project's store: not in experiment 0 under ./mlruns of the cwd
+    model = client().get_logged_model(uri.rsplit("/", 1)[1])
+    assert model.experiment_id == client().get_run(run_id).info.experiment_id
+    assert str(smoke_run["home"]) in model.artifact_location, model.artifact_location
 
 
 @pytest.mark.slow
