@@ -39,7 +39,8 @@ submits its cells; the same store, journal and rules, so either way of running r
 
 On a machine lent for a fixed time (a batch job's wall time, a session that ends every
 process), ``--hours H`` starts no trial or cell that would not end within H hours of the start,
-by the protocol's ``seconds_per_epoch``, and stops there: a run cut off at the end would be lost
+by this machine's measured speed or else the protocol's ``seconds_per_epoch`` (``TimeLimit``),
+and stops there: a run cut off at the end would be lost
 with the machine, or begun again from its last checkpoint.
 
 A protocol outlives the machine it started on: ``bench protocol export`` writes what it has
@@ -469,17 +470,56 @@ class ProtocolResult:
     stopped: str = ""                             # why it stopped at its time limit ("" if it did not)
 
 
+def measured_seconds_per_epoch(lp: "LoadedProtocol", arch: str, experiment: Optional[str] = None) -> Optional[float]:
+    """Median seconds per epoch of ``arch``'s finished runs at the protocol's preset in the
+    tracking store (tuning trials included), each scaled to the preset's batch (an epoch is a
+    fixed number of steps): what this machine takes, where the declared ``seconds_per_epoch``
+    comes from another. None without such a run."""
+    import statistics
+
+    from .config import PRESETS
+    from .tracking import client, experiment_id, load_settings, search_all_runs
+    settings = load_settings()
+    cl = client(settings)
+    preset = lp.spec.preset
+    base = PRESETS[preset].get("train", {}).get("batch_size")
+    where = f"attributes.status = 'FINISHED' and tags.arch = '{arch}' and tags.preset = '{preset}'"
+    rates = []
+    for r in search_all_runs(cl, [experiment_id(cl, settings, experiment)], where):
+        m, batch = r.data.metrics, r.data.params.get("train.batch_size")
+        if m.get("train_seconds") and m.get("epochs_completed") and batch and base:
+            rates.append(m["train_seconds"] / m["epochs_completed"] / (float(batch) / base))
+    return statistics.median(rates) if rates else None
+
+
 @dataclass
 class TimeLimit:
-    """``--hours``: start nothing that would not end within ``hours`` of ``start``. The cost of a
-    trial or cell is the protocol's estimate (``seconds_per_epoch``; a trial at the mean tuning
-    batch, counted unpruned, so an upper bound); work without an estimate is started. Once one
-    thing is refused, so is everything after it: the protocol stops in its own order, not by
-    filling the time left with whatever is cheaper."""
+    """``--hours``: start nothing that would not end within ``hours`` of ``start``. A trial or
+    cell costs its epochs times the architecture's seconds per epoch, scaled by its batch (a trial
+    at the mean tuning batch, counted unpruned, so an upper bound): as measured on this machine
+    (``measured_seconds_per_epoch``) once it has finished a run of that architecture, else as
+    the protocol declares; work with neither is started. Once one thing is refused, so is
+    everything after it: the protocol stops in its own order, not by filling the time left with
+    whatever is cheaper. (The declared figures alone decide what the protocol declares, such as
+    which architectures the loss study can afford; this only decides when to stop.)"""
     lp: "LoadedProtocol"
     hours: float
     start: float = field(default_factory=time.monotonic)
     stopped: str = ""
+    experiment: Optional[str] = None
+    _rates: dict = field(default_factory=dict)
+
+    def seconds_per_epoch(self, arch: str) -> Optional[float]:
+        if arch not in self._rates:     # measured once per architecture, as soon as there is a run
+            measured = measured_seconds_per_epoch(self.lp, arch, self.experiment)
+            if measured is None:
+                return self.lp.spec.seconds_per_epoch.get(arch)
+            self._rates[arch] = measured
+        return self._rates[arch]
+
+    def _cost(self, arch: str, epochs: float, batch_factor: float) -> Optional[float]:
+        sec = self.seconds_per_epoch(arch)
+        return None if sec is None else sec * epochs * batch_factor
 
     def seconds_left(self) -> float:
         return self.hours * 3600 - (time.monotonic() - self.start)
@@ -494,7 +534,7 @@ class TimeLimit:
 
     def trial(self, arch: str) -> Optional[str]:
         s = self.lp.spec
-        return self._refuse(f"a {arch} trial", _cost(self.lp, arch, s.tuning.epochs, tuning_batch_factor(s.preset)))
+        return self._refuse(f"a {arch} trial", self._cost(arch, s.tuning.epochs, tuning_batch_factor(s.preset)))
 
     def cell(self, c) -> Optional[str]:
         """A final, default or loss run: its epochs at its own batch (an epoch is a fixed number of
@@ -503,7 +543,7 @@ class TimeLimit:
         if c.reference:
             return self._refuse(f"run {c.label}", 0.0)
         batch = c.cfg.train.batch_size / PRESETS[self.lp.spec.preset].get("train", {}).get("batch_size", c.cfg.train.batch_size)
-        return self._refuse(f"run {c.label}", _cost(self.lp, c.arch, final_epochs(self.lp), batch))
+        return self._refuse(f"run {c.label}", self._cost(c.arch, final_epochs(self.lp), batch))
 
 
 def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Optional[str] = None,
@@ -523,7 +563,7 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
         raise UsageError("--hours applies to a protocol run in this process, not on a cluster (--scheduler)")
     if hours is not None and hours <= 0:
         raise UsageError(f"--hours must be positive, got {hours:g}")
-    limit = TimeLimit(lp, hours) if hours is not None else None
+    limit = TimeLimit(lp, hours, experiment=experiment) if hours is not None else None
     may_start = limit.cell if limit else None
     waiting = waiting_for_search(lp)
     for arch, why in waiting.items():

@@ -220,7 +220,7 @@ def test_status_builds_no_crop_cache(bench_home, tmp_path, monkeypatch):
     assert not cache.exists() or not any(cache.iterdir())
 
 
-def test_time_limit_refuses_what_would_not_end_in_time_and_everything_after(tmp_path):
+def test_time_limit_refuses_what_would_not_end_in_time_and_everything_after(bench_home, tmp_path):
     """`--hours`: a trial or run is started only if its estimate (seconds_per_epoch) ends within
     the limit; once one is refused the protocol stops in its own order; no estimate, no refusal."""
     from benchmark.config import build_config
@@ -237,6 +237,27 @@ def test_time_limit_refuses_what_would_not_end_in_time_and_everything_after(tmp_
     assert TimeLimit(lp, hours=1.0).trial("bixnas") is None   # no estimate: started
 
 
+def test_time_limit_goes_by_this_machines_speed_once_it_has_one(bench_home, tmp_path):
+    """The declared 1000 s per epoch came from another machine; two finished transfuse_s runs
+    here took 0.5 and 1.5 s per epoch at the preset's batch: the limit goes by their median."""
+    from benchmark.protocol import TimeLimit, load_protocol, measured_seconds_per_epoch
+    from benchmark.tracking import client, experiment_id, load_settings
+    lp = load_protocol(_write(tmp_path, GOOD + "seconds_per_epoch: {unet3d: 10, transfuse_s: 1000}\n"))
+    cl = client()
+    exp = experiment_id(cl, load_settings())
+    for seconds, batch in ((20.0, 16), (30.0, 8)):       # 20 epochs each: 0.5 and 1.5 s per epoch at batch 8
+        rid = _fake_run(cl, exp, {"arch": "transfuse_s", "preset": "cpu"}, tmp_path)
+        cl.log_metric(rid, "train_seconds", seconds)
+        cl.log_metric(rid, "epochs_completed", 20)
+        cl.log_param(rid, "train.batch_size", batch)
+    assert measured_seconds_per_epoch(lp, "transfuse_s") == pytest.approx(1.0)
+    assert measured_seconds_per_epoch(lp, "unet3d") is None
+    limit = TimeLimit(lp, hours=0.01)                          # 36 s
+    assert limit.seconds_per_epoch("transfuse_s") == pytest.approx(1.0)
+    assert limit.seconds_per_epoch("unet3d") == 10             # none measured: the declared figure
+    assert limit.trial("transfuse_s") is None                  # 2 epochs x 1 s x the mean tuning batch
+
+
 def test_a_protocol_with_no_time_for_its_first_trial_starts_nothing(bench_home, tmp_path, capsys):
     from benchmark.cli import main
     from benchmark.protocol import run_protocol
@@ -251,10 +272,13 @@ def test_a_protocol_with_no_time_for_its_first_trial_starts_nothing(bench_home, 
 
 
 @pytest.mark.slow
-def test_a_run_that_would_overrun_the_time_limit_is_left_for_the_next_time(bench_home, tmp_path):
+def test_a_run_that_would_overrun_the_time_limit_is_left_for_the_next_time(bench_home, tmp_path, monkeypatch):
     """Both smoke trials fit in the hour (1 epoch, estimated 1500 s each); a final run does not
-    (2 epochs, 4000 s): the study is complete, the run is deferred, nothing after it starts."""
+    (2 epochs, 4000 s): the study is complete, the run is deferred, nothing after it starts.
+    (The declared speed stands throughout: the smoke trials' own speed is left unmeasured.)"""
+    from benchmark import protocol
     from benchmark.protocol import run_protocol
+    monkeypatch.setattr(protocol, "measured_seconds_per_epoch", lambda *a, **k: None)
     path = _write(tmp_path, """
 name: t
 version: 1
