@@ -429,6 +429,33 @@ def test_a_searched_network_is_set_against_its_parent_on_both_pages():
     assert "Searched networks against their parents" in render_html(lb, {})
 
 
+def test_readers_vs_truth_shows_although_the_ceiling_has_no_score_against_the_truth():
+    """Model rows and inter_reader carry dice_vs_truth; phantom_ceiling (the true shape itself)
+    does not. The column stays, the ceiling's cell is empty, and the guide says what it means."""
+    from benchmark.leaderboard import build_sections, render_markdown, table_key
+    g = np.random.default_rng(3)
+    n = 25
+    base = g.uniform(0.4, 0.6, n)
+    runs = []
+    for s in range(2):
+        rec = _synthetic_record(f"m{s}", "unet3d", "dice_bce", s, base + g.normal(0, .01, n))
+        rec.per_nodule["dice_vs_truth"] = base + 0.05
+        runs.append(rec)
+    readers = _synthetic_record("ir", "inter_reader", "none", 0, base + 0.2)
+    readers.per_nodule["dice_vs_truth"] = np.full(n, 0.83)
+    runs += [readers, _synthetic_record("pc", "phantom_ceiling", "none", 0, base + 0.3)]
+    lb = build_sections(table_key(runs[0]), runs, n_boot=200)
+    assert "dice_vs_truth" in lb.metrics
+    stats = {r.arch: r.stats for r in lb.rows}
+    assert stats["inter_reader"]["dice_vs_truth_mean"] == pytest.approx(0.83)
+    assert np.isnan(stats["phantom_ceiling"]["dice_vs_truth_mean"])
+    md = render_markdown(lb)
+    ceiling = next(line for line in md.splitlines() if line.startswith("| ref | phantom_ceiling"))
+    readers_line = next(line for line in md.splitlines() if line.startswith("| ref | inter_reader"))
+    assert "| 0.830 [0.830, 0.830] |" in readers_line and "| – |" in ceiling
+    assert "(readers vs truth)" in md
+
+
 def _page_with_references(n_models=4):
     """A default-settings table of ``n_models`` models (with MACs) and two reference rows."""
     from benchmark.leaderboard import build_sections, table_key

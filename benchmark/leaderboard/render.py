@@ -50,6 +50,8 @@ def _metric_cell(s: dict, m: str) -> Cell:
     """Column ``m``'s mean ± std over seeds, with its interval, to its specification's digits."""
     digits = metric_spec(m).digits
     mean, std = s[f"{m}_mean"], s[f"{m}_std"]
+    if math.isnan(mean):
+        return Cell("–")     # a row with nothing to show there (the ceiling against the truth)
     value = _num(mean, digits) + ("" if math.isnan(std) else f" ± {_num(std, digits)}")
     return Cell(value, f"[{_num(s[f'{m}_ci_low'], digits)}, {_num(s[f'{m}_ci_high'], digits)}]")
 
@@ -276,6 +278,14 @@ def reading_guide(lb: Leaderboard, interval_place: str = "after") -> list[tuple[
         meanings = [f"{r.label}: {REFERENCE_MEANINGS.get(r.arch, 'reference ' + r.reference)}" for r in refs]
         guide.append(("Reference rows (ref)", "not models, so not ranked; deterministic (det.), so their latest "
                                               "run stands for them. " + "; ".join(meanings) + "."))
+    truth = [m for m in lb.metrics if m not in leaderboard_columns()]
+    if truth:
+        guide.append((", ".join(metric_spec(m).heading(lb.key.nsd_tolerance_mm, what="vs truth") for m in truth),
+                      "the same prediction scored against the phantom's true shape, the shape the image was drawn "
+                      "from, instead of the readers' STAPLE. On the inter_reader row it is each radiologist's "
+                      "mask against the true shape, averaged over the four (readers vs truth): where a model "
+                      "stands against a radiologist on the truth itself. The phantom_ceiling row is the true "
+                      "shape, so it has none."))
     if any("gain" in r.stats for sec in sections for r in sec.rows):
         guide.append(("Gain from tuning", "tuned minus default mean Dice of the same architecture and loss, with "
                                           "the 95% interval of the paired bootstrap difference; an interval above "

@@ -178,14 +178,19 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
     rows = make_rows(runs)
     nodules = sorted(rows[0].runs[0].per_nodule["nodule_id"].astype(str))
     n = len(nodules)
-    metrics = leaderboard_columns() + tuple(x for x in truth_columns() if all(x in r.per_nodule.columns for r in runs))
+    # the phantom's ceiling is the true shape itself, so it has no score against it: it leaves those
+    # cells empty rather than keep the columns (and the readers-vs-truth figure) off the table
+    scored = [r for r in runs if r.reference != "phantom"]
+    metrics = leaderboard_columns() + tuple(x for x in truth_columns()
+                                            if scored and all(x in r.per_nodule.columns for r in scored))
     medians = [m for m in leaderboard_columns() if metric_spec(m).median]
     has_empty = all("empty_pred" in r.per_nodule.columns for r in runs)
 
     def matrix(row: Row, col: str) -> np.ndarray:
-        """(seeds x nodules) in one nodule order."""
+        """(seeds x nodules) in one nodule order; NaN for a column the row's runs lack."""
         return np.stack([r.per_nodule.assign(nodule_id=r.per_nodule["nodule_id"].astype(str))
-                         .set_index("nodule_id").loc[nodules, col].to_numpy(float) for r in row.runs])
+                         .set_index("nodule_id").loc[nodules, col].to_numpy(float)
+                         if col in r.per_nodule.columns else np.full(n, np.nan) for r in row.runs])
 
     mats = {row.label: {m: matrix(row, m) for m in metrics} for row in rows}
     strata = dataset_strata_of(rows[0].runs[0].config)
