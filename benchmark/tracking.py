@@ -543,12 +543,10 @@ def per_nodule_artifact(tags: dict) -> str:
 
 
 @contextlib.contextmanager
-def no_download_bars():
-    """No MLflow progress bar per downloaded artifact: reading a few hundred runs' tables
-    would bury the console in bars of one file each."""
-    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+def _temporary_env(name: str, value: str):
+    """Set an environment variable MLflow reads, and put back what was there."""
     old = os.environ.get(name)
-    os.environ[name] = "false"
+    os.environ[name] = value
     try:
         yield
     finally:
@@ -556,6 +554,12 @@ def no_download_bars():
             os.environ.pop(name, None)
         else:
             os.environ[name] = old
+
+
+def no_download_bars():
+    """No MLflow progress bar per downloaded artifact: reading a few hundred runs' tables
+    would bury the console in bars of one file each."""
+    return _temporary_env("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def quiet_mlflow_logging(level: str = "WARNING"):
@@ -686,30 +690,26 @@ def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict |
     # MLflow 3 files a LoggedModel under the fluent API's experiment, not its source run's: with
     # none set that is experiment 0, whose artifacts go to ./mlruns of whatever folder the
     # process started in, outside the project's store. The run's own experiment keeps it there.
-    experiment_was = os.environ.get("MLFLOW_EXPERIMENT_ID")
     try:
-        os.environ["MLFLOW_EXPERIMENT_ID"] = tracker.client.get_run(tracker.run_id).info.experiment_id
-        info = mlflow.pytorch.log_model(
-            cpu_model, name=MODEL_ARTIFACT, run_id=tracker.run_id, signature=signature,
-            input_example=example, metadata=metadata or {},
-            # the flavour's default in MLflow 3.17 is torch.export ("pt2"): it returned a graph with
-            # the batch size fixed to the example's (seen on unet3d), and export cannot trace every
-            # model; pickle keeps the module as trained
-            serialization_format="pickle",
-            # listed, not inferred: inference loads the model in a subprocess (slow) and would
-            # list every package of the environment
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={_version('mlflow')}",
-                              f"lidc-bench=={__version__}"])
+        run_experiment = tracker.client.get_run(tracker.run_id).info.experiment_id
+        with _temporary_env("MLFLOW_EXPERIMENT_ID", run_experiment):
+            info = mlflow.pytorch.log_model(
+                cpu_model, name=MODEL_ARTIFACT, run_id=tracker.run_id, signature=signature,
+                input_example=example, metadata=metadata or {},
+                # the flavour's default in MLflow 3.17 is torch.export ("pt2"): it returned a graph
+                # with the batch size fixed to the example's (seen on unet3d), and export cannot
+                # trace every model; pickle keeps the module as trained
+                serialization_format="pickle",
+                # listed, not inferred: inference loads the model in a subprocess (slow) and would
+                # list every package of the environment
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={_version('mlflow')}",
+                                  f"lidc-bench=={__version__}"])
     except Exception as e:  # noqa: BLE001 - the checkpoint is logged as well; the run stays valid
         print(f"warning: could not log the MLflow model ({type(e).__name__}: {str(e)[:160]}); "
               f"the weights are in the run's checkpoints/best.pt", file=sys.stderr)
         return None
     finally:
         flavour_log.setLevel(level)
-        if experiment_was is None:
-            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-        else:
-            os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_was
     # MLflow 3 stores a model as a LoggedModel of its own (``models:/<model_id>``); that URI is
     # what load_model and the registry resolve reliably
     model_id = getattr(info, "model_id", None)
