@@ -211,7 +211,7 @@ def environment_tags() -> dict[str, str]:
     }
     from .provenance import TAG, training_code_sha
     tags[TAG] = training_code_sha()       # lets the leaderboard flag a row trained by changed code
-    for pkg in ("monai", "mlflow", "optuna", "SimpleITK", "timm", "numpy"):
+    for pkg in ("monai", "mlflow", "optuna", "SimpleITK", "timm", "numpy", "scipy"):
         try:
             from importlib.metadata import version
             tags[f"pkg.{pkg}"] = version(pkg)

@@ -207,3 +207,63 @@ def test_truth_metrics_and_ceiling_rows(index, tmp_cache):
     ok = ir[~ir["gt_empty"].astype(bool)]
     assert {"dice_vs_truth", "dice_vs_truth_reader0", "dice_vs_truth_reader3"} <= set(ok.columns)
     assert ((ok["dice_vs_truth"] > 0) & (ok["dice_vs_truth"] <= 1)).all()
+
+
+# ----------------------------------------------------------------------------- same image on every CPU
+_RENDER = """
+import hashlib
+from benchmark.data.cache import _tasks, crop_one_scan
+from benchmark.data.datasets import get_dataset
+adapter = get_dataset("lidc")
+table = adapter.load_index().iloc[[11, 27, 38]]      # their vessel trees took other turns on AVX-512
+for task in _tasks(adapter, table, "phantom", "staple", 2.0, (20, 40, 40), 0):
+    for pos, image, *_ in crop_one_scan(task):
+        print(pos, hashlib.sha256(image.tobytes()).hexdigest())
+"""
+
+
+def _cpu_above_avx2() -> list[str]:
+    """NumPy's CPU features on this machine beyond AVX2 (x86-64-v3), which it may be told to ignore."""
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    return [f for f in __cpu_dispatch__ if __cpu_features__.get(f) and (f.startswith("AVX512") or f == "X86_V4")]
+
+
+@pytest.mark.slow
+def test_the_phantom_renders_the_same_bits_on_an_avx512_cpu_as_on_an_avx2_one():
+    """The phantom once took 3-vector dot products with ``@``, i.e. OpenBLAS, whose AVX-512 kernel
+    rounds differently from its AVX2 one; a last bit turned vessel branches, and an AVX-512 machine
+    built other images (another data hash) than the runs before it. Render three such nodules as
+    this CPU does and as an AVX2 one does (OpenBLAS's Haswell kernels, NumPy without AVX-512)."""
+    import os
+    import subprocess
+    import sys
+    above = _cpu_above_avx2()
+    if not above:
+        pytest.skip("this CPU has no AVX-512: it renders as an AVX2 one already")
+    outputs = []
+    for env in ({}, {"OPENBLAS_CORETYPE": "Haswell", "NPY_DISABLE_CPU_FEATURES": " ".join(above)}):
+        run = subprocess.run([sys.executable, "-c", _RENDER], env={**os.environ, **env}, capture_output=True,
+                             text=True, check=True)
+        outputs.append(run.stdout.split())
+    assert len(outputs[0]) == 6
+    assert outputs[0] == outputs[1], "the CPU's SIMD level changed the rendered images"
+
+
+def test_dot_products_keep_the_same_rounding_on_every_cpu():
+    """``_dot`` rounds after each multiply and add, left to right, where OpenBLAS's AVX-512
+    kernel fuses them: for these vectors the two differ in the last bit, and ``_dot`` gives the
+    unfused result whatever the CPU."""
+    from fractions import Fraction
+    rng = np.random.default_rng(0)
+    pairs = [(rng.standard_normal(3), rng.standard_normal(3)) for _ in range(200)]
+
+    def fused(a, b):   # fma(a2, b2, fma(a1, b1, a0 b0)), each step rounded once
+        acc = float(a[0] * b[0])
+        for i in (1, 2):
+            acc = float(Fraction(float(a[i])) * Fraction(float(b[i])) + Fraction(acc))
+        return acc
+
+    unfused = [float(a[0]) * float(b[0]) + float(a[1]) * float(b[1]) + float(a[2]) * float(b[2]) for a, b in pairs]
+    assert [phantom._dot(a, b) for a, b in pairs] == unfused
+    assert sum(u != fused(a, b) for u, (a, b) in zip(unfused, pairs)) > 20   # the two roundings do differ
+    assert phantom._norm(np.array([3.0, 4.0, 12.0])) == 13.0

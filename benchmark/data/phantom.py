@@ -62,6 +62,7 @@ readers' ground truth).
 """
 from __future__ import annotations
 
+import math
 import zlib
 from typing import Sequence
 
@@ -131,9 +132,29 @@ def _smooth_noise(rng, shape, sigma_vox) -> np.ndarray:
     return f / max(float(f.std()), 1e-6)
 
 
+def _dot(a, b) -> float:
+    """``a . b`` of two 3-vectors, as ``(a0 b0 + a1 b1) + a2 b2`` in plain float arithmetic.
+
+    Not ``a @ b`` or ``np.linalg.norm``: NumPy hands those to OpenBLAS, whose kernel is chosen by
+    the CPU. Its AVX-512 kernel fuses each multiply into the add (one rounding), its AVX2 kernel
+    does not (two), so the last bit differed for a third of the vectors; in the vessel trees a
+    last bit decides where a branch ends or whether it grows, and an AVX-512 machine rendered a
+    sixth of the nodules with other vessels (up to 130 HU apart), i.e. other data. This is the
+    AVX2 kernel's arithmetic, in which every run so far was rendered, now on every CPU.
+    """
+    a0, a1, a2 = (float(x) for x in a)
+    b0, b1, b2 = (float(x) for x in b)
+    return a0 * b0 + a1 * b1 + a2 * b2
+
+
+def _norm(v) -> float:
+    """Length of a 3-vector (see :func:`_dot` for why not ``np.linalg.norm``)."""
+    return math.sqrt(_dot(v, v))
+
+
 def _unit(rng, z_weight=1.0) -> np.ndarray:
     v = rng.standard_normal(3) * np.array([z_weight, 1.0, 1.0])
-    return v / np.linalg.norm(v)
+    return v / _norm(v)
 
 
 class _Grid:
@@ -167,7 +188,7 @@ def _tube(occ: np.ndarray, grid: _Grid, path: np.ndarray, radii: np.ndarray) -> 
         y = grid.axes[1][lo[1]:hi[1]][None, :, None]
         x = grid.axes[2][lo[2]:hi[2]][None, None, :]
         d = p1 - p0
-        L2 = float(d @ d) or 1e-9
+        L2 = _dot(d, d) or 1e-9
         t = np.clip(((z - p0[0]) * d[0] + (y - p0[1]) * d[1] + (x - p0[2]) * d[2]) / L2, 0, 1)
         dist = np.sqrt((z - p0[0] - t * d[0]) ** 2 + (y - p0[1] - t * d[1]) ** 2
                        + (x - p0[2] - t * d[2]) ** 2)
@@ -188,7 +209,7 @@ def _vessel(rng, half_extent, through=None, direction=None, r0=None):
     mid = through if through is not None else rng.uniform(-half_extent, half_extent)
     span = 1.5 * float(np.max(half_extent))
     bend = rng.normal(0, 0.25 * span, 3)
-    bend -= (bend @ d) * d
+    bend -= _dot(bend, d) * d
     path = _bezier(mid - span * d, mid + bend * (0.3 if through is not None else 1.0), mid + span * d)
     if through is not None:  # keep the touching point where it was placed
         k = np.argmin(np.linalg.norm(path - through, axis=1))
@@ -200,13 +221,13 @@ def _vessel(rng, half_extent, through=None, direction=None, r0=None):
 
 def _rotate(v: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
     """Rodrigues' rotation of ``v`` about the unit ``axis``."""
-    return v * np.cos(angle) + np.cross(axis, v) * np.sin(angle) + axis * (axis @ v) * (1 - np.cos(angle))
+    return v * np.cos(angle) + np.cross(axis, v) * np.sin(angle) + axis * _dot(axis, v) * (1 - np.cos(angle))
 
 
 def _perpendicular(rng, d: np.ndarray) -> np.ndarray:
     u = _unit(rng)
-    u -= (u @ d) * d
-    return u / max(float(np.linalg.norm(u)), 1e-6)
+    u -= _dot(u, d) * d
+    return u / max(_norm(u), 1e-6)
 
 
 def _vessel_tree(rng, occ: np.ndarray, grid: _Grid, half_extent: np.ndarray) -> None:
@@ -220,11 +241,11 @@ def _vessel_tree(rng, occ: np.ndarray, grid: _Grid, half_extent: np.ndarray) -> 
         length = r * rng.uniform(6, 12)
         end = p + d * length
         bend = rng.normal(0, 0.08 * length, 3)
-        bend -= (bend @ d) * d
+        bend -= _dot(bend, d) * d
         path = _bezier(p, (p + end) / 2 + bend, end, n=max(3, int(length / 3.0) + 1))
         _tube(occ, grid, path, np.full(len(path), r))
         d = path[-1] - path[-2]
-        d /= max(float(np.linalg.norm(d)), 1e-9)
+        d /= max(_norm(d), 1e-9)
         if depth + 1 >= PARAMS["vessel_max_depth"] or np.any(np.abs(end) > limit):
             continue
         k = float(np.clip(rng.normal(*PARAMS["murray_exponent"]), 2.2, 3.6))
@@ -458,8 +479,8 @@ def render_phantom(row, phi: np.ndarray, lo_zyx: Sequence[int], seed: int = 0) -
         wall_hu = np.where((s > fat_at) & (s < fat_at + fat_w), np.float32(-100.0), wall_hu)
         # ribs: bands deeper in the wall, periodic along a direction within the wall
         t = _unit(rng)
-        t -= (t @ n) * n
-        t /= max(np.linalg.norm(t), 1e-6)
+        t -= _dot(t, n) * n
+        t /= max(_norm(t), 1e-6)
         u = z * t[0] + y * t[1] + x * t[2]
         period, width = rng.uniform(20, 30), rng.uniform(8, 12)
         rib = (np.mod(u + rng.uniform(0, period), period) < width) & (s > fat_at + fat_w + 2)
