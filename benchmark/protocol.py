@@ -492,6 +492,36 @@ def measured_seconds_per_epoch(lp: "LoadedProtocol", arch: str, experiment: Opti
     return statistics.median(rates) if rates else None
 
 
+def runs_on_other_data(lp: "LoadedProtocol", experiment: Optional[str] = None) -> Optional[str]:
+    """A warning when this store holds finished runs of the protocol made on other data than this
+    machine's crop cache (another data content hash), else None. Such runs never count as done
+    here (a cell is matched on its data hash as well as its config), so the status would show
+    them as missing with no reason given. None as well when no crop cache is built yet."""
+    from collections import Counter
+
+    from .config import build_config
+    from .data.store import built_data_hash
+    from .tracking import client, experiment_id, load_settings, search_all_runs
+    arch = lp.spec.architectures[0]
+    here = built_data_hash(build_config(lp.spec.preset, [], **{"model.arch": arch}).data)
+    if here is None:
+        return None
+    settings = load_settings()
+    cl = client(settings)
+    where = (f"attributes.status = 'FINISHED' and tags.`protocol.name` = '{lp.spec.name}' "
+             f"and tags.`protocol.version` = '{lp.spec.version}'")
+    other = Counter(r.data.tags.get("data.content_hash") for r in search_all_runs(
+        cl, [experiment_id(cl, settings, experiment)], where)
+        if r.data.tags.get("data.content_hash") not in (None, here))
+    if not other:
+        return None
+    which = ", ".join(f"{n} on data {h}" for h, n in other.most_common())
+    return (f"warning: {sum(other.values())} finished runs of this protocol were made on other data than this "
+            f"machine's crop cache (data {here}): {which}. They do not count here, and rerunning trains them "
+            f"again. The same phantom gives other bits after a code change or under other NumPy/SciPy "
+            f"versions: compare the runs' tags (git.commit, pkg.*) with this checkout")
+
+
 @dataclass
 class TimeLimit:
     """``--hours``: start nothing that would not end within ``hours`` of ``start``. A trial or
@@ -568,6 +598,10 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
     waiting = waiting_for_search(lp)
     for arch, why in waiting.items():
         print(f"protocol: {arch} waits for its search and is skipped this time: {why}", file=sys.stderr)
+    if executor is None:
+        note = runs_on_other_data(lp, experiment)
+        if note:
+            print(f"protocol: {note}", file=sys.stderr)
     ready = [a for a in s.architectures if a not in waiting]
     defaults = [c for c in default_cells(lp) if c.arch not in waiting]
     if executor is not None:
@@ -774,6 +808,9 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
         lines.append(f"no seconds_per_epoch for: {', '.join(unknown)} (not counted)")
     for arch, why in waiting.items():
         lines.append(f"{arch} waits for its search: {why}")
+    note = runs_on_other_data(lp, experiment)
+    if note:
+        lines.append(note)
     return "\n".join(lines)
 
 

@@ -308,6 +308,33 @@ def _fake_run(cl, exp_id, tags, tmp_path, test_dice=0.5):
     return run.info.run_id
 
 
+def test_status_says_when_the_protocols_runs_were_made_on_other_data(bench_home, tmp_path, monkeypatch):
+    """A store imported from a machine whose crop cache rendered other bits: its runs are not
+    matched here (a cell is done only on the same data), so without a word the status showed
+    finished architectures as 0/3. It now says how many runs, on which data, and what to compare."""
+    import benchmark.data.store as store_mod
+    from benchmark.protocol import load_protocol, protocol_status, runs_on_other_data
+    from benchmark.tracking import client, experiment_id, load_settings
+    lp = load_protocol(_write(tmp_path, GOOD))
+    cl = client()
+    exp = experiment_id(cl, load_settings())
+    mine = {"protocol.name": "t", "protocol.version": "1", "arch": "unet3d"}
+    for data in ("566cd2e8bb299f2a", "566cd2e8bb299f2a", "46e242d30efb1ae2"):
+        _fake_run(cl, exp, {**mine, "data.content_hash": data}, tmp_path)
+    _fake_run(cl, exp, {**mine, "protocol.version": "2", "data.content_hash": "0123456789abcdef"}, tmp_path)
+    monkeypatch.setattr(store_mod, "built_data_hash", lambda data_cfg: "46e242d30efb1ae2")
+    note = runs_on_other_data(lp)
+    assert note.startswith("warning: 2 finished runs of this protocol were made on other data than this "
+                           "machine's crop cache (data 46e242d30efb1ae2): 2 on data 566cd2e8bb299f2a.")
+    assert "0123456789abcdef" not in note               # another version of the protocol is not this one
+    assert note in protocol_status(lp.path)
+    monkeypatch.setattr(store_mod, "built_data_hash", lambda data_cfg: "566cd2e8bb299f2a")
+    assert "1 on data 46e242d30efb1ae2" in runs_on_other_data(lp)
+    monkeypatch.setattr(store_mod, "built_data_hash", lambda data_cfg: None)   # no cache built: nothing to compare
+    assert runs_on_other_data(lp) is None
+    assert "warning" not in protocol_status(lp.path)
+
+
 def test_export_carries_the_finished_runs_and_trials_to_a_fresh_store(bench_home, tmp_path, monkeypatch,
                                                                        migrated_store_template):
     """`bench protocol export` then `bench import` elsewhere: the protocol's scored runs (under
