@@ -272,9 +272,11 @@ def tuning_overrides(lp: LoadedProtocol) -> list[str]:
 
 
 def final_epochs(lp: LoadedProtocol) -> int:
-    """Training epochs of the final (and loss-study) runs: declared, else the preset's."""
-    from .config import PRESETS
-    return lp.spec.final.epochs or PRESETS[lp.spec.preset].get("train", {}).get("epochs")
+    """Training epochs of the final (and loss-study) runs: declared, else the preset's, else the
+    run config's default (what such a run trains for)."""
+    from .config import PRESETS, TrainConfig
+    return int(lp.spec.final.epochs or PRESETS[lp.spec.preset].get("train", {}).get(
+        "epochs", TrainConfig.model_fields["epochs"].default))
 
 
 @dataclass
@@ -440,9 +442,8 @@ def loss_study_archs(lp: LoadedProtocol, states: dict[str, StudyState]) -> Optio
 def loss_study_hours(lp: LoadedProtocol, arch: str) -> Optional[float]:
     """Estimated two-core hours of ``arch``'s loss study (its tuning-loss cells are the final
     runs, so they cost nothing more); None without a ``seconds_per_epoch`` figure."""
-    from .config import PRESETS
     s, ls = lp.spec, lp.spec.loss_study
-    epochs = s.final.epochs or PRESETS[s.preset].get("train", {}).get("epochs", 1)
+    epochs = final_epochs(lp)
     n_other = len([x for x in ls.losses if x != s.tuning.loss])
     sec = _cost(lp, arch, n_other * ls.seeds * epochs)
     return None if sec is None else sec / 3600
@@ -477,17 +478,16 @@ def measured_seconds_per_epoch(lp: "LoadedProtocol", arch: str, experiment: Opti
     comes from another. None without such a run."""
     import statistics
 
-    from .config import PRESETS
     from .tracking import client, experiment_id, load_settings, search_all_runs
     settings = load_settings()
     cl = client(settings)
     preset = lp.spec.preset
-    base = PRESETS[preset].get("train", {}).get("batch_size")
+    base = preset_batch(preset)
     where = f"attributes.status = 'FINISHED' and tags.arch = '{arch}' and tags.preset = '{preset}'"
     rates = []
     for r in search_all_runs(cl, [experiment_id(cl, settings, experiment)], where):
         m, batch = r.data.metrics, r.data.params.get("train.batch_size")
-        if m.get("train_seconds") and m.get("epochs_completed") and batch and base:
+        if m.get("train_seconds") and m.get("epochs_completed") and batch:
             rates.append(m["train_seconds"] / m["epochs_completed"] / (float(batch) / base))
     return statistics.median(rates) if rates else None
 
@@ -569,10 +569,9 @@ class TimeLimit:
     def cell(self, c) -> Optional[str]:
         """A final, default or loss run: its epochs at its own batch (an epoch is a fixed number of
         steps, so a tuned batch of 16 costs twice the preset's 8); a reference run trains nothing."""
-        from .config import PRESETS
         if c.reference:
             return self._refuse(f"run {c.label}", 0.0)
-        batch = c.cfg.train.batch_size / PRESETS[self.lp.spec.preset].get("train", {}).get("batch_size", c.cfg.train.batch_size)
+        batch = c.cfg.train.batch_size / preset_batch(self.lp.spec.preset)
         return self._refuse(f"run {c.label}", self._cost(c.arch, final_epochs(self.lp), batch))
 
 
@@ -717,20 +716,25 @@ def _cost(lp: LoadedProtocol, arch: str, epochs: float, batch_factor: float = 1.
 def tuning_batch_factor(preset: str) -> float:
     """Mean tuning batch over the preset's batch: trials sample ``train.batch_size`` and an epoch
     is a fixed number of steps, so an epoch's cost grows with the batch."""
-    from .config import PRESETS
     from .tune import BATCH_CHOICES
     choices = BATCH_CHOICES.get(preset, [4, 8])
-    return (sum(choices) / len(choices)) / PRESETS[preset].get("train", {}).get("batch_size", 16)
+    return (sum(choices) / len(choices)) / preset_batch(preset)
+
+
+def preset_batch(preset: str) -> int:
+    """The batch a run of ``preset`` trains with when nothing overrides it: the preset's, else the
+    run config's default. Every cost estimate scales by a run's batch over this one."""
+    from .config import PRESETS, TrainConfig
+    return int(PRESETS[preset].get("train", {}).get("batch_size", TrainConfig.model_fields["batch_size"].default))
 
 
 def protocol_status(path: str | Path, experiment: Optional[str] = None, storage: Optional[str] = None) -> str:
     """What is done, what is left, and the estimated two-core cost of what is left (from the
     protocol's measured seconds per epoch; pruning makes the tuning figure an upper bound)."""
-    from .config import PRESETS
     from .suite import run_cells
     lp = load_protocol(path)
     s = lp.spec
-    final_epochs = s.final.epochs or PRESETS[s.preset].get("train", {}).get("epochs", 1)
+    n_epochs = final_epochs(lp)
     bf = tuning_batch_factor(s.preset)
     lines = [f"protocol {s.name} v{s.version} (sha {lp.sha}), preset {s.preset}, {len(s.architectures)} architectures"]
     left_total, unknown = 0.0, []
@@ -756,7 +760,7 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
             fin_done, fin_left = len(res.skipped), len(res.ran)
         else:
             fin_done, fin_left = 0, s.final.seeds
-        c = _cost(lp, arch, fin_left * final_epochs)
+        c = _cost(lp, arch, fin_left * n_epochs)
         left = None if left is None or c is None else left + c
         d_done = d_left = 0
         if s.defaults.seeds:
@@ -764,7 +768,7 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
             cells = plan_cells(s.preset, [arch], [s.tuning.loss], s.defaults.seeds, [], references=False)
             res = run_cells(cells, "", experiment, show_progress=False, dry_run=True)
             d_done, d_left = len(res.skipped), len(res.ran)
-            c = _cost(lp, arch, d_left * final_epochs)
+            c = _cost(lp, arch, d_left * n_epochs)
             left = None if left is None or c is None else left + c
         add(arch, left)
         lines.append(f"{arch:16s} {st.finished:>4d}/{st.n_trials:<5d} {fin_done:>3d}/{s.final.seeds:<3d} "
@@ -777,7 +781,7 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
 
         def loss_study_line(a):
             res = run_cells(loss_cells(lp, states, [a]), "", experiment, show_progress=False, dry_run=True)
-            add(f"loss study {a}", _cost(lp, a, len(res.ran) * final_epochs))
+            add(f"loss study {a}", _cost(lp, a, len(res.ran) * n_epochs))
             lines.append(f"loss study {a}: {len(res.skipped)} done, {len(res.ran)} left")
 
         if archs is None:
@@ -788,7 +792,7 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
                 if a in states and states[a].done:
                     loss_study_line(a)
                 else:
-                    add(f"loss study {a}", _cost(lp, a, n_other * ls.seeds * final_epochs))
+                    add(f"loss study {a}", _cost(lp, a, n_other * ls.seeds * n_epochs))
             hours = {a: loss_study_hours(lp, a) for a in s.architectures if a not in named}
             costs = [h for a, h in hours.items() if h is not None and loss_study_affordable(lp, a)]
             if costs:

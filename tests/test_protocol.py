@@ -237,6 +237,23 @@ def test_time_limit_refuses_what_would_not_end_in_time_and_everything_after(benc
     assert TimeLimit(lp, hours=1.0).trial("bixnas") is None   # no estimate: started
 
 
+def test_a_preset_without_batch_or_epochs_is_costed_at_the_run_configs_defaults(tmp_path, monkeypatch):
+    """The cost estimates read a preset's batch and epochs in one place each, and a preset that
+    sets neither is costed at what its runs train with (the run config's defaults, 16 and 100);
+    they once fell back to three different figures."""
+    from benchmark.config import PRESETS, TrainConfig
+    from benchmark.protocol import final_epochs, load_protocol, preset_batch, tuning_batch_factor
+    from benchmark.tune import BATCH_CHOICES
+    monkeypatch.setitem(PRESETS, "bare", {k: v for k, v in PRESETS["cpu"].items() if k != "train"})
+    assert preset_batch("bare") == TrainConfig().batch_size == 16
+    assert preset_batch("cpu") == PRESETS["cpu"]["train"]["batch_size"]
+    choices = BATCH_CHOICES.get("bare", [4, 8])
+    assert tuning_batch_factor("bare") == pytest.approx(sum(choices) / len(choices) / 16)
+    lp = load_protocol(_write(tmp_path, GOOD.replace("preset: cpu", "preset: bare")))
+    assert final_epochs(lp) == TrainConfig().epochs == 100
+    assert final_epochs(load_protocol(_write(tmp_path, GOOD))) == PRESETS["cpu"]["train"]["epochs"]
+
+
 def test_time_limit_goes_by_this_machines_speed_once_it_has_one(bench_home, tmp_path):
     """The declared 1000 s per epoch came from another machine; two finished transfuse_s runs
     here took 0.5 and 1.5 s per epoch at the preset's batch: the limit goes by their median."""
