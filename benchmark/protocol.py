@@ -25,8 +25,9 @@ does, in this order, skipping whatever the tracking store and the Optuna journal
      ``best_max_hours``, only architectures whose loss study fits that estimate qualify) every listed loss x
      ``loss_study.seeds`` seeds with that architecture's tuned settings. Its ``dice_bce`` cells
      are the final runs themselves (same fingerprint), so they are not trained again. Run in
-     this process, a named architecture's loss cells follow its default runs; ``best`` waits for
-     every study.
+     this process, a named architecture's loss cells follow its default runs, and ``best``'s
+     follow the default runs of the last candidate for it (an architecture over ``best_max_hours``
+     cannot be chosen, so its study does not hold the choice up).
 
 Restartable like ``bench suite`` (whose cell machinery runs stages 2-4): stop at any point and
 rerun the command. A study resumes until it holds its trials (a trial whose process died is
@@ -432,11 +433,15 @@ def loss_study_archs(lp: LoadedProtocol, states: dict[str, StudyState]) -> Optio
     fixed = [a for a in ls.archs if a != BEST]
     if BEST not in ls.archs:
         return fixed
-    if set(states) != set(lp.spec.architectures) or not all(s.done for s in states.values()):
-        return None     # 'best' is chosen among every architecture of the protocol, all tuned
-    ranked = sorted(states.values(), key=lambda s: (-s.best_trial.value, s.arch))
-    best = next((s.arch for s in ranked if s.arch not in fixed and loss_study_affordable(lp, s.arch)), None)
-    return fixed + ([best] if best else [])
+    # 'best' is chosen among the candidates only: not a named architecture (the runner-up takes
+    # its place) and not one over `best_max_hours` (a cap on the declared seconds per epoch, so
+    # fixed before any result). Their studies decide it; the others' cannot change it, so 'best'
+    # does not wait for them (on two cores, SwinUNETR's 10.9 h).
+    candidates = [a for a in lp.spec.architectures if a not in fixed and loss_study_affordable(lp, a)]
+    if not all(a in states and states[a].done for a in candidates):
+        return None
+    ranked = sorted((states[a] for a in candidates), key=lambda s: (-s.best_trial.value, s.arch))
+    return fixed + ([ranked[0].arch] if ranked else [])
 
 
 def loss_study_hours(lp: LoadedProtocol, arch: str) -> Optional[float]:
@@ -611,6 +616,7 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
             finals += _final_cells(lp, st)
         out.suites.append(("final", run_cells(finals, "final", experiment, show_progress, executor=executor)))
     else:
+        best_pending = bool(s.loss_study) and BEST in s.loss_study.archs
         for i, arch in enumerate(ready):
             st = study_state(lp, arch, storage)
             if limit and limit.stopped:
@@ -638,6 +644,17 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
                 out.suites.append((f"loss study {arch}", run_cells(loss_cells(lp, {arch: st}, [arch]),
                                                                    f"loss study [{arch}]", experiment,
                                                                    show_progress, may_start=may_start)))
+            # 'best' is decided once every candidate for it has been tuned: its loss cells run
+            # then, before the architectures that cannot be chosen (SwinUNETR on two cores)
+            if best_pending:
+                chosen = loss_study_archs(lp, out.studies)
+                if chosen is not None:
+                    best_pending = False
+                    best = [a for a in chosen if a not in s.loss_study.archs]
+                    if best:
+                        out.suites.append((f"loss study {best[0]}", run_cells(
+                            loss_cells(lp, out.studies, best), f"loss study [{BEST}: {best[0]}]", experiment,
+                            show_progress, may_start=may_start)))
     if limit and limit.stopped:
         out.stopped = limit.stopped
         return out
@@ -646,7 +663,7 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
                                                  executor=executor, may_start=may_start)))
     archs = loss_study_archs(lp, out.studies)
     if archs is None:
-        print(f"protocol: the loss study's '{BEST}' waits for every architecture's study to be complete",
+        print(f"protocol: the loss study's '{BEST}' waits for every candidate's study to be complete",
               file=sys.stderr)
         archs = [a for a in s.loss_study.archs if a != BEST]   # the named ones need only their own study
     if archs:

@@ -152,6 +152,45 @@ def test_loss_study_cap_is_declared_and_skips_only_what_it_costs_too_much(tmp_pa
     assert loss_study_archs(uncapped, states) == ["unet3d", "transfuse_s"]
 
 
+def test_best_does_not_wait_for_an_architecture_that_cannot_be_chosen(tmp_path, monkeypatch):
+    """An architecture over `best_max_hours` cannot be 'best' whatever it scores, so its study
+    (SwinUNETR's 10.9 h on two cores) does not hold the choice up: 'best' is decided once the
+    candidates are tuned, and in this process its loss cells run right after the last
+    candidate's default runs, before the expensive architecture is tuned."""
+    import benchmark.protocol as protocol
+    import benchmark.suite as suite
+    from benchmark.protocol import StudyState, load_protocol, loss_study_archs
+    text = (GOOD.replace("[unet3d, transfuse_s]", "[unet3d, nnunet_plain, transfuse_s]")
+            .replace("dice_bce_rm], seeds: 3}", "dice_bce_rm], seeds: 3, best_max_hours: 1}")
+            + "seconds_per_epoch: {unet3d: 10, transfuse_s: 200, nnunet_plain: 10}\n"
+            + "defaults: {seeds: 3, references: false}\n")
+    path = _write(tmp_path, text)
+    lp = load_protocol(path)
+    tuned = {a: StudyState(a, a, 4, 4, _frozen_trial(lp, a, value=v)[0])
+             for a, v in (("unet3d", 0.9), ("nnunet_plain", 0.7))}
+    still_tuning = StudyState("transfuse_s", "x", 1, 4)
+    assert loss_study_archs(lp, {**tuned, "transfuse_s": still_tuning}) == ["unet3d", "nnunet_plain"]
+    assert loss_study_archs(lp, tuned) == ["unet3d", "nnunet_plain"]     # not even started
+    # a candidate still tuning does hold it up
+    assert loss_study_archs(lp, {"unet3d": tuned["unet3d"], "nnunet_plain": StudyState("nnunet_plain", "y", 1, 4)}) is None
+
+    states = {**tuned, "transfuse_s": StudyState("transfuse_s", "x", 4, 4, _frozen_trial(lp, "transfuse_s", value=0.99)[0])}
+    monkeypatch.setattr(protocol, "study_state", lambda lp, arch, storage: states[arch])
+    submitted = []
+
+    def fake_run_cells(cells, label, *a, **k):
+        submitted.append((label, {(c.arch, c.tags.get("protocol.part")) for c in cells}))
+        return suite.SuiteResult()
+    monkeypatch.setattr(suite, "run_cells", fake_run_cells)
+    protocol.run_protocol(path, show_progress=False)
+    labels = [label for label, _ in submitted]
+    best_at = labels.index("loss study [best: nnunet_plain]")
+    assert labels[best_at - 1] == "defaults [nnunet_plain]" and best_at < labels.index("final [transfuse_s]")
+    assert submitted[best_at][1] == {("nnunet_plain", "loss")}
+    # transfuse_s's 0.99 changes nothing: it was never a candidate
+    assert not any(arch == "transfuse_s" and part == "loss" for _, cells in submitted for arch, part in cells)
+
+
 def test_searched_architectures_wait_for_a_recorded_search_on_the_protocols_preset(tmp_path, monkeypatch):
     """A NAS architecture whose genotype is missing, or not from a finished search on the
     protocol's preset, would train a placeholder under the searched name: the protocol leaves it
@@ -421,19 +460,20 @@ def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypa
     assert not any(r.failed for r in stages.values()), [r.failed for r in stages.values()]
     assert all(st.finished == 2 and st.best_trial is not None for st in res.studies.values())
     # in this process each architecture's stages come in turn; a named loss-study architecture's
-    # loss cells follow its defaults, 'best' waits for every study
+    # loss cells follow its defaults, and 'best''s follow the defaults of the last candidate for it
     assert [name for name, _ in res.suites] == [
         "final unet3d", "defaults unet3d", "loss study unet3d", "final transfuse_s", "defaults transfuse_s",
-        "defaults", "loss study"]
+        "loss study transfuse_s", "defaults", "loss study"]
     assert all(len(stages[f"final {a}"].ran) == 2 for a in ("unet3d", "transfuse_s"))
     # each architecture's default runs come right after its tuned ones; the last stage finds them done
     assert len(stages["defaults unet3d"].ran) == len(stages["defaults transfuse_s"].ran) == 2
     assert not stages["defaults"].ran and len(stages["defaults"].skipped) == 4
     # loss study: unet3d and best (transfuse_s) x 2 losses x 2 seeds; the dice_bce cells are the
-    # final runs, and unet3d's own cells were trained in its turn
-    assert len(stages["loss study unet3d"].ran) == 2 and len(stages["loss study unet3d"].skipped) == 2
-    assert len(stages["loss study"].ran) == 2 and len(stages["loss study"].skipped) == 6
-    ran = {label.rsplit("/", 1)[0] for r in (stages["loss study unet3d"], stages["loss study"]) for label, _ in r.ran}
+    # final runs, and each architecture's own cells were trained in its turn
+    for a in ("unet3d", "transfuse_s"):
+        assert len(stages[f"loss study {a}"].ran) == 2 and len(stages[f"loss study {a}"].skipped) == 2
+    assert not stages["loss study"].ran and len(stages["loss study"].skipped) == 8
+    ran = {label.rsplit("/", 1)[0] for a in ("unet3d", "transfuse_s") for label, _ in stages[f"loss study {a}"].ran}
     assert ran == {"unet3d/dice_bce_rm", "transfuse_s/dice_bce_rm"}
 
     cl = client()
