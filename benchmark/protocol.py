@@ -764,7 +764,8 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
         else:
             left_total += sec
 
-    lines.append(f"{'architecture':16s} {'tuning':>10s} {'final':>7s} {'default':>8s}  cost left (h)")
+    lines.append(f"{'architecture':16s} {'tuning':>10s} {'final':>7s} {'default':>8s}  {'cost left (h)':>13s}  "
+                 f"s/epoch declared, here")
     waiting = waiting_for_search(lp)
     for arch in s.architectures:
         st = study_state(lp, arch, storage)
@@ -788,9 +789,13 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
             c = _cost(lp, arch, d_left * n_epochs)
             left = None if left is None or c is None else left + c
         add(arch, left)
+        # the costs above go by the declared figure (what the protocol declares must not depend on
+        # the machine); beside it, this store's measured one, which `--hours` goes by
+        declared, here = s.seconds_per_epoch.get(arch), measured_seconds_per_epoch(lp, arch, experiment)
+        speed = f"{'?' if declared is None else f'{declared:.1f}':>8s}, {'-' if here is None else f'{here:.1f}'}"
         lines.append(f"{arch:16s} {st.finished:>4d}/{st.n_trials:<5d} {fin_done:>3d}/{s.final.seeds:<3d} "
-                     f"{d_done:>4d}/{s.defaults.seeds:<3d}  {'?' if left is None else f'{left / 3600:.2f}'}"
-                     + ("  (waits for its search)" if arch in waiting else ""))
+                     f"{d_done:>4d}/{s.defaults.seeds:<3d}  {'?' if left is None else f'{left / 3600:.2f}':>13s}  "
+                     f"{speed}" + ("  (waits for its search)" if arch in waiting else ""))
     if s.loss_study:
         archs = loss_study_archs(lp, states)
         ls = s.loss_study
@@ -822,6 +827,8 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
         else:
             for a in archs:
                 loss_study_line(a)
+    lines.append("s/epoch: at the preset's batch; 'here' is the median of this store's finished runs of the "
+                 "preset ('-': none yet), which `--hours` goes by")
     lines.append(f"estimated cost left: {left_total / 3600:.1f} h on the machine the figures come from"
                  + (f" ({s.seconds_per_epoch_source})" if s.seconds_per_epoch_source else "")
                  + "; tuning counted without pruning (an upper bound)")

@@ -312,6 +312,11 @@ def test_time_limit_goes_by_this_machines_speed_once_it_has_one(bench_home, tmp_
     assert limit.seconds_per_epoch("transfuse_s") == pytest.approx(1.0)
     assert limit.seconds_per_epoch("unet3d") == 10             # none measured: the declared figure
     assert limit.trial("transfuse_s") is None                  # 2 epochs x 1 s x the mean tuning batch
+    # `protocol status` shows both figures; its costs stay on the declared ones
+    from benchmark.protocol import protocol_status
+    status = protocol_status(lp.path)
+    assert re.search(r"^transfuse_s\s+0/4\s+0/3\s+0/0\s+\S+\s+1000\.0, 1\.0$", status, re.M), status
+    assert re.search(r"^unet3d\s+0/4\s+0/3\s+0/0\s+\S+\s+10\.0, -$", status, re.M), status
 
 
 def test_a_protocol_with_no_time_for_its_first_trial_starts_nothing(bench_home, tmp_path, capsys):
