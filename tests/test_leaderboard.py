@@ -93,6 +93,13 @@ def test_leaderboard_numbers_match_the_per_nodule_csvs(at_store, tmp_path, capsy
     for _, row in table.iterrows():     # models and references alike
         ids = row["run_ids"].split(";")
         assert row["n_seeds"] == len(ids) == (1 if isinstance(row["reference"], str) else SEEDS)
+        if row["arch"] == "readers_vs_truth":   # the inter_reader run's scores against the true shape
+            assert np.isnan(row["dice_mean"]) and np.isnan(row["hd95_mm_mean"])
+            csv = pd.read_csv(cl.download_artifacts(ids[0], "evaluation/per_nodule.csv", str(tmp_path / ids[0])))
+            # NaN where a smoke-sized true shape vanishes at the preset's spacing, as on the model rows
+            assert row["dice_vs_truth_mean"] == pytest.approx(csv["dice_vs_truth"].to_numpy().mean(), nan_ok=True)
+            assert cl.get_run(ids[0]).data.tags["arch"] == "inter_reader"
+            continue
         for metric in ("dice", "nsd", "hd95_mm"):
             per_seed = [_csv_mean(cl, rid, metric, tmp_path / rid) for rid in ids]
             assert row[f"{metric}_mean"] == pytest.approx(np.mean(per_seed), rel=1e-5, abs=1e-6)
@@ -106,7 +113,7 @@ def test_leaderboard_numbers_match_the_per_nodule_csvs(at_store, tmp_path, capsy
     assert np.isnan(top["wilcoxon_p_holm"]) and 0.0 <= second["wilcoxon_p_holm"] <= 1.0
 
     refs = table[table["reference"].notna()].set_index("arch")
-    assert set(refs.index) == {"inter_reader", "threshold_baseline", "phantom_ceiling"}
+    assert set(refs.index) == {"inter_reader", "readers_vs_truth", "threshold_baseline", "phantom_ceiling"}
     assert refs.loc["phantom_ceiling", "reference"] == "phantom"
     assert refs.loc["inter_reader", "reference"] == "human"
     assert np.isnan(pd.to_numeric(refs["rank"], errors="coerce")).all()   # shown, not ranked
@@ -429,9 +436,12 @@ def test_a_searched_network_is_set_against_its_parent_on_both_pages():
     assert "Searched networks against their parents" in render_html(lb, {})
 
 
-def test_readers_vs_truth_shows_although_the_ceiling_has_no_score_against_the_truth():
-    """Model rows and inter_reader carry dice_vs_truth; phantom_ceiling (the true shape itself)
-    does not. The column stays, the ceiling's cell is empty, and the guide says what it means."""
+def test_readers_vs_truth_is_a_reference_row_of_its_own():
+    """Model rows and the inter_reader run carry dice_vs_truth; phantom_ceiling (the true shape
+    itself) does not. The inter_reader run's two scores become two reference rows, each number in
+    its own column: inter_reader against the STAPLE, readers_vs_truth against the truth. The
+    ceiling's cell against the truth stays empty, the guide says what each means, and neither
+    split changes the other rows' p-values."""
     from benchmark.leaderboard import build_sections, render_markdown, table_key
     g = np.random.default_rng(3)
     n = 25
@@ -447,13 +457,32 @@ def test_readers_vs_truth_shows_although_the_ceiling_has_no_score_against_the_tr
     lb = build_sections(table_key(runs[0]), runs, n_boot=200)
     assert "dice_vs_truth" in lb.metrics
     stats = {r.arch: r.stats for r in lb.rows}
-    assert stats["inter_reader"]["dice_vs_truth_mean"] == pytest.approx(0.83)
-    assert np.isnan(stats["phantom_ceiling"]["dice_vs_truth_mean"])
+    assert stats["readers_vs_truth"]["dice_vs_truth_mean"] == pytest.approx(0.83)
+    assert np.isnan(stats["readers_vs_truth"]["dice_mean"])
+    assert stats["inter_reader"]["dice_mean"] == pytest.approx((base + 0.2).mean())
+    assert np.isnan(stats["inter_reader"]["dice_vs_truth_mean"]) and np.isnan(stats["phantom_ceiling"]["dice_vs_truth_mean"])
+    assert [r.arch for r in lb.rows if r.reference] == ["phantom_ceiling", "inter_reader", "readers_vs_truth"]
+    assert "wilcoxon_p_holm" not in stats["readers_vs_truth"]       # no Dice against the STAPLE to test
     md = render_markdown(lb)
-    ceiling = next(line for line in md.splitlines() if line.startswith("| ref | phantom_ceiling"))
-    readers_line = next(line for line in md.splitlines() if line.startswith("| ref | inter_reader"))
-    assert "| 0.830 [0.830, 0.830] |" in readers_line and "| – |" in ceiling
-    assert "(readers vs truth)" in md
+    line = {a: next(x for x in md.splitlines() if x.startswith(f"| ref | {a} ")) for a in
+            ("phantom_ceiling", "inter_reader", "readers_vs_truth")}
+    assert "| 0.830 [0.830, 0.830] |" in line["readers_vs_truth"] and "| 0.830" not in line["inter_reader"]
+    assert line["readers_vs_truth"].split(" | ")[3] == "–"           # its Dice against the STAPLE
+    assert "The readers_vs_truth row is each radiologist's mask against the true shape" in md
+    assert "- readers_vs_truth: `ir`" in md                         # the run behind it is listed
+    # the same runs with no score against the truth for the readers (no split): every other row's
+    # Holm-corrected test is the same, so the new row joined no family
+    from dataclasses import replace
+
+    import benchmark.leaderboard.statistics as statistics
+    unsplit_runs = [replace(r, per_nodule=r.per_nodule.drop(columns=["dice_vs_truth"]))
+                    if r.arch == "inter_reader" else r for r in runs]
+    unsplit = build_sections(table_key(runs[0]), unsplit_runs, n_boot=200)
+    assert "readers_vs_truth" not in {r.arch for r in unsplit.rows}
+    for r in unsplit.rows:
+        assert r.stats.get("wilcoxon_p_holm") == pytest.approx(
+            next(x for x in lb.rows if x.label == r.label).stats.get("wilcoxon_p_holm"), nan_ok=True)
+    assert statistics.split_readers_vs_truth(runs[:2]) == runs[:2]   # model runs pass unchanged
 
 
 def _page_with_references(n_models=4):

@@ -29,7 +29,8 @@ from ..metrics import leaderboard_columns
 from ..tracking import per_nodule_artifact
 
 #: arch tag of reference runs -> what they are (the ``reference`` tag value)
-REFERENCE_ARCHS = {"inter_reader": "human", "threshold_baseline": "baseline", "phantom_ceiling": "phantom"}
+REFERENCE_ARCHS = {"inter_reader": "human", "readers_vs_truth": "human", "threshold_baseline": "baseline",
+                   "phantom_ceiling": "phantom"}
 #: tags every scored run carries (see ``benchmark.train.data_tags``)
 REQUIRED_TAGS = ("arch", "loss", "preset", "data.source", "data.ground_truth", "data.split_hash",
                  "data.content_hash")
@@ -106,6 +107,26 @@ class TableKey:
     def describe(self) -> str:
         return (f"split {self.split_hash}, ground truth {self.ground_truth}, data {self.content_hash[:12]}, "
                 f"NSD tolerance {self.nsd_tolerance_mm:g} mm, {self.n_nodules} test nodules ({self.test_set})")
+
+
+def split_readers_vs_truth(runs: list[RunRecord]) -> list[RunRecord]:
+    """The inter_reader run scores each radiologist twice: against the STAPLE of the other three
+    (its metric columns) and against the phantom's true shape (its ``*_vs_truth`` columns). Each
+    score becomes a reference row of its own, so that every number stands in its column: the
+    ``inter_reader`` row keeps the first, a ``readers_vs_truth`` row (the same run) the second.
+    Runs without scores against the truth (real data, phantom v1) pass unchanged."""
+    from dataclasses import replace
+    out = []
+    for r in runs:
+        truth = [c for c in r.per_nodule.columns if c.endswith("_vs_truth")]
+        if r.arch != "inter_reader" or "dice_vs_truth" not in truth:
+            out.append(r)
+            continue
+        staple = [c[: -len("_vs_truth")] for c in truth if c[: -len("_vs_truth")] in r.per_nodule.columns]
+        out.append(replace(r, per_nodule=r.per_nodule.drop(columns=truth)))
+        out.append(replace(r, tags={**r.tags, "arch": "readers_vs_truth", "reference": "human"},
+                           per_nodule=r.per_nodule.drop(columns=staple)))
+    return out
 
 
 def mlflow_filter(preset: Optional[str], source: Optional[str], ground_truth: Optional[str],

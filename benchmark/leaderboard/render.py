@@ -25,6 +25,9 @@ SECTION_TITLES = {"tuned": "Tuned protocol", "default": "Default settings", "los
 REFERENCE_MEANINGS = {
     "inter_reader": "how well radiologists agree (each reader's mask against the STAPLE of the other three, "
                     "averaged over the four readers)",
+    "readers_vs_truth": "the same radiologists' masks against the phantom's true shape (averaged over the "
+                        "four), in the columns against the truth: where a model stands against a "
+                        "radiologist on the truth itself",
     "threshold_baseline": "a non-learned intensity threshold, the floor any model should clear",
     "phantom_ceiling": "the phantom's true shape scored as a prediction, the best any model can be expected "
                        "to reach on this data",
@@ -218,7 +221,8 @@ def _notes(lb: Leaderboard) -> list[str]:
         "paper's model. Each column of each table is one Holm-corrected family.",
         "Reference rows are not ranked and are deterministic (det.: their latest run is used). inter_reader = "
         "each radiologist's mask against the STAPLE of the other three, averaged over the four radiologists; "
-        "threshold_baseline = non-learned intensity threshold. Why readers and models have different "
+        "readers_vs_truth = the same masks against the phantom's true shape; threshold_baseline = "
+        "non-learned intensity threshold. Why readers and models have different "
         "ground truths: a reader scored against the four-reader STAPLE would be scored partly against their "
         "own mask, which inflates agreement, so each reader is scored against the other three; the models "
         "contributed to no ground truth, so they are scored against the best one available, the four-reader "
@@ -282,10 +286,10 @@ def reading_guide(lb: Leaderboard, interval_place: str = "after") -> list[tuple[
     if truth:
         guide.append((", ".join(metric_spec(m).heading(lb.key.nsd_tolerance_mm, what="vs truth") for m in truth),
                       "the same prediction scored against the phantom's true shape, the shape the image was drawn "
-                      "from, instead of the readers' STAPLE. On the inter_reader row it is each radiologist's "
-                      "mask against the true shape, averaged over the four (readers vs truth): where a model "
-                      "stands against a radiologist on the truth itself. The phantom_ceiling row is the true "
-                      "shape, so it has none."))
+                      "from, instead of the readers' STAPLE. The readers_vs_truth row is each radiologist's "
+                      "mask against the true shape, averaged over the four: where a model stands against a "
+                      "radiologist on the truth itself; it has no score against the STAPLE (inter_reader is "
+                      "that one). The phantom_ceiling row is the true shape, so it has none."))
     if any("gain" in r.stats for sec in sections for r in sec.rows):
         guide.append(("Gain from tuning", "tuned minus default mean Dice of the same architecture and loss, with "
                                           "the 95% interval of the paired bootstrap difference; an interval above "

@@ -32,8 +32,10 @@ pre-declared reference architecture (``unet3d``), a second family. P(best) is th
 two-level bootstrap resamples in which the model comes first under the chosen ranking.
 
 Reference rows (``inter_reader``: each radiologist against the STAPLE of the other three;
-``threshold_baseline``: the non-learned baseline) are shown below the models, marked, and not
-ranked; they are deterministic, so only their latest run is used.
+``readers_vs_truth``: the same run's radiologists against the phantom's true shape;
+``phantom_ceiling``: the true shape itself; ``threshold_baseline``: the non-learned baseline)
+are shown below the models, marked, and not ranked; they are deterministic, so only their
+latest run is used.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ import pandas as pd
 
 from ..errors import UsageError
 from ..metrics import leaderboard_columns, metric_spec, truth_columns
-from .collect import REFERENCE_ARCHS, RunRecord, TableKey
+from .collect import REFERENCE_ARCHS, RunRecord, TableKey, split_readers_vs_truth
 
 RANKINGS = ("aggregate", "rank")
 
@@ -175,14 +177,16 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
     from ..protocol import REFERENCE_ARCH
     if ranking not in RANKINGS:
         raise UsageError(f"unknown ranking {ranking!r} (choose from {', '.join(RANKINGS)})")
+    runs = split_readers_vs_truth(runs)
     rows = make_rows(runs)
     nodules = sorted(rows[0].runs[0].per_nodule["nodule_id"].astype(str))
     n = len(nodules)
-    # the phantom's ceiling is the true shape itself, so it has no score against it: it leaves those
-    # cells empty rather than keep the columns (and the readers-vs-truth figure) off the table
-    scored = [r for r in runs if r.reference != "phantom"]
+    # a score against the truth is shown when every model has it; a reference row without one (the
+    # ceiling is the true shape itself; inter_reader's moved to readers_vs_truth) leaves it empty
+    models_runs = [r for r in runs if not r.reference]
     metrics = leaderboard_columns() + tuple(x for x in truth_columns()
-                                            if scored and all(x in r.per_nodule.columns for r in scored))
+                                            if any(x in r.per_nodule.columns for r in runs)
+                                            and all(x in r.per_nodule.columns for r in models_runs))
     medians = [m for m in leaderboard_columns() if metric_spec(m).median]
     has_empty = all("empty_pred" in r.per_nodule.columns for r in runs)
 
@@ -246,8 +250,9 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
         order = sorted(range(len(models)), key=lambda i: (final[i], -agg[i], models[i].label))
         models = [models[i] for i in order]
         # against the top-ranked model: every other row, one Holm family
-        for label, (p, q) in stats.pvalues_against(per_nodule_dice, models[0].label,
-                                                   [r.label for r in models + refs]).items():
+        # (readers_vs_truth has no Dice against the STAPLE, so no test of it)
+        tested = [r.label for r in models + refs if not np.isnan(per_nodule_dice[r.label]).all()]
+        for label, (p, q) in stats.pvalues_against(per_nodule_dice, models[0].label, tested).items():
             next(r for r in rows if r.label == label).stats.update(wilcoxon_p=p, wilcoxon_p_holm=q)
         # against the pre-declared reference architecture: the other models, one Holm family
         ref_row = next((r for r in models if r.arch == REFERENCE_ARCH), None)
@@ -256,7 +261,8 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
             for label, (p, q) in stats.pvalues_against(per_nodule_dice, ref_row.label,
                                                        [r.label for r in models]).items():
                 next(r for r in rows if r.label == label).stats.update(p_vs_reference=p, p_vs_reference_holm=q)
-    refs.sort(key=lambda r: (-r.stats["dice_mean"], r.label))
+    # by Dice; a row without one (readers_vs_truth) last
+    refs.sort(key=lambda r: (np.isnan(r.stats["dice_mean"]), -np.nan_to_num(r.stats["dice_mean"]), r.label))
     ordered = models + refs
 
     records = []
@@ -418,7 +424,7 @@ def all_rows(lb: Leaderboard) -> list[Row]:
     seen, out = set(), []
     for sec in [lb] + lb.sections:
         for r in sec.rows:
-            key = tuple(x.run_id for x in r.runs)
+            key = (r.label, tuple(x.run_id for x in r.runs))   # readers_vs_truth shares inter_reader's run
             if key not in seen:
                 seen.add(key)
                 out.append(r)
