@@ -185,7 +185,10 @@ def test_second_dataset_trains_evaluates_and_gets_a_leaderboard(synth, bench_hom
     [lb] = generate(preset="smoke", out_dir=tmp_path / "lb", log_to_mlflow=False, n_boot=200)
     assert lb.leaderboard.key.name == "synth-rendered-smoke"
     table = pd.read_csv(tmp_path / "lb" / "synth-rendered-smoke.csv", keep_default_na=False, na_values=[""])
-    assert set(table["arch"]) == {"unet3d", "inter_reader", "threshold_baseline", "phantom_ceiling"}
+    # with true shapes, the readers are scored against them as well: a readers_vs_truth row
+    assert set(table["arch"]) == {"unet3d", "inter_reader", "readers_vs_truth", "threshold_baseline", "phantom_ceiling"}
     assert table.loc[table["arch"] == "unet3d", "n_seeds"].item() == 2
-    assert list(table["reference"].fillna("")).count("human") == 1
-    assert np.isfinite(table["dice_mean"]).all()
+    assert list(table["reference"].fillna("")).count("human") == 2
+    staple = table["arch"] != "readers_vs_truth"    # that row's scores are against the truth only
+    assert np.isfinite(table.loc[staple, "dice_mean"]).all()
+    assert np.isfinite(table.loc[~staple, "dice_vs_truth_mean"]).all() and table.loc[~staple, "dice_mean"].isna().all()

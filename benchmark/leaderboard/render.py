@@ -26,7 +26,7 @@ REFERENCE_MEANINGS = {
     "inter_reader": "how well radiologists agree (each reader's mask against the STAPLE of the other three, "
                     "averaged over the four readers)",
     "readers_vs_truth": "the same radiologists' masks against the phantom's true shape (averaged over the "
-                        "four), in the columns against the truth: where a model stands against a "
+                        "readers), in the columns against the truth: where a model stands against a "
                         "radiologist on the truth itself",
     "threshold_baseline": "a non-learned intensity threshold, the floor any model should clear",
     "phantom_ceiling": "the phantom's true shape scored as a prediction, the best any model can be expected "
@@ -287,7 +287,7 @@ def reading_guide(lb: Leaderboard, interval_place: str = "after") -> list[tuple[
         guide.append((", ".join(metric_spec(m).heading(lb.key.nsd_tolerance_mm, what="vs truth") for m in truth),
                       "the same prediction scored against the phantom's true shape, the shape the image was drawn "
                       "from, instead of the readers' STAPLE. The readers_vs_truth row is each radiologist's "
-                      "mask against the true shape, averaged over the four: where a model stands against a "
+                      "mask against the true shape, averaged over the readers: where a model stands against a "
                       "radiologist on the truth itself; it has no score against the STAPLE (inter_reader is "
                       "that one). The phantom_ceiling row is the true shape, so it has none."))
     if any("gain" in r.stats for sec in sections for r in sec.rows):
