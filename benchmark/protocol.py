@@ -638,7 +638,7 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
             if mine:
                 out.suites.append((f"defaults {arch}", run_cells(mine, f"defaults [{arch}]", experiment,
                                                                  show_progress, may_start=may_start)))
-            # an architecture the loss study names (not 'best', which needs every study) has
+            # an architecture the loss study names (not 'best', which waits for its candidates) has
             # its loss cells next, for the same reason; the loss stage below skips them as done
             if s.loss_study and arch in s.loss_study.archs and st.best_trial is not None:
                 out.suites.append((f"loss study {arch}", run_cells(loss_cells(lp, {arch: st}, [arch]),
