@@ -124,7 +124,8 @@ def split_readers_vs_truth(runs: list[RunRecord]) -> list[RunRecord]:
             continue
         staple = [c[: -len("_vs_truth")] for c in truth if c[: -len("_vs_truth")] in r.per_nodule.columns]
         out.append(replace(r, per_nodule=r.per_nodule.drop(columns=truth)))
-        out.append(replace(r, tags={**r.tags, "arch": "readers_vs_truth", "reference": "human"},
+        # its kind comes from REFERENCE_ARCHS, or the inter_reader run's own `reference` tag
+        out.append(replace(r, tags={**r.tags, "arch": "readers_vs_truth"},
                            per_nodule=r.per_nodule.drop(columns=staple)))
     return out
 
