@@ -476,11 +476,14 @@ class ProtocolResult:
     stopped: str = ""                             # why it stopped at its time limit ("" if it did not)
 
 
-def measured_seconds_per_epoch(lp: "LoadedProtocol", arch: str, experiment: Optional[str] = None) -> Optional[float]:
+def measured_seconds_per_epoch(lp: "LoadedProtocol", arch: str, experiment: Optional[str] = None,
+                               trials: bool = True) -> Optional[float]:
     """Median seconds per epoch of ``arch``'s finished runs at the protocol's preset in the
-    tracking store (tuning trials included), each scaled to the preset's batch (an epoch is a
-    fixed number of steps): what this machine takes, where the declared ``seconds_per_epoch``
-    comes from another. None without such a run."""
+    tracking store (tuning trials included unless ``trials`` is False), each scaled to the preset's
+    batch (an epoch is a fixed number of steps): what this machine takes, where the declared
+    ``seconds_per_epoch`` comes from another. None without such a run. Without trials, the figure
+    comes from the runs a protocol export carries, so it is the same on the machine it is
+    imported to."""
     import statistics
 
     from .tracking import client, experiment_id, load_settings, search_all_runs
@@ -491,6 +494,8 @@ def measured_seconds_per_epoch(lp: "LoadedProtocol", arch: str, experiment: Opti
     where = f"attributes.status = 'FINISHED' and tags.arch = '{arch}' and tags.preset = '{preset}'"
     rates = []
     for r in search_all_runs(cl, [experiment_id(cl, settings, experiment)], where):
+        if not trials and r.data.tags.get("protocol.part") == "tuning":
+            continue
         m, batch = r.data.metrics, r.data.params.get("train.batch_size")
         if m.get("train_seconds") and m.get("epochs_completed") and batch:
             rates.append(m["train_seconds"] / m["epochs_completed"] / (float(batch) / base))
@@ -790,8 +795,10 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
             left = None if left is None or c is None else left + c
         add(arch, left)
         # the costs above go by the declared figure (what the protocol declares must not depend on
-        # the machine); beside it, this store's measured one, which `--hours` goes by
-        declared, here = s.seconds_per_epoch.get(arch), measured_seconds_per_epoch(lp, arch, experiment)
+        # the machine); beside it, the one measured on the runs an export carries (not the trials,
+        # which it does not), so that the status reads the same after `bench import`
+        declared = s.seconds_per_epoch.get(arch)
+        here = measured_seconds_per_epoch(lp, arch, experiment, trials=False)
         speed = f"{'?' if declared is None else f'{declared:.1f}':>8s}, {'-' if here is None else f'{here:.1f}'}"
         lines.append(f"{arch:16s} {st.finished:>4d}/{st.n_trials:<5d} {fin_done:>3d}/{s.final.seeds:<3d} "
                      f"{d_done:>4d}/{s.defaults.seeds:<3d}  {'?' if left is None else f'{left / 3600:.2f}':>13s}  "
@@ -827,8 +834,8 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
         else:
             for a in archs:
                 loss_study_line(a)
-    lines.append("s/epoch: at the preset's batch; 'here' is the median of this store's finished runs of the "
-                 "preset ('-': none yet), which `--hours` goes by")
+    lines.append("s/epoch: at the preset's batch; 'here' is the median of this store's finished final, default "
+                 "and loss runs of the preset ('-': none yet)")
     lines.append(f"estimated cost left: {left_total / 3600:.1f} h on the machine the figures come from"
                  + (f" ({s.seconds_per_epoch_source})" if s.seconds_per_epoch_source else "")
                  + "; tuning counted without pruning (an upper bound)")
