@@ -267,7 +267,10 @@ def test_time_limit_refuses_what_would_not_end_in_time_and_everything_after(benc
     from benchmark.suite import Cell
     lp = load_protocol(_write(tmp_path, GOOD + "seconds_per_epoch: {unet3d: 10, transfuse_s: 1000}\n"))
     limit = TimeLimit(lp, hours=1.0)
-    assert limit.trial("unet3d") is None                      # 2 epochs x 10 s x the mean tuning batch
+    assert limit.trial("unet3d") is None                      # 2 epochs x 10 s x the largest tuning batch
+    # a trial's batch is drawn once it runs, so it is costed at the largest (16 / 8: 40 s), not at
+    # the mean (9.3 / 8: 23 s), which fits in 30 s
+    assert "unet3d trial would take" in TimeLimit(lp, hours=30 / 3600).trial("unet3d")
     cfg = build_config("cpu", ["train.batch_size=16"], **{"model.arch": "unet3d"})   # the preset's: 8
     assert limit.cell(Cell("unet3d", "dice_bce", 0, cfg)) is None            # 20 epochs x 10 s x 2
     why = limit.cell(Cell("transfuse_s", "dice_bce", 0, cfg))               # 20 epochs x 1000 s x 2
@@ -311,7 +314,7 @@ def test_time_limit_goes_by_this_machines_speed_once_it_has_one(bench_home, tmp_
     limit = TimeLimit(lp, hours=0.01)                          # 36 s
     assert limit.seconds_per_epoch("transfuse_s") == pytest.approx(1.0)
     assert limit.seconds_per_epoch("unet3d") == 10             # none measured: the declared figure
-    assert limit.trial("transfuse_s") is None                  # 2 epochs x 1 s x the mean tuning batch
+    assert limit.trial("transfuse_s") is None                  # 2 epochs x 1 s x the largest tuning batch
     # `protocol status` shows both figures; its costs stay on the declared ones
     from benchmark.protocol import protocol_status
     status = protocol_status(lp.path)
