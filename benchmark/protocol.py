@@ -536,10 +536,7 @@ def runs_on_other_data(lp: "LoadedProtocol", experiment: Optional[str] = None) -
 class TimeLimit:
     """``--hours``: start nothing that would not end within ``hours`` of ``start``. A trial or
     cell costs its epochs times the architecture's seconds per epoch, scaled by its batch (a trial
-    at the largest batch the study can draw, counted unpruned: its batch is drawn only once it has
-    started; a swinunetr trial at batch 16 took 358-446 s per epoch against 163-184 s at 8: up
-    to 2.3x the mean batch's estimate and 1.35x the largest's, so this is a nearer bound, not a
-    strict one): as measured on this machine
+    at the largest batch the study can draw, counted unpruned; see ``trial``): as measured on this machine
     (``measured_seconds_per_epoch``) once it has finished a run of that architecture, else as
     the protocol declares; work with neither is started. Once one thing is refused, so is
     everything after it: the protocol stops in its own order, not by filling the time left with
@@ -576,6 +573,10 @@ class TimeLimit:
         return self.stopped
 
     def trial(self, arch: str) -> Optional[str]:
+        """The next trial, costed at the largest batch the study can draw: its batch is drawn only
+        once it has started. A swinunetr trial at batch 16 took 358-446 s per epoch against
+        163-184 s at 8, up to 2.3x the mean batch's estimate and 1.35x the largest's: a nearer
+        bound than the mean, not a strict one."""
         s = self.lp.spec
         return self._refuse(f"a {arch} trial", self._cost(arch, s.tuning.epochs, tuning_batch_factor(s.preset, "max")))
 
