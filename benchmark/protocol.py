@@ -739,6 +739,15 @@ def _cost(lp: LoadedProtocol, arch: str, epochs: float, batch_factor: float = 1.
     return None if sec is None else sec * epochs * batch_factor
 
 
+def _cells_cost(lp: LoadedProtocol, cells: list, res, epochs: float) -> Optional[float]:
+    """What the cells a dry run would train (``res.ran``) cost, each at its own batch: a tuned
+    cell trains at its study's batch, which may be twice the preset's."""
+    left = {label for label, _ in res.ran}
+    costs = [_cost(lp, c.arch, epochs, c.cfg.train.batch_size / preset_batch(lp.spec.preset))
+             for c in cells if c.label in left]
+    return None if None in costs else sum(costs)
+
+
 def tuning_batch_factor(preset: str, which: Literal["mean", "max"] = "mean") -> float:
     """Tuning batch over the preset's batch: trials sample ``train.batch_size`` and an epoch is a
     fixed number of steps, so an epoch's cost grows with the batch. ``mean``: what a trial costs
@@ -787,9 +796,10 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
             cells = [tuned_cell(lp, st, s.tuning.loss, seed, "final") for seed in range(s.final.seeds)]
             res = run_cells(cells, "", experiment, show_progress=False, dry_run=True)
             fin_done, fin_left = len(res.skipped), len(res.ran)
-        else:
+            c = _cells_cost(lp, cells, res, n_epochs)
+        else:       # the tuned batch is not known yet: the preset's
             fin_done, fin_left = 0, s.final.seeds
-        c = _cost(lp, arch, fin_left * n_epochs)
+            c = _cost(lp, arch, fin_left * n_epochs)
         left = None if left is None or c is None else left + c
         d_done = d_left = 0
         if s.defaults.seeds:
@@ -815,8 +825,9 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
         n_other = len([x for x in ls.losses if x != s.tuning.loss])
 
         def loss_study_line(a):
-            res = run_cells(loss_cells(lp, states, [a]), "", experiment, show_progress=False, dry_run=True)
-            add(f"loss study {a}", _cost(lp, a, len(res.ran) * n_epochs))
+            cells = loss_cells(lp, states, [a])
+            res = run_cells(cells, "", experiment, show_progress=False, dry_run=True)
+            add(f"loss study {a}", _cells_cost(lp, cells, res, n_epochs))
             lines.append(f"loss study {a}: {len(res.skipped)} done, {len(res.ran)} left")
 
         if archs is None:

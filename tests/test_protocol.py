@@ -322,6 +322,33 @@ def test_time_limit_goes_by_this_machines_speed_once_it_has_one(bench_home, tmp_
     assert re.search(r"^unet3d\s+0/4\s+0/3\s+0/0\s+\S+\s+10\.0, -$", status, re.M), status
 
 
+def test_status_costs_a_done_studys_runs_at_its_tuned_batch(bench_home, tmp_path):
+    """unet3d's study is done and its best trial trained at batch 16, twice the cpu preset's 8: its
+    final runs and its loss-study cells (unet3d is named there) cost twice a preset-batch run each;
+    the status once costed them at the preset's batch, a third of swinunetr's cost left unsaid."""
+    from benchmark.protocol import final_epochs, load_protocol, protocol_status, tuning_batch_factor
+    from benchmark.tune import OVERRIDES_ATTR, open_storage
+    text = GOOD.replace("n_trials: 4", "n_trials: 2") + "seconds_per_epoch: {unet3d: 10, transfuse_s: 20}\n"
+    lp = load_protocol(_write(tmp_path, text))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=open_storage(None)[0], study_name=lp.study_name("unet3d"),
+                                direction="maximize")
+    dist = {"train.batch_size": optuna.distributions.CategoricalDistribution([4, 8, 16])}
+    for value, batch in ((0.4, 8), (0.6, 16)):
+        study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.COMPLETE, value=value, params={"train.batch_size": batch},
+            distributions=dist, user_attrs={OVERRIDES_ATTR: [f"train.batch_size={batch}"]}))
+    status = protocol_status(lp.path)
+    epochs = final_epochs(lp)
+    unet3d_run = 10 * epochs * 2                                  # seconds, at batch 16
+    assert re.search(rf"^unet3d\s+2/2\s+0/3\s+0/0\s+{3 * unet3d_run / 3600:.2f}\s", status, re.M), status
+    assert "loss study unet3d: 0 done, 6 left" in status         # 2 losses x 3 seeds, all at batch 16
+    # transfuse_s is not tuned: 2 trials at the mean tuning batch, then 3 finals at the preset's
+    transfuse_s = 2 * 2 * 20 * tuning_batch_factor("cpu") + 3 * 20 * epochs
+    expected = 3 * unet3d_run + 6 * unet3d_run + transfuse_s
+    assert f"estimated cost left: {expected / 3600:.1f} h" in status, status
+
+
 def test_a_protocol_with_no_time_for_its_first_trial_starts_nothing(bench_home, tmp_path, capsys):
     from benchmark.cli import main
     from benchmark.protocol import run_protocol
