@@ -581,12 +581,11 @@ class TimeLimit:
         return self._refuse(f"a {arch} trial", self._cost(arch, s.tuning.epochs, tuning_batch_factor(s.preset, "max")))
 
     def cell(self, c) -> Optional[str]:
-        """A final, default or loss run: its epochs at its own batch (an epoch is a fixed number of
-        steps, so a tuned batch of 16 costs twice the preset's 8); a reference run trains nothing."""
+        """A final, default or loss run: its epochs at its own batch (``cell_batch_factor``); a
+        reference run trains nothing."""
         if c.reference:
             return self._refuse(f"run {c.label}", 0.0)
-        batch = c.cfg.train.batch_size / preset_batch(self.lp.spec.preset)
-        return self._refuse(f"run {c.label}", self._cost(c.arch, final_epochs(self.lp), batch))
+        return self._refuse(f"run {c.label}", self._cost(c.arch, final_epochs(self.lp), cell_batch_factor(self.lp, c)))
 
 
 def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Optional[str] = None,
@@ -743,9 +742,14 @@ def _cells_cost(lp: LoadedProtocol, cells: list, res, epochs: float) -> Optional
     """What the cells a dry run would train (``res.ran``) cost, each at its own batch: a tuned
     cell trains at its study's batch, which may be twice the preset's."""
     left = {label for label, _ in res.ran}
-    costs = [_cost(lp, c.arch, epochs, c.cfg.train.batch_size / preset_batch(lp.spec.preset))
-             for c in cells if c.label in left]
+    costs = [_cost(lp, c.arch, epochs, cell_batch_factor(lp, c)) for c in cells if c.label in left]
     return None if None in costs else sum(costs)
+
+
+def cell_batch_factor(lp: LoadedProtocol, c) -> float:
+    """A cell's batch over the preset's: what one of its epochs costs against the preset's (an
+    epoch is a fixed number of steps, so a tuned batch of 16 costs twice the preset's 8)."""
+    return c.cfg.train.batch_size / preset_batch(lp.spec.preset)
 
 
 def tuning_batch_factor(preset: str, which: Literal["mean", "max"] = "mean") -> float:
