@@ -831,7 +831,8 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
         def loss_study_line(a):
             cells = loss_cells(lp, states, [a])
             res = run_cells(cells, "", experiment, show_progress=False, dry_run=True)
-            add(f"loss study {a}", _cells_cost(lp, cells, res, n_epochs))
+            # its cells of the tuning loss are the final runs, costed on the architecture's row
+            add(f"loss study {a}", _cells_cost(lp, [c for c in cells if c.loss != s.tuning.loss], res, n_epochs))
             lines.append(f"loss study {a}: {len(res.skipped)} done, {len(res.ran)} left")
 
         if archs is None:
