@@ -62,7 +62,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -541,9 +541,15 @@ class TimeLimit:
     the protocol declares; work with neither is started. Once one thing is refused, so is
     everything after it: the protocol stops in its own order, not by filling the time left with
     whatever is cheaper. (The declared figures alone decide what the protocol declares, such as
-    which architectures the loss study can afford; this only decides when to stop.)"""
+    which architectures the loss study can afford; this only decides when to stop.)
+
+    ``pause_runs`` (``--pause-runs``): a final, default or loss run needs only its next epoch to
+    fit; it is paused after the last epoch that ends in time (``pause``) and the next protocol run
+    resumes it from there. For a machine whose ``runs/`` folder stays: the checkpoints are the
+    run's progress. Trials are never resumed, so they still need all of their time."""
     lp: "LoadedProtocol"
     hours: float
+    pause_runs: bool = False
     start: float = field(default_factory=time.monotonic)
     stopped: str = ""
     experiment: Optional[str] = None
@@ -581,17 +587,35 @@ class TimeLimit:
         return self._refuse(f"a {arch} trial", self._cost(arch, s.tuning.epochs, tuning_batch_factor(s.preset, "max")))
 
     def cell(self, c) -> Optional[str]:
-        """A final, default or loss run: its epochs at its own batch (``cell_batch_factor``); a
-        reference run trains nothing."""
+        """A final, default or loss run: its epochs at its own batch (``cell_batch_factor``), or
+        with ``pause_runs`` one of them; a reference run trains nothing."""
         if c.reference:
             return self._refuse(f"run {c.label}", 0.0)
+        if self.pause_runs:
+            return self._refuse(f"an epoch of run {c.label}", self._cost(c.arch, 1, cell_batch_factor(self.lp, c)))
         return self._refuse(f"run {c.label}", self._cost(c.arch, final_epochs(self.lp), cell_batch_factor(self.lp, c)))
+
+    def pause(self, c) -> Callable[[float], Optional[str]]:
+        """The ``PauseCheck`` of cell ``c``'s run: once the time left is shorter than the epoch
+        just trained, it stops the protocol and pauses the run. (The last epoch is never
+        followed by a pause: the test evaluation after it may run a few minutes over.)"""
+        def check(epoch_seconds: float) -> Optional[str]:
+            left = self.seconds_left()
+            if not self.stopped and epoch_seconds <= left:
+                return None
+            self.stopped = self.stopped or (
+                f"run {c.label} paused: its next epoch would take about {epoch_seconds / 60:.0f} min and "
+                f"{max(0.0, left) / 60:.0f} min of --hours {self.hours:g} are left")
+            return self.stopped
+        return check
 
 
 def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Optional[str] = None,
-                 show_progress: bool = True, executor=None, hours: Optional[float] = None) -> ProtocolResult:
+                 show_progress: bool = True, executor=None, hours: Optional[float] = None,
+                 pause_runs: bool = False) -> ProtocolResult:
     """Run or continue every stage; see the module docstring. ``hours``: the time limit
-    (``TimeLimit``; this process only, not with ``executor``).
+    (``TimeLimit``; this process only, not with ``executor``); ``pause_runs``: with ``hours``,
+    pause the run under way at the limit instead of not starting it (``TimeLimit.pause_runs``).
 
     ``executor`` (a ``benchmark.cluster.DaskExecutor``, ``bench protocol run --scheduler``): the
     unfinished studies run as one cluster task each, side by side, then every final cell, the
@@ -605,8 +629,11 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
         raise UsageError("--hours applies to a protocol run in this process, not on a cluster (--scheduler)")
     if hours is not None and hours <= 0:
         raise UsageError(f"--hours must be positive, got {hours:g}")
-    limit = TimeLimit(lp, hours, experiment=experiment) if hours is not None else None
-    may_start = limit.cell if limit else None
+    if pause_runs and hours is None:
+        raise UsageError("--pause-runs pauses runs at the --hours limit: give --hours too")
+    limit = TimeLimit(lp, hours, pause_runs, experiment=experiment) if hours is not None else None
+    # what every stage's cells are started and paused by (nothing without --hours)
+    limits = dict(may_start=limit.cell if limit else None, pause=limit.pause if limit and pause_runs else None)
     waiting = waiting_for_search(lp)
     for arch, why in waiting.items():
         print(f"protocol: {arch} waits for its search and is skipped this time: {why}", file=sys.stderr)
@@ -637,7 +664,7 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
             cells = _final_cells(lp, st)
             if cells:
                 out.suites.append((f"final {arch}", run_cells(cells, f"final [{arch}]", experiment, show_progress,
-                                                              may_start=may_start)))
+                                                              **limits)))
             # the architecture's default-settings runs (and, with the first, the reference runs)
             # right after its tuned ones: a stopped protocol leaves tuned-vs-default pairs, not
             # a tuned column waiting a day for its baseline. The defaults stage below finds them
@@ -645,13 +672,13 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
             mine = [c for c in defaults if c.arch == arch or (c.reference and i == 0)]
             if mine:
                 out.suites.append((f"defaults {arch}", run_cells(mine, f"defaults [{arch}]", experiment,
-                                                                 show_progress, may_start=may_start)))
+                                                                 show_progress, **limits)))
             # an architecture the loss study names (not 'best', which waits for its candidates) has
             # its loss cells next, for the same reason; the loss stage below skips them as done
             if s.loss_study and arch in s.loss_study.archs and st.best_trial is not None:
                 out.suites.append((f"loss study {arch}", run_cells(loss_cells(lp, {arch: st}, [arch]),
                                                                    f"loss study [{arch}]", experiment,
-                                                                   show_progress, may_start=may_start)))
+                                                                   show_progress, **limits)))
             # 'best' is decided once every candidate for it has been tuned: its loss cells run
             # then, before the architectures that cannot be chosen (SwinUNETR on two cores)
             if best_pending:
@@ -662,13 +689,13 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
                     if best:
                         out.suites.append((f"loss study {best[0]}", run_cells(
                             loss_cells(lp, out.studies, best), f"loss study [{BEST}: {best[0]}]", experiment,
-                            show_progress, may_start=may_start)))
+                            show_progress, **limits)))
     if limit and limit.stopped:
         out.stopped = limit.stopped
         return out
     if defaults:
         out.suites.append(("defaults", run_cells(defaults, f"defaults [{s.preset}]", experiment, show_progress,
-                                                 executor=executor, may_start=may_start)))
+                                                 executor=executor, **limits)))
     archs = loss_study_archs(lp, out.studies)
     if archs is None:
         print(f"protocol: the loss study's '{BEST}' waits for every candidate's study to be complete",
@@ -678,7 +705,7 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
         done = {a: st for a, st in out.studies.items() if st.best_trial is not None}
         cells = loss_cells(lp, done, [a for a in archs if a in done])
         out.suites.append(("loss study", run_cells(cells, "loss study", experiment, show_progress, executor=executor,
-                                                   may_start=may_start)))
+                                                   **limits)))
     out.stopped = limit.stopped if limit else ""
     return out
 
@@ -950,6 +977,10 @@ def register(sub) -> None:
             v.add_argument("--hours", type=float, metavar="H",
                            help="start no trial or run that would not end within H hours (by the protocol's "
                                 "seconds_per_epoch), then stop; rerun to continue")
+            v.add_argument("--pause-runs", action="store_true",
+                           help="with --hours: start a run if its next epoch fits, and pause it after the last "
+                                "epoch that does (KILLED, checkpoint kept); the next protocol run resumes it. "
+                                "For a machine whose runs/ folder stays")
         if verb == "export":
             v.add_argument("--out", help="export folder (default: protocols/progress/<name>-v<version>.runs "
                                          "beside the protocol file)")
@@ -973,11 +1004,12 @@ def _cmd(args) -> None:
             from .cluster import DaskExecutor
             executor = stack.enter_context(DaskExecutor.connect(args.scheduler))
         res = run_protocol(args.file, args.experiment, args.storage, show_progress=not args.no_progress,
-                           executor=executor, hours=args.hours)
+                           executor=executor, hours=args.hours, pause_runs=args.pause_runs)
     failed = []
     for stage, r in res.suites:
         print(f"{stage}: {len(r.planned)} runs: {len(r.ran)} ran, {len(r.resumed)} resumed, "
               f"{len(r.skipped)} already done, {len(r.failed)} failed"
+              + (f", {len(r.paused)} paused" if r.paused else "")
               + (f", {len(r.deferred)} left for the next run" if r.deferred else ""))
         failed += [f"{stage} {label}: {msg}" for label, msg in r.failed]
     if failed:

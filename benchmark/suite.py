@@ -32,7 +32,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import yaml
 from tqdm.auto import tqdm
@@ -42,6 +42,9 @@ from .data.datasets import get_dataset
 from .errors import BenchError, UsageError
 from .liveness import HostLock, owner_is_dead
 from .paths import runs_dir
+
+if TYPE_CHECKING:
+    from .train import PauseCheck
 
 __all__ = ["Cell", "CellOutcome", "SuiteResult", "SuiteFailed", "plan_cells", "run_cell", "run_cells", "run_suite"]
 
@@ -76,7 +79,8 @@ class Cell:
 class CellOutcome:
     """What ``run_cell`` did with one cell. ``kind``: ran | resumed | skipped | failed |
     elsewhere (another live process holds it) | deferred (not started: it would not end within
-    the time limit); ``detail``: the run id, or the failure message or the reason."""
+    the time limit) | paused (stopped after an epoch at the time limit, KILLED and resumable);
+    ``detail``: the run id, or the failure message or the reason."""
     kind: str
     label: str
     detail: str = ""
@@ -90,6 +94,7 @@ class SuiteResult:
     failed: list[tuple[str, str]] = field(default_factory=list)     # (cell label, message)
     elsewhere: list[tuple[str, str]] = field(default_factory=list)  # being trained by another live process
     deferred: list[tuple[str, str]] = field(default_factory=list)   # (cell label, why): left for the next run
+    paused: list[tuple[str, str]] = field(default_factory=list)     # (cell label, run id): resumed next time
     planned: list[Cell] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -278,12 +283,15 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
 
 def run_cells(cells: list[Cell], desc: str, experiment: Optional[str] = None, show_progress: bool = True,
               dry_run: bool = False, executor=None,
-              may_start: Optional[Callable[[Cell], Optional[str]]] = None) -> SuiteResult:
+              may_start: Optional[Callable[[Cell], Optional[str]]] = None,
+              pause: Optional[Callable[[Cell], PauseCheck]] = None) -> SuiteResult:
     """Skip, run or resume each planned cell in order (what ``bench suite`` and ``bench protocol``
     share). Never raises for a failing cell: failures are collected in the result.
 
     ``may_start``: asked before a cell that is not done yet is started; a reason (not None)
-    leaves it ``deferred`` (``bench protocol run --hours``).
+    leaves it ``deferred`` (``bench protocol run --hours``). ``pause``: the ``PauseCheck`` a
+    started cell's run asks after each epoch (``--hours --pause-runs``); a paused cell is
+    ``paused``, and the cells after it are for ``may_start`` to refuse.
 
     ``executor``: an object with ``run_cells(cells, experiment)`` yielding ``(cell, CellOutcome)``
     as cells end (see ``benchmark.cluster.DaskExecutor``); the data are then loaded by the
@@ -331,7 +339,8 @@ def run_cells(cells: list[Cell], desc: str, experiment: Optional[str] = None, sh
         # Claim the cell under a host-wide lock: other `bench suite` processes on this host may
         # have finished or started cells meanwhile (run_cell lets it go once the run names our pid).
         with HostLock(runs_dir() / "suite.lock") as claim:
-            return run_cell(c, store=stores[key], claim=claim, experiment=experiment)
+            return run_cell(c, store=stores[key], claim=claim, experiment=experiment,
+                            pause=pause(c) if pause is not None else None)
 
     def each(todo: list[Cell]):
         if remote:
@@ -360,7 +369,7 @@ def run_cells(cells: list[Cell], desc: str, experiment: Optional[str] = None, sh
 
 
 def run_cell(c: Cell, *, store, claim, experiment: Optional[str] = None,
-             is_dead: OwnerCheck = owner_is_dead) -> CellOutcome:
+             is_dead: OwnerCheck = owner_is_dead, pause: Optional[PauseCheck] = None) -> CellOutcome:
     """Skip, resume or run one cell in this process: the one place that decides what to do
     with a cell, for the local suite and for cluster workers alike.
 
@@ -368,11 +377,13 @@ def run_cell(c: Cell, *, store, claim, experiment: Optional[str] = None,
     every process that may pick this cell; the store is looked at afresh under it, and its
     ``release()`` is called as soon as the cell's MLflow run exists and names its owner
     (``benchmark.liveness.owner_tags``), so no two processes start one cell. ``is_dead``
-    judges RUNNING runs by their owner tags (see ``_existing_runs``). Never raises for a
-    failing cell: the failure is the outcome."""
+    judges RUNNING runs by their owner tags (see ``_existing_runs``). ``pause``: passed to the
+    run (``run_experiment``); a paused run is the outcome ``paused``. Never raises for a failing
+    cell: the failure is the outcome."""
     from .paths import checkpoints_dir
     from .reference import PHANTOM_CEILING, reference_fingerprint, run_inter_reader, run_phantom_ceiling
     from .tracking import client, load_settings
+    from .train import RunPaused
     settings = load_settings()
     cl = client(settings)
     exp = cl.get_experiment_by_name(experiment or settings.experiment)
@@ -396,8 +407,11 @@ def run_cell(c: Cell, *, store, claim, experiment: Optional[str] = None,
             rid, _ = run_inter_reader(c.cfg, experiment=experiment, store=store, tags=c.tags or None)
             return CellOutcome("ran", c.label, rid)
         result_run, resumed = _run_cell(c, view.interrupted(c), experiment, checkpoints_dir,
-                                        on_run_start=claim.release)
+                                        on_run_start=claim.release, pause=pause)
         return CellOutcome("resumed" if resumed else "ran", c.label, result_run.run_id)
+    except RunPaused as e:
+        tqdm.write(f"paused {c.label} (run {e.run_id}): {e.reason}", file=sys.stderr)
+        return CellOutcome("paused", c.label, e.run_id or "")
     except Exception as e:  # noqa: BLE001 - one failing cell must not stop the matrix
         msg = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
         msg = msg.splitlines()[0] if msg else type(e).__name__
@@ -407,10 +421,12 @@ def run_cell(c: Cell, *, store, claim, experiment: Optional[str] = None,
         return CellOutcome("failed", c.label, msg)
 
 
-def _run_cell(c: Cell, killed_run: Optional[str], experiment: Optional[str], checkpoints_dir, on_run_start=None):
+def _run_cell(c: Cell, killed_run: Optional[str], experiment: Optional[str], checkpoints_dir, on_run_start=None,
+              pause: Optional[PauseCheck] = None):
     from .train import run_experiment
     if killed_run and (checkpoints_dir(killed_run) / "last.pt").exists():
-        return run_experiment(None, resume_run_id=killed_run, show_progress=False, on_run_start=on_run_start), True
+        return run_experiment(None, resume_run_id=killed_run, show_progress=False, on_run_start=on_run_start,
+                              pause=pause), True
     if killed_run:  # died before its first checkpoint: nothing to resume, so stop it reading RUNNING
         from .tracking import client
         with contextlib.suppress(Exception):
@@ -426,7 +442,7 @@ def _run_cell(c: Cell, killed_run: Optional[str], experiment: Optional[str], che
         if on_run_start:
             on_run_start(run_id)
     return run_experiment(c.cfg, experiment=experiment, show_progress=False, on_run_start=started,
-                          tags=dict(c.tags) or None), False
+                          tags=dict(c.tags) or None, pause=pause), False
 
 
 # ---------------------------------------------------------------------------------------------

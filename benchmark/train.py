@@ -45,6 +45,19 @@ from .paths import checkpoints_dir
 from .tracking import Tracker
 
 EpochCallback = Callable[[int, dict], None]
+# asked after each epoch that has another one after it, with that epoch's seconds: a reason (not
+# None) pauses the run there (``bench protocol run --hours --pause-runs``)
+PauseCheck = Callable[[float], Optional[str]]
+
+
+class RunPaused(Exception):
+    """A run stopped on purpose after a checkpointed epoch (``PauseCheck``): it ends KILLED with
+    its checkpoint kept, exactly as after Ctrl-C, so whatever resumes interrupted runs (``bench
+    run --resume``, ``bench suite``, ``bench protocol run``) continues it from that epoch."""
+
+    def __init__(self, reason: str, run_id: Optional[str] = None):
+        super().__init__(reason)
+        self.reason, self.run_id = reason, run_id
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,17 +337,22 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
                    parent_run_id: Optional[str] = None, on_epoch_end: Optional[EpochCallback] = None,
                    evaluate_test: bool = True, experiment: Optional[str] = None,
                    show_progress: bool = True, on_run_start: Optional[Callable[[str], None]] = None,
-                   discard_checkpoints: bool = False) -> RunResult:
+                   discard_checkpoints: bool = False, pause: Optional[PauseCheck] = None) -> RunResult:
     """Train (or resume) one run, then evaluate it; the stages of the module docstring, each a
     named step below.
 
     ``discard_checkpoints``: delete the run's checkpoints when it ends, however it ends (tuning
     trials: a trial is never resumed and its model never reused).
+
+    ``pause``: asked after every epoch but the last; a reason raises ``RunPaused`` there, once the
+    epoch is checkpointed and logged (one process only: ranks would not agree on a clock).
     """
     from .data import load_crops
 
     resume_state, cfg = _resume_state(resume_run_id, cfg)
     dist, device = _prepare(cfg, resume_state)
+    if pause is not None and dist.world > 1:
+        raise UsageError("a run can be paused at an epoch only in one process, not under torchrun")
     store = load_crops(cfg.data, progress=show_progress and dist.main)
     tracker = _open_tracker(cfg, store, dist, resume_run_id, resume_state, tags, experiment, parent_run_id)
     run_id = tracker.run_id if tracker else None
@@ -348,7 +366,7 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
         progress = _restore(trainer, tracker, dist, resume_run_id, resume_state)
         ckpt_dir = checkpoints_dir(run_id) if run_id else None
         stopped_early = _train_epochs(trainer, cfg, progress, tracker, ckpt_dir, run_id, dist,
-                                      show_progress, on_epoch_end)
+                                      show_progress, on_epoch_end, pause)
         best = progress.best
         result = RunResult(run_id, best["val_dice"], best["epoch"], len(progress.history), stopped_early)
         if dist.main:
@@ -366,6 +384,10 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
         status = "KILLED"
         if dist.main:
             print(f"\ninterrupted; resume with: bench run --resume {run_id}", file=sys.stderr)
+        raise
+    except RunPaused as e:
+        status = "KILLED"
+        e.run_id = run_id
         raise
     except BaseException as e:
         if type(e).__name__ == "TrialPruned":
@@ -457,9 +479,9 @@ def _restore(trainer: "Trainer", tracker: Optional[Tracker], dist: "DistInfo", r
 
 def _train_epochs(trainer: "Trainer", cfg: RunConfig, progress: TrainingProgress, tracker: Optional[Tracker],
                   ckpt_dir: Optional[Path], run_id: Optional[str], dist: "DistInfo", show_progress: bool,
-                  on_epoch_end: Optional[EpochCallback]) -> bool:
+                  on_epoch_end: Optional[EpochCallback], pause: Optional[PauseCheck] = None) -> bool:
     """Epochs from ``progress.start_epoch`` on, each checkpointed then logged; True when early
-    stopping ended them."""
+    stopping ended them. ``pause``: see ``run_experiment``."""
     best, history = progress.best, progress.history
     # the schedule spans train.epochs; a truncated run (stop_after_epochs) trains its beginning
     last = min(cfg.train.epochs, cfg.train.stop_after_epochs or cfg.train.epochs)
@@ -493,6 +515,11 @@ def _train_epochs(trainer: "Trainer", cfg: RunConfig, progress: TrainingProgress
             on_epoch_end(epoch, metrics)
         if best["bad_epochs"] >= cfg.train.early_stopping_patience:
             return True
+        # after the early-stopping check: a run paused here always has an epoch left to train
+        if pause is not None and epoch + 1 < last:
+            why = pause(metrics["epoch_seconds"])
+            if why:
+                raise RunPaused(why)
     return False
 
 

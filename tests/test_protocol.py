@@ -279,6 +279,37 @@ def test_time_limit_refuses_what_would_not_end_in_time_and_everything_after(benc
     assert TimeLimit(lp, hours=1.0).trial("bixnas") is None   # no estimate: started
 
 
+def test_pause_runs_starts_a_run_whose_next_epoch_fits_and_pauses_it_when_the_next_does_not(bench_home, tmp_path):
+    """`--hours --pause-runs`: a run needs one epoch's time to start, not its whole budget; its
+    pause check lets it go on while the epoch just trained fits in the time left, and once it
+    does not, pauses it and stops the protocol; trials still need all of their time."""
+    from benchmark.config import build_config
+    from benchmark.protocol import TimeLimit, load_protocol
+    from benchmark.suite import Cell
+    lp = load_protocol(_write(tmp_path, GOOD + "seconds_per_epoch: {unet3d: 10, transfuse_s: 1000}\n"))
+    cfg = build_config("cpu", ["train.batch_size=16"], **{"model.arch": "unet3d"})   # the preset's: 8
+    big = Cell("transfuse_s", "dice_bce", 0, cfg)                       # 20 epochs x 1000 s x 2
+    assert TimeLimit(lp, hours=1.0).cell(big)                           # refused without pausing
+    limit = TimeLimit(lp, hours=1.0, pause_runs=True)
+    assert limit.cell(big) is None                                      # its first epoch: 2000 s
+    check = limit.pause(big)
+    assert check(2000.0) is None and not limit.stopped
+    limit.start -= 1700                                                 # 1900 s left
+    why = check(2000.0)
+    assert why == limit.stopped and why.startswith("run transfuse_s/dice_bce/s0 paused: its next epoch")
+    assert "33 min" in why and "32 min of --hours 1 are left" in why
+    assert limit.cell(Cell("unet3d", "dice_bce", 0, cfg)) == why        # nothing starts after it
+    short = TimeLimit(lp, hours=1500 / 3600, pause_runs=True)
+    assert "an epoch of run transfuse_s/dice_bce/s0 would take about 33 min" in short.cell(big)
+    assert "unet3d trial" in TimeLimit(lp, hours=30 / 3600, pause_runs=True).trial("unet3d")
+
+
+def test_pause_runs_needs_hours(bench_home, tmp_path):
+    from benchmark.cli import main
+    path = _write(tmp_path, GOOD.replace("preset: cpu", "preset: smoke"))
+    assert main(["protocol", "run", str(path), "--pause-runs", "--no-progress"]) == 2
+
+
 def test_a_preset_without_batch_or_epochs_is_costed_at_the_run_configs_defaults(tmp_path, monkeypatch):
     """The cost estimates read a preset's batch and epochs in one place each, and a preset that
     sets neither is costed at what its runs train with (the run config's defaults, 16 and 100);
@@ -387,6 +418,53 @@ seconds_per_epoch: {unet3d: 2000}
     assert [label for label, _ in stages["final unet3d"].deferred] == ["unet3d/dice_bce/s0", "unet3d/dice_bce/s1"]
     assert not stages["final unet3d"].ran and not stages["defaults unet3d"].ran
     assert res.stopped.startswith("run unet3d/dice_bce/s0 would take about 67 min")
+
+
+@pytest.mark.slow
+def test_a_paused_run_is_resumed_by_the_next_protocol_run_from_its_epoch(bench_home, tmp_path, monkeypatch):
+    """The time runs out once s0 has started (the clock is moved on as it is let start): it is
+    paused after its first epoch (KILLED, checkpoint kept, s1 not started), and the next protocol
+    run resumes that same run, trains its remaining epochs, and runs s1."""
+    from benchmark import protocol
+    from benchmark.protocol import TimeLimit, run_protocol
+    from benchmark.tracking import client
+    monkeypatch.setattr(protocol, "measured_seconds_per_epoch", lambda *a, **k: None)
+    let_start = TimeLimit.cell
+
+    def cell_then_time_is_up(self, c):
+        why = let_start(self, c)
+        if why is None and not c.reference:
+            self.start -= self.hours * 3600
+        return why
+    monkeypatch.setattr(TimeLimit, "cell", cell_then_time_is_up)
+    path = _write(tmp_path, """
+name: t
+version: 1
+preset: smoke
+architectures: [unet3d]
+tuning: {n_trials: 1, epochs: 1}
+final: {seeds: 2, epochs: 3}
+defaults: {seeds: 1, references: false}
+seconds_per_epoch: {unet3d: 1}
+""")
+    res = run_protocol(path, show_progress=False, hours=1, pause_runs=True)
+    final = dict(res.suites)["final unet3d"]
+    assert [label for label, _ in final.paused] == ["unet3d/dice_bce/s0"] and not final.ran
+    assert [label for label, _ in final.deferred] == ["unet3d/dice_bce/s1"]
+    assert res.stopped.startswith("run unet3d/dice_bce/s0 paused: its next epoch")
+    run_id = final.paused[0][1]
+    run = client().get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert len(client().get_metric_history(run_id, "epoch_seconds")) == 1
+
+    monkeypatch.setattr(TimeLimit, "cell", let_start)
+    res = run_protocol(path, show_progress=False)
+    final = dict(res.suites)["final unet3d"]
+    assert final.resumed == [("unet3d/dice_bce/s0", run_id)]
+    assert [label for label, _ in final.ran] == ["unet3d/dice_bce/s1"]
+    run = client().get_run(run_id)
+    assert run.info.status == "FINISHED" and "test_dice" in run.data.metrics
+    assert [m.step for m in client().get_metric_history(run_id, "epoch_seconds")] == [1, 2, 3]
 
 
 def _fake_run(cl, exp_id, tags, tmp_path, test_dice=0.5):
