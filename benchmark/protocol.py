@@ -586,14 +586,15 @@ class TimeLimit:
         s = self.lp.spec
         return self._refuse(f"a {arch} trial", self._cost(arch, s.tuning.epochs, tuning_batch_factor(s.preset, "max")))
 
-    def cell(self, c) -> Optional[str]:
-        """A final, default or loss run: its epochs at its own batch (``cell_batch_factor``), or
-        with ``pause_runs`` one of them; a reference run trains nothing."""
+    def cell(self, c, resume: Optional[str] = None) -> Optional[str]:
+        """A final, default or loss run: its epochs left (``epochs_left``: all, or those after
+        the last checkpoint of the interrupted run ``resume``) at its own batch
+        (``cell_batch_factor``), or with ``pause_runs`` one epoch; a reference run trains nothing."""
         if c.reference:
             return self._refuse(f"run {c.label}", 0.0)
-        if self.pause_runs:
-            return self._refuse(f"an epoch of run {c.label}", self._cost(c.arch, 1, cell_batch_factor(self.lp, c)))
-        return self._refuse(f"run {c.label}", self._cost(c.arch, final_epochs(self.lp), cell_batch_factor(self.lp, c)))
+        epochs = 1 if self.pause_runs else epochs_left(self.lp, resume)
+        what = f"an epoch of run {c.label}" if self.pause_runs else f"{'resuming ' if resume else ''}run {c.label}"
+        return self._refuse(what, self._cost(c.arch, epochs, cell_batch_factor(self.lp, c)))
 
     def pause(self, c) -> Callable[[float], Optional[str]]:
         """The ``PauseCheck`` of cell ``c``'s run: once the time left is shorter than the epoch
@@ -765,12 +766,26 @@ def _cost(lp: LoadedProtocol, arch: str, epochs: float, batch_factor: float = 1.
     return None if sec is None else sec * epochs * batch_factor
 
 
-def _cells_cost(lp: LoadedProtocol, cells: list, res, epochs: float) -> Optional[float]:
-    """What the cells a dry run would train (``res.ran``) cost, each at its own batch: a tuned
-    cell trains at its study's batch, which may be twice the preset's."""
-    left = {label for label, _ in res.ran}
-    costs = [_cost(lp, c.arch, epochs, cell_batch_factor(lp, c)) for c in cells if c.label in left]
+def _cells_cost(lp: LoadedProtocol, cells: list, res) -> Optional[float]:
+    """What the cells a dry run would train cost: each started (``res.ran``) or resumed
+    (``res.resumed``) cell its epochs left (``epochs_left``), at its own batch (a tuned cell
+    trains at its study's batch, which may be twice the preset's)."""
+    left = {label: None for label, _ in res.ran} | {label: rid for label, rid in res.resumed}
+    costs = [_cost(lp, c.arch, epochs_left(lp, left[c.label]), cell_batch_factor(lp, c))
+             for c in cells if c.label in left]
     return None if None in costs else sum(costs)
+
+
+def epochs_left(lp: LoadedProtocol, resume: Optional[str] = None) -> int:
+    """The epochs a final, default or loss run has still to train: all of them, or, resuming the
+    interrupted run ``resume``, those after its last logged epoch (an epoch is logged right after
+    its checkpoint, so that is where the resume starts)."""
+    epochs = final_epochs(lp)
+    if not resume:
+        return epochs
+    from .tracking import client
+    trained = max((m.step for m in client().get_metric_history(resume, "epoch_seconds")), default=0)
+    return max(0, epochs - trained)
 
 
 def cell_batch_factor(lp: LoadedProtocol, c) -> float:
@@ -826,19 +841,19 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
         if st.done:
             cells = [tuned_cell(lp, st, s.tuning.loss, seed, "final") for seed in range(s.final.seeds)]
             res = run_cells(cells, "", experiment, show_progress=False, dry_run=True)
-            fin_done, fin_left = len(res.skipped), len(res.ran)
-            c = _cells_cost(lp, cells, res, n_epochs)
+            fin_done = len(res.skipped)
+            c = _cells_cost(lp, cells, res)
         else:       # the tuned batch is not known yet: the preset's
             fin_done, fin_left = 0, s.final.seeds
             c = _cost(lp, arch, fin_left * n_epochs)
         left = None if left is None or c is None else left + c
-        d_done = d_left = 0
+        d_done = 0
         if s.defaults.seeds:
             from .suite import plan_cells
             cells = plan_cells(s.preset, [arch], [s.tuning.loss], s.defaults.seeds, [], references=False)
             res = run_cells(cells, "", experiment, show_progress=False, dry_run=True)
-            d_done, d_left = len(res.skipped), len(res.ran)
-            c = _cost(lp, arch, d_left * n_epochs)
+            d_done = len(res.skipped)
+            c = _cells_cost(lp, cells, res)
             left = None if left is None or c is None else left + c
         add(arch, left)
         # the costs above go by the declared figure (what the protocol declares must not depend on
@@ -859,8 +874,8 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
             cells = loss_cells(lp, states, [a])
             res = run_cells(cells, "", experiment, show_progress=False, dry_run=True)
             # its cells of the tuning loss are the final runs, costed on the architecture's row
-            add(f"loss study {a}", _cells_cost(lp, [c for c in cells if c.loss != s.tuning.loss], res, n_epochs))
-            lines.append(f"loss study {a}: {len(res.skipped)} done, {len(res.ran)} left")
+            add(f"loss study {a}", _cells_cost(lp, [c for c in cells if c.loss != s.tuning.loss], res))
+            lines.append(f"loss study {a}: {len(res.skipped)} done, {len(res.ran) + len(res.resumed)} left")
 
         if archs is None:
             named = [a for a in ls.archs if a != BEST]

@@ -195,6 +195,18 @@ class StoreView:
                 return rid
         return None
 
+    def resumable(self, c: Cell) -> Optional[str]:
+        """The interrupted run that starting ``c`` here would resume: one with its checkpoint
+        on this machine (without it, the cell starts afresh)."""
+        rid = self.interrupted(c)
+        return rid if rid and has_checkpoint(rid) else None
+
+
+def has_checkpoint(run_id: str) -> bool:
+    """Whether a run can be resumed here: its last checkpoint is in this machine's runs folder."""
+    from .paths import checkpoints_dir
+    return (checkpoints_dir(run_id) / "last.pt").exists()
+
 
 def _budget_of(cl, run) -> Optional[tuple[str, int]]:
     """(budget fingerprint, early-stopping patience) of a model run, or None when unknown.
@@ -283,15 +295,19 @@ def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[l
 
 def run_cells(cells: list[Cell], desc: str, experiment: Optional[str] = None, show_progress: bool = True,
               dry_run: bool = False, executor=None,
-              may_start: Optional[Callable[[Cell], Optional[str]]] = None,
+              may_start: Optional[Callable[[Cell, Optional[str]], Optional[str]]] = None,
               pause: Optional[Callable[[Cell], PauseCheck]] = None) -> SuiteResult:
     """Skip, run or resume each planned cell in order (what ``bench suite`` and ``bench protocol``
     share). Never raises for a failing cell: failures are collected in the result.
 
-    ``may_start``: asked before a cell that is not done yet is started; a reason (not None)
-    leaves it ``deferred`` (``bench protocol run --hours``). ``pause``: the ``PauseCheck`` a
+    ``may_start``: asked before a cell that is not done yet is started, with the interrupted run
+    it would resume (or None); a reason (not None) leaves it ``deferred`` (``bench protocol run
+    --hours``). ``pause``: the ``PauseCheck`` a
     started cell's run asks after each epoch (``--hours --pause-runs``); a paused cell is
     ``paused``, and the cells after it are for ``may_start`` to refuse.
+
+    ``dry_run``: decide, train nothing: each cell comes out ``skipped`` (done: its run id),
+    ``resumed`` (its interrupted run, to be resumed) or ``ran`` (to start).
 
     ``executor``: an object with ``run_cells(cells, experiment)`` yielding ``(cell, CellOutcome)``
     as cells end (see ``benchmark.cluster.DaskExecutor``); the data are then loaded by the
@@ -329,11 +345,15 @@ def run_cells(cells: list[Cell], desc: str, experiment: Optional[str] = None, sh
     def attempt(c: Cell) -> CellOutcome:
         key = c.cfg.data.model_dump_json()
         bar.set_postfix_str(c.label)
+        view = existing[key]
         if dry_run:
-            done = existing[key].done_for(c)
-            return CellOutcome("skipped" if done else "ran", c.label, done or "")
-        if may_start is not None and not existing[key].done_for(c):
-            why = may_start(c)
+            done = view.done_for(c)
+            if done:
+                return CellOutcome("skipped", c.label, done)
+            resume = view.resumable(c)
+            return CellOutcome("resumed", c.label, resume) if resume else CellOutcome("ran", c.label)
+        if may_start is not None and not view.done_for(c):
+            why = may_start(c, view.resumable(c))
             if why:
                 return CellOutcome("deferred", c.label, why)
         # Claim the cell under a host-wide lock: other `bench suite` processes on this host may
@@ -380,7 +400,6 @@ def run_cell(c: Cell, *, store, claim, experiment: Optional[str] = None,
     judges RUNNING runs by their owner tags (see ``_existing_runs``). ``pause``: passed to the
     run (``run_experiment``); a paused run is the outcome ``paused``. Never raises for a failing
     cell: the failure is the outcome."""
-    from .paths import checkpoints_dir
     from .reference import PHANTOM_CEILING, reference_fingerprint, run_inter_reader, run_phantom_ceiling
     from .tracking import client, load_settings
     from .train import RunPaused
@@ -406,7 +425,7 @@ def run_cell(c: Cell, *, store, claim, experiment: Optional[str] = None,
         if c.reference:
             rid, _ = run_inter_reader(c.cfg, experiment=experiment, store=store, tags=c.tags or None)
             return CellOutcome("ran", c.label, rid)
-        result_run, resumed = _run_cell(c, view.interrupted(c), experiment, checkpoints_dir,
+        result_run, resumed = _run_cell(c, view.interrupted(c), experiment,
                                         on_run_start=claim.release, pause=pause)
         return CellOutcome("resumed" if resumed else "ran", c.label, result_run.run_id)
     except RunPaused as e:
@@ -421,10 +440,10 @@ def run_cell(c: Cell, *, store, claim, experiment: Optional[str] = None,
         return CellOutcome("failed", c.label, msg)
 
 
-def _run_cell(c: Cell, killed_run: Optional[str], experiment: Optional[str], checkpoints_dir, on_run_start=None,
+def _run_cell(c: Cell, killed_run: Optional[str], experiment: Optional[str], on_run_start=None,
               pause: Optional[PauseCheck] = None):
     from .train import run_experiment
-    if killed_run and (checkpoints_dir(killed_run) / "last.pt").exists():
+    if killed_run and has_checkpoint(killed_run):
         return run_experiment(None, resume_run_id=killed_run, show_progress=False, on_run_start=on_run_start,
                               pause=pause), True
     if killed_run:  # died before its first checkpoint: nothing to resume, so stop it reading RUNNING

@@ -423,16 +423,18 @@ seconds_per_epoch: {unet3d: 2000}
 @pytest.mark.slow
 def test_a_paused_run_is_resumed_by_the_next_protocol_run_from_its_epoch(bench_home, tmp_path, monkeypatch):
     """The time runs out once s0 has started (the clock is moved on as it is let start): it is
-    paused after its first epoch (KILLED, checkpoint kept, s1 not started), and the next protocol
-    run resumes that same run, trains its remaining epochs, and runs s1."""
+    paused after its first epoch (KILLED, checkpoint kept, s1 not started); the status and the
+    time limit cost it its 2 epochs left, not 3; and the next protocol run resumes that same run,
+    trains its remaining epochs, and runs s1."""
     from benchmark import protocol
-    from benchmark.protocol import TimeLimit, run_protocol
+    from benchmark.protocol import (TimeLimit, cell_batch_factor, epochs_left, load_protocol, protocol_status,
+                                    run_protocol, tuned_cell, study_state)
     from benchmark.tracking import client
     monkeypatch.setattr(protocol, "measured_seconds_per_epoch", lambda *a, **k: None)
     let_start = TimeLimit.cell
 
-    def cell_then_time_is_up(self, c):
-        why = let_start(self, c)
+    def cell_then_time_is_up(self, c, resume=None):
+        why = let_start(self, c, resume)
         if why is None and not c.reference:
             self.start -= self.hours * 3600
         return why
@@ -445,7 +447,7 @@ architectures: [unet3d]
 tuning: {n_trials: 1, epochs: 1}
 final: {seeds: 2, epochs: 3}
 defaults: {seeds: 1, references: false}
-seconds_per_epoch: {unet3d: 1}
+seconds_per_epoch: {unet3d: 60}
 """)
     res = run_protocol(path, show_progress=False, hours=1, pause_runs=True)
     final = dict(res.suites)["final unet3d"]
@@ -456,6 +458,15 @@ seconds_per_epoch: {unet3d: 1}
     run = client().get_run(run_id)
     assert run.info.status == "KILLED"
     assert len(client().get_metric_history(run_id, "epoch_seconds")) == 1
+
+    lp = load_protocol(path)
+    assert epochs_left(lp, run_id) == 2 and epochs_left(lp) == 3
+    s0 = tuned_cell(lp, study_state(lp, "unet3d", None), "dice_bce", 0, "final")
+    bf = cell_batch_factor(lp, s0)
+    assert f"resuming run unet3d/dice_bce/s0 would take about {2 * 60 * bf / 60:.0f} min" in \
+        TimeLimit(lp, hours=60 / 3600).cell(s0, run_id)
+    left = (2 + 3) * 60 * bf + 3 * 60                  # s0's 2 epochs, s1's 3, the default run's 3
+    assert re.search(rf"^unet3d\s+1/1\s+0/2\s+0/1\s+{left / 3600:.2f}\s", protocol_status(path), re.M)
 
     monkeypatch.setattr(TimeLimit, "cell", let_start)
     res = run_protocol(path, show_progress=False)
