@@ -24,11 +24,14 @@ from typing import Any
 import torch
 
 from .errors import TrainingError
+from .interrupts import held
 
 
 def atomic_write_bytes(path: Path, write_fn) -> None:
-    """Call ``write_fn(fileobj)`` into a temp file beside ``path`` and rename it into place."""
-    _commit(_write_temp(Path(path), write_fn), Path(path))
+    """Call ``write_fn(fileobj)`` into a temp file beside ``path`` and rename it into place;
+    Ctrl-C and SIGTERM wait for the end (``interrupts.held``)."""
+    with held():
+        _commit(_write_temp(Path(path), write_fn), Path(path))
 
 
 def _write_temp(path: Path, write_fn) -> str:
@@ -83,7 +86,14 @@ def _accepted_digests(path: Path) -> list[str]:
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    path = Path(path)
+    """Write ``state`` to ``path`` atomically, with its digest (module docstring). Ctrl-C and
+    SIGTERM wait for the end (``interrupts.held``): raised inside ``torch.save`` one became a
+    ``RuntimeError``, and the run ended FAILED where it should have been KILLED, resumable."""
+    with held():
+        _save_checkpoint(state, Path(path))
+
+
+def _save_checkpoint(state: dict[str, Any], path: Path) -> None:
     tmp = _write_temp(path, lambda f: torch.save(state, f))
     try:
         new = _sha256_file(Path(tmp))

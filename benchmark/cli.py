@@ -23,6 +23,7 @@ for _cat in (FutureWarning, DeprecationWarning, UserWarning):
     warnings.filterwarnings("ignore", category=_cat)
 
 from .errors import BenchError, UsageError
+from .interrupts import Terminated, install_handlers, restore_handlers
 from .run_args import add_config_arguments, resolve_config
 
 #: modules that add their own sub-commands with ``register(subparsers)``
@@ -263,24 +264,11 @@ def _attach_coordinates(argv: list[str]) -> list[str]:
     return out
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (kill, a scheduler's time limit, torchrun stopping its workers) handled like
-    Ctrl-C, so a run is closed as KILLED with its last checkpoint instead of left RUNNING."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
 def main(argv=None) -> int:
-    import signal
-    import threading
     debug = os.environ.get("LIDC_BENCH_DEBUG") == "1"
-    # Put back whatever handler was there before on return: a caller that runs main() in its
-    # own process (tests, a notebook) must not keep a handler that raises into its code.
-    previous_sigterm = None
-    if threading.current_thread() is threading.main_thread():
-        previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+    # SIGTERM raises Terminated, and neither it nor Ctrl-C lands inside a checkpoint or MLflow
+    # write (benchmark.interrupts); the previous handlers come back on return
+    previous_handlers = install_handlers()
     from .tracking import quiet_mlflow_logging
     quiet_mlflow_logging()  # schema-creation and model-logging chatter is not for users
     try:
@@ -313,8 +301,7 @@ def main(argv=None) -> int:
         print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
     finally:
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
+        restore_handlers(previous_handlers)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import yaml
 
 from . import PROJECT_ROOT, __version__
 from .errors import TrackingError, UsageError
+from .interrupts import held
 from .paths import checkpoints_dir, home, offline_dir
 
 log = logging.getLogger(__name__)
@@ -277,7 +278,12 @@ class Tracker:
 
     # -- logging ----------------------------------------------------------------------------
     def _guard(self, what: str, fn, record):
-        """Run ``fn``; once the server is gone, append ``record`` (or ``record()``) to the buffer."""
+        """Run ``fn``; once the server is gone, append ``record`` (or ``record()``) to the buffer.
+        Ctrl-C and SIGTERM wait until the call or the buffer line is complete (``interrupts``)."""
+        with held():
+            self._log_or_buffer(what, fn, record)
+
+    def _log_or_buffer(self, what: str, fn, record):
         if not self._warned:
             try:
                 fn()

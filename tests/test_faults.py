@@ -78,7 +78,7 @@ def test_sigterm_closes_the_run_as_killed_and_it_resumes(bench_home):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
     assert "terminated" in err and f"bench run --resume {run_id}" in err
-    assert _client().get_run(run_id).info.status == "KILLED"
+    assert _client().get_run(run_id).info.status == "KILLED", err[-3000:]
 
 
 @pytest.mark.slow
