@@ -767,19 +767,19 @@ def _cost(lp: LoadedProtocol, arch: str, epochs: float, batch_factor: float = 1.
 
 
 def _cells_cost(lp: LoadedProtocol, cells: list, res) -> Optional[float]:
-    """What the cells a dry run would train cost: each started (``res.ran``) or resumed
-    (``res.resumed``) cell its epochs left (``epochs_left``), at its own batch (a tuned cell
-    trains at its study's batch, which may be twice the preset's)."""
-    left = {label: None for label, _ in res.ran} | {label: rid for label, rid in res.resumed}
+    """What the cells a dry run would train cost: each started (``res.ran``), resumed
+    (``res.resumed``) or running (``res.elsewhere``) cell its epochs left (``epochs_left``), at
+    its own batch (a tuned cell trains at its study's batch, which may be twice the preset's)."""
+    left = {label: None for label, _ in res.ran} | {label: rid for label, rid in res.resumed + res.elsewhere}
     costs = [_cost(lp, c.arch, epochs_left(lp, left[c.label]), cell_batch_factor(lp, c))
              for c in cells if c.label in left]
     return None if None in costs else sum(costs)
 
 
 def epochs_left(lp: LoadedProtocol, resume: Optional[str] = None) -> int:
-    """The epochs a final, default or loss run has still to train: all of them, or, resuming the
-    interrupted run ``resume``, those after its last logged epoch (an epoch is logged right after
-    its checkpoint, so that is where the resume starts)."""
+    """The epochs a final, default or loss run has still to train: all of them, or, for the
+    interrupted or running run ``resume``, those after its last logged epoch (an epoch is logged
+    right after its checkpoint, so that is where a resume starts)."""
     epochs = final_epochs(lp)
     if not resume:
         return epochs
@@ -875,7 +875,8 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
             res = run_cells(cells, "", experiment, show_progress=False, dry_run=True)
             # its cells of the tuning loss are the final runs, costed on the architecture's row
             add(f"loss study {a}", _cells_cost(lp, [c for c in cells if c.loss != s.tuning.loss], res))
-            lines.append(f"loss study {a}: {len(res.skipped)} done, {len(res.ran) + len(res.resumed)} left")
+            lines.append(f"loss study {a}: {len(res.skipped)} done, "
+                         f"{len(res.ran) + len(res.resumed) + len(res.elsewhere)} left")
 
         if archs is None:
             named = [a for a in ls.archs if a != BEST]

@@ -307,7 +307,8 @@ def run_cells(cells: list[Cell], desc: str, experiment: Optional[str] = None, sh
     ``paused``, and the cells after it are for ``may_start`` to refuse.
 
     ``dry_run``: decide, train nothing: each cell comes out ``skipped`` (done: its run id),
-    ``resumed`` (its interrupted run, to be resumed) or ``ran`` (to start).
+    ``elsewhere`` (being trained by a live process: its run id), ``resumed`` (its interrupted
+    run, to be resumed) or ``ran`` (to start).
 
     ``executor``: an object with ``run_cells(cells, experiment)`` yielding ``(cell, CellOutcome)``
     as cells end (see ``benchmark.cluster.DaskExecutor``); the data are then loaded by the
@@ -350,6 +351,9 @@ def run_cells(cells: list[Cell], desc: str, experiment: Optional[str] = None, sh
             done = view.done_for(c)
             if done:
                 return CellOutcome("skipped", c.label, done)
+            live = view.held_elsewhere(c)
+            if live:
+                return CellOutcome("elsewhere", c.label, live)
             resume = view.resumable(c)
             return CellOutcome("resumed", c.label, resume) if resume else CellOutcome("ran", c.label)
         if may_start is not None and not view.done_for(c):

@@ -52,6 +52,8 @@ def _cmd(args) -> None:
     if args.dry_run:
         for label, rid in res.skipped:
             print(f"done     {label:40s} {rid}")
+        for label, rid in res.elsewhere:
+            print(f"running  {label:40s} {rid}")
         for label, rid in res.resumed:
             print(f"resume   {label:40s} {rid}")
         for label, _ in res.ran:

@@ -466,7 +466,15 @@ seconds_per_epoch: {unet3d: 60}
     assert f"resuming run unet3d/dice_bce/s0 would take about {2 * 60 * bf / 60:.0f} min" in \
         TimeLimit(lp, hours=60 / 3600).cell(s0, run_id)
     left = (2 + 3) * 60 * bf + 3 * 60                  # s0's 2 epochs, s1's 3, the default run's 3
-    assert re.search(rf"^unet3d\s+1/1\s+0/2\s+0/1\s+{left / 3600:.2f}\s", protocol_status(path), re.M)
+    row = rf"^unet3d\s+1/1\s+0/2\s+0/1\s+{left / 3600:.2f}\s"
+    assert re.search(row, protocol_status(path), re.M)
+    # the same while a live process trains it (this one, as far as its owner tags say)
+    from benchmark.liveness import owner_tags
+    for key, value in owner_tags().items():
+        client().set_tag(run_id, key, value)
+    client().update_run(run_id, "RUNNING")
+    assert re.search(row, protocol_status(path), re.M)
+    client().set_terminated(run_id, "KILLED")
 
     monkeypatch.setattr(TimeLimit, "cell", let_start)
     res = run_protocol(path, show_progress=False)
