@@ -20,7 +20,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-__all__ = ["Terminated", "held", "install_handlers"]
+__all__ = ["Terminated", "held", "install_handlers", "restore_handlers"]
 
 
 class Terminated(KeyboardInterrupt):

@@ -302,9 +302,9 @@ def run_cells(cells: list[Cell], desc: str, experiment: Optional[str] = None, sh
 
     ``may_start``: asked before a cell that is not done yet is started, with the interrupted run
     it would resume (or None); a reason (not None) leaves it ``deferred`` (``bench protocol run
-    --hours``). ``pause``: the ``PauseCheck`` a
-    started cell's run asks after each epoch (``--hours --pause-runs``); a paused cell is
-    ``paused``, and the cells after it are for ``may_start`` to refuse.
+    --hours``). ``pause``: gives the ``PauseCheck`` a started cell's run asks after each epoch
+    (``--hours --pause-runs``); a paused cell is ``paused``, and the cells after it are for
+    ``may_start`` to refuse.
 
     ``dry_run``: decide, train nothing: each cell comes out ``skipped`` (done: its run id),
     ``elsewhere`` (being trained by a live process: its run id), ``resumed`` (its interrupted
