@@ -228,7 +228,8 @@ def _notes(lb: Leaderboard) -> list[str]:
         "contributed to no ground truth, so they are scored against the best one available, the four-reader "
         "STAPLE. The human row's reference has one reader fewer, which makes it a slightly conservative "
         "estimate of reader agreement.",
-        "Params, MACs/patch, latency and training time are means over seeds; latency and training time were "
+        "Params, MACs/patch and training time are means over seeds; latency is the fastest seed's median "
+        "forward pass of one patch (other work on the machine only slows it); latency and training time were "
         "measured on: " + (", ".join(lb.devices) if lb.devices else "unknown") + ".",
     ]
     if any(x.section == "tuned" for x in sections):
