@@ -195,6 +195,15 @@ class StoreView:
                 return rid
         return None
 
+    def settled(self, c: Cell) -> Optional[CellOutcome]:
+        """What becomes of ``c`` without this process: ``skipped`` (done) or ``elsewhere`` (a
+        live process is training it); None when it is this process's to resume or start."""
+        done = self.done_for(c)
+        if done:
+            return CellOutcome("skipped", c.label, done)
+        holder = self.held_elsewhere(c)
+        return CellOutcome("elsewhere", c.label, holder) if holder else None
+
     def resumable(self, c: Cell) -> Optional[str]:
         """The interrupted run that starting ``c`` here would resume: one with its checkpoint
         on this machine (without it, the cell starts afresh)."""
@@ -348,12 +357,9 @@ def run_cells(cells: list[Cell], desc: str, experiment: Optional[str] = None, sh
         bar.set_postfix_str(c.label)
         view = existing[key]
         if dry_run:
-            done = view.done_for(c)
-            if done:
-                return CellOutcome("skipped", c.label, done)
-            live = view.held_elsewhere(c)
-            if live:
-                return CellOutcome("elsewhere", c.label, live)
+            settled = view.settled(c)
+            if settled:
+                return settled
             resume = view.resumable(c)
             return CellOutcome("resumed", c.label, resume) if resume else CellOutcome("ran", c.label)
         if may_start is not None and not view.done_for(c):
@@ -411,12 +417,9 @@ def run_cell(c: Cell, *, store, claim, experiment: Optional[str] = None,
     cl = client(settings)
     exp = cl.get_experiment_by_name(experiment or settings.experiment)
     view = _existing_runs(cl, exp.experiment_id if exp is not None else None, store.data_hash, is_dead)
-    done = view.done_for(c)
-    if done:
-        return CellOutcome("skipped", c.label, done)
-    holder = view.held_elsewhere(c)
-    if holder:
-        return CellOutcome("elsewhere", c.label, holder)
+    settled = view.settled(c)
+    if settled:
+        return settled
     try:
         if c.reference == "threshold_baseline":
             from .baseline_run import run_threshold_baseline

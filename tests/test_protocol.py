@@ -402,16 +402,7 @@ def test_a_run_that_would_overrun_the_time_limit_is_left_for_the_next_time(bench
     from benchmark import protocol
     from benchmark.protocol import run_protocol
     monkeypatch.setattr(protocol, "measured_seconds_per_epoch", lambda *a, **k: None)
-    path = _write(tmp_path, """
-name: t
-version: 1
-preset: smoke
-architectures: [unet3d]
-tuning: {n_trials: 2, epochs: 1}
-final: {seeds: 2, epochs: 2}
-defaults: {seeds: 1, references: false}
-seconds_per_epoch: {unet3d: 2000}
-""")
+    path = _smoke_unet3d_protocol(tmp_path, n_trials=2, final_epochs=2, seconds_per_epoch=2000)
     res = run_protocol(path, show_progress=False, hours=1)
     assert res.studies["unet3d"].finished == 2 and res.studies["unet3d"].best_trial is not None
     stages = dict(res.suites)
@@ -439,16 +430,7 @@ def test_a_paused_run_is_resumed_by_the_next_protocol_run_from_its_epoch(bench_h
             self.start -= self.hours * 3600
         return why
     monkeypatch.setattr(TimeLimit, "cell", cell_then_time_is_up)
-    path = _write(tmp_path, """
-name: t
-version: 1
-preset: smoke
-architectures: [unet3d]
-tuning: {n_trials: 1, epochs: 1}
-final: {seeds: 2, epochs: 3}
-defaults: {seeds: 1, references: false}
-seconds_per_epoch: {unet3d: 60}
-""")
+    path = _smoke_unet3d_protocol(tmp_path, n_trials=1, final_epochs=3, seconds_per_epoch=60)
     res = run_protocol(path, show_progress=False, hours=1, pause_runs=True)
     final = dict(res.suites)["final unet3d"]
     assert [label for label, _ in final.paused] == ["unet3d/dice_bce/s0"] and not final.ran
@@ -484,6 +466,21 @@ seconds_per_epoch: {unet3d: 60}
     run = client().get_run(run_id)
     assert run.info.status == "FINISHED" and "test_dice" in run.data.metrics
     assert [m.step for m in client().get_metric_history(run_id, "epoch_seconds")] == [1, 2, 3]
+
+
+def _smoke_unet3d_protocol(tmp_path, n_trials: int, final_epochs: int, seconds_per_epoch: float) -> Path:
+    """unet3d alone on the smoke preset: trials of 1 epoch, 2 final seeds, 1 default run, no
+    references; the time limit goes by ``seconds_per_epoch``."""
+    return _write(tmp_path, f"""
+name: t
+version: 1
+preset: smoke
+architectures: [unet3d]
+tuning: {{n_trials: {n_trials}, epochs: 1}}
+final: {{seeds: 2, epochs: {final_epochs}}}
+defaults: {{seeds: 1, references: false}}
+seconds_per_epoch: {{unet3d: {seconds_per_epoch}}}
+""")
 
 
 def _fake_run(cl, exp_id, tags, tmp_path, test_dice=0.5):
