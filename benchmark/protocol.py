@@ -502,6 +502,26 @@ def measured_seconds_per_epoch(lp: "LoadedProtocol", arch: str, experiment: Opti
     return statistics.median(rates) if rates else None
 
 
+def spent_seconds(lp: "LoadedProtocol", experiment: Optional[str] = None) -> dict[tuple[str, str], float]:
+    """Training seconds of the protocol's finished runs in the store, summed by architecture and
+    part (``final``, ``default``, ``loss``): what the protocol has cost so far beside its trials
+    (whose wall time is ``StudyState.seconds``). Only what a protocol export carries is counted,
+    so the figure reads the same after ``bench import``."""
+    from collections import defaultdict
+
+    from .tracking import client, experiment_id, load_settings, search_all_runs
+    settings = load_settings()
+    cl = client(settings)
+    where = (f"attributes.status = 'FINISHED' and tags.`protocol.name` = '{lp.spec.name}' "
+             f"and tags.`protocol.version` = '{lp.spec.version}'")
+    spent: dict[tuple[str, str], float] = defaultdict(float)
+    for r in search_all_runs(cl, [experiment_id(cl, settings, experiment)], where):
+        part = r.data.tags.get("protocol.part")
+        if part in ("final", "default", "loss"):
+            spent[(r.data.tags.get("arch", ""), part)] += r.data.metrics.get("train_seconds", 0.0)
+    return dict(spent)
+
+
 def runs_on_other_data(lp: "LoadedProtocol", experiment: Optional[str] = None) -> Optional[str]:
     """A warning when this store holds finished runs of the protocol made on other data than this
     machine's crop cache (another data content hash), else None. Such runs never count as done
@@ -822,6 +842,8 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
     lines = [f"protocol {s.name} v{s.version} (sha {lp.sha}), preset {s.preset}, {len(s.architectures)} architectures"]
     left_total, unknown = 0.0, []
     states = {}
+    spent = spent_seconds(lp, experiment)
+    spent_by = {}                   # what each row and loss-study line has cost so far, in seconds
 
     def add(arch, sec):
         nonlocal left_total
@@ -830,8 +852,8 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
         else:
             left_total += sec
 
-    lines.append(f"{'architecture':16s} {'tuning':>10s} {'final':>7s} {'default':>8s}  {'cost left (h)':>13s}  "
-                 f"s/epoch declared, here")
+    lines.append(f"{'architecture':16s} {'tuning':>10s} {'final':>7s} {'default':>8s}  {'spent (h)':>9s}  "
+                 f"{'cost left (h)':>13s}  s/epoch declared, here")
     waiting = waiting_for_search(lp)
     for arch in s.architectures:
         st = study_state(lp, arch, storage)
@@ -856,6 +878,9 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
             c = _cells_cost(lp, cells, res)
             left = None if left is None or c is None else left + c
         add(arch, left)
+        spent_by[arch] = st.seconds + spent.get((arch, "final"), 0.0) + spent.get((arch, "default"), 0.0)
+        if (arch, "loss") in spent:
+            spent_by[f"loss study {arch}"] = spent[(arch, "loss")]
         # the costs above go by the declared figure (what the protocol declares must not depend on
         # the machine); beside it, the one measured on the runs an export carries (not the trials,
         # which it does not), so that the status reads the same after `bench import`
@@ -863,7 +888,8 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
         here = measured_seconds_per_epoch(lp, arch, experiment, trials=False)
         speed = f"{'?' if declared is None else f'{declared:.1f}':>8s}, {'-' if here is None else f'{here:.1f}'}"
         lines.append(f"{arch:16s} {st.finished:>4d}/{st.n_trials:<5d} {fin_done:>3d}/{s.final.seeds:<3d} "
-                     f"{d_done:>4d}/{s.defaults.seeds:<3d}  {'?' if left is None else f'{left / 3600:.2f}':>13s}  "
+                     f"{d_done:>4d}/{s.defaults.seeds:<3d}  {spent_by[arch] / 3600:>9.2f}  "
+                     f"{'?' if left is None else f'{left / 3600:.2f}':>13s}  "
                      f"{speed}" + ("  (waits for its search)" if arch in waiting else ""))
     if s.loss_study:
         archs = loss_study_archs(lp, states)
@@ -876,7 +902,8 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
             # its cells of the tuning loss are the final runs, costed on the architecture's row
             add(f"loss study {a}", _cells_cost(lp, [c for c in cells if c.loss != s.tuning.loss], res))
             lines.append(f"loss study {a}: {len(res.skipped)} done, "
-                         f"{len(res.ran) + len(res.resumed) + len(res.elsewhere)} left")
+                         f"{len(res.ran) + len(res.resumed) + len(res.elsewhere)} left, "
+                         f"{spent_by.get(f'loss study {a}', 0.0) / 3600:.2f} h spent")
 
         if archs is None:
             named = [a for a in ls.archs if a != BEST]
@@ -901,6 +928,12 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
                 loss_study_line(a)
     lines.append("s/epoch: at the preset's batch; 'here' is the median of this store's finished final, default "
                  "and loss runs of the preset ('-': none yet)")
+    total = sum(spent_by.values())
+    if total:
+        top = max(spent_by, key=spent_by.get)
+        lines.append(f"spent so far: {total / 3600:.1f} h on the machines that ran it (its trials' wall time and its "
+                     f"finished runs' training time; data building and evaluation not counted), "
+                     f"{top} {spent_by[top] / 3600:.1f} h of it ({100 * spent_by[top] / total:.0f} %)")
     lines.append(f"estimated cost left: {left_total / 3600:.1f} h on the machine the figures come from"
                  + (f" ({s.seconds_per_epoch_source})" if s.seconds_per_epoch_source else "")
                  + "; tuning counted without pruning (an upper bound)")

@@ -349,8 +349,8 @@ def test_time_limit_goes_by_this_machines_speed_once_it_has_one(bench_home, tmp_
     # `protocol status` shows both figures; its costs stay on the declared ones
     from benchmark.protocol import protocol_status
     status = protocol_status(lp.path)
-    assert re.search(r"^transfuse_s\s+0/4\s+0/3\s+0/0\s+\S+\s+1000\.0, 1\.0$", status, re.M), status
-    assert re.search(r"^unet3d\s+0/4\s+0/3\s+0/0\s+\S+\s+10\.0, -$", status, re.M), status
+    assert re.search(r"^transfuse_s\s+0/4\s+0/3\s+0/0\s+\S+\s+\S+\s+1000\.0, 1\.0$", status, re.M), status
+    assert re.search(r"^unet3d\s+0/4\s+0/3\s+0/0\s+\S+\s+\S+\s+10\.0, -$", status, re.M), status
 
 
 def test_status_costs_a_done_studys_runs_at_its_tuned_batch(bench_home, tmp_path):
@@ -372,7 +372,7 @@ def test_status_costs_a_done_studys_runs_at_its_tuned_batch(bench_home, tmp_path
     status = protocol_status(lp.path)
     epochs = final_epochs(lp)
     unet3d_run = 10 * epochs * 2                                  # seconds, at batch 16
-    assert re.search(rf"^unet3d\s+2/2\s+0/3\s+0/0\s+{3 * unet3d_run / 3600:.2f}\s", status, re.M), status
+    assert re.search(rf"^unet3d\s+2/2\s+0/3\s+0/0\s+\S+\s+{3 * unet3d_run / 3600:.2f}\s", status, re.M), status
     assert "loss study unet3d: 0 done, 6 left" in status         # 2 losses x 3 seeds, all at batch 16
     # transfuse_s is not tuned: 2 trials at the mean tuning batch, then 3 finals at the preset's;
     # the loss study's 3 dice_bce cells are unet3d's finals, costed once, on its row
@@ -448,7 +448,7 @@ def test_a_paused_run_is_resumed_by_the_next_protocol_run_from_its_epoch(bench_h
     assert f"resuming run unet3d/dice_bce/s0 would take about {2 * 60 * bf / 60:.0f} min" in \
         TimeLimit(lp, hours=60 / 3600).cell(s0, run_id)
     left = (2 + 3) * 60 * bf + 3 * 60                  # s0's 2 epochs, s1's 3, the default run's 3
-    row = rf"^unet3d\s+1/1\s+0/2\s+0/1\s+{left / 3600:.2f}\s"
+    row = rf"^unet3d\s+1/1\s+0/2\s+0/1\s+\S+\s+{left / 3600:.2f}\s"
     assert re.search(row, protocol_status(path), re.M)
     # the same while a live process trains it (this one, as far as its owner tags say)
     from benchmark.liveness import owner_tags
@@ -492,6 +492,47 @@ def _fake_run(cl, exp_id, tags, tmp_path, test_dice=0.5):
     cl.log_artifact(run.info.run_id, str(csv), "evaluation")
     cl.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
+
+
+def test_status_says_what_each_architecture_has_cost_so_far(bench_home, tmp_path):
+    """Beside what is left, the status sums what the protocol has spent: a study's trials (wall
+    time) plus its finished final and default runs' training time per architecture, the loss-study
+    runs on their own line, and the total with its largest share (on two cores SwinUNETR was half
+    of the cpu protocol). A run of another protocol or one still running is not counted."""
+    import datetime as dt
+
+    from benchmark.protocol import load_protocol, protocol_status
+    from benchmark.tracking import client, experiment_id, load_settings
+    from benchmark.tune import open_storage
+    lp = load_protocol(_write(tmp_path, GOOD))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=open_storage(None)[0], study_name=lp.study_name("unet3d"),
+                                direction="maximize")
+    dist = {"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    start = dt.datetime(2026, 12, 1, 10, 0, 0)
+    for minutes in (30, 60):                                     # two trials: 1.5 h of wall time
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=0, trial_id=0, state=optuna.trial.TrialState.COMPLETE, value=0.5, values=None,
+            datetime_start=start, datetime_complete=start + dt.timedelta(minutes=minutes),
+            params={"optim.lr": 1e-3}, distributions=dist, user_attrs={}, system_attrs={},
+            intermediate_values={}))
+    cl = client()
+    exp = experiment_id(cl, load_settings())
+    mine = {"protocol.name": "t", "protocol.version": "1"}
+    for arch, part, seconds in (("unet3d", "final", 1800), ("unet3d", "default", 1080),
+                                ("unet3d", "loss", 3600), ("transfuse_s", "final", 1800)):
+        rid = _fake_run(cl, exp, {**mine, "arch": arch, "protocol.part": part}, tmp_path)
+        cl.log_metric(rid, "train_seconds", seconds)
+    other = _fake_run(cl, exp, {"protocol.name": "t", "protocol.version": "2", "arch": "unet3d",
+                                "protocol.part": "final"}, tmp_path)
+    cl.log_metric(other, "train_seconds", 99999)
+    running = cl.create_run(exp, tags={**mine, "arch": "unet3d", "protocol.part": "final"}).info.run_id
+    cl.log_metric(running, "train_seconds", 99999)
+    status = protocol_status(lp.path)
+    assert re.search(r"^unet3d\s+2/4\s+0/3\s+0/0\s+2\.30\s", status, re.M), status   # 1.5 + 0.5 + 0.3
+    assert re.search(r"^transfuse_s\s+0/4\s+0/3\s+0/0\s+0\.50\s", status, re.M), status
+    # unet3d's loss runs (1 h) count in the total, though its loss line waits for its study
+    assert "spent so far: 3.8 h" in status and "unet3d 2.3 h of it (61 %)" in status, status
 
 
 def test_status_says_when_the_protocols_runs_were_made_on_other_data(bench_home, tmp_path, monkeypatch):
