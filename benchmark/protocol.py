@@ -1024,8 +1024,9 @@ def register(sub) -> None:
                            help="run the studies and cells on a Dask cluster: tcp://HOST:PORT of a running "
                                 "scheduler, or local:N for N worker processes here (default: this process)")
             v.add_argument("--hours", type=float, metavar="H",
-                           help="start no trial or run that would not end within H hours (by the protocol's "
-                                "seconds_per_epoch), then stop; rerun to continue")
+                           help="start no trial or run that would not end within H hours (by this machine's "
+                                "measured seconds per epoch, else the protocol's seconds_per_epoch), then "
+                                "stop; rerun to continue")
             v.add_argument("--pause-runs", action="store_true",
                            help="with --hours: start a run if its next epoch fits, and pause it after the last "
                                 "epoch that does (KILLED, checkpoint kept); the next protocol run resumes it. "

@@ -5,8 +5,8 @@
 
 Runs every (architecture, loss, seed) cell (default: every registered architecture, loss
 ``dice_bce``, seeds 0, 1, 2) through the normal engine (``benchmark.train.run_experiment``),
-plus the two reference runs (threshold baseline and inter-reader agreement) once per data
-configuration. Overrides apply to every cell; ``ARCH:key=value`` applies to one architecture
+plus the reference runs (threshold baseline, inter-reader agreement and, on a phantom, the
+phantom ceiling) once per data configuration. Overrides apply to every cell; ``ARCH:key=value`` applies to one architecture
 only (e.g. ``unet3d:model.kwargs.base_channels=8``).
 
 Restartable: a cell is skipped when the MLflow experiment already holds a FINISHED,
@@ -147,7 +147,7 @@ def plan_cells(preset: str, archs: Optional[list[str]] = None, losses: Optional[
                     cells.append(Cell(arch, loss, seed, cfg))
     if not references:
         return cells
-    # one pair of reference runs per distinct data config (per-arch overrides may change it);
+    # one set of reference runs per distinct data config (per-arch overrides may change it);
     # they go first: quick, and they check the data path before hours of training
     refs, done = [], set()
     for c in cells:

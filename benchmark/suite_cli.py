@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--losses", nargs="+", metavar="LOSS", help="losses (default: dice_bce)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per cell (default 3)")
     p.add_argument("--experiment", help="MLflow experiment (default: mlflow.yaml's)")
-    p.add_argument("--no-references", action="store_true", help="skip the threshold-baseline and inter-reader runs")
+    p.add_argument("--no-references", action="store_true", help="skip the reference runs (threshold baseline, inter-reader, phantom ceiling)")
     p.add_argument("--dry-run", action="store_true", help="list what would run and what is already done")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--scheduler", metavar="ADDRESS",
