@@ -502,47 +502,49 @@ def measured_seconds_per_epoch(lp: "LoadedProtocol", arch: str, experiment: Opti
     return statistics.median(rates) if rates else None
 
 
-def spent_seconds(lp: "LoadedProtocol", experiment: Optional[str] = None) -> dict[tuple[str, str], float]:
-    """Training seconds of the protocol's finished runs in the store, summed by architecture and
-    part (``final``, ``default``, ``loss``): what the protocol has cost so far beside its trials
-    (whose wall time is ``StudyState.seconds``). Only what a protocol export carries is counted,
-    so the figure reads the same after ``bench import``."""
-    from collections import defaultdict
-
+def finished_protocol_runs(lp: "LoadedProtocol", experiment: Optional[str] = None) -> list:
+    """The store's FINISHED runs tagged with this protocol's name and version (every part)."""
     from .tracking import client, experiment_id, load_settings, search_all_runs
     settings = load_settings()
     cl = client(settings)
     where = (f"attributes.status = 'FINISHED' and tags.`protocol.name` = '{lp.spec.name}' "
              f"and tags.`protocol.version` = '{lp.spec.version}'")
+    return search_all_runs(cl, [experiment_id(cl, settings, experiment)], where)
+
+
+def spent_seconds(runs: list) -> dict[tuple[str, str], float]:
+    """Training seconds of a protocol's finished runs (``finished_protocol_runs``), summed by
+    architecture and part (``final``, ``default``, ``loss``): what the protocol has cost so far
+    beside its trials (whose wall time is ``StudyState.seconds``). Only what a protocol export
+    carries is counted, so the figure reads the same after ``bench import``."""
+    from collections import defaultdict
     spent: dict[tuple[str, str], float] = defaultdict(float)
-    for r in search_all_runs(cl, [experiment_id(cl, settings, experiment)], where):
+    for r in runs:
         part = r.data.tags.get("protocol.part")
         if part in ("final", "default", "loss"):
             spent[(r.data.tags.get("arch", ""), part)] += r.data.metrics.get("train_seconds", 0.0)
     return dict(spent)
 
 
-def runs_on_other_data(lp: "LoadedProtocol", experiment: Optional[str] = None) -> Optional[str]:
+def runs_on_other_data(lp: "LoadedProtocol", experiment: Optional[str] = None,
+                       runs: Optional[list] = None) -> Optional[str]:
     """A warning when this store holds finished runs of the protocol made on other data than this
     machine's crop cache (another data content hash), else None. Such runs never count as done
     here (a cell is matched on its data hash as well as its config), so the status would show
-    them as missing with no reason given. None as well when no crop cache is built yet."""
+    them as missing with no reason given. None as well when no crop cache is built yet. ``runs``:
+    the protocol's finished runs where the caller has them already (``finished_protocol_runs``)."""
     from collections import Counter
 
     from .config import build_config
     from .data.store import built_data_hash
-    from .tracking import client, experiment_id, load_settings, search_all_runs
     arch = lp.spec.architectures[0]
     here = built_data_hash(build_config(lp.spec.preset, [], **{"model.arch": arch}).data)
     if here is None:
         return None
-    settings = load_settings()
-    cl = client(settings)
-    where = (f"attributes.status = 'FINISHED' and tags.`protocol.name` = '{lp.spec.name}' "
-             f"and tags.`protocol.version` = '{lp.spec.version}'")
-    other = Counter(r.data.tags.get("data.content_hash") for r in search_all_runs(
-        cl, [experiment_id(cl, settings, experiment)], where)
-        if r.data.tags.get("data.content_hash") not in (None, here))
+    if runs is None:
+        runs = finished_protocol_runs(lp, experiment)
+    other = Counter(r.data.tags.get("data.content_hash") for r in runs
+                    if r.data.tags.get("data.content_hash") not in (None, here))
     if not other:
         return None
     which = ", ".join(f"{n} on data {h}" for h, n in other.most_common())
@@ -842,7 +844,8 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
     lines = [f"protocol {s.name} v{s.version} (sha {lp.sha}), preset {s.preset}, {len(s.architectures)} architectures"]
     left_total, unknown = 0.0, []
     states = {}
-    spent = spent_seconds(lp, experiment)
+    runs = finished_protocol_runs(lp, experiment)
+    spent = spent_seconds(runs)
     spent_by = {}                   # what each row and loss-study line has cost so far, in seconds
 
     def add(arch, sec):
@@ -941,7 +944,7 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
         lines.append(f"no seconds_per_epoch for: {', '.join(unknown)} (not counted)")
     for arch, why in waiting.items():
         lines.append(f"{arch} waits for its search: {why}")
-    note = runs_on_other_data(lp, experiment)
+    note = runs_on_other_data(lp, experiment, runs)
     if note:
         lines.append(note)
     return "\n".join(lines)
@@ -982,16 +985,13 @@ def export_protocol(path: str | Path, out: Optional[str | Path] = None, experime
     import optuna
     from .export import export_runs
     from .study_export import export_studies
-    from .tracking import client, experiment_id, load_settings, search_all_runs
+    from .tracking import client, load_settings
     from .tune import open_storage
     lp = load_protocol(path)
     s = lp.spec
     settings = load_settings()
     cl = client(settings)
-    exp_id = experiment_id(cl, settings, experiment)
-    where = (f"attributes.status = 'FINISHED' and tags.`protocol.name` = '{s.name}' "
-             f"and tags.`protocol.version` = '{s.version}'")
-    runs = [r.info.run_id for r in search_all_runs(cl, [exp_id], where)
+    runs = [r.info.run_id for r in finished_protocol_runs(lp, experiment)
             if r.data.tags.get("protocol.part") in EXPORTED_PARTS]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     present = set(optuna.get_all_study_names(open_storage(storage)[0]))

@@ -6,8 +6,8 @@
 Runs every (architecture, loss, seed) cell (default: every registered architecture, loss
 ``dice_bce``, seeds 0, 1, 2) through the normal engine (``benchmark.train.run_experiment``),
 plus the reference runs (threshold baseline, inter-reader agreement and, on a phantom, the
-phantom ceiling) once per data configuration. Overrides apply to every cell; ``ARCH:key=value`` applies to one architecture
-only (e.g. ``unet3d:model.kwargs.base_channels=8``).
+phantom ceiling) once per data configuration. Overrides apply to every cell; ``ARCH:key=value``
+applies to one architecture only (e.g. ``unet3d:model.kwargs.base_channels=8``).
 
 Restartable: a cell is skipped when the MLflow experiment already holds a FINISHED,
 test-evaluated run with the same ``config.fingerprint`` on the same data
