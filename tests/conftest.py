@@ -25,7 +25,12 @@ try:
     # the cores shared among pytest-xdist's workers (pyproject: -n 2): one intra-op thread each
     # on two cores, rather than two workers each spinning two threads on them
     _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _workers)))
+    _threads = max(1, min(2, (os.cpu_count() or 1) // _workers))
+    torch.set_num_threads(_threads)
+    # and the same for the `bench` subprocesses the tests start, which would otherwise each take
+    # every core: two workers' subprocesses at two threads each on two cores spin-wait on each
+    # other (README, "Tuning": a unet3d epoch took 100-196 s that way, 14-17 s at one thread each)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
 except ImportError:  # pragma: no cover
     pass
 
