@@ -148,7 +148,7 @@ def subset_store(preset: str, per_split: Optional[dict[str, int]] = None, overri
     """(config, CropStore) for ``preset`` restricted to a deterministic, size-stratified subset of
     the phantom nodules (built into the private cache on first use)."""
     per_split = SUBSET if per_split is None else per_split
-    from benchmark.config import build_config
+    from benchmark.run.config import build_config
     from benchmark.data import load_crops
     from benchmark.data.index import load_index
     from benchmark.data.split import load_split

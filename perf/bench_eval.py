@@ -71,8 +71,8 @@ def main():
     reps = args.reps or 5
     print(f"machine: {C.machine()}")
 
-    from benchmark.evaluate import score
-    from benchmark.metrics import nodule_metrics
+    from benchmark.run.evaluate import score
+    from benchmark.run.metrics import nodule_metrics
     out, scaling = [], []
     for preset in presets:
         cfg, store = C.subset_store(preset)

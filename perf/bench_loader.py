@@ -22,7 +22,7 @@ crop arrays are real phantom crops, not synthetic arrays.
 
 No GPU: what a GPU would consume is not measured. Instead the script prints each batcher's
 break-even rate: the effective training FLOP rate (taken as 3 x the forward MACs counted by
-``benchmark.cost.count_macs``, 2 FLOPs per MAC) above which the device would wait for that
+``benchmark.run.cost.count_macs``, 2 FLOPs per MAC) above which the device would wait for that
 batcher. Compare it with what a given GPU sustains on this model when one is available.
 
     python perf/bench_loader.py                     # cpu and paper presets
@@ -109,9 +109,9 @@ def main():
     reps = args.reps or 5
     print(f"machine: {C.machine()}")
 
-    from benchmark.config import build_config
-    from benchmark.cost import count_macs
-    from benchmark.train import build_model
+    from benchmark.run.config import build_config
+    from benchmark.run.cost import count_macs
+    from benchmark.run.train import build_model
     out = []
     for preset in presets:
         bs = build_config(preset).train.batch_size

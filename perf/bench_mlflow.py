@@ -71,7 +71,7 @@ def stop_server(proc):
 
 
 def tracker(uri: str, artifacts: Path):
-    from benchmark.tracking import Tracker, TrackingSettings
+    from benchmark.core.tracking import Tracker, TrackingSettings
     settings = TrackingSettings(tracking_uri=uri, experiment="perf-bench",
                                 artifact_location=artifacts.as_uri() if uri.startswith("sqlite") else None,
                                 system_metrics=False, system_metrics_interval_s=10)
@@ -85,8 +85,8 @@ def main():
     reps = args.reps or 15
     print(f"machine: {C.machine()}")
 
-    from benchmark.checkpoint import save_checkpoint
-    from benchmark.train import DistInfo, Trainer, _log_epoch
+    from benchmark.core.checkpoint import save_checkpoint
+    from benchmark.run.train import DistInfo, Trainer, _log_epoch
     import torch
 
     folder = args.work_dir / f"mlflow-bench-{os.getpid()}"

@@ -33,7 +33,7 @@ import _common as C  # noqa: E402
 def make_trainer(cfg, store):
     import torch
 
-    from benchmark.train import DistInfo, Trainer
+    from benchmark.run.train import DistInfo, Trainer
     return Trainer(cfg, store, torch.device("cpu"), DistInfo())
 
 
@@ -57,7 +57,7 @@ def bare_loop(cfg, batches):
     suite's own builders from ``cfg``."""
     import torch
 
-    from benchmark.train import build_loss, build_model, build_optimizer
+    from benchmark.run.train import build_loss, build_model, build_optimizer
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg)
     if cfg.train.channels_last:
@@ -137,7 +137,7 @@ def main():
           f"the bare loop's (1.000 = equal, 0.95 = suite 5% slower)")
 
     for preset in presets:
-        from benchmark.config import build_config  # after setup(): the env points at the work dir
+        from benchmark.run.config import build_config  # after setup(): the env points at the work dir
         bs = build_config(preset).train.batch_size
         steps = min(args.steps, C.SUBSET["train"] // bs)
         n_train = bs * steps

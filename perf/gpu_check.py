@@ -112,7 +112,7 @@ class TimedBatches:
 def measure_suite(cfg, store, steps: int, warmup_epochs: int = 1) -> dict:
     import torch
 
-    from benchmark.train import DistInfo, Trainer
+    from benchmark.run.train import DistInfo, Trainer
     device = torch.device("cuda", 0)
     trainer = Trainer(cfg, store, device, DistInfo())
     for e in range(warmup_epochs):   # worker start-up, cuDNN autotuning, allocator warm-up
@@ -138,7 +138,7 @@ def measure_bare(cfg, store, steps: int, warmup: int = 10) -> dict:
     import torch
 
     from benchmark.data.loader import TrainBatches, to_model_input
-    from benchmark.train import build_loss, build_model, build_optimizer
+    from benchmark.run.train import build_loss, build_model, build_optimizer
     device = torch.device("cuda", 0)
     torch.backends.cudnn.benchmark = not cfg.train.deterministic
     rows = store.indices("train")

@@ -41,7 +41,7 @@ def migrated_store_template(tmp_path_factory) -> Path:
     each home creates its own, with its own artifact folder). Creating the schema runs about a
     hundred alembic migrations, 3-15 s on two cores; nearly every test starts from an empty
     store, so each copies this file instead."""
-    from benchmark.tracking import create_or_migrate_sqlite
+    from benchmark.core.tracking import create_or_migrate_sqlite
     db = tmp_path_factory.mktemp("store-template") / "mlflow.db"
     create_or_migrate_sqlite(f"sqlite:///{db}")
     return db
@@ -105,10 +105,10 @@ def mlflow_server(tmp_path_factory):
 
 
 def run_cli(*args, env=None, timeout=600):
-    """Run `python -m benchmark.cli ...` as a user would; returns CompletedProcess."""
+    """Run `python -m benchmark.cli.main ...` as a user would; returns CompletedProcess."""
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "benchmark.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "benchmark.cli.main", *args], capture_output=True, text=True,
                           env=e, timeout=timeout, cwd=ROOT)
 
 

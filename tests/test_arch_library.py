@@ -10,7 +10,7 @@ import torch
 
 from architectures import architecture_entry, create_architecture
 from architectures._layers import PadToMultiple, plan_strides
-from benchmark.errors import UsageError
+from benchmark.core.errors import UsageError
 from conftest import sphere_batch
 
 from benchmark.losses import DeepSupervisionLoss, create_loss

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from architectures import architecture_entry, create_architecture
-from benchmark.errors import UsageError
+from benchmark.core.errors import UsageError
 from conftest import sphere_batch
 
 from benchmark.losses import DeepSupervisionLoss, create_loss

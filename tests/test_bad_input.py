@@ -3,7 +3,7 @@ malformed config files and paths that do not exist gets one line on stderr and a
 never a traceback. Runs the CLI in-process (subprocess variants live in test_engine.py)."""
 import pytest
 
-from benchmark.cli import main
+from benchmark.cli.main import main
 
 
 @pytest.fixture()

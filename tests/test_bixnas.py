@@ -10,7 +10,7 @@ import torch
 from architectures import create_architecture
 from architectures.bixnas import (GENOTYPE_PATH, BiXNet, Genotype, alive_nodes, load_genotype, prune,
                                   sample_genotype, save_genotype, search_space_choices, search_stages)
-from benchmark.errors import UsageError
+from benchmark.core.errors import UsageError
 
 SMOKE = (8, 16, 16)
 
@@ -134,7 +134,7 @@ def test_stage_by_stage_sampling_keeps_the_other_stages():
 
 def test_removing_one_fused_input_lowers_macs():
     # dec t2 L1 loses one of its two inputs; no block dies, so only the fusion gets cheaper
-    from benchmark.cost import count_macs
+    from benchmark.run.cost import count_macs
     g = Genotype.bio(3, 4)
     fewer = _with_stage(g, "dec", 2, [[0, 1], [0], [0, 3], [0, 4]])
     assert alive_nodes(prune(fewer)) == alive_nodes(prune(g))

@@ -54,7 +54,7 @@ def dask_cluster(bench_home):
 
 def _wait_for_checkpointed_run(bench_home, deadline, driver):
     """The first cell that has written a checkpoint and is still RUNNING: (run id, its owner pid)."""
-    from benchmark.tracking import client
+    from benchmark.core.tracking import client
     cl = client()
     while time.time() < deadline:
         if driver.poll() is not None:      # the matrix ended (or failed) before any cell could be killed
@@ -72,10 +72,10 @@ def _wait_for_checkpointed_run(bench_home, deadline, driver):
 def test_killed_workers_cell_is_resumed_by_another_worker(dask_cluster, bench_home):
     address, env = dask_cluster
     # the crops must exist where the workers run (README, Scaling out): build them once here
-    from benchmark.config import build_config
+    from benchmark.run.config import build_config
     from benchmark.data import load_crops
     load_crops(build_config("smoke").data, progress=False)
-    driver = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "suite", *SMOKE, "--scheduler", address],
+    driver = subprocess.Popen([sys.executable, "-m", "benchmark.cli.main", "suite", *SMOKE, "--scheduler", address],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         victim, pid = _wait_for_checkpointed_run(bench_home, time.time() + 600, driver)
@@ -87,7 +87,7 @@ def test_killed_workers_cell_is_resumed_by_another_worker(dask_cluster, bench_ho
     assert driver.returncode == 0, err[-3000:]
     assert re.search(r"2 runs planned: 1 ran, 1 resumed, 0 already done, 0 failed", out), out
 
-    from benchmark.tracking import client, load_settings
+    from benchmark.core.tracking import client, load_settings
     cl = client()
     runs = cl.search_runs([cl.get_experiment_by_name(load_settings().experiment).experiment_id])
     # no cell ran twice: one run per seed, the killed one finished in place by another process
@@ -108,14 +108,14 @@ def test_killed_workers_cell_is_resumed_by_another_worker(dask_cluster, bench_ho
 
 @pytest.mark.parametrize("spec", ["host:8786", "local:0", "local:two", "http://host:8786", "tcp://"])
 def test_a_bad_scheduler_address_is_a_usage_error(spec):
-    from benchmark.cluster import parse_scheduler
-    from benchmark.errors import UsageError
+    from benchmark.campaigns.cluster import parse_scheduler
+    from benchmark.core.errors import UsageError
     with pytest.raises(UsageError, match="--scheduler"):
         parse_scheduler(spec)
 
 
 def test_scheduler_addresses():
-    from benchmark.cluster import parse_scheduler
+    from benchmark.campaigns.cluster import parse_scheduler
     assert parse_scheduler("local:3") == ("local", 3)
     assert parse_scheduler("tcp://10.0.0.5:8786") == ("remote", "tcp://10.0.0.5:8786")
     assert parse_scheduler("tls://head.example.org:8786") == ("remote", "tls://head.example.org:8786")
@@ -126,7 +126,7 @@ WORKER = {"host": "node7", "pid": "4242", "dask.worker": "tcp://10.0.0.7:40001",
 
 
 def _verdict(tags, dead_here=None, live=("tcp://10.0.0.7:40001",), pid=4242):
-    from benchmark.cluster import owner_is_dead_on_cluster
+    from benchmark.campaigns.cluster import owner_is_dead_on_cluster
     return owner_is_dead_on_cluster(tags, dead_here, OURS, lambda: set(live), lambda address: pid)
 
 
@@ -163,12 +163,12 @@ def test_protocol_runs_its_studies_and_cells_on_the_cluster(bench_home, tmp_path
     by side), the final cells are trained there, and a plain local rerun finds nothing to do."""
     import optuna
 
-    from benchmark.cluster import DaskExecutor
+    from benchmark.campaigns.cluster import DaskExecutor
     from benchmark.data import load_crops
-    from benchmark.config import build_config
-    from benchmark.protocol import run_protocol
-    from benchmark.tracking import client
-    from benchmark.tune import open_storage
+    from benchmark.run.config import build_config
+    from benchmark.campaigns.protocol import run_protocol
+    from benchmark.core.tracking import client
+    from benchmark.core.optuna_storage import open_storage
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
     load_crops(build_config("smoke").data)          # as README asks of every worker machine
     path = tmp_path / "tiny.yaml"

@@ -14,7 +14,7 @@ from conftest import ROOT
 import torch
 from torch import nn
 
-from benchmark.cost import count_macs, count_parameters, measure_latency, peak_memory
+from benchmark.run.cost import count_macs, count_parameters, measure_latency, peak_memory
 
 torch.set_num_threads(1)
 
@@ -104,7 +104,7 @@ def test_peak_memory_cpu_sees_a_large_allocation():
     # 64 MiB is above glibc's largest mmap threshold, so the pages are fresh and raise the RSS.
     # Measured in a fresh process: the test session's own RSS moves with whatever earlier tests
     # left behind (threads, caches being freed), which is not what this checks.
-    code = ("import torch, torch.nn as nn; from benchmark.cost import peak_memory\n"
+    code = ("import torch, torch.nn as nn; from benchmark.run.cost import peak_memory\n"
             "class A(nn.Module):\n"
             "    def forward(self, x):\n"
             "        return torch.ones(64 * 2 ** 20 // 4) * x.mean()\n"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.cli import main
+from benchmark.cli.main import main
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.config import build_config
+from benchmark.run.config import build_config
 from benchmark.data import cache as cache_mod
 from benchmark.data import geometry, ground_truth, index as ix, phantom, split as sp
 from benchmark.data.augment import center_window, random_window
@@ -47,7 +47,7 @@ def test_size_bins_come_from_one_table():
     the LIDC adapter's strata and the metrics module read it, and a diameter that is not a number
     is refused rather than binned."""
     from benchmark.data.datasets import get_dataset
-    from benchmark.metrics import SIZE_BINS as metric_bins
+    from benchmark.run.metrics import SIZE_BINS as metric_bins
     assert [ix.size_bin(d) for d in (0.0, 5.99, 6.0, 9.99, 10.0, 19.99, 20.0, 60.0)] == \
         ["<6", "<6", "6-10", "6-10", "10-20", "10-20", ">=20", ">=20"]
     assert get_dataset("lidc").strata.size_bins == ix.SIZE_BINS == metric_bins

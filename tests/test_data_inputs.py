@@ -18,7 +18,7 @@ from benchmark.data import cache as cache_mod
 from benchmark.data import geometry, ground_truth, index as ix, phantom
 from benchmark.data import pylidc_adapter as pla
 from benchmark.data.dicom_source import write_series
-from benchmark.errors import DataError
+from benchmark.core.errors import DataError
 
 SPACING = 4.0
 CROP = geometry.crop_size_for_spacing(SPACING)
@@ -176,7 +176,7 @@ def test_interrupted_build_leaves_no_trusted_cache(env, monkeypatch):
 
 
 def test_unknown_names_are_usage_errors(env):
-    from benchmark.errors import UsageError
+    from benchmark.core.errors import UsageError
     with pytest.raises(UsageError, match="unknown data source 'ct'"):
         cache_mod.build_cache("ct", "staple", SPACING, nodule_ids=["LIDC-IDRI-0001_n01"])
     with pytest.raises(UsageError, match="unknown nodule ids"):

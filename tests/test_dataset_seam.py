@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.config import build_config
+from benchmark.run.config import build_config
 from benchmark.data import cache as cache_mod
 from benchmark.data.datasets import DEFAULT_DATASET, dataset_names, get_dataset, register_dataset, unregister_dataset
-from benchmark.errors import UsageError
+from benchmark.core.errors import UsageError
 
 SYNTH = ["data.dataset=synth", "data.source=rendered"]
 #: small models and one epoch: plumbing, not learning
@@ -92,12 +92,12 @@ def test_second_dataset_config_is_its_own(synth):
     lidc = build_config("smoke")
     assert cfg.model_dump()["data"]["dataset"] == "synth" and "data.dataset" in cfg.flat()
     assert cfg.fingerprint() != lidc.fingerprint()
-    from benchmark.reference import reference_fingerprint
+    from benchmark.run.reference_rows import reference_fingerprint
     assert reference_fingerprint(cfg) != reference_fingerprint(lidc)
     with pytest.raises(UsageError, match=r"unknown source 'phantom' for dataset synth \(choose from rendered\)"):
         build_config("smoke", ["data.dataset=synth"])
     # the dumped config reads back as the same dataset, and names it for the leaderboard
-    from benchmark.config import RunConfig
+    from benchmark.run.config import RunConfig
     from benchmark.data.datasets import dataset_of_config
     assert RunConfig.model_validate(cfg.model_dump(mode="json")).fingerprint() == cfg.fingerprint()
     assert dataset_of_config(cfg.model_dump(mode="json")) == "synth"
@@ -135,16 +135,16 @@ def test_second_dataset_crops(synth):
     assert cache_mod.corruption(store.path) is None
     # an index edited after the split was made is refused, as for LIDC
     synth.index_path().write_text(synth.index_path().read_text().replace("SYN-001_n01", "SYN-001_n09"))
-    from benchmark.errors import DataError
+    from benchmark.core.errors import DataError
     with pytest.raises(DataError, match="changed since"):
         load_crops(cfg.data, progress=False)
 
 
 @pytest.mark.slow
 def test_second_dataset_trains_evaluates_and_gets_a_leaderboard(synth, bench_home, tmp_path):
-    from benchmark.leaderboard import generate
-    from benchmark.suite import run_suite
-    from benchmark.tracking import client
+    from benchmark.results.leaderboard import generate
+    from benchmark.campaigns.suite import run_suite
+    from benchmark.core.tracking import client
     res = run_suite("smoke", archs=["unet3d"], losses=["dice_bce"], seeds=2, overrides=SMALL + SYNTH,
                     show_progress=False)
     assert not res.failed, res.failed

@@ -29,11 +29,11 @@ def test_dints_search_trains_alphas_decodes_rebuilds_and_resumes(bench_home, mon
     """A search (1 warm-up + 2 search epochs) on train/val only, decoded and rebuilt; the same
     search stopped after its first epoch continues in the same MLflow run, from the saved
     state, and trains what the uninterrupted one trained."""
-    import benchmark.checkpoint as ckpt
-    import benchmark.dints_search as ds
+    import benchmark.core.checkpoint as ckpt
+    import benchmark.campaigns.dints_search as ds
     from architectures import create_architecture
     from benchmark.data.store import CropStore
-    from benchmark.tracking import client
+    from benchmark.core.tracking import client
 
     real_indices = CropStore.indices
 

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from benchmark.config import build_config
-from benchmark.train import run_experiment
+from benchmark.run.config import build_config
+from benchmark.run.train import run_experiment
 
 SMOKE = ["train.epochs=2", "model.kwargs.base_channels=4"]
 
 
 def _client():
-    from benchmark.tracking import client
+    from benchmark.core.tracking import client
     return client()
 
 
@@ -48,7 +48,7 @@ def test_smoke_run_logs_everything(bench_home):
     assert {"plots/learning_curve.png", "plots/test_overlays.png"} <= plots
     # the logged config re-creates the run's config exactly
     import yaml
-    from benchmark.config import RunConfig
+    from benchmark.run.config import RunConfig
     logged = yaml.safe_load(open(cl.download_artifacts(res.run_id, "config.yaml")))
     assert RunConfig.model_validate(logged).fingerprint() == cfg.fingerprint()
     _check_rescore_from_stored_predictions(cl, res.run_id)
@@ -59,9 +59,9 @@ def _check_rescore_from_stored_predictions(cl, run_id):
     and a metric added afterwards is computed for this run without retraining (`bench rescore`)."""
     import pandas as pd
 
-    from benchmark import evaluate
-    from benchmark.cli import main
-    from benchmark.rescore import rescore_run
+    from benchmark.run import evaluate
+    from benchmark.cli.main import main
+    from benchmark.run.rescore import rescore_run
     pred = cl.download_artifacts(run_id, "evaluation/predictions.npz")
     assert os.path.getsize(pred) < 50_000                       # bit-packed and compressed
     df, flat, logged = rescore_run(run_id)
@@ -91,7 +91,7 @@ def _check_rescore_from_stored_predictions(cl, run_id):
     assert "test_volume_ratio" in run.data.metrics and run.data.tags["evaluation.rescored"] == "true"
     assert run.data.metrics["test_dice"] == pytest.approx(logged["test_dice"])   # logged values kept
     # the leaderboard now reads the rescored table, so the new column reaches it without retraining
-    from benchmark.leaderboard import collect_runs
+    from benchmark.results.leaderboard import collect_runs
     [record] = collect_runs(cl, [run.info.experiment_id], f"attributes.run_id = '{run_id}'")
     assert "volume_ratio" in record.per_nodule.columns and len(record.per_nodule) == len(original)
 

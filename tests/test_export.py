@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.errors import DataError, UsageError
-from benchmark.export import ORIGINAL_ID_TAG, read_export, write_export
+from benchmark.core.errors import DataError, UsageError
+from benchmark.results.run_export import ORIGINAL_ID_TAG, read_export, write_export
 
 PER_NODULE = "nodule_id,dice,nsd,hd95_mm\nLIDC-0001_n01,0.8,0.7,2.0\nLIDC-0002_n01,0.6,0.5,4.0\n"
 
@@ -62,9 +62,9 @@ def test_not_an_export_is_a_usage_error(tmp_path):
 @pytest.mark.slow
 def test_import_into_a_fresh_store_through_mlflow(bench_home, tmp_path, capsys):
     """A fresh clone: `bench import` loads the runs and the study; `bench tune --report` reads it."""
-    from benchmark.cli import main
-    from benchmark.study_export import export_studies
-    from benchmark.tracking import client
+    from benchmark.cli.main import main
+    from benchmark.results.study_export import export_studies
+    from benchmark.core.tracking import client
     _make_study(tmp_path / "theirs.log")
     studies = export_studies([STUDY], str(tmp_path / "theirs.log"))
     out = write_export([(_doc(), PER_NODULE)], tmp_path / "lb.runs", studies=studies)
@@ -95,9 +95,9 @@ def test_an_imported_run_keeps_its_first_id_and_its_commit_wherever_it_goes(benc
     """A run carried from store to store (`bench import`, then exported again, e.g. by `bench
     protocol export` on the second machine) is cited and filed under the id it was trained as,
     and keeps MLflow's source tags; only the link to a parent run that stayed behind is dropped."""
-    from benchmark.export import export_runs, import_export
-    from benchmark.leaderboard.collect import collect_runs
-    from benchmark.tracking import client
+    from benchmark.results.run_export import export_runs, import_export
+    from benchmark.results.leaderboard.collect import collect_runs
+    from benchmark.core.tracking import client
     first = _doc()["run_id"]
     tags = {**_doc()["tags"], "mlflow.source.git.commit": "a" * 40, "mlflow.parentRunId": "e" * 32,
             "preset": "smoke", "data.source": "phantom", "data.ground_truth": "staple",
@@ -160,8 +160,8 @@ def _same_trials(a, b):
 
 
 def test_export_writes_each_study_beside_the_runs_and_lists_it_in_the_manifest(tmp_path):
-    from benchmark.export import read_studies
-    from benchmark.study_export import export_studies
+    from benchmark.results.run_export import read_studies
+    from benchmark.results.study_export import export_studies
     _make_study(tmp_path / "journal.log")
     warnings = []
     docs = export_studies([STUDY, "deleted-study"], str(tmp_path / "journal.log"), warn=warnings.append)
@@ -187,7 +187,7 @@ def test_export_writes_each_study_beside_the_runs_and_lists_it_in_the_manifest(t
 
 
 def test_a_study_name_cannot_name_a_path(tmp_path):
-    from benchmark.export import read_studies
+    from benchmark.results.run_export import read_studies
     doc = {"study_name": "../../evil", "directions": ["MAXIMIZE"], "user_attrs": {}, "trials": []}
     out = write_export([(_doc(), None)], tmp_path / "x.runs", studies=[doc])
     [written] = (out / "studies").iterdir()
@@ -198,7 +198,7 @@ def test_a_study_name_cannot_name_a_path(tmp_path):
 def test_import_recreates_the_study_and_a_second_import_changes_nothing(tmp_path):
     import optuna
 
-    from benchmark.study_export import export_studies, import_studies
+    from benchmark.results.study_export import export_studies, import_studies
     original = _make_study(tmp_path / "theirs.log")
     docs = export_studies([STUDY], str(tmp_path / "theirs.log"))
     mine = tmp_path / "mine.log"
@@ -214,7 +214,7 @@ def test_import_recreates_the_study_and_a_second_import_changes_nothing(tmp_path
 def test_an_import_cut_short_is_completed_not_refused(tmp_path):
     import optuna
 
-    from benchmark.study_export import export_studies, frozen_trials, import_studies
+    from benchmark.results.study_export import export_studies, frozen_trials, import_studies
     original = _make_study(tmp_path / "theirs.log")
     [doc] = export_studies([STUDY], str(tmp_path / "theirs.log"))
     mine = tmp_path / "mine.log"
@@ -227,7 +227,7 @@ def test_an_import_cut_short_is_completed_not_refused(tmp_path):
 def test_import_refuses_a_different_study_of_the_same_name_in_one_line(tmp_path):
     import optuna
 
-    from benchmark.study_export import export_studies, import_studies
+    from benchmark.results.study_export import export_studies, import_studies
     _make_study(tmp_path / "theirs.log")
     docs = export_studies([STUDY], str(tmp_path / "theirs.log"))
     mine = tmp_path / "mine.log"
@@ -240,8 +240,8 @@ def test_import_refuses_a_different_study_of_the_same_name_in_one_line(tmp_path)
 
 
 def test_missing_journal_is_a_warning_not_a_crash(bench_home, capsys):
-    from benchmark.study_export import export_studies
-    from benchmark.tune import default_storage_path
+    from benchmark.results.study_export import export_studies
+    from benchmark.core.optuna_storage import default_storage_path
     assert export_studies([STUDY]) == []
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("warning: no Optuna journal") and STUDY in err
@@ -258,7 +258,7 @@ def test_committed_leaderboard_is_recomputed_byte_for_byte_from_its_export(expor
     import matplotlib
     import matplotlib.pyplot as plt
 
-    from benchmark.leaderboard import generate
+    from benchmark.results.leaderboard import generate
     stem = export.name.removesuffix(".runs")
     with matplotlib.rc_context():
         plt.style.use("ggplot")     # what Optuna's plots leave in a process: the page must not care

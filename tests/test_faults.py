@@ -13,22 +13,22 @@ import pytest
 import torch
 from conftest import ROOT, free_port, run_cli
 
-from benchmark.config import build_config
-from benchmark.errors import TrainingError
-from benchmark.train import run_experiment
+from benchmark.run.config import build_config
+from benchmark.core.errors import TrainingError
+from benchmark.run.train import run_experiment
 
 SLOW_SMOKE = ["train.epochs=4", "model.kwargs.base_channels=8", "train.batch_size=4",
               "train.early_stopping_patience=10"]
 
 
 def _client():
-    from benchmark.tracking import client
+    from benchmark.core.tracking import client
     return client()
 
 
 def _bench(*args, env):
     e = dict(os.environ, **env)
-    return subprocess.Popen([sys.executable, "-m", "benchmark.cli", *args], cwd=ROOT, env=e,
+    return subprocess.Popen([sys.executable, "-m", "benchmark.cli.main", *args], cwd=ROOT, env=e,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -114,7 +114,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(bench_home):
 
 
 def test_disk_full_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch):
-    from benchmark import checkpoint
+    from benchmark.core import checkpoint
     target = tmp_path / "last.pt"
     checkpoint.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, target)
     before = target.read_bytes()
@@ -182,7 +182,7 @@ def test_tracking_server_lost_mid_run_buffers_and_syncs(bench_home, tmp_path):
 @pytest.mark.slow
 def test_tuning_worker_killed_mid_trial_leaves_study_usable(bench_home):
     import optuna
-    from benchmark.tune import open_study
+    from benchmark.campaigns.tune import open_study
     env = {"LIDC_BENCH_HOME": str(bench_home)}
     args = ["tune", "--arch", "unet3d", "--preset", "smoke", "--study", "kill", "--pruner", "none", "--no-progress",
             "--fix", "arch.base_channels=8", "--fix", "train.batch_size=2", "train.epochs=5"]
@@ -205,11 +205,11 @@ def test_torchrun_two_processes_match_one(bench_home):
     env = dict(os.environ, LIDC_BENCH_HOME=str(bench_home), OMP_NUM_THREADS="1")
     common = ["run", "--arch", "unet3d", "--preset", "smoke", "--no-progress", "train.epochs=3",
               "model.kwargs.base_channels=8", "model.kwargs.norm=instance", "train.batch_size=4"]
-    one = subprocess.run([sys.executable, "-m", "benchmark.cli", *common], cwd=ROOT, env=env, capture_output=True,
+    one = subprocess.run([sys.executable, "-m", "benchmark.cli.main", *common], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                          str(free_port()), "-m", "benchmark.cli", *common], cwd=ROOT, env=env, capture_output=True,
+                          str(free_port()), "-m", "benchmark.cli.main", *common], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     cl = _client()
@@ -252,7 +252,7 @@ def test_data_workers_start_clean_beside_threads_and_a_sigterm_handler():
 
 
 def test_cli_puts_the_previous_sigterm_handler_back():
-    from benchmark.cli import main
+    from benchmark.cli.main import main
 
     def mine(*_):
         pass

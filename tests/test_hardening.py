@@ -23,17 +23,17 @@ import pytest
 import torch
 from conftest import ROOT, run_cli
 
-from benchmark.checkpoint import load_checkpoint, save_checkpoint
-from benchmark.cli import main
-from benchmark.config import build_config
-from benchmark.errors import DataError, TrainingError, UsageError
+from benchmark.core.checkpoint import load_checkpoint, save_checkpoint
+from benchmark.cli.main import main
+from benchmark.run.config import build_config
+from benchmark.core.errors import DataError, TrainingError, UsageError
 
 TINY = ["train.epochs=1", "train.steps_per_epoch=1", "model.kwargs.base_channels=4", "eval.overlays=false",
         "eval.latency_repeats=1"]
 
 
 def _client():
-    from benchmark.tracking import client
+    from benchmark.core.tracking import client
     return client()
 
 
@@ -44,7 +44,7 @@ def store_home(bench_home):
 
 
 def _new_run(status: str | None = None, tags: dict | None = None) -> str:
-    from benchmark.tracking import Tracker
+    from benchmark.core.tracking import Tracker
     t = Tracker.start("probe", tags or {})
     if status:
         t.client.set_terminated(t.run_id, status)
@@ -53,7 +53,7 @@ def _new_run(status: str | None = None, tags: dict | None = None) -> str:
 
 def _valid_state(run_id: str | None, **cfg_overrides) -> dict:
     cfg = build_config("smoke", TINY, **{"model.arch": "unet3d"})
-    from benchmark.train import build_model
+    from benchmark.run.train import build_model
     return {"epoch": 1, "model": build_model(cfg).state_dict(), "optimizer": {}, "scheduler": {}, "scaler": {},
             "best": {"val_dice": 0.1, "epoch": 1, "bad_epochs": 0}, "history": [], "train_seconds": 1.0,
             "config": cfg.model_dump(mode="json"), "run_id": run_id}
@@ -99,7 +99,7 @@ class _Payload:
 
 @pytest.mark.parametrize("bad", ["../../../x", "runs/checkpoints/abc", "0" * 31, "G" * 32, ""])
 def test_a_run_id_is_never_joined_into_a_path(bad, bench_home):
-    from benchmark.paths import checkpoints_dir
+    from benchmark.core.paths import checkpoints_dir
     with pytest.raises(UsageError, match="not an MLflow run id"):
         checkpoints_dir(bad)
 
@@ -160,7 +160,7 @@ def test_a_checkpoint_without_digest_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_checkpoint_with_invalid_config_or_foreign_weights_is_one_line(store_home, capsys):
-    from benchmark.paths import checkpoints_dir
+    from benchmark.core.paths import checkpoints_dir
     rid = _new_run("KILLED")
     bad_cfg = _valid_state(rid)
     bad_cfg["config"]["train"]["steps_per_epoch"] = -1
@@ -179,7 +179,7 @@ def test_checkpoint_with_invalid_config_or_foreign_weights_is_one_line(store_hom
 # ----------------------------------------------------------------------------- 5. resume
 @pytest.mark.slow
 def test_finished_run_is_not_resumed(store_home, capsys):
-    from benchmark.paths import checkpoints_dir
+    from benchmark.core.paths import checkpoints_dir
     rid = _new_run("FINISHED")
     save_checkpoint(_valid_state(rid), checkpoints_dir(rid) / "last.pt")
     assert main(["run", "--resume", rid]) == 2
@@ -201,7 +201,7 @@ def test_run_killed_before_its_first_checkpoint_does_not_stay_running(store_home
 
 @pytest.mark.slow
 def test_resumed_tracker_logs_each_metric_step_once(store_home):
-    from benchmark.tracking import Tracker, load_settings
+    from benchmark.core.tracking import Tracker, load_settings
     rid = _new_run("KILLED")
     first = Tracker(_client(), rid, load_settings())
     first.log_metrics({"train_seconds": 5.0, "epochs_completed": 2}, step=2)
@@ -223,9 +223,9 @@ def test_kill_after_evaluation_then_resume_logs_nothing_twice_and_frees_disk(sto
     """A run stopped after its test metrics were logged (as by a SIGKILL in final logging) is
     resumed once: one value per metric, then its checkpoints leave the disk; resuming it
     again is refused."""
-    import benchmark.evaluate as ev
-    from benchmark.paths import checkpoints_dir
-    from benchmark.train import run_experiment
+    import benchmark.run.evaluate as ev
+    from benchmark.core.paths import checkpoints_dir
+    from benchmark.run.train import run_experiment
     real = ev.evaluate_run
 
     def evaluate_then_die(*a, **k):
@@ -269,7 +269,7 @@ def test_tune_gives_up_after_consecutive_failures(bench_home):
     assert err[-1].startswith("error: study loop: 3 trials failed in a row")
     assert "could not convert string to float: 'abc'" in err[-1]
     import optuna
-    from benchmark.tune import open_study
+    from benchmark.campaigns.tune import open_study
     study, _ = open_study("loop", None, 1, None, create=False)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3
     parent = _client().get_run(study.user_attrs["mlflow_parent_run_id"])
@@ -278,8 +278,8 @@ def test_tune_gives_up_after_consecutive_failures(bench_home):
 
 @pytest.mark.slow
 def test_two_tuners_starting_together_make_one_parent_run(store_home, monkeypatch):
-    from benchmark import tracking
-    from benchmark.tune import ensure_parent_run, open_study
+    from benchmark.core import tracking
+    from benchmark.campaigns.tune import ensure_parent_run, open_study
     study, label = open_study("together", None, 2, {"arch": "unet3d", "loss": "dice_bce", "preset": "smoke"})
     real_start = tracking.Tracker.start.__func__
 
@@ -309,12 +309,12 @@ def test_two_tuners_starting_together_make_one_parent_run(store_home, monkeypatc
 
 @pytest.mark.slow
 def test_tuning_trial_checkpoints_are_removed_when_it_ends(store_home):
-    from benchmark.tune import open_study, run_worker
+    from benchmark.campaigns.tune import open_study, run_worker
     meta = {"arch": "unet3d", "loss": "dice_bce", "preset": "smoke"}
     run_worker("disk", None, 1, meta, TINY, {"train.batch_size": 4}, {}, "none", show_progress=False)
     study, _ = open_study("disk", None, 1, None, create=False)
     rid = study.trials[0].user_attrs["mlflow_run_id"]
-    from benchmark.paths import checkpoints_dir
+    from benchmark.core.paths import checkpoints_dir
     assert checkpoints_dir(rid).is_dir()      # the trial did write there (learning curve ...)
     assert not list(checkpoints_dir(rid).glob("*.pt*"))
 
@@ -326,7 +326,7 @@ def test_fix_value_that_is_not_yaml_is_one_line(empty_home, capsys):
 
 
 # ----------------------------------------------------------------------------- 2. the SQLite store
-_START_RUN = ("import sys; from benchmark.tracking import Tracker; "
+_START_RUN = ("import sys; from benchmark.core.tracking import Tracker; "
               "t = Tracker.start('p' + sys.argv[1], {}); t.finish(); print(t.run_id)")
 
 
@@ -373,8 +373,8 @@ def test_half_migrated_store_is_repaired(empty_home):
 # ----------------------------------------------------------------------------- 8. bench sync
 @pytest.mark.slow
 def test_sync_checks_its_buffer(store_home, tmp_path, capsys):
-    from benchmark.paths import offline_dir
-    from benchmark.tracking import sync_offline
+    from benchmark.core.paths import offline_dir
+    from benchmark.core.tracking import sync_offline
     rid = _new_run()
     cl = _client()
     buf = offline_dir() / f"{rid}.jsonl"
@@ -412,7 +412,7 @@ def test_sync_checks_its_buffer(store_home, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_offline_artifact_is_buffered_as_a_copy_sync_accepts(store_home, tmp_path):
-    from benchmark.tracking import Tracker, sync_offline
+    from benchmark.core.tracking import Tracker, sync_offline
     rid = _new_run()
     t = Tracker.resume(rid)
     t._warned = True  # the server is gone: everything goes to the buffer

@@ -95,8 +95,49 @@ def test_finder_sees_a_cycle():
 
 def test_graph_reads_lazy_imports():
     g = import_graph()
-    assert "benchmark.config" in g["benchmark.cli"] or "benchmark.run_args" in g["benchmark.cli"]
-    assert "benchmark.errors" in g["benchmark.config"]
+    # generate() imports the tracking module inside the function, only when it reads MLflow
+    assert "benchmark.core.tracking" in g["benchmark.results.leaderboard.generate"]
+    assert "benchmark.core.errors" in g["benchmark.run.config"]
+
+
+#: the layers of the engine, lowest first: a module may import its own layer and the ones before it.
+#: core (errors, paths, tracking, checkpoints) -> data, losses and architectures (what a run is made
+#: of) -> run (one training run: config, train, evaluate, predict) -> results (exports, statistics,
+#: leaderboard pages: they read runs, never the machinery that made them) -> campaigns (many runs:
+#: tuning, suites, protocols, searches) -> cli (the `bench` commands).
+LAYERS = (("core",), ("data", "losses", "architectures"), ("run",), ("results",), ("campaigns",), ("cli",))
+
+
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    name = "architectures" if parts[0] == "architectures" else (parts[1] if len(parts) > 1 else "core")
+    for level, names in enumerate(LAYERS):
+        if name in names:
+            return level
+    raise AssertionError(f"{module} sits in no layer: put it in one of the folders {LAYERS}")
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
+                  for m, deps in graph.items() for d in deps if layer_of(d) > layer_of(m))
+
+
+def test_layer_check_sees_a_climb():
+    assert layer_violations({"benchmark.run.train": {"benchmark.core.errors"}}) == []
+    assert layer_violations({"benchmark.results.x": {"benchmark.campaigns.protocol"}}) == [
+        "benchmark.results.x (results) imports benchmark.campaigns.protocol (campaigns)"]
+
+
+def test_every_module_sits_in_a_layer():
+    for module in import_graph():
+        layer_of(module)  # raises for a module outside the folders
+    top = {p.name for p in (ROOT / "benchmark").iterdir() if p.suffix == ".py" and p.name != "__init__.py"}
+    assert top == set(), f"modules outside the layer folders: {sorted(top)}"
+
+
+def test_imports_only_go_down_the_layers():
+    climbs = layer_violations(import_graph())
+    assert climbs == [], "imports that climb a layer: " + "; ".join(climbs)
 
 
 def test_no_import_cycles():
@@ -115,8 +156,8 @@ def _external_imports(path: Path) -> set[str]:
 
 
 def test_only_the_tracking_module_imports_mlflow():
-    """Every MLflow call goes through ``benchmark.tracking`` (its docstring's promise): no other
+    """Every MLflow call goes through ``benchmark.core.tracking`` (its docstring's promise): no other
     module of the engine imports mlflow, lazily or not."""
     importers = sorted(str(p.relative_to(ROOT)) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
                        if "mlflow" in _external_imports(p))
-    assert importers == ["benchmark/tracking.py"]
+    assert importers == ["benchmark/core/tracking.py"]

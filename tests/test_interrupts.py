@@ -1,5 +1,5 @@
 """Ctrl-C and SIGTERM never land half way through a checkpoint or an MLflow write
-(``benchmark.interrupts``): they are held until the write ends, then raised."""
+(``benchmark.core.interrupts``): they are held until the write ends, then raised."""
 import os
 import signal
 import threading
@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from benchmark.interrupts import Terminated, held, install_handlers, restore_handlers
+from benchmark.core.interrupts import Terminated, held, install_handlers, restore_handlers
 
 pytestmark = pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
                                 reason="signals reach the main thread only")
@@ -56,7 +56,7 @@ def test_sigterm_inside_torch_save_leaves_a_whole_checkpoint_and_then_terminates
     """SIGTERM arriving while the checkpoint's bytes are written: raised there, the zip writer's
     cleanup turned it into a RuntimeError ("unexpected pos") and the run ended FAILED, not
     KILLED. Held, the checkpoint is written whole, loads, and Terminated follows."""
-    from benchmark.checkpoint import load_checkpoint, save_checkpoint
+    from benchmark.core.checkpoint import load_checkpoint, save_checkpoint
     real_save = torch.save
 
     class KilledMidWrite:
@@ -85,7 +85,7 @@ def test_sigterm_inside_an_mlflow_call_lets_the_call_complete(bench_handlers, be
     """A run's status, params and metrics go through ``Tracker``: a kill arriving inside one of
     its calls waits for the call, so the store is never left with half of it (or with a run
     RUNNING whose process is gone: the status call itself is held too)."""
-    from benchmark.tracking import Tracker, client, experiment_id, load_settings
+    from benchmark.core.tracking import Tracker, client, experiment_id, load_settings
     settings = load_settings()
     cl = client(settings)
     run_id = cl.create_run(experiment_id(cl, settings)).info.run_id

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.errors import UsageError
+from benchmark.core.errors import UsageError
 
 ARCH_LOSSES = [("unet3d", "dice_bce"), ("unet3d", "dice")]
 SEEDS = 2
@@ -27,7 +27,7 @@ SMALL = ["model.kwargs.base_channels=4", "train.epochs=1"]
 
 
 def _client():
-    from benchmark.tracking import client
+    from benchmark.core.tracking import client
     return client()
 
 
@@ -54,7 +54,7 @@ def store_home(tmp_path_factory):
     mp.setenv("LIDC_BENCH_HOME", str(home))
     mp.delenv("LIDC_BENCH_TRACKING_URI", raising=False)
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from benchmark.suite import run_suite
+    from benchmark.campaigns.suite import run_suite
     res = run_suite("smoke", archs=["unet3d"], losses=["dice_bce", "dice"], seeds=SEEDS, overrides=SMALL,
                     show_progress=False)
     assert not res.failed, res.failed
@@ -74,7 +74,7 @@ def at_store(store_home, monkeypatch):
 
 @pytest.mark.slow
 def test_leaderboard_numbers_match_the_per_nodule_csvs(at_store, tmp_path, capsys):
-    from benchmark.cli import main
+    from benchmark.cli.main import main
     home, res = at_store
     assert main(["leaderboard", "--preset", "smoke", "--out", str(tmp_path / "lb")]) == 0
     printed = capsys.readouterr().out
@@ -124,7 +124,7 @@ def test_leaderboard_numbers_match_the_per_nodule_csvs(at_store, tmp_path, capsy
     assert "inter_reader" in files[".md"].read_text()
 
     # deterministic given the runs
-    from benchmark.leaderboard import generate
+    from benchmark.results.leaderboard import generate
     generate(preset="smoke", out_dir=tmp_path / "again", log_to_mlflow=False)
     for suffix, path in files.items():
         assert (tmp_path / "again" / path.name).read_bytes() == path.read_bytes(), suffix
@@ -138,7 +138,7 @@ def test_leaderboard_numbers_match_the_per_nodule_csvs(at_store, tmp_path, capsy
 
 @pytest.mark.slow
 def test_incompatible_runs_are_kept_apart(store_home, bench_home, tmp_path):
-    from benchmark.leaderboard import generate
+    from benchmark.results.leaderboard import generate
     home, res = store_home
     shutil.copy(home / "runs" / "mlflow.db", bench_home / "runs" / "mlflow.db")   # artifacts stay where they are
     cl = _client()
@@ -173,7 +173,7 @@ def test_incompatible_runs_are_kept_apart(store_home, bench_home, tmp_path):
 
 @pytest.mark.slow
 def test_second_suite_invocation_creates_no_runs(at_store, capsys):
-    from benchmark.cli import main
+    from benchmark.cli.main import main
     cl = _client()
     before = {r.info.run_id for r in _all_runs(cl) if r.data.tags.get("kind") != "leaderboard"}
     # overrides after --losses are handed back to the overrides, as a user would type them
@@ -187,7 +187,7 @@ def test_second_suite_invocation_creates_no_runs(at_store, capsys):
 
 
 def test_plan_applies_per_architecture_overrides_and_rejects_typos():
-    from benchmark.suite import plan_cells
+    from benchmark.campaigns.suite import plan_cells
     cells = plan_cells("smoke", archs=["unet3d", "transfuse"], seeds=2,
                        overrides=["train.epochs=1", "unet3d:model.kwargs.base_channels=4"])
     models = [c for c in cells if not c.reference]
@@ -203,7 +203,7 @@ def test_plan_applies_per_architecture_overrides_and_rejects_typos():
 
 
 def test_holm_matches_hand_computation():
-    from benchmark.leaderboard import holm
+    from benchmark.results.leaderboard import holm
     # sorted p: .01 (x3 = .03), .02 (x2 = .04), .04 (x1 = .04, kept monotone)
     assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
     got = holm([0.5, float("nan"), 0.6])
@@ -224,8 +224,8 @@ def _copy_store(store_home, bench_home) -> None:
 
 def _interrupted_run() -> str:
     """Train the next seed's cell until Ctrl-C after its first epoch; its run id (KILLED)."""
-    from benchmark.config import build_config
-    from benchmark.train import run_experiment
+    from benchmark.run.config import build_config
+    from benchmark.run.train import run_experiment
     cfg = build_config("smoke", SMALL, **{"model.arch": "unet3d", "loss.name": "dice_bce", "train.seed": SEEDS})
 
     def stop(epoch, metrics):
@@ -242,7 +242,7 @@ def _interrupted_run() -> str:
 def test_interrupted_cell_is_resumed_not_restarted(store_home, bench_home, how):
     """ctrl_c: the run marked itself KILLED. sigkill: it could not, so it still reads RUNNING,
     but the pid it recorded on this host is gone."""
-    from benchmark.suite import run_suite
+    from benchmark.campaigns.suite import run_suite
     _copy_store(store_home, bench_home)
     killed = _interrupted_run()
     cl = _client()
@@ -260,7 +260,7 @@ def test_interrupted_cell_is_resumed_not_restarted(store_home, bench_home, how):
 
 @pytest.mark.slow
 def test_run_alive_in_another_process_is_left_alone(store_home, bench_home):
-    from benchmark.suite import run_suite
+    from benchmark.campaigns.suite import run_suite
     _copy_store(store_home, bench_home)
     running = _interrupted_run()
     cl = _client()
@@ -285,7 +285,7 @@ def test_two_suite_workers_share_the_matrix_without_duplicates(store_home, bench
     new_seeds = 2
     env = dict(os.environ, LIDC_BENCH_HOME=str(bench_home), OMP_NUM_THREADS="1",
                MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="false")
-    cmd = [sys.executable, "-m", "benchmark.cli", "suite", "--preset", "smoke", "--archs", "unet3d",
+    cmd = [sys.executable, "-m", "benchmark.cli.main", "suite", "--preset", "smoke", "--archs", "unet3d",
            "--losses", "dice_bce", "--seeds", str(SEEDS + new_seeds), "--no-progress", *SMALL]
     procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -303,7 +303,7 @@ def test_two_suite_workers_share_the_matrix_without_duplicates(store_home, bench
 @pytest.mark.slow
 def test_cell_whose_worker_dies_during_the_pass_is_resumed_on_the_second_look(store_home, bench_home,
                                                                                monkeypatch):
-    import benchmark.suite as suite
+    import benchmark.campaigns.suite as suite
     _copy_store(store_home, bench_home)
     held = _interrupted_run()
     cl = _client()
@@ -329,7 +329,7 @@ def test_cell_whose_worker_dies_during_the_pass_is_resumed_on_the_second_look(st
 def test_a_run_never_cut_short_counts_for_a_larger_patience(store_home, bench_home):
     """Raising only the early-stopping patience does not retrain runs that early stopping never
     stopped (also for runs logged before the budget-fingerprint tag existed)."""
-    from benchmark.suite import run_suite
+    from benchmark.campaigns.suite import run_suite
     _copy_store(store_home, bench_home)
     cl = _client()
     models = [r for r in _all_runs(cl) if "config.budget_fingerprint" in r.data.tags and r.data.tags["preset"] == "smoke"]
@@ -347,7 +347,7 @@ def test_a_run_never_cut_short_counts_for_a_larger_patience(store_home, bench_ho
 
 
 def test_leaderboard_merges_runs_that_differ_only_in_an_unused_patience():
-    from benchmark.leaderboard import RunRecord, make_rows
+    from benchmark.results.leaderboard import RunRecord, make_rows
 
     def record(rid, seed, patience, stopped):
         cfg = {"name": None, "train": {"seed": seed, "epochs": 20, "early_stopping_patience": patience}}
@@ -366,7 +366,7 @@ def test_leaderboard_merges_runs_that_differ_only_in_an_unused_patience():
 
 def _synthetic_record(run_id, arch, loss, seed, dice, part=None, empty=None, variant=0):
     """A RunRecord with a made-up per-nodule table (no MLflow, no training)."""
-    from benchmark.leaderboard import RunRecord
+    from benchmark.results.leaderboard import RunRecord
     n = len(dice)
     df = pd.DataFrame({"nodule_id": [f"n{i}" for i in range(n)], "dice": dice, "nsd": dice,
                        "hd95_mm": np.where(np.asarray(dice) == 0, 96.0, 3.0),
@@ -381,7 +381,7 @@ def _synthetic_record(run_id, arch, loss, seed, dice, part=None, empty=None, var
 
 
 def test_sections_gain_loss_study_and_empty_count_on_synthetic_runs():
-    from benchmark.leaderboard import build_sections, render_markdown, table_key
+    from benchmark.results.leaderboard import build_sections, render_markdown, table_key
     g = np.random.default_rng(0)
     n = 30
     base = g.uniform(0.4, 0.6, n)
@@ -410,7 +410,7 @@ def test_sections_gain_loss_study_and_empty_count_on_synthetic_runs():
 def test_a_rows_latency_is_its_fastest_seeds_and_its_training_time_the_mean():
     """Three seeds time one network: a pass slowed by other work on the cores (bixnas: 425 ms
     beside 16 and 17 ms) must not become the row's latency, as the mean made it (152.9 ms)."""
-    from benchmark.leaderboard import build_sections, render_markdown, table_key
+    from benchmark.results.leaderboard import build_sections, render_markdown, table_key
     g = np.random.default_rng(0)
     runs = []
     for s, (ms, train_s) in enumerate(((425.0, 100.0), (17.0, 200.0), (16.0, 300.0))):
@@ -426,7 +426,7 @@ def test_a_rows_latency_is_its_fastest_seeds_and_its_training_time_the_mean():
 def test_a_searched_network_is_set_against_its_parent_on_both_pages():
     """bixnas's parent is bionet (architecture metadata): the page pairs their tuned rows, with
     the paired Dice difference and its interval, the costs and a reading in words."""
-    from benchmark.leaderboard import build_sections, render_html, render_markdown, table_key
+    from benchmark.results.leaderboard import build_sections, render_html, render_markdown, table_key
     from architectures import searched_parents
     assert searched_parents() == {"bixnas": "bionet", "dints": "dints_fixed"}
     g = np.random.default_rng(2)
@@ -458,7 +458,7 @@ def test_readers_vs_truth_is_a_reference_row_of_its_own():
     its own column: inter_reader against the STAPLE, readers_vs_truth against the truth. The
     ceiling's cell against the truth stays empty, the guide says what each means, and neither
     split changes the other rows' p-values."""
-    from benchmark.leaderboard import build_sections, render_markdown, table_key
+    from benchmark.results.leaderboard import build_sections, render_markdown, table_key
     g = np.random.default_rng(3)
     n = 25
     base = g.uniform(0.4, 0.6, n)
@@ -490,7 +490,7 @@ def test_readers_vs_truth_is_a_reference_row_of_its_own():
     # Holm-corrected test is the same, so the new row joined no family
     from dataclasses import replace
 
-    import benchmark.leaderboard.statistics as statistics
+    import benchmark.results.leaderboard.statistics as statistics
     unsplit_runs = [replace(r, per_nodule=r.per_nodule.drop(columns=["dice_vs_truth"]))
                     if r.arch == "inter_reader" else r for r in runs]
     unsplit = build_sections(table_key(runs[0]), unsplit_runs, n_boot=200)
@@ -503,7 +503,7 @@ def test_readers_vs_truth_is_a_reference_row_of_its_own():
 
 def _page_with_references(n_models=4):
     """A default-settings table of ``n_models`` models (with MACs) and two reference rows."""
-    from benchmark.leaderboard import build_sections, table_key
+    from benchmark.results.leaderboard import build_sections, table_key
     g = np.random.default_rng(1)
     base = g.uniform(0.3, 0.7, 20)
     runs = []
@@ -536,7 +536,7 @@ def _colours_by_row(fig, labels) -> dict:
 def test_every_plot_gives_each_row_its_own_colour_and_the_same_one_in_every_plot():
     import matplotlib.pyplot as plt
 
-    from benchmark.leaderboard.plots import make_figures, row_styles
+    from benchmark.results.leaderboard.plots import make_figures, row_styles
     lb = _page_with_references()
     labels = [r.label for r in lb.rows]
     styles = {label: s.colour.lower() for label, s in row_styles(lb.rows).items()}
@@ -553,7 +553,7 @@ def test_every_plot_gives_each_row_its_own_colour_and_the_same_one_in_every_plot
 
 
 def test_more_rows_than_colours_still_tells_rows_apart():
-    from benchmark.leaderboard.plots import PALETTE, row_styles
+    from benchmark.results.leaderboard.plots import PALETTE, row_styles
     rows = [SimpleNamespace(label=f"row{i}") for i in range(2 * len(PALETTE) + 3)]
     styles = list(row_styles(rows).values())
     assert len({s.colour for s in styles[:len(PALETTE)]}) == len(PALETTE)
@@ -563,7 +563,7 @@ def test_more_rows_than_colours_still_tells_rows_apart():
 def test_page_says_how_to_read_the_table_and_keeps_intervals_apart_in_html():
     from html import escape
 
-    from benchmark.leaderboard import render_html, render_markdown
+    from benchmark.results.leaderboard import render_html, render_markdown
     lb = _page_with_references()
     md, page = render_markdown(lb), render_html(lb, {})
     assert "## How to read this table" in md and "<h2>How to read this table</h2>" in page
@@ -584,8 +584,8 @@ def test_page_says_how_to_read_the_table_and_keeps_intervals_apart_in_html():
 def test_export_recomputes_the_page_byte_for_byte_and_registers_the_top_model(at_store, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from benchmark.leaderboard import generate
-    from benchmark.tracking import load_settings
+    from benchmark.results.leaderboard import generate
+    from benchmark.core.tracking import load_settings
     [made] = generate(preset="smoke", out_dir=tmp_path / "a", export=True, log_to_mlflow=False, register_top=True)
     export = tmp_path / "a" / "lidc-phantom-smoke.runs"
     assert export in made.files and (export / "manifest.json").is_file()
@@ -611,8 +611,8 @@ def test_export_keeps_the_studies_behind_tuned_rows(store_home, bench_home, tmp_
 
     import optuna
 
-    from benchmark.leaderboard import generate
-    from benchmark.tune import default_storage_path
+    from benchmark.results.leaderboard import generate
+    from benchmark.core.optuna_storage import default_storage_path
     _copy_store(store_home, bench_home)
     cl = _client()
     for run in _all_runs(cl):
@@ -638,14 +638,14 @@ def test_export_keeps_the_studies_behind_tuned_rows(store_home, bench_home, tmp_
 
 
 def test_a_metric_the_specification_marks_as_a_column_reaches_every_table(monkeypatch):
-    """Adding a leaderboard column is one entry in ``benchmark.metrics.METRIC_SPECS``: ASSD made a
+    """Adding a leaderboard column is one entry in ``benchmark.run.metrics.METRIC_SPECS``: ASSD made a
     column (with a median, and in the loss study) shows up in the main and loss tables and the CSV
     with its heading, digits, interval and median, and a run without the column is refused."""
     import dataclasses
 
-    import benchmark.metrics as metrics
-    from benchmark.leaderboard import build_sections, render_csv, table_cells, table_key
-    from benchmark.leaderboard.collect import _record
+    import benchmark.run.metrics as metrics
+    from benchmark.results.leaderboard import build_sections, render_csv, table_cells, table_key
+    from benchmark.results.leaderboard.collect import _record
     specs = [dataclasses.replace(s, leaderboard=3, median=True, loss_study=True) if s.key == "assd_mm" else s
              for s in metrics.METRIC_SPECS]
     monkeypatch.setattr(metrics, "METRIC_SPECS", tuple(specs))
@@ -674,7 +674,7 @@ def test_a_metric_the_specification_marks_as_a_column_reaches_every_table(monkey
 
 
 def test_metric_specification_names_every_metric_once():
-    from benchmark.metrics import METRIC_SPECS, METRICS, leaderboard_columns, metric_spec, truth_columns
+    from benchmark.run.metrics import METRIC_SPECS, METRICS, leaderboard_columns, metric_spec, truth_columns
     assert len(set(METRICS)) == len(METRICS) == len(METRIC_SPECS)
     assert leaderboard_columns() == ("dice", "nsd", "hd95_mm") and truth_columns() == ("dice_vs_truth",)
     assert metric_spec("dice_vs_truth").heading(what="vs truth") == "Dice vs truth"

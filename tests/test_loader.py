@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.config import build_config
+from benchmark.run.config import build_config
 from benchmark.data.augment import gather_windows
 from benchmark.data.loader import (EpochBatchSampler, PatchDataset, TrainBatches, center_batches,
                                    resolve_num_workers, to_model_input)
-from benchmark.train import DistInfo, Trainer
+from benchmark.run.train import DistInfo, Trainer
 
 SMOKE = ["model.kwargs.base_channels=4", "train.epochs=3"]
 
@@ -163,7 +163,7 @@ def test_no_device_sync_in_cuda_training_steps(smoke):
     trainer = Trainer(cfg, store, torch.device("cuda"), DistInfo())
     trainer.train_epoch(0, show_progress=False)            # warm-up: allocations, cuDNN choices
     torch.cuda.synchronize()
-    import benchmark.train as T
+    import benchmark.run.train as T
     every = T.LOSS_CHECK_EVERY
     T.LOSS_CHECK_EVERY = 10**6
     trainer.batches.sampler.steps = 3

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark.errors import UsageError
+from benchmark.core.errors import UsageError
 from benchmark.losses import DeepSupervisionLoss, create_loss, list_losses, loss_entry
 from benchmark.losses.residual_moment import ResidualMomentLoss
 

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.errors import DataError
-from benchmark.metrics import METRICS, SIZE_BINS, TEXTURES, aggregate, empty_penalty_mm, nodule_metrics, size_bin
+from benchmark.core.errors import DataError
+from benchmark.run.metrics import METRICS, SIZE_BINS, TEXTURES, aggregate, empty_penalty_mm, nodule_metrics, size_bin
 
 torch.set_num_threads(1)
 

@@ -37,7 +37,7 @@ def test_every_declared_entry_is_what_its_module_registers():
     with pytest.raises(ValueError, match="not declared"):
         architectures.register_architecture("not_in_the_table")(lambda **kw: None)
     # and a declared entry refuses metadata from its decorator (one place defines it)
-    from benchmark.registry import Registry
+    from benchmark.core.registry import Registry
     r = Registry("thing")
     r.declare("a", __name__, family="F")
     with pytest.raises(ValueError, match="declared with its metadata"):
@@ -55,10 +55,10 @@ def test_lazy_entry_imports_its_module_on_first_use():
 # ------------------------------------------------------------------ registry commands
 def test_archs_reports_the_size_the_preset_builds(bench_home):
     """`bench archs --preset cpu` counts the cpu run's model (preset_kwargs applied), not the paper's."""
-    from benchmark.archs_table import format_table, registry_rows
-    from benchmark.config import build_config
-    from benchmark.cost import count_parameters
-    from benchmark.train import build_model
+    from benchmark.run.archs_table import format_table, registry_rows
+    from benchmark.run.config import build_config
+    from benchmark.run.cost import count_parameters
+    from benchmark.run.train import build_model
     _, rows = registry_rows("cpu", pattern="unet3d")
     run_params = count_parameters(build_model(build_config("cpu", **{"model.arch": "unet3d"})))
     assert rows[0]["params_M"] == pytest.approx(run_params / 1e6)
@@ -72,7 +72,7 @@ def test_archs_reports_the_size_the_preset_builds(bench_home):
 def test_archs_sizes_come_from_the_cache_until_what_they_depend_on_changes(bench_home, monkeypatch):
     """The second `bench archs` builds no model (that is what keeps it under 10 s); a change in
     the preset's kwargs (or the code, or a library version: the same key) measures again."""
-    from benchmark import archs_table
+    from benchmark.run import archs_table
     _, first = archs_table.registry_rows("smoke", pattern="unet3d")
     cached = json.loads(archs_table.sizes_cache_path("smoke").read_text())
     assert len(cached) == 1 and list(cached.values())[0]["params_M"] == first[0]["params_M"]
@@ -97,7 +97,7 @@ def test_archs_sizes_come_from_the_cache_until_what_they_depend_on_changes(bench
 
 
 def test_losses_table_has_a_header_and_aligned_columns(capsys):
-    from benchmark.cli import cmd_losses
+    from benchmark.cli.main import cmd_losses
     cmd_losses(None)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["name", "aliases", "family", "paper"]
@@ -107,7 +107,7 @@ def test_losses_table_has_a_header_and_aligned_columns(capsys):
 
 
 def test_every_option_documents_its_default():
-    from benchmark.cli import build_parser
+    from benchmark.cli.main import build_parser
     text = " ".join(build_parser()._subparsers._group_actions[0].choices["ui"].format_help().split())
     assert "(default: 127.0.0.1)" in text and "(default: 5000)" in text
 
@@ -115,7 +115,7 @@ def test_every_option_documents_its_default():
 @pytest.mark.slow  # a fresh interpreter importing mlflow
 def test_mlflow_info_lines_are_silenced():
     """`import mlflow` resets its logger to MLFLOW_LOGGING_LEVEL; the CLI sets that first."""
-    code = ("import logging; from benchmark.tracking import quiet_mlflow_logging; quiet_mlflow_logging(); "
+    code = ("import logging; from benchmark.core.tracking import quiet_mlflow_logging; quiet_mlflow_logging(); "
             "import mlflow; print(logging.getLogger('mlflow').getEffectiveLevel())")
     env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_LOGGING_LEVEL"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
@@ -132,8 +132,8 @@ def smoke_run(tmp_path_factory):
     os.environ["LIDC_BENCH_HOME"] = str(home)
     os.environ.pop("LIDC_BENCH_TRACKING_URI", None)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    from benchmark.config import build_config
-    from benchmark.train import run_experiment
+    from benchmark.run.config import build_config
+    from benchmark.run.train import run_experiment
     cfg = build_config("smoke", ["train.epochs=1", "model.kwargs.base_channels=4"], **{"model.arch": "unet3d"})
     result = run_experiment(cfg, show_progress=False)
     yield {"home": home, "run_id": result.run_id, "cfg": cfg, "result": result}
@@ -151,16 +151,16 @@ def test_logged_mlflow_model_reproduces_the_run(smoke_run):
     import pandas as pd
     import torch
     from benchmark.data import load_crops
-    from benchmark.evaluate import predict_center, score
-    from benchmark.paths import checkpoints_dir
-    from benchmark.tracking import client
-    from benchmark.train import build_model
+    from benchmark.run.evaluate import predict_center, score
+    from benchmark.core.paths import checkpoints_dir
+    from benchmark.core.tracking import client
+    from benchmark.run.train import build_model
     run_id, cfg = smoke_run["run_id"], smoke_run["cfg"]
     uri = client().get_run(run_id).data.tags["model_uri"]
     loaded = mlflow.pytorch.load_model(uri, map_location="cpu")
     # same logits as the run's own best checkpoint (read weights_only; a finished run keeps it as
     # the artifact checkpoints/best.pt, its local copy is cleaned up)
-    from benchmark.predict import _download_checkpoint
+    from benchmark.run.predict import _download_checkpoint
     reference = build_model(cfg)
     reference.load_state_dict(torch.load(_download_checkpoint(run_id), weights_only=True)["model"])
     store = load_crops(cfg.data, progress=False)
@@ -182,7 +182,7 @@ def test_logged_mlflow_model_reproduces_the_run(smoke_run):
 
 @pytest.mark.slow
 def test_run_carries_source_tags_split_inputs_and_a_training_experiment(smoke_run):
-    from benchmark.tracking import EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND, client
+    from benchmark.core.tracking import EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND, client
     cl = client()
     run = cl.get_run(smoke_run["run_id"])
     tags = run.data.tags
@@ -198,8 +198,8 @@ def test_run_carries_source_tags_split_inputs_and_a_training_experiment(smoke_ru
 
 @pytest.mark.slow
 def test_register_puts_the_run_in_the_model_registry(smoke_run):
-    from benchmark.errors import UsageError
-    from benchmark.tracking import client, register_model
+    from benchmark.core.errors import UsageError
+    from benchmark.core.tracking import client, register_model
     v = register_model(smoke_run["run_id"], "lidc-smoke-test", "| unet3d | dice_bce | 0.000 |")
     got = client().get_model_version("lidc-smoke-test", v.version)
     assert got.run_id == smoke_run["run_id"] and got.description == "| unet3d | dice_bce | 0.000 |"
@@ -231,7 +231,7 @@ def test_bench_ui_leaves_nothing_behind_after_sigterm(tmp_path):
     env = {**os.environ, "LIDC_BENCH_HOME": str(tmp_path)}
     env.pop("LIDC_BENCH_TRACKING_URI", None)
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "ui", "--port", str(port)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli.main", "ui", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline:

@@ -5,7 +5,7 @@ import optuna
 import pytest
 from conftest import run_cli
 
-from benchmark.nas import _meta, budget, distinct_points, front, knee, prune_epochs
+from benchmark.campaigns.nas import _meta, budget, distinct_points, front, knee, prune_epochs
 
 
 def _study_with(points):
@@ -38,8 +38,8 @@ def test_two_phase_search_never_reads_the_test_split(bench_home, monkeypatch):
     from architectures import create_architecture
     from architectures.bixnas import Genotype, load_genotype
     from benchmark.data.store import CropStore
-    from benchmark.nas import FRONT_FILES, _study, choose, search, search_record_dir
-    from benchmark.tracking import client
+    from benchmark.campaigns.nas import FRONT_FILES, _study, choose, search, search_record_dir
+    from benchmark.core.tracking import client
     import torch
 
     real_indices = CropStore.indices
@@ -101,7 +101,7 @@ def test_committed_genotype_comes_from_a_recorded_cpu_search():
     """The committed genotype names its search, and the search record beside it (every trial)
     holds that very genotype as a front trial of a front with at least MIN_FRONT points."""
     from architectures.bixnas import GENOTYPE_PATH
-    from benchmark.nas import MIN_FRONT, search_record_dir
+    from benchmark.campaigns.nas import MIN_FRONT, search_record_dir
     committed = json.loads(GENOTYPE_PATH.read_text())
     meta = committed["meta"]
     assert meta["source"] == "bench search bixnas" and meta["preset"] == "cpu"

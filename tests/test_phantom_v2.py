@@ -181,10 +181,10 @@ def test_cache_holds_truth_and_phantom_version(index, tmp_cache):
 @pytest.mark.slow
 def test_truth_metrics_and_ceiling_rows(index, tmp_cache):
     """Scoring the truth as a prediction: vs truth it is perfect, vs the readers it is the ceiling."""
-    from benchmark.config import build_config
+    from benchmark.run.config import build_config
     from benchmark.data.store import CropStore
-    from benchmark.evaluate import score, summarize, truth_windows, flat_metrics
-    from benchmark.reference import score_inter_reader, score_phantom_ceiling
+    from benchmark.run.evaluate import score, summarize, truth_windows, flat_metrics
+    from benchmark.run.reference_rows import score_inter_reader, score_phantom_ceiling
     cfg = build_config("smoke")
     split = sp.load_split()
     ids = [n for n in index["nodule_id"] if split["nodules"][n] == "test"][:3]
@@ -192,7 +192,7 @@ def test_truth_metrics_and_ceiling_rows(index, tmp_cache):
     store = CropStore(p)
     rows = store.indices("test")
     truths = truth_windows(store, rows, cfg.data.patch_zyx)
-    from benchmark.train import center_batches
+    from benchmark.run.train import center_batches
     gts = np.concatenate([g.numpy()[:, 0] > 0.5 for _, _, g in center_batches(store, rows, 8, cfg.data.patch_zyx)])
     df = score(truths, gts, store, rows, cfg)
     scored = df[~df["gt_empty"].astype(bool)]

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from torch import nn
 
-from benchmark.errors import UsageError
-from benchmark.predict import Predictor, cut_crop, parse_point, predict_at, read_ct, read_locations, to_world
+from benchmark.core.errors import UsageError
+from benchmark.run.predict import Predictor, cut_crop, parse_point, predict_at, read_ct, read_locations, to_world
 
 SPACING = (0.7, 0.8, 2.5)      # x, y, z mm: a typical CT voxel
 SIZE = (64, 64, 28)            # x, y, z voxels
@@ -198,9 +198,9 @@ def test_predict_cli_rejects_a_path_as_run_id(tmp_path):
 def test_split_export_has_the_world_frame_of_the_index(tmp_path):
     """Crops exported from the smoke cache: centred on the index centroid (mm), GT as stored."""
     import SimpleITK as sitk
-    from benchmark.config import build_config
+    from benchmark.run.config import build_config
     from benchmark.data import load_crops
-    from benchmark.predict import export_split
+    from benchmark.run.predict import export_split
     cfg = build_config("smoke", **{"model.arch": "unet3d"})
     store = load_crops(cfg.data, progress=False)
     p = Predictor(BrightIsNodule(), store.spacing_mm, tuple(cfg.data.crop_zyx), tuple(cfg.data.patch_zyx),
@@ -221,7 +221,7 @@ def test_split_export_has_the_world_frame_of_the_index(tmp_path):
 
 def test_negative_coordinates_are_values_not_options():
     """`--at -52.1,-180,-125` is a point (argparse alone reads the value as an unknown option)."""
-    from benchmark.cli import _attach_coordinates
+    from benchmark.cli.main import _attach_coordinates
     argv = ["predict", "--at", "-52.1,-180,-125", "--at", "-.5,1,2", "--at", "3,4,5", "--run", "x"]
     assert _attach_coordinates(argv) == ["predict", "--at=-52.1,-180,-125", "--at=-.5,1,2", "--at", "3,4,5",
                                          "--run", "x"]

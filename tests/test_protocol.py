@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from benchmark.errors import UsageError
+from benchmark.core.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOLS = ROOT / "protocols"
@@ -33,7 +33,7 @@ loss_study: {archs: [unet3d, best], losses: [dice_bce, dice_bce_rm], seeds: 3}
 def test_declared_protocols_are_valid_and_fair():
     from architectures import list_architectures
     from benchmark.losses import list_losses
-    from benchmark.protocol import load_protocol
+    from benchmark.campaigns.protocol import load_protocol
     for name in ("smoke", "cpu", "paper"):
         lp = load_protocol(PROTOCOLS / f"{name}.yaml")
         assert lp.spec.preset == name and lp.spec.reference_arch == "unet3d" and len(lp.sha) == 12
@@ -54,7 +54,7 @@ def test_declared_protocols_are_valid_and_fair():
     ("surprise: 1", "surprise"),
 ])
 def test_bad_protocol_is_one_clear_error(tmp_path, change, message):
-    from benchmark.protocol import load_protocol
+    from benchmark.campaigns.protocol import load_protocol
     key = change.split(":")[0]
     text = "\n".join(line for line in GOOD.splitlines() if not line.startswith(key + ":")) + "\n" + change + "\n"
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -62,7 +62,7 @@ def test_bad_protocol_is_one_clear_error(tmp_path, change, message):
 
 
 def test_unknown_architecture_and_bad_yaml(tmp_path):
-    from benchmark.protocol import load_protocol
+    from benchmark.campaigns.protocol import load_protocol
     with pytest.raises(UsageError, match="nosuchnet"):
         load_protocol(_write(tmp_path, GOOD.replace("transfuse_s]", "nosuchnet]")))
     with pytest.raises(UsageError, match="not valid YAML"):
@@ -73,8 +73,8 @@ def test_unknown_architecture_and_bad_yaml(tmp_path):
 
 def _frozen_trial(lp, arch: str, number: int = 0, value: float = 0.5):
     """A finished trial of the protocol's study, built the way the objective builds one."""
-    from benchmark.protocol import study_meta, tuning_overrides
-    from benchmark.tune import (OVERRIDES_ATTR, ConstrainedTrial, config_from_overrides,
+    from benchmark.campaigns.protocol import study_meta, tuning_overrides
+    from benchmark.campaigns.tune import (OVERRIDES_ATTR, ConstrainedTrial, config_from_overrides,
                                 trial_run_overrides)
     meta = study_meta(lp, arch)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=number))
@@ -88,7 +88,7 @@ def _frozen_trial(lp, arch: str, number: int = 0, value: float = 0.5):
 
 
 def test_final_cell_is_the_best_trial_with_the_final_budget(tmp_path):
-    from benchmark.protocol import StudyState, load_protocol, tuned_cell
+    from benchmark.campaigns.protocol import StudyState, load_protocol, tuned_cell
     lp = load_protocol(_write(tmp_path, GOOD))
     for arch in ("unet3d", "transfuse_s"):
         best, trial_cfg = _frozen_trial(lp, arch)
@@ -110,7 +110,7 @@ def test_a_truncated_trial_is_the_beginning_of_the_final_run(tmp_path):
     """`tuning.schedule: truncated`: a trial trains the first `epochs` epochs of the final runs'
     schedule (same train.epochs, stop_after_epochs set), and its final cell trains every epoch of
     exactly that config; the compressed default gives a trial a schedule of its own."""
-    from benchmark.protocol import StudyState, load_protocol, tuned_cell
+    from benchmark.campaigns.protocol import StudyState, load_protocol, tuned_cell
     lp = load_protocol(_write(tmp_path, GOOD.replace("epochs: 2}", "epochs: 2, schedule: truncated}")))
     best, trial_cfg = _frozen_trial(lp, "unet3d")
     assert (trial_cfg.train.epochs, trial_cfg.train.stop_after_epochs) == (20, 2)
@@ -125,7 +125,7 @@ def test_a_truncated_trial_is_the_beginning_of_the_final_run(tmp_path):
 
 
 def test_loss_study_takes_the_runner_up_when_unet3d_is_best(tmp_path):
-    from benchmark.protocol import StudyState, load_protocol, loss_study_archs
+    from benchmark.campaigns.protocol import StudyState, load_protocol, loss_study_archs
     text = GOOD.replace("[unet3d, transfuse_s]", "[unet3d, transfuse_s, nnunet_plain]")
     lp = load_protocol(_write(tmp_path, text))
     states = {a: StudyState(a, a, 4, 4, _frozen_trial(lp, a, value=v)[0])
@@ -138,7 +138,7 @@ def test_loss_study_takes_the_runner_up_when_unet3d_is_best(tmp_path):
 def test_loss_study_cap_is_declared_and_skips_only_what_it_costs_too_much(tmp_path):
     """`best_max_hours` keeps an architecture whose loss study costs more than the cap out of the
     choice of 'best' (SwinUNETR on two cores), whatever its validation Dice; the next best takes it."""
-    from benchmark.protocol import StudyState, load_protocol, loss_study_archs, loss_study_hours
+    from benchmark.campaigns.protocol import StudyState, load_protocol, loss_study_archs, loss_study_hours
     text = (GOOD.replace("[unet3d, transfuse_s]", "[unet3d, transfuse_s, nnunet_plain]")
             .replace("dice_bce_rm], seeds: 3}", "dice_bce_rm], seeds: 3, best_max_hours: 1}")
             + "seconds_per_epoch: {unet3d: 10, transfuse_s: 200, nnunet_plain: 10}\n")
@@ -157,9 +157,9 @@ def test_best_does_not_wait_for_an_architecture_that_cannot_be_chosen(tmp_path, 
     (SwinUNETR's 10.9 h on two cores) does not hold the choice up: 'best' is decided once the
     candidates are tuned, and in this process its loss cells run right after the last
     candidate's default runs, before the expensive architecture is tuned."""
-    import benchmark.protocol as protocol
-    import benchmark.suite as suite
-    from benchmark.protocol import StudyState, load_protocol, loss_study_archs
+    import benchmark.campaigns.protocol as protocol
+    import benchmark.campaigns.suite as suite
+    from benchmark.campaigns.protocol import StudyState, load_protocol, loss_study_archs
     text = (GOOD.replace("[unet3d, transfuse_s]", "[unet3d, nnunet_plain, transfuse_s]")
             .replace("dice_bce_rm], seeds: 3}", "dice_bce_rm], seeds: 3, best_max_hours: 1}")
             + "seconds_per_epoch: {unet3d: 10, transfuse_s: 200, nnunet_plain: 10}\n"
@@ -198,7 +198,7 @@ def test_searched_architectures_wait_for_a_recorded_search_on_the_protocols_pres
     import json
 
     from architectures import architecture_entry, searched_genotype_problem
-    from benchmark.protocol import StudyState, load_protocol, loss_study_archs, waiting_for_search
+    from benchmark.campaigns.protocol import StudyState, load_protocol, loss_study_archs, waiting_for_search
     entry = architecture_entry("dints")
     monkeypatch.setitem(entry.meta, "genotype", str(tmp_path / "dints_genotype.json"))
     text = GOOD.replace("[unet3d, transfuse_s]", "[unet3d, dints]")
@@ -219,10 +219,10 @@ def test_a_named_loss_study_architecture_does_not_wait_for_best(tmp_path, monkey
     """While 'best' is undecided (dints waits for its search), unet3d's loss cells run as soon as
     its own study is done: in this process right after its default runs, on a cluster in the
     loss stage."""
-    import benchmark.protocol as protocol
-    import benchmark.suite as suite
+    import benchmark.campaigns.protocol as protocol
+    import benchmark.campaigns.suite as suite
     from architectures import architecture_entry
-    from benchmark.protocol import StudyState, load_protocol
+    from benchmark.campaigns.protocol import StudyState, load_protocol
     monkeypatch.setitem(architecture_entry("dints").meta, "genotype", str(tmp_path / "none.json"))
     path = _write(tmp_path, GOOD.replace("[unet3d, transfuse_s]", "[unet3d, dints]")
                   .replace("final: {seeds: 3}", "final: {seeds: 3}\ndefaults: {seeds: 3, references: false}"))
@@ -251,7 +251,7 @@ def test_a_named_loss_study_architecture_does_not_wait_for_best(tmp_path, monkey
 def test_status_builds_no_crop_cache(bench_home, tmp_path, monkeypatch):
     """`bench protocol status` is a look at the store: on a machine without the crop cache it
     reports the cells as not done and builds nothing (it once spent 7 minutes building crops)."""
-    from benchmark.protocol import protocol_status
+    from benchmark.campaigns.protocol import protocol_status
     cache = tmp_path / "empty-cache"
     monkeypatch.setenv("LIDC_BENCH_CACHE", str(cache))
     status = protocol_status(PROTOCOLS / "cpu.yaml")
@@ -262,9 +262,9 @@ def test_status_builds_no_crop_cache(bench_home, tmp_path, monkeypatch):
 def test_time_limit_refuses_what_would_not_end_in_time_and_everything_after(bench_home, tmp_path):
     """`--hours`: a trial or run is started only if its estimate (seconds_per_epoch) ends within
     the limit; once one is refused the protocol stops in its own order; no estimate, no refusal."""
-    from benchmark.config import build_config
-    from benchmark.protocol import TimeLimit, load_protocol
-    from benchmark.suite import Cell
+    from benchmark.run.config import build_config
+    from benchmark.campaigns.protocol import TimeLimit, load_protocol
+    from benchmark.campaigns.suite import Cell
     lp = load_protocol(_write(tmp_path, GOOD + "seconds_per_epoch: {unet3d: 10, transfuse_s: 1000}\n"))
     limit = TimeLimit(lp, hours=1.0)
     assert limit.trial("unet3d") is None                      # 2 epochs x 10 s x the largest tuning batch
@@ -283,9 +283,9 @@ def test_pause_runs_starts_a_run_whose_next_epoch_fits_and_pauses_it_when_the_ne
     """`--hours --pause-runs`: a run needs one epoch's time to start, not its whole budget; its
     pause check lets it go on while the epoch just trained fits in the time left, and once it
     does not, pauses it and stops the protocol; trials still need all of their time."""
-    from benchmark.config import build_config
-    from benchmark.protocol import TimeLimit, load_protocol
-    from benchmark.suite import Cell
+    from benchmark.run.config import build_config
+    from benchmark.campaigns.protocol import TimeLimit, load_protocol
+    from benchmark.campaigns.suite import Cell
     lp = load_protocol(_write(tmp_path, GOOD + "seconds_per_epoch: {unet3d: 10, transfuse_s: 1000}\n"))
     cfg = build_config("cpu", ["train.batch_size=16"], **{"model.arch": "unet3d"})   # the preset's: 8
     big = Cell("transfuse_s", "dice_bce", 0, cfg)                       # 20 epochs x 1000 s x 2
@@ -305,7 +305,7 @@ def test_pause_runs_starts_a_run_whose_next_epoch_fits_and_pauses_it_when_the_ne
 
 
 def test_pause_runs_needs_hours(bench_home, tmp_path):
-    from benchmark.cli import main
+    from benchmark.cli.main import main
     path = _write(tmp_path, GOOD.replace("preset: cpu", "preset: smoke"))
     assert main(["protocol", "run", str(path), "--pause-runs", "--no-progress"]) == 2
 
@@ -314,9 +314,9 @@ def test_a_preset_without_batch_or_epochs_is_costed_at_the_run_configs_defaults(
     """The cost estimates read a preset's batch and epochs in one place each, and a preset that
     sets neither is costed at what its runs train with (the run config's defaults, 16 and 100);
     they once fell back to three different figures."""
-    from benchmark.config import PRESETS, TrainConfig
-    from benchmark.protocol import final_epochs, load_protocol, preset_batch, tuning_batch_factor
-    from benchmark.tune import BATCH_CHOICES
+    from benchmark.run.config import PRESETS, TrainConfig
+    from benchmark.campaigns.protocol import final_epochs, load_protocol, preset_batch, tuning_batch_factor
+    from benchmark.campaigns.tune import BATCH_CHOICES
     monkeypatch.setitem(PRESETS, "bare", {k: v for k, v in PRESETS["cpu"].items() if k != "train"})
     assert preset_batch("bare") == TrainConfig().batch_size == 16
     assert preset_batch("cpu") == PRESETS["cpu"]["train"]["batch_size"]
@@ -330,8 +330,8 @@ def test_a_preset_without_batch_or_epochs_is_costed_at_the_run_configs_defaults(
 def test_time_limit_goes_by_this_machines_speed_once_it_has_one(bench_home, tmp_path):
     """The declared 1000 s per epoch came from another machine; two finished transfuse_s runs
     here took 0.5 and 1.5 s per epoch at the preset's batch: the limit goes by their median."""
-    from benchmark.protocol import TimeLimit, load_protocol, measured_seconds_per_epoch
-    from benchmark.tracking import client, experiment_id, load_settings
+    from benchmark.campaigns.protocol import TimeLimit, load_protocol, measured_seconds_per_epoch
+    from benchmark.core.tracking import client, experiment_id, load_settings
     lp = load_protocol(_write(tmp_path, GOOD + "seconds_per_epoch: {unet3d: 10, transfuse_s: 1000}\n"))
     cl = client()
     exp = experiment_id(cl, load_settings())
@@ -347,7 +347,7 @@ def test_time_limit_goes_by_this_machines_speed_once_it_has_one(bench_home, tmp_
     assert limit.seconds_per_epoch("unet3d") == 10             # none measured: the declared figure
     assert limit.trial("transfuse_s") is None                  # 2 epochs x 1 s x the largest tuning batch
     # `protocol status` shows both figures; its costs stay on the declared ones
-    from benchmark.protocol import protocol_status
+    from benchmark.campaigns.protocol import protocol_status
     status = protocol_status(lp.path)
     assert re.search(r"^transfuse_s\s+0/4\s+0/3\s+0/0\s+\S+\s+\S+\s+1000\.0, 1\.0$", status, re.M), status
     assert re.search(r"^unet3d\s+0/4\s+0/3\s+0/0\s+\S+\s+\S+\s+10\.0, -$", status, re.M), status
@@ -357,8 +357,9 @@ def test_status_costs_a_done_studys_runs_at_its_tuned_batch(bench_home, tmp_path
     """unet3d's study is done and its best trial trained at batch 16, twice the cpu preset's 8: its
     final runs and its loss-study cells (unet3d is named there) cost twice a preset-batch run each;
     the status once costed them at the preset's batch (swinunetr: 7.2 h left where 9.7 h was right)."""
-    from benchmark.protocol import final_epochs, load_protocol, protocol_status, tuning_batch_factor
-    from benchmark.tune import OVERRIDES_ATTR, open_storage
+    from benchmark.campaigns.protocol import final_epochs, load_protocol, protocol_status, tuning_batch_factor
+    from benchmark.campaigns.tune import OVERRIDES_ATTR
+    from benchmark.core.optuna_storage import open_storage
     text = GOOD.replace("n_trials: 4", "n_trials: 2") + "seconds_per_epoch: {unet3d: 10, transfuse_s: 20}\n"
     lp = load_protocol(_write(tmp_path, text))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -382,9 +383,9 @@ def test_status_costs_a_done_studys_runs_at_its_tuned_batch(bench_home, tmp_path
 
 
 def test_a_protocol_with_no_time_for_its_first_trial_starts_nothing(bench_home, tmp_path, capsys):
-    from benchmark.cli import main
-    from benchmark.protocol import run_protocol
-    from benchmark.tune import open_storage
+    from benchmark.cli.main import main
+    from benchmark.campaigns.protocol import run_protocol
+    from benchmark.core.optuna_storage import open_storage
     path = _write(tmp_path, GOOD.replace("preset: cpu", "preset: smoke") + "seconds_per_epoch: {unet3d: 100000}\n")
     res = run_protocol(path, show_progress=False, hours=1)
     assert res.stopped.startswith("a unet3d trial would take about") and not res.suites
@@ -399,8 +400,8 @@ def test_a_run_that_would_overrun_the_time_limit_is_left_for_the_next_time(bench
     """Both smoke trials fit in the hour (1 epoch, estimated 1500 s each); a final run does not
     (2 epochs, 4000 s): the study is complete, the run is deferred, nothing after it starts.
     (The declared speed stands throughout: the smoke trials' own speed is left unmeasured.)"""
-    from benchmark import protocol
-    from benchmark.protocol import run_protocol
+    from benchmark.campaigns import protocol
+    from benchmark.campaigns.protocol import run_protocol
     monkeypatch.setattr(protocol, "measured_seconds_per_epoch", lambda *a, **k: None)
     path = _smoke_unet3d_protocol(tmp_path, n_trials=2, final_epochs=2, seconds_per_epoch=2000)
     res = run_protocol(path, show_progress=False, hours=1)
@@ -417,10 +418,10 @@ def test_a_paused_run_is_resumed_by_the_next_protocol_run_from_its_epoch(bench_h
     paused after its first epoch (KILLED, checkpoint kept, s1 not started); the status and the
     time limit cost it its 2 epochs left, not 3; and the next protocol run resumes that same run,
     trains its remaining epochs, and runs s1."""
-    from benchmark import protocol
-    from benchmark.protocol import (TimeLimit, cell_batch_factor, epochs_left, load_protocol, protocol_status,
+    from benchmark.campaigns import protocol
+    from benchmark.campaigns.protocol import (TimeLimit, cell_batch_factor, epochs_left, load_protocol, protocol_status,
                                     run_protocol, tuned_cell, study_state)
-    from benchmark.tracking import client
+    from benchmark.core.tracking import client
     monkeypatch.setattr(protocol, "measured_seconds_per_epoch", lambda *a, **k: None)
     let_start = TimeLimit.cell
 
@@ -451,7 +452,7 @@ def test_a_paused_run_is_resumed_by_the_next_protocol_run_from_its_epoch(bench_h
     row = rf"^unet3d\s+1/1\s+0/2\s+0/1\s+\S+\s+{left / 3600:.2f}\s"
     assert re.search(row, protocol_status(path), re.M)
     # the same while a live process trains it (this one, as far as its owner tags say)
-    from benchmark.liveness import owner_tags
+    from benchmark.core.liveness import owner_tags
     for key, value in owner_tags().items():
         client().set_tag(run_id, key, value)
     client().update_run(run_id, "RUNNING")
@@ -501,9 +502,9 @@ def test_status_says_what_each_architecture_has_cost_so_far(bench_home, tmp_path
     of the cpu protocol). A run of another protocol or one still running is not counted."""
     import datetime as dt
 
-    from benchmark.protocol import load_protocol, protocol_status
-    from benchmark.tracking import client, experiment_id, load_settings
-    from benchmark.tune import open_storage
+    from benchmark.campaigns.protocol import load_protocol, protocol_status
+    from benchmark.core.tracking import client, experiment_id, load_settings
+    from benchmark.core.optuna_storage import open_storage
     lp = load_protocol(_write(tmp_path, GOOD))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=open_storage(None)[0], study_name=lp.study_name("unet3d"),
@@ -540,8 +541,8 @@ def test_status_says_when_the_protocols_runs_were_made_on_other_data(bench_home,
     matched here (a cell is done only on the same data), so without a word the status showed
     finished architectures as 0/3. It now says how many runs, on which data, and what to compare."""
     import benchmark.data.store as store_mod
-    from benchmark.protocol import load_protocol, protocol_status, runs_on_other_data
-    from benchmark.tracking import client, experiment_id, load_settings
+    from benchmark.campaigns.protocol import load_protocol, protocol_status, runs_on_other_data
+    from benchmark.core.tracking import client, experiment_id, load_settings
     lp = load_protocol(_write(tmp_path, GOOD))
     cl = client()
     exp = experiment_id(cl, load_settings())
@@ -569,11 +570,11 @@ def test_export_carries_the_finished_runs_and_trials_to_a_fresh_store(bench_home
     trial still running stay behind."""
     import shutil
 
-    from benchmark.cli import main
-    from benchmark.export import read_export
-    from benchmark.protocol import export_protocol, load_protocol, study_state
-    from benchmark.tracking import client, experiment_id, load_settings
-    from benchmark.tune import open_storage
+    from benchmark.cli.main import main
+    from benchmark.results.run_export import read_export
+    from benchmark.campaigns.protocol import export_protocol, load_protocol, study_state
+    from benchmark.core.tracking import client, experiment_id, load_settings
+    from benchmark.core.optuna_storage import open_storage
     path = _write(tmp_path, GOOD)
     lp = load_protocol(path)
     cl = client()
@@ -620,10 +621,10 @@ def test_export_carries_the_finished_runs_and_trials_to_a_fresh_store(bench_home
 @pytest.mark.timeout(1800)
 def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypatch, tmp_path, migrated_store_template):
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
-    from benchmark.leaderboard import generate
-    from benchmark.protocol import load_protocol, protocol_status, run_protocol
-    from benchmark.tracking import client
-    from benchmark.tune import open_storage
+    from benchmark.results.leaderboard import generate
+    from benchmark.campaigns.protocol import load_protocol, protocol_status, run_protocol
+    from benchmark.core.tracking import client
+    from benchmark.core.optuna_storage import open_storage
     path = PROTOCOLS / "smoke.yaml"
     lp = load_protocol(path)
     res = run_protocol(path, show_progress=False)
@@ -679,8 +680,8 @@ def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypa
     # to do: every cell is found by its fingerprint and every study is complete
     import shutil
 
-    from benchmark.export import import_export
-    from benchmark.protocol import export_protocol
+    from benchmark.results.run_export import import_export
+    from benchmark.campaigns.protocol import export_protocol
     carried = export_protocol(path, tmp_path / "carried.runs")
     fresh = tmp_path / "fresh-home"
     (fresh / "runs").mkdir(parents=True)

@@ -1,8 +1,8 @@
 """Registries and typed config: names, aliases, close-match errors, presets, overrides."""
 import pytest
 
-from benchmark.config import PRESETS, build_config, default_preset
-from benchmark.errors import UsageError
+from benchmark.run.config import PRESETS, build_config, default_preset
+from benchmark.core.errors import UsageError
 
 
 def test_architecture_registry_lists_and_builds():
@@ -34,7 +34,7 @@ def test_registration_does_not_depend_on_imports():
 
 
 def test_duplicate_registration_rejected():
-    from benchmark.registry import Registry
+    from benchmark.core.registry import Registry
     r = Registry("thing")
     r.register("a")(lambda: 1)
     with pytest.raises(ValueError):
@@ -83,7 +83,7 @@ def test_fingerprint_ignores_name_only():
 
 
 def test_budget_fingerprint_ignores_only_the_patience():
-    from benchmark.config import build_config
+    from benchmark.run.config import build_config
     a = build_config("cpu", ["train.early_stopping_patience=6"])
     b = build_config("cpu", ["train.early_stopping_patience=20"])
     c = build_config("cpu", ["train.early_stopping_patience=6", "train.epochs=21"])

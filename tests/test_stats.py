@@ -1,8 +1,8 @@
-"""benchmark.stats on synthetic score matrices (no training, no MLflow)."""
+"""benchmark.results.resampling on synthetic score matrices (no training, no MLflow)."""
 import numpy as np
 import pytest
 
-from benchmark import stats
+from benchmark.results import resampling as stats
 
 
 def _seedy(n_seeds=3, n_nodules=60, seed_sd=0.2, nodule_sd=0.02, centre=0.6, rng=0):

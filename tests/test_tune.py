@@ -10,14 +10,14 @@ FAST = ["--fix", "arch.base_channels=8", "--fix", "train.batch_size=4", "train.e
 
 
 def _children(parent_id):
-    from benchmark.tracking import client
+    from benchmark.core.tracking import client
     cl = client()
     exp = cl.get_experiment_by_name("lidc-bench")
     return cl.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
 
 
 def _study(name, storage=None):
-    from benchmark.tune import open_study
+    from benchmark.campaigns.tune import open_study
     return open_study(name, storage, 1, None, create=False)[0]
 
 
@@ -28,8 +28,8 @@ def test_tune_lifecycle_children_resume_report_params_from_and_refusal(bench_hom
     writes Optuna's plots; `bench run --params-from` trains the best trial's parameters; the same
     study with another loss is refused. Only the first command crosses a process boundary (the
     one a user starts); the rest call the CLI in-process, as the bad-input tests do."""
-    from benchmark.cli import main
-    from benchmark.tracking import client
+    from benchmark.cli.main import main
+    from benchmark.core.tracking import client
     args = ["tune", "--arch", "unet3d", "--preset", "smoke", "--study", "life", "--pruner", "none", "--no-progress", *FAST]
     r = run_cli(*args, "--trials", "2", env={"LIDC_BENCH_HOME": str(bench_home)})
     assert r.returncode == 0, r.stderr[-2000:]
@@ -78,7 +78,7 @@ def test_two_workers_share_one_journal_study(bench_home):
 
 @pytest.mark.slow
 def test_constructed_bad_trial_is_pruned(bench_home):
-    from benchmark.tune import open_study, run_worker
+    from benchmark.campaigns.tune import open_study, run_worker
     meta = {"arch": "unet3d", "loss": "dice_bce", "preset": "smoke"}
     study, _ = open_study("prune", None, 1, meta, "median")
     # two finished trials that reached validation Dice 0.99 at every epoch: anything real is worse
@@ -91,7 +91,7 @@ def test_constructed_bad_trial_is_pruned(bench_home):
     study = _study("prune")
     bad = study.trials[-1]
     assert bad.state == optuna.trial.TrialState.PRUNED
-    from benchmark.tracking import client
+    from benchmark.core.tracking import client
     run = client().get_run(bad.user_attrs["mlflow_run_id"])
     assert run.data.tags["optuna.state"] == "PRUNED" and run.info.status == "KILLED"
 
@@ -100,9 +100,9 @@ def test_a_study_on_soft_dice_reports_and_maximises_it(monkeypatch):
     """`metric: val_soft_dice` (a protocol's tuning.metric): each epoch reports the soft Dice to
     the pruner and the trial's value is its best epoch's soft Dice, not the thresholded Dice the
     run selects its checkpoint by; an unknown metric is refused before anything trains."""
-    from benchmark import train as train_mod
-    from benchmark.errors import UsageError
-    from benchmark.tune import objective_factory
+    from benchmark.run import train as train_mod
+    from benchmark.core.errors import UsageError
+    from benchmark.campaigns.tune import objective_factory
     curve = [{"val_dice": 0.0, "val_soft_dice": 0.05}, {"val_dice": 0.0, "val_soft_dice": 0.21},
              {"val_dice": 0.1, "val_soft_dice": 0.18}]
 
@@ -137,7 +137,7 @@ def test_postgres_storage(bench_home):
 
 
 def test_sqlite_refused_for_parallel_workers(bench_home, capsys):
-    from benchmark.cli import main
+    from benchmark.cli.main import main
     code = main(["tune", "--arch", "unet3d", "--trials", "2", "--preset", "smoke", "--study", "x", "--workers", "2",
                  "--storage", f"sqlite:///{bench_home}/o.db"])
     assert code == 2 and "not safe for parallel" in capsys.readouterr().err
@@ -149,7 +149,7 @@ def test_sqlite_refused_for_parallel_workers(bench_home, capsys):
 def _sampled_trials(meta, base, n=3, fixed=None):
     """Frozen trials of an in-memory study whose objective builds (not trains) the trial's config,
     each with the fingerprint of the config the trial itself would have trained."""
-    from benchmark.tune import (OVERRIDES_ATTR, ConstrainedTrial, config_from_overrides,
+    from benchmark.campaigns.tune import (OVERRIDES_ATTR, ConstrainedTrial, config_from_overrides,
                                 trial_run_overrides)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=7))
 
@@ -175,7 +175,7 @@ def _spaces():
 
 @pytest.mark.parametrize("kind,arch,loss", _spaces(), ids=lambda v: str(v))
 def test_replay_rebuilds_the_trial_config_exactly(kind, arch, loss):
-    from benchmark.tune import OVERRIDES_ATTR, config_from_overrides, replay_overrides
+    from benchmark.campaigns.tune import OVERRIDES_ATTR, config_from_overrides, replay_overrides
     meta = {"arch": arch, "loss": loss, "preset": "cpu"}
     base = ["train.epochs=3"]
     for t in _sampled_trials(meta, base):
@@ -189,7 +189,7 @@ def test_replay_rebuilds_the_trial_config_exactly(kind, arch, loss):
 
 def test_replay_keeps_derived_values():
     """The two cases the parameter-name rebuild got wrong: unetr's width, Tversky's alpha."""
-    from benchmark.tune import config_from_overrides, replay_overrides
+    from benchmark.campaigns.tune import config_from_overrides, replay_overrides
     meta = {"arch": "unetr", "loss": "tversky", "preset": "cpu"}
     old = optuna.trial.create_trial(
         params={"optim.lr": 1e-3, "optim.weight_decay": 1e-5, "optim.optimizer": "adam", "train.batch_size": 8,
@@ -213,9 +213,9 @@ def test_a_protocol_that_holds_sizes_tunes_the_presets_network(arch, tmp_path):
     the default runs train (same size kwargs), samples none of its size parameters, and replays
     exactly; the other knobs (dropout, optimiser, batch) are still searched."""
     from architectures import architecture_entry
-    from benchmark.config import build_config
-    from benchmark.protocol import held_size, load_protocol
-    from benchmark.tune import config_from_overrides, replay_overrides
+    from benchmark.run.config import build_config
+    from benchmark.campaigns.protocol import held_size, load_protocol
+    from benchmark.campaigns.tune import config_from_overrides, replay_overrides
     path = tmp_path / "p.yaml"
     path.write_text(f"name: t\nversion: 1\npreset: cpu\narchitectures: [{arch}]\nreference_arch: {arch}\n"
                     "tuning: {n_trials: 2, epochs: 1, size: preset}\nfinal: {seeds: 3}\n")
@@ -238,7 +238,7 @@ def test_a_protocol_that_holds_sizes_tunes_the_presets_network(arch, tmp_path):
 def test_learning_rate_range_follows_the_optimiser():
     """SGD's rate is its own parameter over a range ten times Adam's (LR_RANGES); either way the
     config gets it as optim.lr."""
-    from benchmark.tune import LR_RANGES, config_from_overrides
+    from benchmark.campaigns.tune import LR_RANGES, config_from_overrides
     meta = {"arch": "unet3d", "loss": "dice_bce", "preset": "cpu", "loss_space": False}
     trials = _sampled_trials(meta, [], n=12)
     by_optimiser = {t.params["optim.optimizer"] for t in trials}
@@ -252,7 +252,7 @@ def test_learning_rate_range_follows_the_optimiser():
 
 
 def test_protocol_tuning_leaves_the_loss_at_its_defaults():
-    from benchmark.tune import config_from_overrides
+    from benchmark.campaigns.tune import config_from_overrides
     meta = {"arch": "unet3d", "loss": "dice_bce", "preset": "cpu", "loss_space": False}
     for t in _sampled_trials(meta, [], n=2):
         assert not any(o.startswith("loss.") for o in t.user_attrs["overrides"])
@@ -260,8 +260,8 @@ def test_protocol_tuning_leaves_the_loss_at_its_defaults():
 
 
 def test_declared_tpe_start_up_trials_reach_the_sampler():
-    from benchmark.protocol import load_protocol
-    from benchmark.tune import make_sampler
+    from benchmark.campaigns.protocol import load_protocol
+    from benchmark.campaigns.tune import make_sampler
     cpu = load_protocol(Path(__file__).resolve().parent.parent / "protocols" / "cpu.yaml").spec.tuning
     assert make_sampler((cpu.sampler, cpu.sampler_seed, cpu.startup_trials))._n_startup_trials == 5
     assert make_sampler(("tpe", 0))._n_startup_trials == 10          # Optuna's default
@@ -270,8 +270,8 @@ def test_declared_tpe_start_up_trials_reach_the_sampler():
 def test_a_study_can_start_from_the_default_optimiser():
     """`tuning.first_trial: default_optimiser`: trial 0 trains the default rows' optimiser,
     learning rate and batch (the architecture's own knobs drawn), so tuning has always tried them."""
-    from benchmark.config import build_config
-    from benchmark.tune import (ConstrainedTrial, config_from_overrides, default_optimiser_params,
+    from benchmark.run.config import build_config
+    from benchmark.campaigns.tune import (ConstrainedTrial, config_from_overrides, default_optimiser_params,
                                 trial_run_overrides)
     meta = {"arch": "unet3d", "loss": "dice_bce", "preset": "cpu", "loss_space": False}
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
@@ -286,8 +286,8 @@ def test_a_study_can_start_from_the_default_optimiser():
 
 
 def test_protocol_enqueues_the_default_trial_once(bench_home, tmp_path, monkeypatch):
-    from benchmark import tune as tune_mod
-    from benchmark.protocol import load_protocol, tune_arch
+    from benchmark.campaigns import tune as tune_mod
+    from benchmark.campaigns.protocol import load_protocol, tune_arch
     monkeypatch.setattr(tune_mod, "run_worker", lambda *a, **k: 0)     # no training: the queue is the point
     path = tmp_path / "p.yaml"
     path.write_text("name: t\nversion: 1\npreset: cpu\narchitectures: [unet3d]\n"

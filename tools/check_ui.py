@@ -44,7 +44,7 @@ def main() -> int:
         print("no chromium on PATH (Debian: apt-get install -y chromium)", file=sys.stderr)
         return 2
     sys.path.insert(0, str(ROOT))
-    from benchmark.tracking import client, experiment_id, load_settings
+    from benchmark.core.tracking import client, experiment_id, load_settings
     settings = load_settings()
     cl = client(settings)
     exp = experiment_id(cl, settings)
@@ -55,7 +55,7 @@ def main() -> int:
         return 2
 
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "ui", "--port", str(port)], cwd=ROOT,
+    ui = subprocess.Popen([sys.executable, "-m", "benchmark.cli.main", "ui", "--port", str(port)], cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         url = None

@@ -16,6 +16,6 @@ __all__ = ["load_crops", "CropStore"]
 def __getattr__(name):
     # Lazy so that ``import benchmark.data`` stays cheap (no pylidc / SimpleITK import).
     if name in __all__:
-        from . import store
+        from benchmark.data import store
         return getattr(store, name)
     raise AttributeError(name)

@@ -85,7 +85,7 @@ class DatasetAdapter:
 
     def load_index(self, path: Optional[Path] = None):
         import pandas as pd
-        from ..errors import DataError
+        from benchmark.core.errors import DataError
         path = Path(path or self.index_path())
         if not path.is_file():
             raise DataError(f"nodule index {path} of dataset {self.name} is missing")
@@ -96,16 +96,16 @@ class DatasetAdapter:
         return hashlib.sha256(Path(path or self.index_path()).read_bytes()).hexdigest()[:16]
 
     def load_split(self) -> dict:
-        from .split import load_split
+        from benchmark.data.split import load_split
         return load_split(self.split_path())
 
     def split_hash(self) -> str:
-        from .split import split_hash
+        from benchmark.data.split import split_hash
         return split_hash(self.split_path())
 
     def check_index_matches_split(self) -> None:
         """DataError unless the index is the file the split was made from."""
-        from .split import check_index_matches_split
+        from benchmark.data.split import check_index_matches_split
         check_index_matches_split(self.index_path(), self.split_path())
 
     # ------------------------------------------------------------------ names

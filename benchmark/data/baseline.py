@@ -42,7 +42,7 @@ def score_threshold(store, rows: Sequence[int], patch_zyx: Sequence[int],
     """Per-nodule Dice of the baseline on the centre window (MONAI's compute_dice)."""
     import torch
     from monai.metrics import compute_dice
-    from .augment import center_window
+    from benchmark.data.augment import center_window
     rows = np.asarray(rows)
     hu = torch.from_numpy(store.images_hu[rows])[:, None]
     gt = torch.from_numpy(store.gt[rows]).float()[:, None]

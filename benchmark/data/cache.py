@@ -50,14 +50,14 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .. import __version__
-from ..liveness import HostLock
-from ..provenance import sha256_file
-from ..errors import DataError, UsageError
-from .adapter import DatasetAdapter
-from .datasets import DEFAULT_DATASET, get_dataset
-from .pool import worker_pool
-from .geometry import crop_size_for_spacing
+from benchmark import __version__
+from benchmark.core.liveness import HostLock
+from benchmark.core.provenance import sha256_file
+from benchmark.core.errors import DataError, UsageError
+from benchmark.data.adapter import DatasetAdapter
+from benchmark.data.datasets import DEFAULT_DATASET, get_dataset
+from benchmark.data.pool import worker_pool
+from benchmark.data.geometry import crop_size_for_spacing
 
 __all__ = ["arrays_for", "phantom_version", "content_hash", "cache_root", "cache_dir", "build_cache",
            "validate_cache", "ensure_cache", "corruption", "code_version", "expected_manifest", "crop_one_scan"]
@@ -83,12 +83,12 @@ def cache_root() -> Path:
     env = os.environ.get("LIDC_BENCH_CACHE")
     if env:
         return Path(env)
-    from ..paths import home
+    from benchmark.core.paths import home
     return home() / ".cache" / "crops"
 
 
 def _code_fingerprint(source_text: str) -> str:
-    from ..provenance import code_fingerprint
+    from benchmark.core.provenance import code_fingerprint
     return code_fingerprint(source_text)
 
 

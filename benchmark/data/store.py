@@ -17,10 +17,10 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError, UsageError
-from .cache import cache_candidates, ensure_cache, validate_cache
-from .datasets import DEFAULT_DATASET, get_dataset
-from .split import SPLITS, load_split, split_hash
+from benchmark.core.errors import DataError, UsageError
+from benchmark.data.cache import cache_candidates, ensure_cache, validate_cache
+from benchmark.data.datasets import DEFAULT_DATASET, get_dataset
+from benchmark.data.split import SPLITS, load_split, split_hash
 
 __all__ = ["CropStore", "load_crops", "select_nodules", "normalise_hu"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 import importlib
 
-from benchmark.registry import Registry
+from benchmark.core.registry import Registry
 
 LOSSES = Registry("loss")
 register_loss = LOSSES.register
@@ -42,4 +42,4 @@ def loss_entry(name: str):
 for _m in _MODULES:
     importlib.import_module(f"{__name__}.{_m}")
 
-from .deep_supervision import DeepSupervisionLoss  # noqa: E402
+from benchmark.losses.deep_supervision import DeepSupervisionLoss  # noqa: E402

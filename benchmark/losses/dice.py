@@ -10,7 +10,7 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
-from . import register_loss
+from benchmark.losses import register_loss
 
 
 class _BCE(nn.Module):

@@ -19,7 +19,7 @@ from __future__ import annotations
 from monai.losses import FocalLoss
 from torch import nn
 
-from . import register_loss
+from benchmark.losses import register_loss
 
 __all__ = ["BinaryFocalLoss", "focal"]
 

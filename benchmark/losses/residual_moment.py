@@ -54,8 +54,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from . import register_loss
-from .dice import dice_bce
+from benchmark.losses import register_loss
+from benchmark.losses.dice import dice_bce
 
 __all__ = ["ResidualMomentLoss", "DiceBCEResidualMomentLoss", "residual_moment", "dice_bce_rm"]
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 from monai.losses import TverskyLoss
 from torch import nn
 
-from . import register_loss
+from benchmark.losses import register_loss
 
 __all__ = ["BinaryTverskyLoss", "FocalTverskyLoss", "tversky", "focal_tversky"]
 

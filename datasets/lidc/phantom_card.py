@@ -2,7 +2,7 @@
 
 Per preset (spacing), on the centre evaluation window and with the suite's metrics:
   * phantom ceiling: the true shape scored as a prediction against the readers' ground truth;
-  * inter-reader: each reader against the STAPLE of the other three (benchmark.reference);
+  * inter-reader: each reader against the STAPLE of the other three (benchmark.run.reference_rows);
   * readers vs truth: each reader against the true shape;
   * threshold oracle on the noise-free nodule signal (benchmark.data.oracle): best single
     threshold for all nodules and best threshold per nodule, against the ground truth (and,
@@ -38,7 +38,7 @@ def _mean(x) -> float:
 def probe_card(preset: str, seed: int, with_oracle: bool = True) -> dict:
     """The figures that need no image: ceiling Dice, threshold oracle and volume ratios, from
     the probes alone (no cache, no rendering of the clutter)."""
-    from benchmark.config import build_config
+    from benchmark.run.config import build_config
     from benchmark.data import oracle
     from benchmark.data.index import load_index
     from benchmark.data.split import load_split
@@ -88,14 +88,14 @@ def probe_card(preset: str, seed: int, with_oracle: bool = True) -> dict:
 
 
 def card(preset: str, seed: int, oracle_on: bool, workers: int) -> dict:
-    from benchmark.config import build_config
+    from benchmark.run.config import build_config
     from benchmark.data import oracle
     from benchmark.data.baseline import score_threshold
     from benchmark.data.cache import ensure_cache
     from benchmark.data.index import load_index
     from benchmark.data.split import load_split
     from benchmark.data.store import CropStore
-    from benchmark.reference import score_inter_reader, score_phantom_ceiling
+    from benchmark.run.reference_rows import score_inter_reader, score_phantom_ceiling
 
     cfg = build_config(preset)
     cfg.data.phantom_seed = seed

@@ -1,0 +1,438 @@
+"""A leaderboard's rows and numbers: from ``RunRecord``s to ``Leaderboard`` tables (no I/O).
+
+Rows. Inside a table, a row is one (architecture, loss) pair; its runs are its seeds. Two runs
+of the same configuration and seed (re-runs) count once: the most recent one is used. Runs of
+one (architecture, loss) whose configurations differ in more than the seed become separate rows,
+labelled by what differs.
+
+Sections (``RunRecord.section``, ``build_sections``). With a protocol's final runs (tag
+``protocol.part=final``) in the group, they make the main table ("Tuned protocol") and every
+other model run goes to a second one ("Default settings", with each row's gain from tuning);
+without, the default table is the main one. A protocol's loss study (``protocol.part=loss``, plus
+the final runs of the same architectures) is the last section. Reference rows appear in the main
+table.
+
+Statistics per row (``benchmark.results.resampling``; metric m: every leaderboard column of
+``benchmark.run.metrics.METRIC_SPECS`` (Dice, NSD, HD95) and, when every run has it, Dice vs truth):
+  * mean ± std over seeds of each seed's mean over test nodules;
+  * a 95% percentile interval from a two-level bootstrap: nodules resampled with one draw shared
+    by every row of every section (paired), seeds resampled within each row;
+  * median HD95 and any other metric whose specification asks for it (mean over seeds of each
+    seed's median), the count of empty predictions over
+    all seeds x nodules, Dice by nodule size bin, parameters, MACs per patch and training time
+    (means over seeds), the median latency (the fastest seed's); the latter two depend on the
+    machine named in the notes.
+
+Ranking (models only). ``aggregate`` (default): rank by mean Dice. ``rank``: rank the models
+on every test nodule by its Dice, average those ranks per model, rank the averages
+(rank-then-aggregate, Maier-Hein et al. 2018). Both orders' summary numbers are shown. Each
+row (models and references) is compared with the top-ranked model by a two-sided paired
+Wilcoxon signed-rank test over the test nodules (per-nodule Dice averaged over seeds); the
+p-values of one table form one Holm-corrected family. Each model is also compared with the
+pre-declared reference architecture (``unet3d``), a second family. P(best) is the share of
+two-level bootstrap resamples in which the model comes first under the chosen ranking.
+
+Reference rows (``inter_reader``: each radiologist against the STAPLE of the other three;
+``readers_vs_truth``: the same run's radiologists against the phantom's true shape;
+``phantom_ceiling``: the true shape itself; ``threshold_baseline``: the non-learned baseline)
+are shown below the models, marked, and not ranked; they are deterministic, so only their
+latest run is used.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from benchmark.core.errors import UsageError
+from benchmark.run.metrics import leaderboard_columns, metric_spec, truth_columns
+from benchmark.results.leaderboard.collect import (REFERENCE_ARCHS, RunRecord, TableKey, declared_comparator,
+                                                   split_readers_vs_truth)
+
+RANKINGS = ("aggregate", "rank")
+
+
+def dataset_strata_of(config: dict):
+    """The strata (size bins and their column keys, texture classes) of the dataset a run's
+    logged config names: its adapter's (``benchmark.data.datasets``); LIDC's when the dataset is
+    not registered in this process (a table read from an export of another lab's dataset)."""
+    from benchmark.data.datasets import DEFAULT_DATASET, dataset_of_config, get_dataset
+    try:
+        return get_dataset(dataset_of_config(config)).strata
+    except UsageError:
+        return get_dataset(DEFAULT_DATASET).strata
+
+
+@dataclass
+class Row:
+    label: str
+    arch: str
+    loss: str
+    reference: Optional[str]
+    runs: list[RunRecord]
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[str]:
+        return [r.seed for r in self.runs]
+
+    def tag(self, name: str) -> str:
+        """The tag's value when every run of the row agrees on it, else ''."""
+        vals = {r.tags.get(name, "") for r in self.runs}
+        return vals.pop() if len(vals) == 1 else ""
+
+
+@dataclass
+class Leaderboard:
+    key: TableKey
+    rows: list[Row]                # models in rank order, then references
+    table: pd.DataFrame            # the CSV: one line per row, numbers unformatted
+    per_nodule: pd.DataFrame       # row label x nodule id: Dice averaged over seeds
+    size_counts: dict              # size-bin label -> test nodules in it
+    ranking: str
+    n_boot: int
+    boot_seed: int
+    experiment: str = ""
+    n_source_runs: int = 0
+    devices: list = field(default_factory=list)
+    n_unscored: int = 0            # test nodules without ground truth at this spacing
+    section: str = "default"       # tuned | default | loss (see RunRecord.section)
+    metrics: tuple = ()            # per-nodule columns: the leaderboard's, then the vs-truth ones every run has
+    boots: dict = field(default_factory=dict)   # row label -> metric -> two-level bootstrap means
+    reference_arch: str = ""       # the pre-declared comparator's row label, when it has a row
+    comparator: str = ""           # the architecture the runs' protocol declares as comparator ("" if none)
+    size_keys: dict = field(default_factory=dict)   # size-bin label -> column key, the dataset's order
+    #: the tables below the main one (default settings when the main one is tuned; the loss study)
+    sections: list = field(default_factory=list)
+    #: searched networks against their parents, on this table's rows (``search_comparisons``)
+    comparisons: list = field(default_factory=list)
+
+
+def _protocol_config(run: RunRecord) -> dict:
+    """The run's config as it bears on the result: without its name, and without the early
+    stopping patience when early stopping never fired (it then made no difference, so such a
+    run is the same experiment as one with any larger patience; see RunConfig.budget_fingerprint)."""
+    from benchmark.run.config import flatten, ran_full_budget, without_unset_additions
+    flat = flatten(without_unset_additions(run.config)) if run.config else {}
+    flat.pop("name", None)
+    if ran_full_budget(run.tags.get("stopped_early"), run.metrics.get("epochs_completed"), flat.get("train.epochs")):
+        flat.pop("train.early_stopping_patience", None)
+    return {k: json.dumps(v, sort_keys=True) for k, v in flat.items()}
+
+
+def _config_without_seed(run: RunRecord) -> dict:
+    flat = _protocol_config(run)
+    flat.pop("train.seed", None)
+    return flat
+
+
+def make_rows(runs: list[RunRecord]) -> list[Row]:
+    """(arch, loss[, config variant]) rows; re-runs of one configuration and seed count once."""
+    latest: dict[tuple, RunRecord] = {}
+    for r in runs:
+        # a reference is deterministic: its latest run stands for it
+        ident = (r.arch, r.loss) if r.reference else \
+            (r.arch, r.loss, json.dumps(_protocol_config(r), sort_keys=True) if r.config else r.run_id)
+        if ident not in latest or (r.end_time, r.run_id) > (latest[ident].end_time, latest[ident].run_id):
+            latest[ident] = r
+    by_pair: dict[tuple[str, str], list[RunRecord]] = {}
+    for r in latest.values():
+        by_pair.setdefault((r.arch, r.loss), []).append(r)
+    rows = []
+    for (arch, loss), group in sorted(by_pair.items()):
+        reference = REFERENCE_ARCHS.get(arch)
+        flats = {r.run_id: _config_without_seed(r) for r in group}
+        variants: dict[str, list[RunRecord]] = {}
+        for r in group:
+            variants.setdefault(json.dumps(flats[r.run_id], sort_keys=True), []).append(r)
+        differing = sorted({k for f in flats.values() for k in f
+                            if len({fl.get(k) for fl in flats.values()}) > 1}) if len(variants) > 1 else []
+        for members in variants.values():
+            members.sort(key=lambda r: (_seed_sort(r.seed), r.run_id))
+            label = arch if reference or loss in ("", "none") else f"{arch} / {loss}"
+            if differing:
+                f = flats[members[0].run_id]
+                label += " [" + ", ".join(f"{k}={json.loads(f[k]) if k in f else '-'}" for k in differing) + "]"
+            rows.append(Row(label, arch, loss, reference, members))
+    rows.sort(key=lambda r: r.label)
+    return rows
+
+
+def _seed_sort(seed: str):
+    try:
+        return (0, int(seed), "")
+    except ValueError:
+        return (1, 0, seed)
+
+
+def _rank_desc(values: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+    return rankdata(-np.asarray(values, dtype=float), method="min")
+
+
+def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggregate", n_boot: int = 2000,
+                      boot_seed: int = 0, section: str = "default") -> Leaderboard:
+    """One table: rows, their two-level bootstrap statistics (``benchmark.results.resampling``), ranks and tests."""
+    from benchmark.results import resampling as stats
+    if ranking not in RANKINGS:
+        raise UsageError(f"unknown ranking {ranking!r} (choose from {', '.join(RANKINGS)})")
+    runs = split_readers_vs_truth(runs)
+    rows = make_rows(runs)
+    nodules = sorted(rows[0].runs[0].per_nodule["nodule_id"].astype(str))
+    n = len(nodules)
+    # a score against the truth is shown when every model has it; a reference row without one (the
+    # ceiling is the true shape itself; inter_reader's moved to readers_vs_truth) leaves it empty
+    models_runs = [r for r in runs if not r.reference]
+    metrics = leaderboard_columns() + tuple(x for x in truth_columns()
+                                            if any(x in r.per_nodule.columns for r in runs)
+                                            and all(x in r.per_nodule.columns for r in models_runs))
+    medians = [m for m in leaderboard_columns() if metric_spec(m).median]
+    has_empty = all("empty_pred" in r.per_nodule.columns for r in runs)
+
+    def matrix(row: Row, col: str) -> np.ndarray:
+        """(seeds x nodules) in one nodule order; NaN for a column the row's runs lack."""
+        return np.stack([r.per_nodule.assign(nodule_id=r.per_nodule["nodule_id"].astype(str))
+                         .set_index("nodule_id").loc[nodules, col].to_numpy(float)
+                         if col in r.per_nodule.columns else np.full(n, np.nan) for r in row.runs])
+
+    mats = {row.label: {m: matrix(row, m) for m in metrics} for row in rows}
+    strata = dataset_strata_of(rows[0].runs[0].config)
+    size_keys = dict(strata.size_bins)
+    size_of = _size_bins(rows[0].runs[0].per_nodule, nodules, strata.size_bin)
+    size_counts = {b: int(sum(s == b for s in size_of)) for b in size_keys}
+
+    # one nodule draw for every row of every section (same seed, same nodules: paired across
+    # tables too, e.g. tuned minus default); each row's seeds drawn from its own stream
+    res = stats.draw_resamples({f"{section}:{row.label}": len(row.runs) for row in rows}, n, n_boot, boot_seed)
+    boots: dict[str, dict[str, np.ndarray]] = {}
+    for row in rows:
+        s = row.stats
+        boots[row.label] = {}
+        for m in metrics:
+            per_seed = mats[row.label][m].mean(axis=1)           # each seed's mean over nodules
+            boot = stats.two_level_bootstrap(mats[row.label][m], res, f"{section}:{row.label}")
+            boots[row.label][m] = boot
+            s[f"{m}_mean"] = float(per_seed.mean())
+            s[f"{m}_std"] = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan")
+            s[f"{m}_ci_low"], s[f"{m}_ci_high"] = stats.percentile_interval(boot)
+        for m in medians:
+            s[f"{m}_median"] = stats.seed_median(mats[row.label][m])
+        s["n_empty"], s["n_predictions"] = stats.empty_count(matrix(row, "empty_pred")) if has_empty else \
+            (float("nan"), float("nan"))
+        dice_nod = mats[row.label]["dice"].mean(axis=0)
+        for b, col in size_keys.items():
+            sel = np.array([x == b for x in size_of])
+            s[f"dice_size_{col}"] = float(dice_nod[sel].mean()) if sel.any() else float("nan")
+        for k in ("params", "macs_per_patch", "latency_ms_median", "train_seconds"):
+            vals = [r.metrics[k] for r in row.runs if k in r.metrics]
+            # latency: the fastest seed's. The seeds time one network, and other work on the cores
+            # only ever slows a pass (a bixnas run timed 425 ms beside its seeds' 16 and 17 ms)
+            pick = np.min if k == "latency_ms_median" else np.mean
+            s[k] = float(pick(vals)) if vals else float("nan")
+        s["train_seconds_total"] = float(sum(r.metrics.get("train_seconds", 0.0) for r in row.runs))
+
+    models = [r for r in rows if not r.reference]
+    refs = [r for r in rows if r.reference]
+    per_nodule_dice = {r.label: mats[r.label]["dice"].mean(axis=0) for r in rows}
+    reference_arch = ""
+    comparator = declared_comparator(runs)
+    if models:
+        dice = np.stack([per_nodule_dice[r.label] for r in models])   # models x nodules
+        nodule_ranks = np.stack([_rank_desc(dice[:, j]) for j in range(n)], axis=1)
+        mean_rank = nodule_ranks.mean(axis=1)
+        agg = np.array([r.stats["dice_mean"] for r in models])
+        if ranking == "aggregate":
+            final = _rank_desc(agg)
+            pb = stats.p_best(np.stack([boots[r.label]["dice"] for r in models]))
+        else:
+            final = _rank_desc(-mean_rank)
+            pb = stats.rank_p_best([mats[r.label]["dice"] for r in models],
+                                   [f"{section}:{r.label}" for r in models], res)
+        for i, r in enumerate(models):
+            r.stats.update(rank=int(final[i]), mean_nodule_rank=float(mean_rank[i]), p_best=float(pb[i]))
+        order = sorted(range(len(models)), key=lambda i: (final[i], -agg[i], models[i].label))
+        models = [models[i] for i in order]
+        # against the top-ranked model: every other row, one Holm family
+        # (readers_vs_truth has no Dice against the STAPLE, so no test of it)
+        tested = [r.label for r in models + refs if not np.isnan(per_nodule_dice[r.label]).all()]
+        for label, (p, q) in stats.pvalues_against(per_nodule_dice, models[0].label, tested).items():
+            next(r for r in rows if r.label == label).stats.update(wilcoxon_p=p, wilcoxon_p_holm=q)
+        # against the pre-declared reference architecture: the other models, one Holm family
+        ref_row = next((r for r in models if comparator and r.arch == comparator), None)
+        if ref_row is not None:
+            reference_arch = ref_row.label
+            for label, (p, q) in stats.pvalues_against(per_nodule_dice, ref_row.label,
+                                                       [r.label for r in models]).items():
+                next(r for r in rows if r.label == label).stats.update(p_vs_reference=p, p_vs_reference_holm=q)
+    # by Dice; a row without one (readers_vs_truth) last
+    refs.sort(key=lambda r: (np.isnan(r.stats["dice_mean"]), -np.nan_to_num(r.stats["dice_mean"]), r.label))
+    ordered = models + refs
+
+    records = []
+    for r in ordered:
+        s = r.stats
+        rec = {"section": section, "rank": s.get("rank", ""), "row": r.label, "arch": r.arch, "loss": r.loss,
+               "reference": r.reference or "", "n_seeds": len(r.runs), "seeds": ";".join(r.seeds),
+               "n_nodules": n}
+        for m in metrics:
+            for suffix in ("mean", "std", "ci_low", "ci_high"):
+                rec[f"{m}_{suffix}"] = s[f"{m}_{suffix}"]
+        for m in medians:
+            rec[f"{m}_median"] = s[f"{m}_median"]
+        rec["n_empty"], rec["n_predictions"] = s["n_empty"], s["n_predictions"]
+        for col in size_keys.values():
+            rec[f"dice_size_{col}"] = s[f"dice_size_{col}"]
+        for k in ("params", "macs_per_patch", "latency_ms_median", "train_seconds"):
+            rec[k] = s[k]
+        rec["mean_nodule_rank"] = s.get("mean_nodule_rank", float("nan"))
+        rec["p_best"] = s.get("p_best", float("nan"))
+        rec["wilcoxon_p"] = s.get("wilcoxon_p", float("nan"))
+        rec["wilcoxon_p_holm"] = s.get("wilcoxon_p_holm", float("nan"))
+        rec["p_vs_reference_holm"] = s.get("p_vs_reference_holm", float("nan"))
+        rec["study"] = r.tag("optuna.study")
+        rec["tuning_budget"] = r.tag("tuning.budget")
+        rec["protocol"] = f"{r.tag('protocol.name')} v{r.tag('protocol.version')}" if r.tag("protocol.name") else ""
+        rec["run_ids"] = ";".join(x.run_id for x in r.runs)
+        records.append(rec)
+    per_nodule = pd.DataFrame({r.label: per_nodule_dice[r.label] for r in ordered}, index=nodules).T
+    devices = sorted({x.tags.get("device", "") for r in models for x in r.runs} - {""})
+    return Leaderboard(key, ordered, pd.DataFrame.from_records(records), per_nodule, size_counts, ranking,
+                       n_boot, boot_seed, devices=devices,
+                       n_unscored=max(x.n_gt_empty for r in ordered for x in r.runs), section=section,
+                       metrics=metrics, boots=boots, reference_arch=reference_arch, size_keys=size_keys,
+                       comparator=comparator)
+
+
+def add_tuning_gain(default: Leaderboard, tuned: Leaderboard) -> None:
+    """Each default row's gain from tuning: the tuned row of the same (architecture, loss) minus
+    it, mean Dice with the interval of the paired bootstrap difference (same nodule draws)."""
+    from benchmark.results import resampling as stats
+    by_pair = {(r.arch, r.loss): r for r in tuned.rows if not r.reference}
+    for r in default.rows:
+        t = by_pair.get((r.arch, r.loss))
+        if r.reference or t is None:
+            continue
+        mean, lo, hi = stats.difference_interval(tuned.boots[t.label]["dice"], default.boots[r.label]["dice"])
+        r.stats.update(gain=t.stats["dice_mean"] - r.stats["dice_mean"], gain_ci_low=lo, gain_ci_high=hi)
+    default.table["tuning_gain"] = [r.stats.get("gain", float("nan")) for r in default.rows]
+    default.table["tuning_gain_ci_low"] = [r.stats.get("gain_ci_low", float("nan")) for r in default.rows]
+    default.table["tuning_gain_ci_high"] = [r.stats.get("gain_ci_high", float("nan")) for r in default.rows]
+
+
+def add_loss_tests(loss: Leaderboard, comparator: str = "dice_bce") -> None:
+    """Paired Wilcoxon of every loss against ``comparator`` on the same architecture (per-nodule
+    Dice, mean over seeds); all comparisons of the loss study form one Holm family."""
+    from benchmark.results import resampling as stats
+    pairs = []
+    for r in loss.rows:
+        base = next((b for b in loss.rows if b.arch == r.arch and b.loss == comparator), None)
+        if base is not None and r is not base:
+            pairs.append((r, stats.wilcoxon_p(loss.per_nodule.loc[r.label].to_numpy(float),
+                                              loss.per_nodule.loc[base.label].to_numpy(float))))
+    for (r, p), q in zip(pairs, stats.holm([p for _, p in pairs])):
+        r.stats.update(p_vs_comparator=p, p_vs_comparator_holm=q)
+    loss.rows.sort(key=lambda r: (r.arch, r.loss != comparator, -r.stats["dice_mean"], r.label))
+    order = {r.label: i for i, r in enumerate(loss.rows)}
+    loss.table = loss.table.assign(_o=loss.table["row"].map(order)).sort_values("_o").drop(columns="_o") \
+        .reset_index(drop=True)
+    loss.table["p_vs_dice_bce_holm"] = [r.stats.get("p_vs_comparator_holm", float("nan")) for r in loss.rows]
+
+
+@dataclass
+class SearchComparison:
+    """A searched network's row against its parent's in the same table (``searched_parents``):
+    the Dice difference (searched minus parent, mean with the interval of the paired two-level
+    bootstrap difference) and the paired Wilcoxon p over nodules, Holm-corrected over the pairs."""
+    searched: Row
+    parent: Row
+    dice_diff: float
+    dice_diff_low: float
+    dice_diff_high: float
+    p: float
+    p_holm: float = float("nan")
+
+    def verdict(self) -> str:
+        """What the row shows, in the terms of the question a search must answer: does the searched
+        network match or beat its parent at lower cost?"""
+        if self.dice_diff_low > 0:
+            dice = "beats its parent (Dice difference interval above 0)"
+        elif self.dice_diff_high < 0:
+            dice = "is worse than its parent (Dice difference interval below 0)"
+        else:
+            dice = "cannot be told from its parent (Dice difference interval includes 0)"
+        cheaper = self.searched.stats["macs_per_patch"] < self.parent.stats["macs_per_patch"]
+        return f"{dice}, {'at fewer MACs' if cheaper else 'at no fewer MACs'}"
+
+
+def search_comparisons(lb: Leaderboard, parents: dict[str, str]) -> list[SearchComparison]:
+    """Each searched architecture's model row against its parent's model row of the same table
+    and loss (both must be there); the pairs form one Holm family."""
+    from benchmark.results import resampling as stats
+    rows = {(r.arch, r.loss): r for r in lb.rows if not r.reference}
+    out = []
+    for (arch, loss), r in sorted(rows.items()):
+        parent = rows.get((parents.get(arch), loss))
+        if parent is None:
+            continue
+        mean, lo, hi = stats.difference_interval(lb.boots[r.label]["dice"], lb.boots[parent.label]["dice"])
+        p = stats.wilcoxon_p(lb.per_nodule.loc[r.label].to_numpy(float), lb.per_nodule.loc[parent.label].to_numpy(float))
+        out.append(SearchComparison(r, parent, mean, lo, hi, p))
+    for c, q in zip(out, stats.holm([c.p for c in out])):
+        c.p_holm = q
+    return out
+
+
+def _size_bins(df: pd.DataFrame, nodules: list[str], size_bin) -> list[str]:
+    """Each nodule's size-bin label: the per-nodule CSV's, else ``size_bin(diameter_mm)``."""
+    d = df.assign(nodule_id=df["nodule_id"].astype(str)).set_index("nodule_id")
+    if "size_bin" in d.columns:
+        return [str(v) for v in d.loc[nodules, "size_bin"]]
+    if "diameter_mm" in d.columns:
+        return [size_bin(float(v)) for v in d.loc[nodules, "diameter_mm"]]
+    return [""] * len(nodules)
+
+
+
+
+def build_sections(key: TableKey, runs: list[RunRecord], ranking: str = "aggregate", n_boot: int = 2000,
+                   boot_seed: int = 0) -> Leaderboard:
+    """The main table and the sections below it (see ``RunRecord.section``): with tuned runs, the
+    tuned table comes first and the default-settings table (with each architecture's gain from
+    tuning) second; without, the default-settings table is the main one. The loss study, when
+    there is one, comes last. Reference rows are shown in the main table only."""
+    refs = [r for r in runs if r.section == "reference"]
+    tuned = [r for r in runs if r.section == "tuned"]
+    default = [r for r in runs if r.section == "default"]
+    if tuned:
+        lb = build_leaderboard(key, tuned + refs, ranking, n_boot, boot_seed, section="tuned")
+        if default:
+            d = build_leaderboard(key, default, ranking, n_boot, boot_seed, section="default")
+            add_tuning_gain(d, lb)
+            lb.sections.append(d)
+    else:
+        lb = build_leaderboard(key, default + refs, ranking, n_boot, boot_seed, section="default")
+    from architectures import searched_parents
+    lb.comparisons = search_comparisons(lb, searched_parents())
+    loss_archs = {r.arch for r in runs if r.section == "loss"}
+    if loss_archs:
+        study = [r for r in runs if r.section in ("tuned", "loss") and r.arch in loss_archs]
+        ls = build_leaderboard(key, study, ranking, n_boot, boot_seed, section="loss")
+        add_loss_tests(ls)
+        lb.sections.append(ls)
+    return lb
+
+
+
+def all_rows(lb: Leaderboard) -> list[Row]:
+    """Every row of every section, each once (the loss study reuses the final runs' rows)."""
+    seen, out = set(), []
+    for sec in [lb] + lb.sections:
+        for r in sec.rows:
+            key = (r.label, tuple(x.run_id for x in r.runs))   # readers_vs_truth shares inter_reader's run
+            if key not in seen:
+                seen.add(key)
+                out.append(r)
+    return out

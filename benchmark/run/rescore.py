@@ -1,0 +1,104 @@
+"""``bench rescore RUN_ID``: score a finished run again from its stored test predictions.
+
+Every run keeps its binary test predictions (``evaluation/predictions.npz``, written by
+``benchmark.run.evaluate``), as nnU-Net keeps its validation predictions: a metric added to
+``benchmark.run.metrics`` later, or a fixed metric, is computed for old runs from them, without
+retraining. The ground truth comes from the crop cache of the run's data config, which must be
+the very data the run was evaluated on (its ``data.content_hash`` tag); anything else is refused.
+
+    bench rescore RUN_ID            # print the recomputed aggregates next to the logged ones
+    bench rescore RUN_ID --log      # also log what the run lacks: new aggregate metrics and
+                                    # evaluation/per_nodule_rescored.csv (logged values are kept);
+                                    # the leaderboard and exports then read that table
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from benchmark.core.errors import DataError, UsageError
+from benchmark.core.paths import validate_run_id
+
+__all__ = ["rescore_run", "register"]
+
+
+def rescore_run(run_id: str) -> tuple[pd.DataFrame, dict, dict]:
+    """(per-nodule table, aggregates flattened as the run logs them, the run's logged metrics)."""
+    from benchmark.run.config import validate_config
+    from benchmark.data import load_crops
+    from benchmark.run.evaluate import (PREDICTIONS_FILE, centre_ground_truth, dataset_strata, flat_metrics, load_predictions,
+                           score, summarize)
+    from benchmark.core.tracking import client
+    run_id = validate_run_id(run_id, "bench rescore")
+    cl = client()
+    try:
+        run = cl.get_run(run_id)
+    except Exception:  # noqa: BLE001 - MLflow raises several kinds for an unknown id
+        raise UsageError(f"no run {run_id} in the tracking store") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            cfg_path = cl.download_artifacts(run_id, "config.yaml", tmp)
+            pred_path = cl.download_artifacts(run_id, f"evaluation/{PREDICTIONS_FILE}", tmp)
+        except Exception:  # noqa: BLE001
+            raise UsageError(f"run {run_id} has no stored test predictions (evaluation/{PREDICTIONS_FILE}): "
+                             f"it was evaluated before they were kept, or did not finish") from None
+        cfg = validate_config(yaml.safe_load(Path(cfg_path).read_text()) or {}, f"run {run_id}'s config.yaml")
+        ids, preds = load_predictions(pred_path)
+    store = load_crops(cfg.data)
+    logged_hash = run.data.tags.get("data.content_hash")
+    if logged_hash and logged_hash != store.data_hash:
+        raise DataError(f"run {run_id} was evaluated on data {logged_hash}, the crop cache here is "
+                        f"{store.data_hash}: its predictions cannot be scored against these ground truths")
+    rows = store.indices("test")
+    position = {n: i for i, n in enumerate(store.table.iloc[rows]["nodule_id"])}
+    missing = [n for n in ids if n not in position]
+    if missing or len(ids) != len(rows):
+        raise DataError(f"run {run_id}'s predictions cover {len(ids)} nodules, the test split here {len(rows)}"
+                        + (f" (unknown: {missing[:3]})" if missing else ""))
+    rows = rows[[position[n] for n in ids]]
+    gts = centre_ground_truth(store, rows, cfg.data.patch_zyx)
+    df = score(preds, gts, store, rows, cfg)
+    flat = flat_metrics(summarize(df, dataset_strata(cfg)))
+    return df, flat, dict(run.data.metrics)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("rescore", help="score a finished run again from its stored test predictions "
+                                       "(a new metric for old runs, without retraining)")
+    p.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of a finished run")
+    p.add_argument("--log", action="store_true",
+                   help="log the aggregates the run lacks and evaluation/per_nodule_rescored.csv (default: print only)")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args) -> None:
+    from benchmark.core.tracking import RESCORED_PER_NODULE_ARTIFACT, RESCORED_TAG, Tracker, client, load_settings
+    df, flat, logged = rescore_run(args.run_id)
+    new = {k: v for k, v in flat.items() if k not in logged}
+    changed = {k: (logged[k], v) for k, v in flat.items()
+               if k in logged and not np.isclose(logged[k], v, rtol=1e-6, atol=1e-9, equal_nan=True)}
+    print(f"run {args.run_id}: {len(df)} test nodules rescored; {len(flat)} aggregates, "
+          f"{len(flat) - len(new) - len(changed)} equal to the logged ones, {len(changed)} different, {len(new)} new")
+    for k, (old, v) in sorted(changed.items()):
+        print(f"  changed {k}: logged {old:.6g}, now {v:.6g}")
+    for k, v in sorted(new.items()):
+        print(f"  new     {k}: {v:.6g}")
+    if args.log:
+        settings = load_settings()
+        tracker = Tracker(client(settings), args.run_id, settings)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder, _, name = RESCORED_PER_NODULE_ARTIFACT.rpartition("/")
+            csv = Path(tmp) / name
+            df.to_csv(csv, index=False)
+            tracker.log_artifact(csv, folder)
+        if new:
+            tracker.log_metrics(new)
+        # from now on the leaderboard and exports read the rescored table (per_nodule_artifact)
+        tracker.set_tags({RESCORED_TAG: "true"})
+        print(f"logged {len(new)} new aggregates and {RESCORED_PER_NODULE_ARTIFACT}"
+              + ("; differing values were left as logged" if changed else ""), file=sys.stderr)
