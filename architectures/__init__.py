@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from benchmark.registry import Registry
+from benchmark.core.registry import Registry
 
 ARCHITECTURES = Registry("architecture")
 register_architecture = ARCHITECTURES.register
@@ -32,7 +32,7 @@ _TRANSFUSE_PAPER = "Zhang et al. 2021, arXiv 2102.08005"
 _TRANSFUSE_SMOKE = {"cnn_widths": [8, 16, 32], "embed_dim": 48, "vit_depth": 2, "num_heads": 4, "patch_size": 2}
 
 #: name -> where its factory lives and what it is. ``preset_kwargs``: the architecture's size
-#: for the small presets (merged under the user's ``model.kwargs`` by ``benchmark.config``).
+#: for the small presets (merged under the user's ``model.kwargs`` by ``benchmark.run.config``).
 _DECLARATIONS: dict[str, dict] = {
     "unet3d": dict(
         module="unet3d", family="CNN",

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.errors import UsageError
+from benchmark.core.errors import UsageError
 
 __all__ = ["plan_strides", "total_stride", "PadToMultiple"]
 

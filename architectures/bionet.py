@@ -69,7 +69,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from benchmark.errors import UsageError
+from benchmark.core.errors import UsageError
 
 from . import register_architecture
 from ._layers import PadToMultiple, plan_strides, total_stride

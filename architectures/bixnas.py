@@ -40,7 +40,7 @@ What changed from the original, and for 3D:
     skip, pruned progressively rather than by one argmax); phase two draws each phase-one skip
     as an Optuna boolean (``sample_genotype(within=...)``) for NSGA-II instead of BiX-NAS's
     stage-by-stage evolutionary search with shared weights; the last decoder stage always keeps
-    its sequential input (as in BiX-NAS). Scoring (Dice vs MACs) belongs to ``benchmark/nas.py``.
+    its sequential input (as in BiX-NAS). Scoring (Dice vs MACs) belongs to ``benchmark/campaigns/nas.py``.
 
 ``bixnas`` is built from ``architectures/bixnas_genotype.json``, written by
 ``bench search bixnas --choose`` with the search's MLflow runs and budget.
@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.errors import BenchError, UsageError
+from benchmark.core.errors import BenchError, UsageError
 
 from . import register_architecture
 from ._layers import PadToMultiple, plan_strides, total_stride
@@ -391,7 +391,7 @@ def load_genotype(path) -> Genotype:
 def fuse(inputs, weights=None):
     """Weighted sum of same-shape tensors (default: their mean), written as one matrix product.
 
-    Why a matrix product and not ``torch.stack(...).mean(0)``: ``benchmark/cost.py`` counts MACs
+    Why a matrix product and not ``torch.stack(...).mean(0)``: ``benchmark/run/cost.py`` counts MACs
     with PyTorch's FlopCounterMode, which counts matrix products but no element-wise op. As a
     (1 x k) @ (k x N) product, fusing k inputs of N elements costs k * N MACs, so every fused
     input shows in a network's MACs (and a search that drops a skip sees it get cheaper).
@@ -509,7 +509,7 @@ class BiXSuperNet(BiXNet):
     :meth:`prune_step` removes, from every block that still has more than ``keep`` inputs, the one
     with the least mean selection probability (masked, so it is never drawn again). After enough
     steps :meth:`genotype` is the phase-one result: at most ``keep`` inputs per block, dead blocks
-    pruned. Phase two (``benchmark/nas.py``) searches subsets of it.
+    pruned. Phase two (``benchmark/campaigns/nas.py``) searches subsets of it.
     """
 
     def __init__(self, iterations: int = 3, levels: int = 4, columns: int = 3, keep: int = 3, tau: float = 1.0,

@@ -11,7 +11,7 @@ architecture parameters with a shortest-path over valid topologies (``TopologySe
 
 Two registered networks:
   * ``dints``: the topology searched on this data by ``bench search dints``
-    (``benchmark/dints_search.py``, MONAI's TopologySearch) when ``architectures/dints_genotype.json``
+    (``benchmark/campaigns/dints_search.py``, MONAI's TopologySearch) when ``architectures/dints_genotype.json``
     exists; until a real search has written it, the fixed topology below (so the default never
     silently becomes a smoke-searched one: only commit a genotype from a cpu or paper search);
   * ``dints_fixed``: always the fixed topology below, the parent the searched one is compared with.
@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from monai.networks.nets import DiNTS, TopologyInstance
 
-from benchmark.errors import UsageError
+from benchmark.core.errors import UsageError
 
 from . import register_architecture
 from ._layers import PadToMultiple

@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.errors import UsageError
+from benchmark.core.errors import UsageError
 
 from . import register_architecture
 

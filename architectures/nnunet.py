@@ -36,7 +36,7 @@ from dynamic_network_architectures.building_blocks.residual import BasicBlockD
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He, init_last_bn_before_add_to_0
 from torch import nn
 
-from benchmark.errors import UsageError
+from benchmark.core.errors import UsageError
 
 from . import register_architecture
 from ._layers import PadToMultiple, plan_strides, total_stride

@@ -24,7 +24,7 @@ from __future__ import annotations
 import segmentation_models_pytorch_3d as smp
 from segmentation_models_pytorch_3d.encoders.resnet import resnet_encoders
 
-from benchmark.errors import UsageError
+from benchmark.core.errors import UsageError
 
 from . import register_architecture
 from ._layers import PadToMultiple, plan_strides, total_stride
