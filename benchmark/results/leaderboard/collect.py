@@ -311,8 +311,8 @@ def declared_comparator(runs: list[RunRecord], protocols_dir: Optional[Path] = N
     """The architecture the runs' protocol declared as its comparator, or "" when they declare none.
 
     A protocol records it on every run (``COMPARATOR_TAG``). Runs of a protocol that predates the
-    tag (cpu v6) record the name and the sha of the protocol file's bytes: the committed file with
-    that sha is read for its ``reference_arch``. Runs of no protocol (``bench run``, ``bench suite``)
+    tag (cpu v6) record the name and the sha of the protocol file's bytes: the committed file of
+    that name and sha (anywhere under ``protocols/``) is read for its ``reference_arch``. Runs of no protocol (``bench run``, ``bench suite``)
     declare no comparator, so their page has no pre-declared test. Runs that name different
     comparators are a usage error: one page answers one declared question.
     """
@@ -333,14 +333,13 @@ def declared_comparator(runs: list[RunRecord], protocols_dir: Optional[Path] = N
 
 
 def _comparator_from_protocol_file(name: str, sha: str, protocols_dir: Path) -> str:
-    """``reference_arch`` of ``protocols/<name>.yaml`` when its bytes have the runs' sha; "" otherwise."""
-    if not name.replace("-", "").replace("_", "").isalnum():
-        return ""  # a tag is a name, never a path
-    path = protocols_dir / f"{name}.yaml"
-    if not path.is_file():
-        return ""
-    raw = path.read_bytes()
-    if hashlib.sha256(raw).hexdigest()[:12] != sha:
-        return ""
-    spec = yaml.safe_load(raw)
-    return str(spec.get("reference_arch", "")) if isinstance(spec, dict) else ""
+    """``reference_arch`` of the committed protocol file named ``name`` whose bytes have the runs'
+    sha (a finished protocol is kept, frozen, when a new version replaces it); "" when none has."""
+    for path in sorted(protocols_dir.rglob("*.yaml")):
+        raw = path.read_bytes()
+        if hashlib.sha256(raw).hexdigest()[:12] != sha:
+            continue
+        spec = yaml.safe_load(raw)
+        if isinstance(spec, dict) and spec.get("name") == name:
+            return str(spec.get("reference_arch", ""))
+    return ""
