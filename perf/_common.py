@@ -123,7 +123,7 @@ def spread(xs: Sequence[float]) -> str:
 
 
 def table(rows: list[dict], columns: Sequence[str], title: str = "") -> str:
-    """A plain Markdown table (pastes straight into PERFORMANCE.md)."""
+    """A plain Markdown table (pastes straight into docs/performance.md)."""
     def fmt(v):
         if isinstance(v, float):
             return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"

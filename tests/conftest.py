@@ -29,7 +29,7 @@ try:
     torch.set_num_threads(_threads)
     # and the same for the `bench` subprocesses the tests start, which would otherwise each take
     # every core: two workers' subprocesses at two threads each on two cores spin-wait on each
-    # other (README, "Tuning": a unet3d epoch took 100-196 s that way, 14-17 s at one thread each)
+    # other (docs/protocol.md: a unet3d epoch took 100-196 s that way, 14-17 s at one thread each)
     os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
 except ImportError:  # pragma: no cover
     pass

@@ -71,7 +71,7 @@ def _wait_for_checkpointed_run(bench_home, deadline, driver):
 @pytest.mark.slow
 def test_killed_workers_cell_is_resumed_by_another_worker(dask_cluster, bench_home):
     address, env = dask_cluster
-    # the crops must exist where the workers run (README, Scaling out): build them once here
+    # the crops must exist where the workers run (docs/scaling.md): build them once here
     from benchmark.run.config import build_config
     from benchmark.data import load_crops
     load_crops(build_config("smoke").data, progress=False)
@@ -170,7 +170,7 @@ def test_protocol_runs_its_studies_and_cells_on_the_cluster(bench_home, tmp_path
     from benchmark.core.tracking import client
     from benchmark.core.optuna_storage import open_storage
     monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
-    load_crops(build_config("smoke").data)          # as README asks of every worker machine
+    load_crops(build_config("smoke").data)          # as docs/scaling.md asks of every worker machine
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_PROTOCOL)
     with DaskExecutor.connect("local:2") as ex:

@@ -3,7 +3,7 @@
     bench suite --preset paper --seeds 3 --scheduler tcp://head:8786   # a running Dask scheduler
     bench suite --preset cpu --seeds 3 --scheduler local:2             # start 2 worker processes here
 
-Why Dask (README, "Scaling out"): one API for a workstation (``local:N``), a few machines
+Why Dask (docs/scaling.md): one API for a workstation (``local:N``), a few machines
 (``dask scheduler`` + ``dask worker`` over SSH) and the batch systems labs already run
 (SLURM/PBS/SGE/LSF through dask-jobqueue, whose workers join the same scheduler); a worker
 that dies is noticed by the scheduler at once and its task is given to another worker, with no

@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="run the cells on a Dask cluster: tcp://HOST:PORT of a running scheduler, or local:N "
-                        "to start N worker processes here (see README, Scaling out)")
+                        "to start N worker processes here (see docs/scaling.md)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides for every cell; ARCH:key=value for one architecture")
     p.set_defaults(func=_cmd)

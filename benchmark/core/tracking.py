@@ -689,7 +689,7 @@ def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict |
         out = cpu_model(torch.from_numpy(example))
         out = out[0] if isinstance(out, (list, tuple)) else out
     signature = infer_signature(example, out.numpy())
-    # MLflow warns about pickle on every call; the trade-off is documented here and in the README
+    # MLflow warns about pickle on every call; the trade-off is documented here and in docs/tracking.md
     flavour_log = logging.getLogger("mlflow.pytorch")
     level = flavour_log.level
     flavour_log.setLevel(logging.ERROR)

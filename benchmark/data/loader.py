@@ -38,7 +38,7 @@ __all__ = ["resolve_num_workers", "epoch_permutation", "sample_draws", "CropFile
 #: batches each loader worker keeps ready (DataLoader's prefetch_factor)
 PREFETCH_BATCHES = 4
 #: "auto" never starts more workers than this per process: beyond it, batch preparation for one
-#: device is already far ahead of the model (PERFORMANCE.md, section 2)
+#: device is already far ahead of the model (docs/performance.md, section 2)
 MAX_AUTO_WORKERS = 8
 
 

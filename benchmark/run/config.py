@@ -369,7 +369,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # the loss still falls) were stopped at epoch 7 by the luck of the seed (bixnas seed 1).
         # The best-validation checkpoint is still the one evaluated.
         "train": {"epochs": 20, "batch_size": 8, "steps_per_epoch": 20, "early_stopping_patience": 20,
-                  "channels_last": True},  # 1.6x faster on CPUs (PERFORMANCE.md)
+                  "channels_last": True},  # 1.6x faster on CPUs (docs/performance.md)
         "optim": {"lr": 3e-3},
         "eval": {"latency_repeats": 5},
     },
