@@ -85,3 +85,29 @@ def test_holm_and_pvalues_against_reference():
     assert set(out) == {"same", "better"}
     assert out["same"][0] == 1.0 and out["better"][0] < 1e-6
     assert out["better"][1] == pytest.approx(min(1.0, 2 * out["better"][0]))
+
+
+def test_seed_groups_widen_the_interval_only_when_they_disagree():
+    """A third level (the tuning study each seed came from) resamples studies, then seeds."""
+    n_nod = 40
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.4, 0.8, n_nod)
+    # 6 seeds from two studies whose chosen configurations differ by 0.2 Dice
+    scores = np.stack([base + 0.1] * 3 + [base - 0.1] * 3)
+    flat = stats.draw_resamples({"m": 6}, n_nod, n_boot=3000, seed=0)
+    nested = stats.draw_resamples({"m": 6}, n_nod, n_boot=3000, seed=0, groups={"m": ["s0"] * 3 + ["s1"] * 3})
+    w_flat = np.subtract(*stats.percentile_interval(stats.two_level_bootstrap(scores, flat, "m"))[::-1])
+    w_nested = np.subtract(*stats.percentile_interval(stats.two_level_bootstrap(scores, nested, "m"))[::-1])
+    assert w_nested > 1.2 * w_flat
+    # a single group is exactly the two-level bootstrap (the published pages do not move)
+    one = stats.draw_resamples({"m": 4}, n_nod, n_boot=500, seed=0, groups={"m": ["s0"] * 4})
+    two = stats.draw_resamples({"m": 4}, n_nod, n_boot=500, seed=0)
+    assert np.array_equal(one.seeds["m"], two.seeds["m"])
+    # every drawn seed index belongs to the model
+    assert nested.seeds["m"].min() >= 0 and nested.seeds["m"].max() <= 5
+
+
+def test_seed_level_p():
+    assert stats.seed_level_p([0.60, 0.61, 0.62], [0.50, 0.51, 0.52]) < 0.01
+    assert stats.seed_level_p([0.60, 0.40, 0.62], [0.50, 0.61, 0.45]) > 0.3
+    assert np.isnan(stats.seed_level_p([0.6], [0.5, 0.4]))

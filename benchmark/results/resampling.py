@@ -29,7 +29,7 @@ import numpy as np
 
 __all__ = ["Resamples", "draw_resamples", "two_level_bootstrap", "nodule_bootstrap", "percentile_interval",
            "p_best", "rank_p_best", "wilcoxon_p", "holm", "empty_count", "seed_median", "difference_interval",
-           "pvalues_against"]
+           "pvalues_against", "seed_level_p"]
 
 
 @dataclass
@@ -44,10 +44,16 @@ class Resamples:
         return self.nodules.shape[0]
 
 
-def draw_resamples(n_seeds: Mapping[str, int], n_nodules: int, n_boot: int = 2000, seed: int = 0) -> Resamples:
+def draw_resamples(n_seeds: Mapping[str, int], n_nodules: int, n_boot: int = 2000, seed: int = 0,
+                   groups: Optional[Mapping[str, Sequence]] = None) -> Resamples:
     """Draw the nodule resamples once and each model's seed resamples from its own stream
     (seeded by the bootstrap seed and the model's label), so adding a model to a table does
-    not change the draws of the others."""
+    not change the draws of the others.
+
+    ``groups`` (label -> a group id per seed, e.g. the Optuna study each seed's configuration
+    came from) adds the tuning's own chance as a third level: a model whose seeds come from more
+    than one group has its groups resampled first, then each seed slot is filled from a drawn
+    group's seeds. A model with one group (or none given) gets exactly the two-level draws."""
     if n_nodules < 1:
         raise ValueError("no nodules to resample")
     nod = np.random.default_rng(seed).integers(0, n_nodules, size=(n_boot, n_nodules))
@@ -56,8 +62,28 @@ def draw_resamples(n_seeds: Mapping[str, int], n_nodules: int, n_boot: int = 200
         if k < 1:
             raise ValueError(f"{label}: no seeds")
         rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
-        seeds[label] = rng.integers(0, k, size=(n_boot, k))
+        g = None if groups is None else groups.get(label)
+        if g is None or len(set(g)) < 2:
+            seeds[label] = rng.integers(0, k, size=(n_boot, k))
+        else:
+            seeds[label] = _grouped_seed_draws(list(g), n_boot, rng)
     return Resamples(nod, seeds, seed)
+
+
+def _grouped_seed_draws(groups: list, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n_seeds) seed indices of a hierarchical resample: groups with replacement, then
+    for each seed slot a drawn group and one of its seeds, uniformly."""
+    ids = sorted(set(groups), key=str)
+    members = [np.flatnonzero(np.array([g == i for g in groups])) for i in ids]
+    k, n_groups = len(groups), len(ids)
+    drawn = rng.integers(0, n_groups, size=(n_boot, n_groups))             # resampled groups
+    slot_group = np.take_along_axis(drawn, rng.integers(0, n_groups, size=(n_boot, k)), axis=1)
+    pick = rng.random((n_boot, k))
+    out = np.empty((n_boot, k), dtype=int)
+    for gi, m in enumerate(members):
+        sel = slot_group == gi
+        out[sel] = m[np.minimum((pick[sel] * len(m)).astype(int), len(m) - 1)]
+    return out
 
 
 def _seed_resampled_nodule_means(scores: np.ndarray, seed_idx: np.ndarray) -> np.ndarray:
@@ -156,3 +182,17 @@ def pvalues_against(per_nodule: Mapping[str, np.ndarray], against: str,
     labels = [lab for lab in (labels or list(per_nodule)) if lab != against]
     raw = [wilcoxon_p(per_nodule[lab], per_nodule[against]) for lab in labels]
     return {lab: (p, q) for lab, p, q in zip(labels, raw, holm(raw))}
+
+
+def seed_level_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided Welch t-test of two models' per-seed mean scores (each seed one observation).
+
+    The nodule-level Wilcoxon holds the trained models fixed; this test treats the training run
+    as the unit, so it sees how much seeds move a model. With 3 seeds a side it has little power:
+    a large p here says the seeds cannot separate the two, not that they are equal. NaN when a
+    side has fewer than 2 seeds or both sides have no spread."""
+    from scipy.stats import ttest_ind
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+        return float("nan")
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
