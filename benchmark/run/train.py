@@ -112,7 +112,8 @@ def build_model(cfg: RunConfig):
 
 
 def build_loss(cfg: RunConfig, model):
-    from benchmark.losses import DeepSupervisionLoss, create_loss
+    from benchmark.losses import create_loss
+    from benchmark.losses.deep_supervision import DeepSupervisionLoss
     weights = getattr(model, "deep_supervision_weights", None)
     return DeepSupervisionLoss(create_loss(cfg.loss.name, **cfg.loss.kwargs), weights)
 
