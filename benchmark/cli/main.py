@@ -24,7 +24,7 @@ for _cat in (FutureWarning, DeprecationWarning, UserWarning):
 
 from benchmark.core.errors import BenchError, UsageError
 from benchmark.core.interrupts import Terminated, install_handlers, restore_handlers
-from benchmark.run.run_args import add_config_arguments, resolve_config
+from benchmark.run.run_args import add_config_arguments, alias_tags, resolve_config
 
 #: modules that add their own sub-commands with ``register(subparsers)``
 COMMAND_MODULES = ["benchmark.cli.data", "benchmark.campaigns.tune", "benchmark.cli.suite", "benchmark.cli.leaderboard",
@@ -76,6 +76,7 @@ def cmd_run(args):
         cfg = resolve_config(args)
         if args.name:
             cfg.name = args.name
+        tags = {**tags, **alias_tags(args.arch)}
         result = run_experiment(cfg, tags=tags, show_progress=not args.no_progress)
     t = result.test_summary
     line = f"run {result.run_id}: best val Dice {result.best_val_dice:.4f} (epoch {result.best_epoch})"
