@@ -31,3 +31,26 @@ def test_bench_archs_names_what_each_alias_runs():
     out = subprocess.run([sys.executable, "-m", "benchmark.cli.main", "archs", "--no-cost"], cwd=ROOT,
                          capture_output=True, text=True, check=True)
     assert "--arch transfuse is an alias: running transfuse_s (not transfuse_l" in out.stderr
+
+
+# ------------------------------------------------------------------ a logged model on other patch sizes
+@pytest.mark.slow   # logs an MLflow model and loads it back through pyfunc (~40 s)
+def test_a_logged_model_predicts_any_multiple_of_what_the_network_needs(bench_home):
+    import mlflow.pyfunc
+    import numpy as np
+    from mlflow.models import get_model_info
+
+    from architectures import create_architecture
+    from benchmark.core.tracking import Tracker, log_pytorch_model
+    net = create_architecture("unet3d", base_channels=4)          # three poolings: multiples of 8
+    tracker = Tracker.start("signature", {"arch": "unet3d"})
+    uri = log_pytorch_model(tracker, net, np.zeros((1, 1, 16, 32, 32), np.float32))
+    tracker.finish("FINISHED")
+    spec = get_model_info(uri).signature.inputs.inputs[0]
+    assert spec.shape == (-1, 1, -1, -1, -1)
+    model = mlflow.pyfunc.load_model(uri)
+    for shape in ((1, 1, 16, 32, 32), (2, 1, 32, 64, 64)):
+        out = model.predict(np.random.default_rng(0).random(shape, dtype=np.float32))
+        assert np.asarray(out).shape == shape
+    with pytest.raises(Exception, match=r"input size \(20, 32, 32\) \(z, y, x\) is not a multiple of \(8, 8, 8\)"):
+        model.predict(np.zeros((1, 1, 20, 32, 32), np.float32))

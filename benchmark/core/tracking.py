@@ -674,21 +674,29 @@ def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict |
     The flavour pickles the whole module (class references into ``architectures``), so
     ``mlflow.pytorch.load_model`` needs lidc-bench importable and must only be used on runs you
     trust: unpickling executes code. Our own checkpoints stay ``weights_only`` state dicts.
-    ``input_example``: one normalised patch (1, 1, Z, Y, X) float32; the signature is inferred
-    from it and the model's logits.
+    ``input_example``: one normalised patch (1, 1, Z, Y, X) float32, logged as the example. The
+    signature leaves the batch and spatial sizes free (-1): a network takes other patch sizes than
+    the one it was trained on; the logged module is wrapped in ``SpatialSizeCheck``, which refuses,
+    in one line, a size that is not a multiple of what the network needs.
     """
     import copy
 
     import mlflow.pytorch
     import numpy as np
     import torch
-    from mlflow.models import infer_signature
-    cpu_model = copy.deepcopy(model).cpu().eval()
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from benchmark.core.model_wrapper import SpatialSizeCheck, required_multiple
+    bare = copy.deepcopy(model).cpu().eval()
+    cpu_model = SpatialSizeCheck(bare, required_multiple(bare)).eval()
     example = np.ascontiguousarray(input_example, dtype=np.float32)
     with torch.no_grad():
         out = cpu_model(torch.from_numpy(example))
         out = out[0] if isinstance(out, (list, tuple)) else out
-    signature = infer_signature(example, out.numpy())
+    free = (-1, example.shape[1], -1, -1, -1)
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), free)]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, out.shape[1], -1, -1, -1))]))
     # MLflow warns about pickle on every call; the trade-off is documented here and in the README
     flavour_log = logging.getLogger("mlflow.pytorch")
     level = flavour_log.level
