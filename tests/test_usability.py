@@ -54,3 +54,37 @@ def test_a_logged_model_predicts_any_multiple_of_what_the_network_needs(bench_ho
         assert np.asarray(out).shape == shape
     with pytest.raises(Exception, match=r"input size \(20, 32, 32\) \(z, y, x\) is not a multiple of \(8, 8, 8\)"):
         model.predict(np.zeros((1, 1, 20, 32, 32), np.float32))
+
+
+# ------------------------------------------------------------------ progress in a log file
+def test_progress_off_a_terminal_is_a_line_every_step_and_never_a_carriage_return():
+    import io
+
+    from benchmark.core.progress import LineProgress, progress_bar
+    log = io.StringIO()                                 # not a terminal
+    bar = progress_bar(range(40), desc="epoch 1/2", unit="batch", every_percent=25, file=log)
+    assert isinstance(bar, LineProgress)
+    for i in bar:
+        bar.set_postfix(loss=f"{i:.1f}")
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) == 4            # 25, 50, 75 %, then the end
+    assert lines[0].startswith("epoch 1/2: 25% 10/40 batch, ") and lines[-1].startswith("epoch 1/2: 100% 40/40 batch")
+    assert lines[-1].endswith("loss=39.0")
+
+
+@pytest.mark.slow   # trains the smoke preset for one epoch (~1 min)
+def test_a_smoke_training_with_stderr_to_a_file_writes_no_carriage_return(bench_home, tmp_path):
+    import os
+
+    from tests.conftest import ROOT
+    env = {**os.environ, "LIDC_BENCH_HOME": str(bench_home)}
+    env.pop("LIDC_BENCH_TRACKING_URI", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    err = tmp_path / "stderr.log"
+    with open(err, "wb") as f:
+        subprocess.run([sys.executable, "-m", "benchmark.cli.main", "run", "--arch", "unet3d", "--preset", "smoke",
+                        "train.epochs=1", "model.kwargs.base_channels=4"], cwd=ROOT, env=env, stderr=f,
+                       stdout=subprocess.DEVNULL, check=True)
+    text = err.read_bytes().decode()
+    assert "\r" not in text
+    assert "unet3d [smoke]: 100% 1/1 epoch" in text and "epoch 1/1: 100%" in text

@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 
 MAX_PARAM_LEN = 6000
 
+# MLflow draws its own tqdm bars when it moves artifacts (checkpoint downloads in `bench predict`,
+# model logging): carriage returns in a log file, and a second bar under ours on a terminal. The
+# project's own bars (benchmark.core.progress) say what is happening; a user who wants MLflow's
+# back sets the variable to true.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 
 @dataclass
 class TrackingSettings:
