@@ -88,3 +88,87 @@ def test_a_smoke_training_with_stderr_to_a_file_writes_no_carriage_return(bench_
     text = err.read_bytes().decode()
     assert "\r" not in text
     assert "unet3d [smoke]: 100% 1/1 epoch" in text and "epoch 1/1: 100%" in text
+
+
+# ------------------------------------------------------------------ bench ui
+def _home_with_store(base, template, name):
+    import shutil
+    home = base / name
+    (home / "runs").mkdir(parents=True)
+    shutil.copy(template, home / "runs" / "mlflow.db")
+    return home
+
+
+def _start_ui(home, port: int, experiment: str):
+    import os
+    import time
+
+    from tests.conftest import ROOT
+    env = {**os.environ, "LIDC_BENCH_HOME": str(home), "LIDC_BENCH_EXPERIMENT": experiment}
+    env.pop("LIDC_BENCH_TRACKING_URI", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    err = open(home / "ui.err", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli.main", "ui", "--port", str(port)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        text = (home / "ui.err").read_text()
+        opened = [line for line in text.splitlines() if line.startswith("open ")]
+        if opened:
+            return proc, text, opened[0].split()[1]
+        if proc.poll() is not None:
+            pytest.fail("bench ui exited: " + text[-1500:])
+        time.sleep(1)
+    proc.kill()
+    pytest.fail("bench ui printed no address in 240 s")
+
+
+def _serves_experiment(url: str, name: str) -> bool:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    base = url.split("/#", 1)[0]
+    try:
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?"
+                                    + urllib.parse.urlencode({"experiment_name": name}), timeout=10) as r:
+            return r.status == 200
+    except urllib.error.HTTPError:
+        return False
+
+
+@pytest.mark.slow   # starts two MLflow servers (~1-2 min on two cores)
+def test_two_uis_on_a_taken_port_each_serve_their_own_store_and_die_with_sigkill(tmp_path, migrated_store_template):
+    import signal
+    import socket
+    import time
+
+    from benchmark.cli.ui import port_is_free
+    from tests.conftest import free_port
+    from tests.test_models_ui import _alive, _descendants
+    port = free_port()
+    a = _home_with_store(tmp_path, migrated_store_template, "a")
+    b = _home_with_store(tmp_path, migrated_store_template, "b")
+    ui_a, _, url_a = _start_ui(a, port, "store-a")
+    ui_b, err_b, url_b = _start_ui(b, port, "store-b")        # port is now store a's
+    try:
+        assert f":{port}/" in url_a and f":{port}/" not in url_b
+        assert f"port {port} is taken by another server; serving this store on port" in err_b
+        assert err_b.index("is taken") < err_b.index("open ")     # said before the address
+        assert _serves_experiment(url_a, "store-a") and not _serves_experiment(url_a, "store-b")
+        assert _serves_experiment(url_b, "store-b") and not _serves_experiment(url_b, "store-a")
+        servers = _descendants(ui_a.pid) + _descendants(ui_b.pid)
+        assert servers
+    finally:
+        for ui in (ui_a, ui_b):
+            ui.send_signal(signal.SIGKILL)                          # no chance to clean up itself
+            ui.wait(10)
+    port_b = int(url_b.split("/#", 1)[0].rsplit(":", 1)[1])
+    deadline = time.time() + 60
+    while time.time() < deadline and (any(_alive(p) for p in servers)
+                                      or not (port_is_free("127.0.0.1", port) and port_is_free("127.0.0.1", port_b))):
+        time.sleep(1)
+    assert not [p for p in servers if _alive(p)]
+    for p in (port, port_b):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", p))                                # no listener left

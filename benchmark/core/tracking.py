@@ -536,10 +536,12 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_EXPERIMENT_KIND = "custom_model_development"
 #: a saved view of the runs table (MLflow's "share view" mechanism: an experiment tag
 #: ``mlflow.sharedViewState.<key>`` holding the view as JSON, opened with ``?viewStateShareKey=<key>``):
-#: the UI's default columns are Source/Models/Dataset only, this one adds the headline metrics
+#: the UI's default columns are Source/Models/Dataset only; this one shows the headline numbers
+#: instead, and only those, so that all of them fit a 1600 px window beside the run's name (the UI
+#: orders metrics by name and puts tags after them; any other column is one click away)
 RUNS_VIEW_KEY = "lidc-bench-runs"
-HEADLINE_METRICS = ("test_dice", "test_hd95_mm", "test_nsd", "best_val_dice", "params")
-RUNS_VIEW_TAGS = ("arch", "loss", "preset", "seed")
+HEADLINE_METRICS = ("test_dice", "test_dice_vs_truth", "test_hd95_mm")
+RUNS_VIEW_TAGS = ("arch", "loss", "seed")
 #: name of the logged MLflow model (a LoggedModel of the run, loaded by its ``models:/<model_id>`` URI)
 MODEL_ARTIFACT = "model"
 #: a run's per-nodule test table as evaluation wrote it, and as ``bench rescore --log`` wrote it again
@@ -606,8 +608,8 @@ def runs_view_state() -> str:
     """The saved runs-table view: sorted by test Dice, headline metrics and tags as columns."""
     def key(kind, name):
         return f"{kind}.`{name}`"
-    columns = ([key("attributes", a) for a in ("Source", "Models", "Dataset")]
-               + [key("metrics", m) for m in HEADLINE_METRICS] + [key("tags", t) for t in RUNS_VIEW_TAGS])
+    # no Source/Models/Dataset columns: wide, and the same for every run of the project
+    columns = [key("metrics", m) for m in HEADLINE_METRICS] + [key("tags", t) for t in RUNS_VIEW_TAGS]
     return json.dumps({"orderByKey": key("metrics", "test_dice"), "orderByAsc": False, "selectedColumns": columns})
 
 
