@@ -86,6 +86,12 @@ def reading_guide(lb: Leaderboard, interval_place: str = "after") -> list[tuple[
     by = ("mean Dice" if lb.ranking == "aggregate" else
           "mean rank over the test nodules (each nodule ranks the models by Dice)")
     guide = [
+        ("Verdict (the page's first lines)", "generated from the table: a winner is named only when its 95% "
+                                             "interval of mean Dice lies wholly above the runner-up's and the "
+                                             "Holm-corrected Wilcoxon p against the runner-up is below 0.05; "
+                                             "otherwise the page says the data cannot separate the two. The "
+                                             "Summary table holds the columns a ranking rests on; Details holds "
+                                             "every column."),
         ("Value", f"mean ± standard deviation over the row's seeds of each seed's mean over the "
                   f"{lb.key.n_nodules} test nodules (a single run has no ±). HD95 is in mm, lower is better; "
                   "for every other metric higher is better."),
