@@ -10,7 +10,7 @@ tensor order ``(z, y, x)``, i.e. ``(D, H, W)``) plus its own keyword arguments, 
 Deep supervision contract: in ``train()`` mode a model may return a list of logit maps,
 the first being the main full-resolution output (auxiliary maps may be coarser), and
 exposes ``deep_supervision_weights`` (same length). In ``eval()`` mode it returns the main
-tensor only. ``benchmark.losses.DeepSupervisionLoss`` applies any loss to such outputs.
+tensor only. ``benchmark.losses.deep_supervision.DeepSupervisionLoss`` applies any loss to such outputs.
 
 Each architecture family is one self-contained module with its paper cited at the top. The
 table below is the one place that names every architecture and its metadata (family, paper,

@@ -33,7 +33,10 @@ supervision. Bundle recipe: SGD lr 0.025, Dice+CE, AMP.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +47,7 @@ from benchmark.core.errors import UsageError
 from . import register_architecture
 from ._layers import PadToMultiple
 
-__all__ = ["FIXED_TOPOLOGY", "GENOTYPE_PATH", "decode_seeded_topology", "dints_model", "load_topology",
+__all__ = ["FIXED_TOPOLOGY", "GENOTYPE_PATH", "build_topology", "decode_seeded_topology", "dints_model", "load_topology",
            "save_topology", "default_topology"]
 
 GENOTYPE_PATH = Path(__file__).with_name("dints_genotype.json")
@@ -74,6 +77,25 @@ FIXED_TOPOLOGY = {
 }
 
 
+#: what MONAI's topology constructor prints (to stdout, with a timestamp, on every build; it is a
+#: print, not a warning, so warnings.filterwarnings cannot reach it)
+_PATCH_ADVICE = "Length of input patch is recommended to be a multiple of"
+
+
+def build_topology(cls, **kwargs):
+    """``cls(**kwargs)`` for MONAI's TopologyInstance / TopologySearch without its patch-size advice:
+    these networks pad every input to a multiple of 16 themselves (``PadToMultiple``), so the
+    advice is always met and only cluttered `bench archs` and every run's output. Anything else
+    the constructor prints still reaches stdout."""
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        space = cls(**kwargs)
+    rest = [line for line in captured.getvalue().splitlines() if _PATCH_ADVICE not in line]
+    if rest:
+        print("\n".join(rest), file=sys.stdout)
+    return space
+
+
 def decode_seeded_topology(seed: int = 0, num_blocks: int = 6, num_depths: int = 3) -> dict:
     """Decode an untrained DiNTS search space after seeding torch: how FIXED_TOPOLOGY was made."""
     import torch
@@ -81,7 +103,7 @@ def decode_seeded_topology(seed: int = 0, num_blocks: int = 6, num_depths: int =
 
     torch.manual_seed(seed)
     # channel_mul only sizes the throw-away supernet; the decoded codes do not depend on it.
-    space = TopologySearch(channel_mul=0.25, num_blocks=num_blocks, num_depths=num_depths,
+    space = build_topology(TopologySearch, channel_mul=0.25, num_blocks=num_blocks, num_depths=num_depths,
                            use_downsample=True, spatial_dims=3)
     node_a, arch_code_a, arch_code_c, _ = space.decode()
     return {"seed": seed, "node_a": np.asarray(node_a).astype(int).tolist(),
@@ -136,9 +158,8 @@ def dints_model(in_channels: int = 1, out_channels: int = 1, channel_mul: float 
             or arch_code_a.shape[1] != 3 * num_depths - 2:
         raise UsageError(f"dints: inconsistent topology shapes node_a {node_a.shape}, arch_code_a "
                          f"{arch_code_a.shape}, arch_code_c {arch_code_c.shape}")
-    space = TopologyInstance(arch_code=[arch_code_a, arch_code_c], channel_mul=channel_mul,
-                             num_blocks=num_blocks, num_depths=num_depths, use_downsample=True,
-                             spatial_dims=3)
+    space = build_topology(TopologyInstance, arch_code=[arch_code_a, arch_code_c], channel_mul=channel_mul,
+                           num_blocks=num_blocks, num_depths=num_depths, use_downsample=True, spatial_dims=3)
     return DiNTS(dints_space=space, in_channels=in_channels, num_classes=out_channels,
                  use_downsample=True, node_a=node_a)
 

@@ -13,7 +13,8 @@ from architectures._layers import PadToMultiple, plan_strides
 from benchmark.core.errors import UsageError
 from conftest import sphere_batch
 
-from benchmark.losses import DeepSupervisionLoss, create_loss
+from benchmark.losses import create_loss
+from benchmark.losses.deep_supervision import DeepSupervisionLoss
 
 NAMES = ["nnunet_plain", "nnunet_resenc", "smp_unet", "swinunetr", "unetr", "dints", "dints_fixed", "bionet",
          "bixnas"]

@@ -12,7 +12,8 @@ from architectures import architecture_entry, create_architecture
 from benchmark.core.errors import UsageError
 from conftest import sphere_batch
 
-from benchmark.losses import DeepSupervisionLoss, create_loss
+from benchmark.losses import create_loss
+from benchmark.losses.deep_supervision import DeepSupervisionLoss
 
 NAMES = ["transfuse_s", "transfuse_l", "mctrans"]
 SMOKE, CPU, PAPER = (8, 16, 16), (16, 32, 32), (32, 64, 64)  # (D, H, W) of the three presets

@@ -18,6 +18,22 @@ def test_dints_without_a_committed_search_is_the_fixed_topology():
         assert default_topology() is FIXED_TOPOLOGY
 
 
+def test_building_dints_prints_no_patch_size_advice(capsys):
+    """MONAI's topology constructor prints "Length of input patch is recommended to be a multiple
+    of 16" on every build; the network pads its inputs to that multiple, so the advice is dropped,
+    and only that line: anything else the constructor prints still shows."""
+    from architectures.dints import build_topology, dints_model
+
+    class Chatty:
+        def __init__(self, **kwargs):
+            print("2026-01-01 - Length of input patch is recommended to be a multiple of 16.")
+            print("something else")
+    dints_model()
+    assert build_topology(Chatty).__class__ is Chatty
+    out = capsys.readouterr()
+    assert "recommended to be a multiple" not in out.out + out.err and out.out == "something else\n"
+
+
 def test_smoke_dints_search_needs_an_explicit_out(bench_home):
     from conftest import run_cli
     r = run_cli("search", "dints", "--preset", "smoke", env={"LIDC_BENCH_HOME": str(bench_home)})

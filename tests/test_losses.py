@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.core.errors import UsageError
-from benchmark.losses import DeepSupervisionLoss, create_loss, list_losses, loss_entry
+from benchmark.losses import create_loss, list_losses, loss_entry
+from benchmark.losses.deep_supervision import DeepSupervisionLoss
 from benchmark.losses.residual_moment import ResidualMomentLoss
 
 torch.set_num_threads(1)
@@ -49,6 +50,31 @@ def shifted(dx: int = 0, dz: int = 0) -> torch.Tensor:
 
 def test_expected_losses_registered():
     assert EXPECTED <= set(ALL_LOSSES)
+
+
+def test_listing_the_losses_imports_no_loss_module_and_no_monai():
+    """`bench losses` reads the declared table only: no loss module, MONAI or torch is imported
+    (importing them cost `bench losses` 18-20 s); building a loss imports its module."""
+    import subprocess
+    import sys
+    probe = ("import sys\n"
+             "from benchmark.cli.main import main\n"
+             "sys.argv = ['bench', 'losses']\n"
+             "main()\n"
+             "loaded = sorted(m for m in sys.modules if m.startswith(('benchmark.losses.', 'monai', 'torch')))\n"
+             "print('LOADED', loaded)\n"
+             "from benchmark.losses import create_loss\n"
+             "create_loss('focal')\n"
+             "print('AFTER', 'benchmark.losses.focal' in sys.modules, 'monai' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "LOADED []" in out and "AFTER True True" in out
+    assert all(name in out for name in EXPECTED)           # the table itself was printed
+
+
+def test_every_declared_loss_is_registered_by_its_module():
+    for name in ALL_LOSSES:
+        entry = loss_entry(name)
+        assert callable(entry.factory) and entry.loaded and entry.family and entry.paper, name
 
 
 def test_unknown_loss_is_a_usage_error():

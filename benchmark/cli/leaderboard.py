@@ -32,6 +32,9 @@ def register(sub) -> None:
                    help="put each table's top model (its best seed) in the MLflow model registry, named after the table")
     p.add_argument("--from", dest="from_export", metavar="EXPORT",
                    help="recompute from a run export folder (e.g. leaderboards/lidc-phantom-cpu.runs) instead of MLflow")
+    p.add_argument("--tracking-url", default="", metavar="URL",
+                   help="the MLflow UI's address (e.g. http://127.0.0.1:5000): each run id on the page links to its "
+                        "run there (default: plain ids)")
     p.set_defaults(func=_cmd)
 
 
@@ -41,7 +44,7 @@ def _cmd(args) -> None:
                        data_hash=args.data_hash, run_filter=args.run_filter, n_boot=args.n_boot,
                        boot_seed=args.boot_seed, log_to_mlflow=not args.no_log,
                        from_export=args.from_export, export=args.export, register_top=args.register,
-                       study_storage=args.storage)
+                       study_storage=args.storage, tracking_url=args.tracking_url)
     for g in results:
         print(g.markdown)
         print("wrote " + ", ".join(str(f) for f in g.files), file=sys.stderr)

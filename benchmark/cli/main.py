@@ -24,7 +24,7 @@ for _cat in (FutureWarning, DeprecationWarning, UserWarning):
 
 from benchmark.core.errors import BenchError, UsageError
 from benchmark.core.interrupts import Terminated, install_handlers, restore_handlers
-from benchmark.run.run_args import add_config_arguments, resolve_config
+from benchmark.run.run_args import add_config_arguments, alias_tags, resolve_config
 
 #: modules that add their own sub-commands with ``register(subparsers)``
 COMMAND_MODULES = ["benchmark.cli.data", "benchmark.campaigns.tune", "benchmark.cli.suite", "benchmark.cli.leaderboard",
@@ -76,6 +76,7 @@ def cmd_run(args):
         cfg = resolve_config(args)
         if args.name:
             cfg.name = args.name
+        tags = {**tags, **alias_tags(args.arch)}
         result = run_experiment(cfg, tags=tags, show_progress=not args.no_progress)
     t = result.test_summary
     line = f"run {result.run_id}: best val Dice {result.best_val_dice:.4f} (epoch {result.best_epoch})"
@@ -127,61 +128,8 @@ def cmd_losses(args):
 
 
 def cmd_ui(args):
-    """Serve the MLflow UI; on Ctrl-C or SIGTERM stop its whole process group (the server
-    spawns uvicorn workers and a job runner that would otherwise keep the port)."""
-    import subprocess
-    from benchmark.core.tracking import client, experiment_id, load_settings, mark_training_experiment, runs_page_url
-    s = load_settings()
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", s.tracking_uri,
-           "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
-    if s.artifact_location:
-        cmd += ["--default-artifact-root", s.artifact_location]
-    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    url = f"http://{host}:{args.port}"
-    try:
-        cl = client(s)
-        exp_id = experiment_id(cl, s)
-        mark_training_experiment(cl, exp_id)  # stores from before this version get the runs view too
-        url = runs_page_url(url, exp_id)
-    except BenchError:
-        raise
-    except Exception:  # noqa: BLE001 - the plain address still works
-        pass
-    print(" ".join(cmd), file=sys.stderr)
-    print(f"open {url}   (Ctrl-C stops the server)", file=sys.stderr)
-    # its own session: a signal to `bench ui` reaches the server only through us, and we can
-    # stop the server's whole group (uvicorn workers, huey job runner) in one call
-    proc = subprocess.Popen(cmd, start_new_session=True)
-    try:
-        code = proc.wait()
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (raised as Terminated by main)
-        stop_process_group(proc)
-        raise
-    raise SystemExit(code)
-
-
-def stop_process_group(proc, grace_s: float = 10.0):
-    """SIGTERM a child's process group, SIGKILL what is left after ``grace_s``."""
-    import signal
-    import subprocess
-    import time
-    pgid = proc.pid  # started with start_new_session: the child leads its own group
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.time() + wait
-        while time.time() < deadline:
-            try:
-                proc.wait(timeout=0.2)
-            except subprocess.TimeoutExpired:
-                continue
-            try:  # the leader is gone; are its workers too?
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
+    from benchmark.cli.ui import serve
+    serve(args.host, args.port, args.workers)
 
 
 def cmd_sync(args):
@@ -227,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("ui", help="serve the MLflow UI on the configured store")
     u.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    u.add_argument("--port", type=int, default=5000, help="port to listen on")
+    u.add_argument("--port", type=int, default=5000,
+                   help="port to listen on; when another server holds it, a free one (said in one line)")
     u.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     u.set_defaults(func=cmd_ui)
 

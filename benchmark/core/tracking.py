@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 
 MAX_PARAM_LEN = 6000
 
+# MLflow draws its own tqdm bars when it moves artifacts (checkpoint downloads in `bench predict`,
+# model logging): carriage returns in a log file, and a second bar under ours on a terminal. The
+# project's own bars (benchmark.core.progress) say what is happening; a user who wants MLflow's
+# back sets the variable to true.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 
 @dataclass
 class TrackingSettings:
@@ -530,10 +536,12 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_EXPERIMENT_KIND = "custom_model_development"
 #: a saved view of the runs table (MLflow's "share view" mechanism: an experiment tag
 #: ``mlflow.sharedViewState.<key>`` holding the view as JSON, opened with ``?viewStateShareKey=<key>``):
-#: the UI's default columns are Source/Models/Dataset only, this one adds the headline metrics
+#: the UI's default columns are Source/Models/Dataset only; this one shows the headline numbers
+#: instead, and only those, so that all of them fit a 1600 px window beside the run's name (the UI
+#: orders metrics by name and puts tags after them; any other column is one click away)
 RUNS_VIEW_KEY = "lidc-bench-runs"
-HEADLINE_METRICS = ("test_dice", "test_hd95_mm", "test_nsd", "best_val_dice", "params")
-RUNS_VIEW_TAGS = ("arch", "loss", "preset", "seed")
+HEADLINE_METRICS = ("test_dice", "test_dice_vs_truth", "test_hd95_mm")
+RUNS_VIEW_TAGS = ("arch", "loss", "seed")
 #: name of the logged MLflow model (a LoggedModel of the run, loaded by its ``models:/<model_id>`` URI)
 MODEL_ARTIFACT = "model"
 #: a run's per-nodule test table as evaluation wrote it, and as ``bench rescore --log`` wrote it again
@@ -600,8 +608,8 @@ def runs_view_state() -> str:
     """The saved runs-table view: sorted by test Dice, headline metrics and tags as columns."""
     def key(kind, name):
         return f"{kind}.`{name}`"
-    columns = ([key("attributes", a) for a in ("Source", "Models", "Dataset")]
-               + [key("metrics", m) for m in HEADLINE_METRICS] + [key("tags", t) for t in RUNS_VIEW_TAGS])
+    # no Source/Models/Dataset columns: wide, and the same for every run of the project
+    columns = [key("metrics", m) for m in HEADLINE_METRICS] + [key("tags", t) for t in RUNS_VIEW_TAGS]
     return json.dumps({"orderByKey": key("metrics", "test_dice"), "orderByAsc": False, "selectedColumns": columns})
 
 
@@ -674,21 +682,29 @@ def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict |
     The flavour pickles the whole module (class references into ``architectures``), so
     ``mlflow.pytorch.load_model`` needs lidc-bench importable and must only be used on runs you
     trust: unpickling executes code. Our own checkpoints stay ``weights_only`` state dicts.
-    ``input_example``: one normalised patch (1, 1, Z, Y, X) float32; the signature is inferred
-    from it and the model's logits.
+    ``input_example``: one normalised patch (1, 1, Z, Y, X) float32, logged as the example. The
+    signature leaves the batch and spatial sizes free (-1): a network takes other patch sizes than
+    the one it was trained on; the logged module is wrapped in ``SpatialSizeCheck``, which refuses,
+    in one line, a size that is not a multiple of what the network needs.
     """
     import copy
 
     import mlflow.pytorch
     import numpy as np
     import torch
-    from mlflow.models import infer_signature
-    cpu_model = copy.deepcopy(model).cpu().eval()
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from benchmark.core.model_wrapper import SpatialSizeCheck, required_multiple
+    bare = copy.deepcopy(model).cpu().eval()
+    cpu_model = SpatialSizeCheck(bare, required_multiple(bare)).eval()
     example = np.ascontiguousarray(input_example, dtype=np.float32)
     with torch.no_grad():
         out = cpu_model(torch.from_numpy(example))
         out = out[0] if isinstance(out, (list, tuple)) else out
-    signature = infer_signature(example, out.numpy())
+    free = (-1, example.shape[1], -1, -1, -1)
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), free)]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, out.shape[1], -1, -1, -1))]))
     # MLflow warns about pickle on every call; the trade-off is documented here and in docs/tracking.md
     flavour_log = logging.getLogger("mlflow.pytorch")
     level = flavour_log.level

@@ -230,7 +230,7 @@ def _tasks(adapter: DatasetAdapter, table: pd.DataFrame, source, gt, spacing_mm,
 
 def _fill(path: Path, table: pd.DataFrame, tasks, crop_zyx, spacing_mm, workers, progress,
           n_readers: int, with_truth: bool):
-    from tqdm import tqdm
+    from benchmark.core.progress import progress_bar
     n = len(table)
     z, y, x = crop_zyx
     images = np.lib.format.open_memmap(path / "images.npy", "w+", np.float16, (n, z, y, x))
@@ -238,7 +238,7 @@ def _fill(path: Path, table: pd.DataFrame, tasks, crop_zyx, spacing_mm, workers,
     readers = np.lib.format.open_memmap(path / "readers.npy", "w+", np.uint8, (n, n_readers, z, y, x))
     truths = (np.lib.format.open_memmap(path / TRUTH_ARRAY, "w+", np.uint8, (n, z, y, x))
               if with_truth else None)
-    bar = tqdm(total=n, desc=f"crops {path.name.split('.tmp')[0].lstrip('.')}", disable=not progress)
+    bar = progress_bar(total=n, desc=f"crops {path.name.split('.tmp')[0].lstrip('.')}", disable=not progress)
 
     def consume(results):
         for pos, img, g, r, t in results:

@@ -158,15 +158,15 @@ def nodule_rows_for_scan(scan_id: int) -> list[dict]:
 
 def build_index(workers: int = 2, progress: bool = True,
                 scan_ids: Optional[list[int]] = None) -> pd.DataFrame:
-    """Cluster every scan (``workers`` processes, tqdm bar) and return the index table."""
-    from tqdm import tqdm
+    """Cluster every scan (``workers`` processes, a progress bar) and return the index table."""
+    from benchmark.core.progress import progress_bar
     ids = pla.scan_ids() if scan_ids is None else list(scan_ids)
     if workers > 1:
         with worker_pool(workers) as pool:
             it = pool.imap(nodule_rows_for_scan, ids, chunksize=4)
-            per_scan = list(tqdm(it, total=len(ids), desc="index scans", disable=not progress))
+            per_scan = list(progress_bar(it, total=len(ids), desc="index scans", disable=not progress))
     else:
-        per_scan = [nodule_rows_for_scan(s) for s in tqdm(ids, desc="index scans", disable=not progress)]
+        per_scan = [nodule_rows_for_scan(s) for s in progress_bar(ids, desc="index scans", disable=not progress)]
     rows = []
     counter: dict[str, int] = {}
     for scan_rows in per_scan:  # already in scan-id order

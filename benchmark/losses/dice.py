@@ -23,13 +23,13 @@ class _BCE(nn.Module):
         return nn.functional.binary_cross_entropy_with_logits(logits, target.float(), pos_weight=pw)
 
 
-@register_loss("dice", family="overlap", paper="Milletari et al. 2016, arXiv 1606.04797")
+@register_loss("dice")
 def dice(smooth: float = 1e-5, batch: bool = False):
     """Soft Dice on sigmoid probabilities (MONAI DiceLoss)."""
     return DiceLoss(sigmoid=True, smooth_nr=smooth, smooth_dr=smooth, batch=batch)
 
 
-@register_loss("bce", family="pixel", paper="binary cross-entropy")
+@register_loss("bce")
 def bce(pos_weight: float | None = None):
     return _BCE(pos_weight)
 
@@ -39,8 +39,7 @@ def _dice_bce_space(trial):
             "lambda_ce": trial.suggest_float("loss.lambda_ce", 0.25, 1.0)}
 
 
-@register_loss("dice_bce", family="compound", paper="Dice + BCE (MONAI DiceCELoss)",
-               search_space=_dice_bce_space)
+@register_loss("dice_bce", search_space=_dice_bce_space)
 def dice_bce(lambda_dice: float = 1.0, lambda_ce: float = 1.0, smooth: float = 1e-5, batch: bool = False):
     """Dice + binary cross-entropy (MONAI DiceCELoss with sigmoid)."""
     return DiceCELoss(sigmoid=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce,

@@ -49,8 +49,7 @@ def _focal_search_space(trial) -> dict:
             "alpha": trial.suggest_float("loss.alpha", 0.1, 0.9)}
 
 
-@register_loss("focal", family="pixel", paper="Lin et al. 2017, arXiv 1708.02002",
-               search_space=_focal_search_space)
+@register_loss("focal", search_space=_focal_search_space)
 def focal(gamma: float = 2.0, alpha: float | None = 0.25):
     """Sigmoid focal loss (MONAI FocalLoss); gamma focuses, alpha weights the foreground."""
     return BinaryFocalLoss(gamma=gamma, alpha=alpha)

@@ -160,15 +160,13 @@ def _dice_bce_rm_search_space(trial) -> dict:
             "mode": trial.suggest_categorical("loss.mode", list(_MODES))}
 
 
-@register_loss("residual_moment", family="regulariser", paper="Wang et al. 2021, arXiv 2106.14178",
-               search_space=_rm_search_space)
+@register_loss("residual_moment", search_space=_rm_search_space)
 def residual_moment(mode: str = "moment", spacing_mm: float | Sequence[float] = 1.0, scale_mm: float | None = None):
     """The raw residual-moment term (for tests and analysis, not for training alone)."""
     return ResidualMomentLoss(mode=mode, spacing_mm=spacing_mm, scale_mm=scale_mm)
 
 
-@register_loss("dice_bce_rm", family="compound", paper="Dice+BCE + Residual Moment, arXiv 2106.14178",
-               search_space=_dice_bce_rm_search_space)
+@register_loss("dice_bce_rm", search_space=_dice_bce_rm_search_space)
 def dice_bce_rm(weight: float = 1.0, mode: str = "moment", lambda_dice: float = 1.0, lambda_ce: float = 1.0,
                 spacing_mm: float | Sequence[float] = 1.0, scale_mm: float | None = None, smooth: float = 1e-5):
     """Dice + BCE + weight * residual moment."""

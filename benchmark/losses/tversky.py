@@ -88,15 +88,13 @@ def _focal_tversky_search_space(trial) -> dict:
     return {"alpha": 1.0 - beta, "beta": beta, "gamma": trial.suggest_float("loss.gamma", 1.0, 3.0)}
 
 
-@register_loss("tversky", family="overlap", paper="Salehi et al. 2017, arXiv 1706.05721",
-               search_space=_tversky_search_space)
+@register_loss("tversky", search_space=_tversky_search_space)
 def tversky(alpha: float = 0.3, beta: float = 0.7, smooth: float = 1e-5):
     """Tversky loss (MONAI TverskyLoss); alpha weights false positives, beta false negatives."""
     return BinaryTverskyLoss(alpha=alpha, beta=beta, smooth=smooth)
 
 
-@register_loss("focal_tversky", family="overlap", paper="Abraham & Khan 2019, arXiv 1810.07842",
-               search_space=_focal_tversky_search_space)
+@register_loss("focal_tversky", search_space=_focal_tversky_search_space)
 def focal_tversky(alpha: float = 0.3, beta: float = 0.7, gamma: float = 4.0 / 3.0, smooth: float = 1e-5):
     """Focal-Tversky loss (1 - TI)^(1/gamma) on top of MONAI TverskyLoss."""
     return FocalTverskyLoss(alpha=alpha, beta=beta, gamma=gamma, smooth=smooth)

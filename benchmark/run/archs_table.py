@@ -22,6 +22,8 @@ import json
 import sys
 from pathlib import Path
 
+from benchmark.run.run_args import alias_note
+
 #: libraries whose version changes what a model builds to
 _MODEL_LIBRARIES = ("torch", "monai", "timm", "segmentation-models-pytorch-3d")
 
@@ -151,3 +153,6 @@ def print_table(args):
               f"patch, batch 1 (counts cached in {sizes_cache_path(preset)})", file=sys.stderr)
     for line in format_table(rows):
         print(line)
+    for row in rows:
+        for alias in filter(None, row["aliases"].split(",")):
+            print(alias_note(alias).replace("note: --arch ", "--arch ", 1), file=sys.stderr)

@@ -31,10 +31,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from architectures import main_output
 
+from benchmark.core.progress import progress_bar
 from benchmark.core.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from benchmark.run.config import RunConfig
 from benchmark.data.datasets import get_dataset
@@ -112,7 +112,8 @@ def build_model(cfg: RunConfig):
 
 
 def build_loss(cfg: RunConfig, model):
-    from benchmark.losses import DeepSupervisionLoss, create_loss
+    from benchmark.losses import create_loss
+    from benchmark.losses.deep_supervision import DeepSupervisionLoss
     weights = getattr(model, "deep_supervision_weights", None)
     return DeepSupervisionLoss(create_loss(cfg.loss.name, **cfg.loss.kwargs), weights)
 
@@ -213,8 +214,8 @@ class Trainer:
         losses = torch.zeros(n, dtype=torch.float32, device=self.device)   # per step, on the device
         sizes: list[int] = []
         checked = 0
-        bar = tqdm(self.batches.epoch(epoch), total=n, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
-                   disable=not show_progress, unit="batch")
+        bar = progress_bar(self.batches.epoch(epoch), total=n, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                           leave=False, disable=not show_progress, unit="batch", every_percent=25)
         for step, (images, masks) in enumerate(bar):
             images, masks = to_model_input(images, masks, self.device, cfg.data.hu_window, cfg.train.channels_last)
             self.optimizer.zero_grad(set_to_none=True)
@@ -486,8 +487,8 @@ def _train_epochs(trainer: "Trainer", cfg: RunConfig, progress: TrainingProgress
     # the schedule spans train.epochs; a truncated run (stop_after_epochs) trains its beginning
     last = min(cfg.train.epochs, cfg.train.stop_after_epochs or cfg.train.epochs)
     epochs = range(progress.start_epoch, last)
-    bar = tqdm(epochs, desc=f"{cfg.model.arch} [{cfg.preset}]", unit="epoch", initial=progress.start_epoch,
-               total=last, disable=not (show_progress and dist.main))
+    bar = progress_bar(epochs, desc=f"{cfg.model.arch} [{cfg.preset}]", unit="epoch", initial=progress.start_epoch,
+                       total=last, disable=not (show_progress and dist.main))
     for epoch in bar:
         t0 = time.perf_counter()
         metrics = trainer.train_epoch(epoch, show_progress and dist.main)

@@ -19,12 +19,13 @@ from benchmark.results.leaderboard.render import render_csv, render_html, render
 from benchmark.results.leaderboard.statistics import RANKINGS, Leaderboard, all_rows, build_sections
 
 
-def write_leaderboard(lb: Leaderboard, out_dir: Path) -> list[Path]:
+def write_leaderboard(lb: Leaderboard, out_dir: Path, tracking_url: str = "") -> list[Path]:
+    """The page's files; ``tracking_url``: the MLflow server its run ids link to (plain ids without)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = out_dir / lb.key.name
-    files = [(base.with_suffix(".md"), render_markdown(lb)), (base.with_suffix(".csv"), render_csv(lb)),
-             (base.with_suffix(".html"), render_html(lb, make_plots(lb)))]
+    files = [(base.with_suffix(".md"), render_markdown(lb, tracking_url)), (base.with_suffix(".csv"), render_csv(lb)),
+             (base.with_suffix(".html"), render_html(lb, make_plots(lb), tracking_url))]
     for path, text in files:
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text, encoding="utf-8")
@@ -45,7 +46,8 @@ def generate(preset: Optional[str] = None, ranking: str = "aggregate", out_dir: 
              split_hash: Optional[str] = None, data_hash: Optional[str] = None, run_filter: Optional[str] = None,
              n_boot: int = 2000, boot_seed: int = 0, log_to_mlflow: bool = True,
              from_export: Optional[Path] = None, export: bool = False,
-             register_top: bool = False, study_storage: Optional[str] = None) -> list[Generated]:
+             register_top: bool = False, study_storage: Optional[str] = None,
+             tracking_url: str = "") -> list[Generated]:
     """Build, write (and log) one leaderboard per output name; refuse ambiguous groups.
 
     ``from_export``: read the runs from a run export (``benchmark.results.run_export``) instead of MLflow;
@@ -53,7 +55,8 @@ def generate(preset: Optional[str] = None, ranking: str = "aggregate", out_dir: 
     Optuna studies they were tuned by, read from ``study_storage``, default the project's journal)
     beside it, so the page can be recomputed, byte for byte, from the repository alone.
     ``register_top``: put each table's top model in the MLflow model registry (see
-    ``register_top_model``)."""
+    ``register_top_model``). ``tracking_url``: the MLflow UI's address, for links from each run id
+    to its run page (e.g. ``http://127.0.0.1:5000``); without it the ids are plain text."""
     from benchmark.core.paths import home
     from benchmark.core.tracking import Tracker, client, load_settings
     if ranking not in RANKINGS:
@@ -94,7 +97,7 @@ def generate(preset: Optional[str] = None, ranking: str = "aggregate", out_dir: 
         lb = build_sections(key, group, ranking, n_boot, boot_seed)
         lb.experiment = exp_name
         lb.n_source_runs = len({x.run_id for r in all_rows(lb) for x in r.runs})
-        files = write_leaderboard(lb, out_dir)
+        files = write_leaderboard(lb, out_dir, tracking_url)
         if export:
             from benchmark.results.run_export import export_runs
             from benchmark.results.study_export import export_studies

@@ -3,7 +3,8 @@
 Every row keeps one look across the page's plots (``row_styles``): its colour and marker are
 given by its place in the main table, so a model is the same colour in the Dice-vs-MACs plot, the
 per-nodule distribution and the size bins. Rows are named by a legend beside the axes (or by the
-x axis), never by labels written next to the points, which collide when models sit close.
+x axis); the Dice-vs-MACs plot also writes each model's architecture beside its point, placed by
+``_label_points`` so that no two labels overlap (models often sit close together there).
 """
 from __future__ import annotations
 
@@ -123,6 +124,7 @@ def _dice_vs_macs(lb: Leaderboard, styles: dict[str, RowStyle]):
     if pts:
         ax.set_xscale("log")
         ax.margins(x=0.1)
+        _si_log_axis(ax.xaxis)
     ax.set_xlabel("MACs per patch (log scale)")
     ax.set_ylabel("mean test Dice (95% bootstrap CI)")
     ax.set_title(f"Dice vs compute, {lb.key.dataset} [{lb.key.preset}]", fontsize=10)
@@ -131,7 +133,48 @@ def _dice_vs_macs(lb: Leaderboard, styles: dict[str, RowStyle]):
         [_legend_name(r) for r in lb.rows if r.reference]
     _legend_beside(ax, models_first)
     fig.tight_layout()
+    _label_points(ax, [(r.arch, x, y) for r, (x, y) in zip(costed, pts)])
     return fig
+
+
+def _si_log_axis(axis) -> None:
+    """Tick labels like "200 M" on a log axis: matplotlib's minor labels ("3x10^8") run into each other."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    def si(x, _pos):
+        for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if x >= factor:
+                return f"{x / factor:g} {prefix}"
+        return f"{x:g}"
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(si))
+    axis.set_minor_formatter(NullFormatter())
+
+
+#: where a point's label may go, in points from the point, tried in this order
+_LABEL_OFFSETS = [(7, -3), (7, 7), (7, -13), (-7, -3), (-7, 7), (-7, -13), (7, 17), (7, -23), (-7, 17), (-7, -23),
+                  (7, 27), (7, -33), (-7, 27), (-7, -33)]
+
+
+def _label_points(ax, points: list[tuple[str, float, float]]) -> None:
+    """Write each point's name beside it, at the first offset (``_LABEL_OFFSETS``) where its box
+    overlaps no label already placed and stays inside the axes; the legend still names every point,
+    so a label that finds no free place is left out rather than drawn over another."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    placed = []
+    for name, x, y in sorted(points, key=lambda p: -p[2]):
+        for dx, dy in _LABEL_OFFSETS:
+            text = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7,
+                               ha="left" if dx > 0 else "right", va="bottom", color="#333",
+                               bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
+            box = text.get_window_extent(renderer)
+            if inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1) \
+                    and not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                break
+            text.remove()
 
 
 def _dice_per_nodule(lb: Leaderboard, styles: dict[str, RowStyle]):

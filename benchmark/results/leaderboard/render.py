@@ -18,21 +18,10 @@ import pandas as pd
 from benchmark.run.metrics import leaderboard_columns, leaderboard_metrics, metric_spec
 from benchmark.results.leaderboard.plots import CAPTIONS as PLOT_CAPTIONS
 from benchmark.results.leaderboard.statistics import Leaderboard, Row, all_rows
+from benchmark.results.leaderboard.guide import COMPARISON_TITLE, notes, reading_guide
+from benchmark.results.leaderboard.verdict import verdict
 
 SECTION_TITLES = {"tuned": "Tuned protocol", "default": "Default settings", "loss": "Loss study"}
-#: what each kind of reference row measures, for the page's reading guide (arch -> meaning)
-REFERENCE_MEANINGS = {
-    "inter_reader": "how well radiologists agree (each reader's mask against the STAPLE of the other three, "
-                    "averaged over the four readers)",
-    "readers_vs_truth": "the same radiologists' masks against the phantom's true shape (averaged over the "
-                        "readers), in the columns against the truth: where a model stands against a "
-                        "radiologist on the truth itself",
-    "threshold_baseline": "a non-learned intensity threshold, the floor any model should clear",
-    "phantom_ceiling": "the phantom's true shape scored as a prediction, the best any model can be expected "
-                       "to reach on this data",
-}
-
-
 def _num(x, digits: int) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -133,8 +122,47 @@ def table_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
     return header, body
 
 
-#: the heading of the searched-vs-parent table on both pages
-COMPARISON_TITLE = "Searched networks against their parents"
+#: the headings of the page's two views of the main table: the narrow one under the verdict, the
+#: wide one (every column, every section) below it
+SUMMARY_TITLE = "Summary"
+DETAILS_TITLE = "Details"
+
+
+def summary_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
+    """The narrow main table: rank, model, Dice and HD95 with their intervals, empty predictions,
+    P(best), the p against the declared comparator and the cost, the columns a reader ranks by;
+    the same formatting as ``table_cells`` (whose wide table follows it on the page)."""
+    header = ["#", "Model", "Dice [95% interval]", "HD95 (mm)", "Empty", "P(best)"]
+    if lb.reference_arch:
+        header.append(f"p vs {lb.reference_arch} (Holm)")
+    header += ["MACs/patch", "Latency (ms)"]
+    body = []
+    for r in lb.rows:
+        s = r.stats
+        cells = ["ref" if r.reference else str(s["rank"]), r.label,
+                 _mean_cell(s, "dice"), _mean_cell(s, "hd95_mm"), _empty_cell(s),
+                 _num(s.get("p_best", float("nan")), 2)]
+        if lb.reference_arch:
+            cells.append("(comparator)" if r.label == lb.reference_arch else
+                         _p(s.get("p_vs_reference_holm", float("nan"))))
+        cells += [_si(s["macs_per_patch"]), _num(s["latency_ms_median"], 1)]
+        body.append(_cells(cells))
+    return header, body
+
+
+def _mean_cell(s: dict, m: str) -> Cell:
+    """Column ``m``'s mean over seeds and its interval, without the ± of the wide table."""
+    digits = metric_spec(m).digits
+    if math.isnan(s[f"{m}_mean"]):
+        return Cell("–")
+    return Cell(_num(s[f"{m}_mean"], digits), f"[{_num(s[f'{m}_ci_low'], digits)}, {_num(s[f'{m}_ci_high'], digits)}]")
+
+
+def run_url(tracking_url: str, run_id: str) -> str:
+    """The MLflow UI's page of a run (its direct route, which needs no experiment id)."""
+    return f"{tracking_url.rstrip('/')}/#/runs/{run_id}"
+
+
 
 
 def comparison_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
@@ -194,122 +222,6 @@ def _loss_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
     return header, body
 
 
-def _notes(lb: Leaderboard) -> list[str]:
-    rank = ("aggregate-then-rank: models ranked by mean Dice" if lb.ranking == "aggregate" else
-            "rank-then-aggregate: models ranked on each test nodule by Dice, then by their mean rank")
-    sections = [lb] + lb.sections
-    notes = [
-        f"Test set: {lb.key.describe()}."
-        + (f" {lb.n_unscored} further test nodules have no ground-truth voxel in the window at this spacing "
-           f"and are scored by no row." if lb.n_unscored else ""),
-        "Metric cells: mean ± std over seeds of each seed's mean over test nodules, then a 95% percentile "
-        f"interval from a two-level bootstrap ({lb.n_boot} resamples, seed {lb.boot_seed}): each resample draws "
-        "the test nodules with replacement (one draw shared by every row of every table, so comparisons are "
-        "paired) and, within each model, its seeds with replacement; the resample's value is the mean over the "
-        "drawn seeds of the mean over the drawn nodules. A model whose seeds disagree therefore gets a wider "
-        "interval than one whose seeds agree.",
-        "HD95: the mean is dominated by empty predictions, which score the window diagonal; the median "
-        "(mean over seeds of each seed's median over nodules) is not. Empty: predictions with no foreground "
-        "voxel, over all seeds x test nodules.",
-        f"Ranking: {rank} (ties share the better rank). Mean nodule rank is always the rank-then-aggregate "
-        "score; P(best) is the share of two-level bootstrap resamples in which the model is first under the "
-        "chosen ranking.",
-        "Wilcoxon: two-sided paired signed-rank tests over the test nodules of per-nodule Dice (mean over "
-        "seeds). 'vs #1' compares every row with the top-ranked model (a post-hoc comparison)"
-        + (f"; 'vs {lb.comparator}' compares every model with the pre-declared reference architecture, "
-           + ("the seed paper's model" if lb.comparator == "unet3d" else "the comparator the runs' protocol declares")
-           if lb.reference_arch else "")
-        + ". Each column of each table is one Holm-corrected family.",
-        "Reference rows are not ranked and are deterministic (det.: their latest run is used). inter_reader = "
-        "each radiologist's mask against the STAPLE of the other three, averaged over the four radiologists; "
-        "readers_vs_truth = the same masks against the phantom's true shape; threshold_baseline = "
-        "non-learned intensity threshold. Why readers and models have different "
-        "ground truths: a reader scored against the four-reader STAPLE would be scored partly against their "
-        "own mask, which inflates agreement, so each reader is scored against the other three; the models "
-        "contributed to no ground truth, so they are scored against the best one available, the four-reader "
-        "STAPLE. The human row's reference has one reader fewer, which makes it a slightly conservative "
-        "estimate of reader agreement.",
-        "Params, MACs/patch and training time are means over seeds; latency is the fastest seed's median "
-        "forward pass of one patch (other work on the machine only slows it); latency and training time were "
-        "measured on: " + (", ".join(lb.devices) if lb.devices else "unknown") + ".",
-    ]
-    if any(x.section == "tuned" for x in sections):
-        notes.append(
-            "Tuned protocol: each architecture was tuned by its own Optuna study on the validation split with "
-            "the same budget for all (named in each row: trials x epochs per trial, pruner), over the shared "
-            "optimiser space plus the architecture's own space; the best trial's exact configuration then "
-            "trained the listed seeds with the preset's epoch budget. 'Tuning + final' is the wall time of the "
-            "study's trials and the training time of the final runs. The default-settings table shows the same "
-            "architectures untuned; its gain column is tuned minus default mean Dice with the 95% interval of "
-            "the paired two-level bootstrap difference.")
-    if any(x.section == "loss" for x in sections):
-        notes.append(
-            "Loss study: on the listed architectures, each loss trained with that architecture's tuned "
-            "settings (loss at its defaults) and the same seeds; each loss is compared with dice_bce on the "
-            "same architecture by a paired Wilcoxon test over nodules; all comparisons form one Holm family.")
-    return notes
-
-
-def reading_guide(lb: Leaderboard, interval_place: str = "after") -> list[tuple[str, str]]:
-    """The page's "How to read this table": (column or term, what its numbers mean), only for the
-    columns the page shows. ``interval_place``: where the interval stands ("after" or "under" the value)."""
-    sections = [lb] + lb.sections
-    by = ("mean Dice" if lb.ranking == "aggregate" else
-          "mean rank over the test nodules (each nodule ranks the models by Dice)")
-    guide = [
-        ("Value", f"mean ± standard deviation over the row's seeds of each seed's mean over the "
-                  f"{lb.key.n_nodules} test nodules (a single run has no ±). HD95 is in mm, lower is better; "
-                  "for every other metric higher is better."),
-        ("[low, high]", f"the 95% interval {interval_place} the value, from a two-level bootstrap that resamples "
-                        "the test nodules and the row's seeds: how far the value could move with another test "
-                        "set and other seeds. Whether two rows differ is what the p-value columns test."),
-        ("# and P(best)", f"models ranked by {by}, ties sharing the better rank. P(best) is the share of "
-                          "bootstrap resamples in which the model ranks first: how sure the top of the table is."),
-        ("Wilcoxon p vs #1 (Holm)", "paired two-sided Wilcoxon signed-rank test of the row's per-nodule Dice "
-                                    "(mean over seeds) against the top-ranked model's, Holm-corrected over the "
-                                    "table's rows. Small (say below 0.05): the gap is unlikely to be chance; "
-                                    "large: the test cannot tell the two apart, which does not make them equal. "
-                                    "(top) marks the top model itself."),
-    ]
-    if lb.reference_arch:
-        guide.append((f"p vs {lb.reference_arch} (Holm)",
-                      f"the same test of every model against {lb.reference_arch}, the reference architecture "
-                      "declared before any result (so not a comparison picked after seeing the table), a second "
-                      "Holm family."))
-    guide.append(("Empty", "predictions with no foreground voxel, out of all predictions (seeds x test nodules). "
-                           "An empty prediction scores Dice 0 and the largest possible HD95, which is why the "
-                           "HD95 median stands beside the mean."))
-    refs = [r for r in lb.rows if r.reference]
-    if refs:
-        meanings = [f"{r.label}: {REFERENCE_MEANINGS.get(r.arch, 'reference ' + r.reference)}" for r in refs]
-        guide.append(("Reference rows (ref)", "not models, so not ranked; deterministic (det.), so their latest "
-                                              "run stands for them. " + "; ".join(meanings) + "."))
-    truth = [m for m in lb.metrics if m not in leaderboard_columns()]
-    if truth:
-        guide.append((", ".join(metric_spec(m).heading(lb.key.nsd_tolerance_mm, what="vs truth") for m in truth),
-                      "the same prediction scored against the phantom's true shape, the shape the image was drawn "
-                      "from, instead of the readers' STAPLE. The readers_vs_truth row is each radiologist's "
-                      "mask against the true shape, averaged over the readers: where a model stands against a "
-                      "radiologist on the truth itself; it has no score against the STAPLE (inter_reader is "
-                      "that one). The phantom_ceiling row is the true shape, so it has none."))
-    if any("gain" in r.stats for sec in sections for r in sec.rows):
-        guide.append(("Gain from tuning", "tuned minus default mean Dice of the same architecture and loss, with "
-                                          "the 95% interval of the paired bootstrap difference; an interval above "
-                                          "0 means tuning helped beyond chance."))
-    if lb.comparisons:
-        guide.append((COMPARISON_TITLE, "each searched network's row against its parent's, the hand-designed "
-                                        "network whose design space its search explored, in the same table "
-                                        "and with the same loss: Dice difference is searched minus parent "
-                                        "with the 95% interval of the paired bootstrap difference, and the "
-                                        "Wilcoxon test is paired over nodules, one Holm family for the pairs. "
-                                        "A search earns its row by matching or beating its parent at fewer "
-                                        "MACs."))
-    if any(sec.section == "loss" for sec in sections):
-        guide.append(("Loss study", "each loss against dice_bce on the same architecture: the same paired test, "
-                                    "one Holm family for the whole study."))
-    return guide
-
-
 def _generated_line(lb: Leaderboard) -> str:
     return (f"Generated by `bench leaderboard` from MLflow experiment `{lb.experiment}` "
             f"({lb.n_source_runs} runs in this table); do not edit by hand.")
@@ -350,27 +262,37 @@ def provenance(row: Row) -> tuple[str, bool]:
     return ", ".join(commits), len(code) > 1
 
 
-def render_markdown(lb: Leaderboard) -> str:
-    out = [f"# {title(lb)}", "", _generated_line(lb), ""]
+def render_markdown(lb: Leaderboard, tracking_url: str = "") -> str:
+    """The Markdown page; ``tracking_url``: the MLflow server the run ids link to (plain ids without)."""
+    out = [f"# {title(lb)}", ""]
+    headline, *rest = verdict(lb).lines()
+    out += [f"**{headline}**", ""] + [x for line in rest for x in (line, "")]
+    out += [f"## {SUMMARY_TITLE}", ""] + _markdown_rows(*summary_cells(lb))
+    out += ["", _generated_line(lb), "", f"## {DETAILS_TITLE}", ""]
     if lb.sections:
-        out += [f"## {SECTION_TITLES[lb.section]}", ""]
+        out += [f"### {SECTION_TITLES[lb.section]}", ""]
     out += _markdown_table(lb)
     for sec in lb.sections:
-        out += ["", f"## {SECTION_TITLES[sec.section]}", ""] + _markdown_table(sec)
+        out += ["", f"### {SECTION_TITLES[sec.section]}", ""] + _markdown_table(sec)
     if lb.comparisons:
-        out += ["", f"## {COMPARISON_TITLE}", ""] + _markdown_rows(*comparison_cells(lb))
+        out += ["", f"### {COMPARISON_TITLE}", ""] + _markdown_rows(*comparison_cells(lb))
     out += ["", "## How to read this table", ""]
     out += [f"- **{term}**: {text}" for term, text in reading_guide(lb, "after")]
-    out += ["", "## Notes", ""] + [f"- {n}" for n in _notes(lb)]
+    out += ["", "## Notes", ""] + [f"- {n}" for n in notes(lb)]
     out += ["", "## MLflow runs", "",
             "Each row's runs and the commits they ran at; a row marked **code changed** has runs trained by "
             "different training code (its runs disagree on the `code.training_sha` tag).", ""]
     for r in all_rows(lb):
-        runs = ", ".join(f"seed {x.seed}: `{x.run_id}`" if not r.reference else f"`{x.run_id}`" for x in r.runs)
+        runs = ", ".join(("" if r.reference else f"seed {x.seed}: ") + _markdown_run_id(x, tracking_url)
+                         for x in r.runs)
         commits, changed = provenance(r)
         flag = " **code changed**" if changed else ""
         out.append(f"- {_run_list_label(lb, r)}: {runs} (commit {commits}){flag}")
     return "\n".join(out) + "\n"
+
+
+def _markdown_run_id(run, tracking_url: str) -> str:
+    return f"[`{run.run_id}`]({run_url(tracking_url, run.local_id)})" if tracking_url else f"`{run.run_id}`"
 
 
 def _run_list_label(lb: Leaderboard, row: Row) -> str:
@@ -393,7 +315,9 @@ table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;paddin
 td{white-space:nowrap;vertical-align:top}th{background:#f0f0f0;vertical-align:bottom}
 td:nth-child(2),th:nth-child(2){text-align:left}tr.ref{background:#fff6e0;font-style:italic}
 .ci{display:block;color:#666;font-size:11px}
-img{max-width:100%;margin:1em 0}code{font-size:12px}"""
+img{max-width:100%;margin:1em 0}code{font-size:12px}
+.verdict{border-left:4px solid #332288;background:#f4f4fa;padding:.4em 1em;margin:1em 0;max-width:75em}
+.verdict p{margin:.4em 0}.verdict .headline{font-size:1.15em;font-weight:bold}.verdict .caveat{color:#555}"""
 
 
 def _html_cell(cell: Cell) -> str:
@@ -404,30 +328,31 @@ def _html_cell(cell: Cell) -> str:
            f"<span class='ci'>{e(cell.interval)}</span></td>"
 
 
-def render_html(lb: Leaderboard, plots: dict[str, bytes]) -> str:
+def render_html(lb: Leaderboard, plots: dict[str, bytes], tracking_url: str = "") -> str:
+    """The HTML page (figures inline); ``tracking_url`` as for ``render_markdown``."""
     e = html.escape
+    v = verdict(lb)
     parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
              f"<title>{e(title(lb))}</title><style>{_CSS}</style></head><body>",
-             f"<h1>{e(title(lb))}</h1>",
-             f"<p>{e(_generated_line(lb)).replace('`', '')}</p>"]
-    tables = [(SECTION_TITLES[sec.section] if lb.sections else None, *table_cells(sec),
-               ["ref" if r.reference else "model" for r in sec.rows]) for sec in [lb] + lb.sections]
+             f"<h1>{e(title(lb))}</h1>", "<div class='verdict'>",
+             f"<p class='headline'>{e(v.headline)}</p>"]
+    parts += [f"<p>{e(line)}</p>" for line in (v.ranking, v.question) if line]
+    parts += [f"<p class='caveat'>{e(v.caveat)}</p>", "</div>", f"<h2>{SUMMARY_TITLE}</h2>"]
+    parts += _html_table(*summary_cells(lb), _row_classes(lb))
+    parts += [f"<p>{e(_generated_line(lb)).replace('`', '')}</p>", f"<h2>{DETAILS_TITLE}</h2>"]
+    tables = [(SECTION_TITLES[sec.section] if lb.sections else None, *table_cells(sec), _row_classes(sec))
+              for sec in [lb] + lb.sections]
     if lb.comparisons:
         header, body = comparison_cells(lb)
         tables.append((COMPARISON_TITLE, header, body, ["model"] * len(body)))
     for heading, header, body, classes in tables:
         if heading:
-            parts.append(f"<h2>{e(heading)}</h2>")
-        parts.append("<div class='scroll'><table><thead><tr>")
-        parts += [f"<th>{e(h)}</th>" for h in header]
-        parts.append("</tr></thead><tbody>")
-        for cls, cells in zip(classes, body):
-            parts.append(f"<tr class='{cls}'>" + "".join(_html_cell(c) for c in cells) + "</tr>")
-        parts.append("</tbody></table></div>")
+            parts.append(f"<h3>{e(heading)}</h3>")
+        parts += _html_table(header, body, classes)
     parts.append("<h2>How to read this table</h2><ul>")
     parts += [f"<li><b>{e(term)}</b>: {e(text)}</li>" for term, text in reading_guide(lb, "under")]
     parts.append("</ul><h2>Notes</h2><ul>")
-    parts += [f"<li>{e(n)}</li>" for n in _notes(lb)]
+    parts += [f"<li>{e(n)}</li>" for n in notes(lb)]
     parts.append("</ul><h2>Plots</h2>")
     for name, png in plots.items():
         b64 = base64.b64encode(png).decode("ascii")
@@ -435,8 +360,28 @@ def render_html(lb: Leaderboard, plots: dict[str, bytes]) -> str:
                      f"<figcaption>{e(PLOT_CAPTIONS.get(name, name))}</figcaption></figure>")
     parts.append("<h2>MLflow runs</h2><ul>")
     for r in all_rows(lb):
-        ids = ", ".join(f"seed {e(x.seed)}: <code>{e(x.run_id)}</code>" if not r.reference
-                        else f"<code>{e(x.run_id)}</code>" for x in r.runs)
+        ids = ", ".join(("" if r.reference else f"seed {e(x.seed)}: ") + _html_run_id(x, tracking_url)
+                        for x in r.runs)
         parts.append(f"<li>{e(_run_list_label(lb, r))}: {ids}</li>")
     parts.append("</ul></body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _row_classes(lb: Leaderboard) -> list[str]:
+    return ["ref" if r.reference else "model" for r in lb.rows]
+
+
+def _html_table(header: list[str], body: list[list[Cell]], classes: list[str]) -> list[str]:
+    e = html.escape
+    parts = ["<div class='scroll'><table><thead><tr>"] + [f"<th>{e(h)}</th>" for h in header]
+    parts.append("</tr></thead><tbody>")
+    for cls, cells in zip(classes, body):
+        parts.append(f"<tr class='{cls}'>" + "".join(_html_cell(c) for c in cells) + "</tr>")
+    parts.append("</tbody></table></div>")
+    return parts
+
+
+def _html_run_id(run, tracking_url: str) -> str:
+    e = html.escape
+    code = f"<code>{e(run.run_id)}</code>"
+    return f"<a href='{e(run_url(tracking_url, run.local_id))}'>{code}</a>" if tracking_url else code
