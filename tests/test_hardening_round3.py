@@ -1,0 +1,115 @@
+"""Regression tests for issue 35 ("Bad input", hardening round 3): each reproduces one report.
+
+1 bench import; 2 leaderboard of loss-study runs only; 3 bench predict; 4 rescore digests;
+5 config bounds and duplicate YAML keys; 6 checkpoints; 7 one logged model, one registered
+version; 8 bench sync record types; 9 stale build folders and a locked store.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_export import PER_NODULE, _doc
+
+from benchmark.core.errors import BenchError, DataError, TrackingError, UsageError
+from benchmark.results.run_export import ORIGINAL_ID_TAG, import_export, read_export, write_export
+
+RID = _doc()["run_id"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 1 bench import
+# ---------------------------------------------------------------------------------------------
+def _export_with(tmp_path, name="bad.runs", **over):
+    return write_export([(_doc(**over), PER_NODULE)], tmp_path / name)
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"metrics": {"test_dice": 0.7, "params": "abc"}}, "metric 'params' has value 'abc', not a number"),
+    ({"status": "PWNED"}, "status 'PWNED' is not one of"),
+    ({"history": {"val_dice": [[1, "x"]]}}, "history of metric 'val_dice'"),
+    ({"start_time": "yesterday"}, "start_time must be a whole number"),
+    ({"tags": {"arch": ["unet3d"]}}, "tag 'arch' has value"),
+])
+def test_import_checks_every_field_of_a_run_before_creating_it(tmp_path, over, match):
+    with pytest.raises(DataError, match=match):
+        read_export(_export_with(tmp_path, **over))
+
+
+def _mutate_manifest(out: Path, fn):
+    m = json.loads((out / "manifest.json").read_text())
+    fn(m)
+    (out / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("fn, match", [
+    (lambda m: m.update(runs={RID: 1}), "'runs' must be a list"),
+    (lambda m: m.update(files=list(m["files"])), "'files' must map"),
+    (lambda m: m.update(studies=["x"]), "'studies' must map"),
+])
+def test_a_manifest_of_the_wrong_shape_is_one_line(tmp_path, fn, match):
+    out = _export_with(tmp_path, "x.runs")
+    _mutate_manifest(out, fn)
+    with pytest.raises(DataError, match=match):
+        read_export(out)
+
+
+@pytest.mark.parametrize("name", ["abs", "dotdot"])
+def test_a_manifest_naming_a_path_outside_the_export_is_refused(tmp_path, name):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours\n")
+    out = _export_with(tmp_path, "x.runs")
+    rel = str(secret) if name == "abs" else "../secret.txt"
+    import hashlib
+    _mutate_manifest(out, lambda m: m["files"].update({rel: hashlib.sha256(b"not yours\n").hexdigest()}))
+    with pytest.raises(DataError, match="not a path inside the export"):
+        read_export(out)
+
+
+def test_a_per_nodule_csv_linking_out_of_the_export_is_refused(tmp_path):
+    outside = tmp_path / "outside.csv"
+    outside.write_text(PER_NODULE)
+    out = _export_with(tmp_path, "x.runs")
+    csv = out / "per_nodule" / f"{RID}.csv"
+    csv.unlink()
+    csv.symlink_to(outside)      # same bytes, so the sha256 alone would not catch it
+    with pytest.raises(DataError, match="links outside the export folder"):
+        read_export(out)
+
+
+def test_an_import_failing_after_creating_a_run_leaves_nothing_and_a_later_import_works(bench_home, tmp_path,
+                                                                                         monkeypatch):
+    import benchmark.core.tracking as tracking
+    from benchmark.core.tracking import client
+    good = _export_with(tmp_path, "good.runs")
+    real = tracking.log_batch
+
+    def broken(cl, run_id, **kw):
+        if kw.get("history"):
+            raise RuntimeError("store went away\nsecond line")
+        return real(cl, run_id, **kw)
+    monkeypatch.setattr(tracking, "log_batch", broken)
+    with pytest.raises(TrackingError, match="importing run .* failed \\(store went away\\); the partly created"):
+        import_export(good)
+    monkeypatch.setattr(tracking, "log_batch", real)
+    cl = client()
+    exp = cl.get_experiment_by_name("lidc-bench")
+    assert cl.search_runs([exp.experiment_id], f"tags.`{ORIGINAL_ID_TAG}` = '{RID}'") == []
+    done = import_export(good)
+    run = cl.get_run(done.runs[RID])
+    assert run.info.status == "FINISHED" and run.data.metrics["test_dice"] == pytest.approx(0.7)
+
+
+def test_a_half_imported_run_from_an_older_version_is_replaced(bench_home, tmp_path):
+    from benchmark.core.tracking import client
+    cl = client()
+    from benchmark.core.tracking import experiment_id, load_settings
+    exp_id = experiment_id(cl, load_settings())
+    stale = cl.create_run(exp_id, tags={ORIGINAL_ID_TAG: RID}).info.run_id     # RUNNING, empty
+    done = import_export(_export_with(tmp_path, "good.runs"))
+    assert done.runs[RID] != stale and cl.get_run(stale).info.lifecycle_stage == "deleted"
+    assert cl.get_run(done.runs[RID]).data.metrics["test_dice"] == pytest.approx(0.7)
