@@ -113,3 +113,20 @@ def test_a_half_imported_run_from_an_older_version_is_replaced(bench_home, tmp_p
     done = import_export(_export_with(tmp_path, "good.runs"))
     assert done.runs[RID] != stale and cl.get_run(stale).info.lifecycle_stage == "deleted"
     assert cl.get_run(done.runs[RID]).data.metrics["test_dice"] == pytest.approx(0.7)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2 a leaderboard of loss-study runs only
+# ---------------------------------------------------------------------------------------------
+def test_a_leaderboard_of_loss_study_runs_only_is_one_line_not_an_index_error():
+    from test_leaderboard import _synthetic_record
+
+    from benchmark.results.leaderboard import build_sections, table_key
+    g = np.random.default_rng(0)
+    runs = [_synthetic_record(f"l{s}", "unet3d", "dice", s, g.uniform(0.4, 0.6, 10), part="loss") for s in range(3)]
+    with pytest.raises(UsageError, match="only loss-study runs .* the protocol's final runs"):
+        build_sections(table_key(runs[0]), runs, n_boot=100)
+    # with the final runs beside them the same runs make the loss study below the main table
+    runs += [_synthetic_record(f"t{s}", "unet3d", "dice_bce", s, g.uniform(0.4, 0.6, 10), part="final")
+             for s in range(3)]
+    assert [x.section for x in build_sections(table_key(runs[0]), runs, n_boot=100).sections] == ["loss"]
