@@ -130,3 +130,75 @@ def test_a_leaderboard_of_loss_study_runs_only_is_one_line_not_an_index_error():
     runs += [_synthetic_record(f"t{s}", "unet3d", "dice_bce", s, g.uniform(0.4, 0.6, 10), part="final")
              for s in range(3)]
     assert [x.section for x in build_sections(table_key(runs[0]), runs, n_boot=100).sections] == ["loss"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3 bench predict
+# ---------------------------------------------------------------------------------------------
+def _nifti(tmp_path, arr=None, spacing=(0.7, 0.8, 2.5), name="scan.nii"):
+    import SimpleITK as sitk
+    img = sitk.GetImageFromArray(np.full((6, 8, 10), -1000.0, np.float32) if arr is None else arr)
+    img.SetSpacing(spacing)
+    path = tmp_path / name
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize("name", ["scan.nii", "scan.nii.gz", "scan.mha"])
+def test_predict_refuses_a_ct_of_nan_or_inf(tmp_path, value, name):
+    """(ITK's NIfTI reader turns NaN and inf into 0 HU: a NaN scan would be a block of water.)"""
+    from benchmark.run.predict import read_ct
+    arr = np.full((6, 8, 10), -1000.0, np.float32)
+    arr[:3] = value
+    with pytest.raises(UsageError, match="240 NaN or infinite voxels of 480"):
+        read_ct(_nifti(tmp_path, arr, name=name))
+
+
+@pytest.mark.parametrize("pixdim", [0.0, -2.0, float("nan")])
+def test_predict_refuses_a_nifti_whose_spacing_is_not_positive(tmp_path, pixdim):
+    """ITK reads pixdim 0 or NaN as 1 mm and -2 as 2 mm without a word: the raw header decides."""
+    import gzip
+    import struct
+
+    from benchmark.run.predict import read_ct
+    raw = bytearray(_nifti(tmp_path).read_bytes())
+    raw[80:84] = struct.pack("<f", pixdim)
+    for path in (tmp_path / "bad.nii", tmp_path / "bad.nii.gz"):
+        path.write_bytes(gzip.compress(bytes(raw)) if path.suffix == ".gz" else bytes(raw))
+        with pytest.raises(UsageError, match="voxel spacing .* not positive numbers"):
+            read_ct(path)
+
+
+def test_predict_refuses_a_huge_header_before_allocating(tmp_path):
+    import struct
+
+    from benchmark.run.predict import read_ct
+    raw = bytearray(_nifti(tmp_path).read_bytes())
+    raw[42:48] = struct.pack("<3h", 30000, 30000, 30000)      # 2.7e13 voxels, 108 TB of float32
+    path = tmp_path / "huge.nii"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UsageError, match="30000 x 30000 x 30000 = 27,000,000,000,000 voxels.*refused before"):
+        read_ct(path)
+
+
+def test_predict_refuses_a_location_outside_the_scan_naming_it_and_the_extent():
+    from test_predict import make_ct, standin
+
+    from benchmark.run.predict import predict_at
+    ct, centres, _ = make_ct()
+    with pytest.raises(UsageError, match=r"location \(5000.0, 0.0, 0.0\) mm LPS is outside the scan "
+                                         r"\(LPS mm: x -150.3..-105.6, y -170.4..-119.2, z -311.2..-241.2\)"):
+        predict_at(standin(), ct, [centres[0], (5000.0, 0.0, 0.0)])
+
+
+def test_predict_labels_more_than_255_locations_and_refuses_above_the_maximum():
+    import SimpleITK as sitk
+    from test_predict import make_ct, standin
+
+    from benchmark.run.predict import MAX_LOCATIONS, predict_at
+    ct, centres, _ = make_ct()
+    labels, counts = predict_at(standin(), ct, [centres[0]] * 300)        # OverflowError with uint8
+    assert sitk.GetArrayViewFromImage(labels).max() == 300 and counts[-1] > 0
+    with pytest.raises(UsageError, match=f"at most {MAX_LOCATIONS} per scan"):
+        predict_at(standin(), ct, [centres[0]] * (MAX_LOCATIONS + 1))
