@@ -202,3 +202,60 @@ def test_predict_labels_more_than_255_locations_and_refuses_above_the_maximum():
     assert sitk.GetArrayViewFromImage(labels).max() == 300 and counts[-1] > 0
     with pytest.raises(UsageError, match=f"at most {MAX_LOCATIONS} per scan"):
         predict_at(standin(), ct, [centres[0]] * (MAX_LOCATIONS + 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# 4 bench rescore: stored predictions carry a digest
+# ---------------------------------------------------------------------------------------------
+def _run_with_predictions(tmp_path, digest: bool):
+    """A run as evaluation leaves it: config.yaml, evaluation/predictions.npz and (now) its digest."""
+    from benchmark.core.tracking import client, experiment_id, load_settings
+    from benchmark.run.config import build_config
+    from benchmark.run.evaluate import PREDICTIONS_DIGEST_TAG, file_sha256, save_predictions
+    cl = client()
+    run_id = cl.create_run(experiment_id(cl, load_settings())).info.run_id
+    cl.log_text(run_id, build_config("smoke", []).to_yaml(), "config.yaml")
+    pred = save_predictions(tmp_path / "predictions.npz", ["a", "b"], np.zeros((2, 4, 4, 4), bool))
+    cl.log_artifact(run_id, str(pred), "evaluation")
+    if digest:
+        cl.set_tag(run_id, PREDICTIONS_DIGEST_TAG, file_sha256(pred))
+    cl.set_terminated(run_id, "FINISHED")
+    return cl, run_id
+
+
+def test_rescore_refuses_tampered_predictions(bench_home, tmp_path):
+    from benchmark.run.evaluate import save_predictions
+    from benchmark.run.rescore import rescore_run
+    cl, run_id = _run_with_predictions(tmp_path, digest=True)
+    (tmp_path / "forged").mkdir()
+    forged = save_predictions(tmp_path / "forged" / "predictions.npz", ["a", "b"], np.ones((2, 4, 4, 4), bool))
+    cl.log_artifact(run_id, str(forged), "evaluation")          # replaces the stored file
+    with pytest.raises(DataError, match="does not match the sha256 recorded when it was evaluated"):
+        rescore_run(run_id)
+
+
+def test_rescore_log_of_a_run_without_a_digest_needs_an_explicit_flag(bench_home, tmp_path, capsys):
+    from benchmark.cli.main import main
+    _, run_id = _run_with_predictions(tmp_path, digest=False)
+    assert main(["rescore", run_id, "--log"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "predates prediction digests" in err and "--accept-unverified" in err and len(err.splitlines()) == 1
+    assert main(["rescore", run_id, "--accept-unverified"]) == 2        # --log only
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "ids"])
+def test_a_malformed_predictions_file_is_one_line(tmp_path, damage):
+    from benchmark.run.evaluate import load_predictions, save_predictions
+    path = tmp_path / "predictions.npz"
+    if damage == "garbage":
+        path.write_bytes(b"PK\x03\x04 not a zip")
+    else:
+        preds = np.ones((2, 8, 8, 8), bool)
+        packed = np.packbits(preds, axis=None)
+        np.savez_compressed(path, nodule_id=np.asarray(["a", "b"] if damage == "truncated" else ["a"]),
+                            shape=np.asarray(preds.shape, np.int64),
+                            packed=packed[:-10] if damage == "truncated" else packed)
+    with pytest.raises(DataError, match="predictions.npz is not a predictions file of lidc-bench"):
+        load_predictions(path)
+    save_predictions(path, ["a", "b"], np.ones((2, 8, 8, 8), bool))
+    assert load_predictions(path)[1].all()
