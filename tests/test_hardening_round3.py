@@ -259,3 +259,51 @@ def test_a_malformed_predictions_file_is_one_line(tmp_path, damage):
         load_predictions(path)
     save_predictions(path, ["a", "b"], np.ones((2, 8, 8, 8), bool))
     assert load_predictions(path)[1].all()
+
+
+# ---------------------------------------------------------------------------------------------
+# 5 config bounds and duplicate YAML keys
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("override, match", [
+    ("data.crop_xyz=[2000,2000,1000]", "data.crop_xyz: every size must be <= 512 voxels per axis"),
+    ("data.patch_xyz=[600,64,32]", "data.patch_xyz: every size must be <= 512 voxels per axis"),
+    ("data.patch_xyz=[96,64,32]", "data.patch_xyz .* is larger than data.crop_xyz"),
+    ("data.spacing_mm=0.001", "spacing_mm must be between 0.25 and 5 mm, got 0.001"),
+    ("data.spacing_mm=50", "spacing_mm must be between 0.25 and 5 mm"),
+])
+def test_config_sizes_and_spacing_are_bounded(override, match):
+    from benchmark.run.config import build_config
+    with pytest.raises(UsageError, match=match):
+        build_config("cpu", [override])
+    for preset in ("smoke", "cpu", "paper"):              # every preset stays inside the bounds
+        build_config(preset)
+
+
+def test_data_build_spacing_is_bounded(capsys):
+    from benchmark.cli.main import main
+    assert main(["data", "build", "--spacing", "0.001"]) == 2
+    assert "--spacing must be between 0.25 and 5 mm" in capsys.readouterr().err
+
+
+def test_a_run_config_with_a_key_written_twice_is_refused_naming_it(tmp_path, capsys):
+    from benchmark.cli.main import main
+    from benchmark.run.config import load_config_file
+    cfg = tmp_path / "x.yaml"
+    cfg.write_text("model:\n  arch: unet3d\ntrain:\n  epochs: 5\n  batch_size: 2\n  epochs: 50\n")
+    with pytest.raises(UsageError, match="duplicate key 'epochs' on line 6 \\(first on line 4\\)"):
+        load_config_file(cfg)
+    assert main(["run", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "duplicate key 'epochs'" in err
+
+
+def test_the_strict_loader_is_safe_load_otherwise():
+    import yaml
+
+    from benchmark.core.yaml_strict import DuplicateKeyError, strict_safe_load
+    text = "base: &b {lr: 1, wd: 2}\nrun:\n  <<: *b\n  lr: 3\nlist: [1, 1]\nsame: {a: 1}\nother: {a: 1}\n"
+    assert strict_safe_load(text) == yaml.safe_load(text)          # merge keys still override
+    with pytest.raises(DuplicateKeyError, match="duplicate key 'a'"):
+        strict_safe_load("x: {a: 1, a: 2}")
+    with pytest.raises(yaml.YAMLError):                              # nothing is constructed
+        strict_safe_load("!!python/object/apply:os.system ['true']")
