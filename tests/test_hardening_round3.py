@@ -307,3 +307,48 @@ def test_the_strict_loader_is_safe_load_otherwise():
         strict_safe_load("x: {a: 1, a: 2}")
     with pytest.raises(yaml.YAMLError):                              # nothing is constructed
         strict_safe_load("!!python/object/apply:os.system ['true']")
+
+
+# ---------------------------------------------------------------------------------------------
+# 6 checkpoints: the resumed epoch, and a weights-only best.pt
+# ---------------------------------------------------------------------------------------------
+TINY = ["train.epochs=1", "train.steps_per_epoch=1", "model.kwargs.base_channels=4", "eval.overlays=false",
+        "eval.latency_repeats=1"]
+
+
+def _training_state(epoch=1):
+    """What Trainer.state holds after a step of Adam: weights, optimiser moments, progress."""
+    from benchmark.run.config import build_config
+    from benchmark.run.train import build_model
+    cfg = build_config("smoke", TINY, **{"model.arch": "unet3d"})
+    model = build_model(cfg)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.zeros(1, 1, *cfg.data.patch_zyx)).float().mean().backward()
+    opt.step()
+    return {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": {},
+            "scaler": {}, "best": {"val_dice": 0.1, "epoch": 1, "bad_epochs": 0}, "history": [],
+            "train_seconds": 1.0, "config": cfg.model_dump(mode="json"), "run_id": None}
+
+
+@pytest.mark.parametrize("epoch", [10 ** 9, -5, 1.0, True, "1"])
+def test_a_checkpoint_with_an_impossible_epoch_is_refused_on_resume(empty_home, epoch):
+    from benchmark.core.checkpoint import save_checkpoint
+    from benchmark.core.errors import TrainingError
+    from benchmark.core.paths import checkpoints_dir
+    from benchmark.run.train import load_resume_state
+    rid = "a" * 32
+    save_checkpoint(_training_state(epoch), checkpoints_dir(rid) / "last.pt")
+    with pytest.raises(TrainingError, match="not a whole number between 0 and the run's 1 epochs"):
+        load_resume_state(rid, check_run=False)
+
+
+def test_the_published_best_checkpoint_holds_weights_only(tmp_path):
+    from benchmark.core.checkpoint import load_checkpoint, published_state, save_checkpoint
+    state = _training_state()
+    save_checkpoint(state, tmp_path / "last.pt")
+    save_checkpoint(published_state(state), tmp_path / "best.pt")
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert set(best) == {"model", "config", "epoch", "run_id", "best"}
+    # Adam keeps two moments per weight: the full state was ~3x the weights (4.43 MB vs 1.50 MB)
+    weights = sum(t.numel() * t.element_size() for t in state["model"].values())
+    assert (tmp_path / "best.pt").stat().st_size < 1.2 * weights < (tmp_path / "last.pt").stat().st_size / 2
