@@ -352,3 +352,45 @@ def test_the_published_best_checkpoint_holds_weights_only(tmp_path):
     # Adam keeps two moments per weight: the full state was ~3x the weights (4.43 MB vs 1.50 MB)
     weights = sum(t.numel() * t.element_size() for t in state["model"].values())
     assert (tmp_path / "best.pt").stat().st_size < 1.2 * weights < (tmp_path / "last.pt").stat().st_size / 2
+
+
+# ---------------------------------------------------------------------------------------------
+# 7 one logged model per run, one registered version per run and name
+# ---------------------------------------------------------------------------------------------
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 1, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_publishing_a_model_twice_logs_one_and_registering_twice_makes_one_version(bench_home, capsys):
+    from benchmark.core.tracking import (MODEL_ARTIFACT, Tracker, client, experiment_id, load_settings,
+                                         log_pytorch_model, register_model)
+    cl = client()
+    settings = load_settings()
+    exp = experiment_id(cl, settings)
+    tracker = Tracker(cl, cl.create_run(exp).info.run_id, settings)
+    example = np.zeros((1, 1, 2, 2, 2), np.float32)
+    first = log_pytorch_model(tracker, _Tiny(), example)
+    # resumed after a kill that came after the model was logged: the publish step runs again
+    assert log_pytorch_model(tracker, _Tiny(), example) == first
+    # killed between log_model and its tag: the model is found by its source run
+    cl.delete_tag(tracker.run_id, "model_uri")
+    assert log_pytorch_model(tracker, _Tiny(), example) == first
+    assert cl.get_run(tracker.run_id).data.tags["model_uri"] == first
+    models = cl.search_logged_models([exp], filter_string=f"source_run_id = '{tracker.run_id}'")
+    assert [m.name for m in models] == [MODEL_ARTIFACT]
+
+    cl.set_terminated(tracker.run_id, "FINISHED")
+    capsys.readouterr()
+    v1 = register_model(tracker.run_id, "round3")
+    assert capsys.readouterr().err == ""
+    again = register_model(tracker.run_id, "round3")
+    err = capsys.readouterr().err.strip()
+    assert again.version == v1.version and len(err.splitlines()) == 1
+    assert f"already round3 version {v1.version}" in err and "--force" in err
+    assert len(cl.search_model_versions("name = 'round3'")) == 1
+    assert register_model(tracker.run_id, "round3", force=True).version != v1.version

@@ -667,6 +667,27 @@ def log_split_inputs(tracker: "Tracker", table, split_hash: str, dataset_name: s
               file=sys.stderr)
 
 
+def logged_model_uri(tracker: "Tracker") -> str | None:
+    """The URI of the MLflow model this run already logged, or None. The publish step calls it
+    (``log_pytorch_model`` does) so that a run killed after logging its model and then resumed
+    does not log a second one and orphan the first. Besides the ``model_uri`` tag it finds a
+    finished model whose tag was never written (a kill between the two), and writes the tag."""
+    try:
+        run = tracker.client.get_run(tracker.run_id)
+        if run.data.tags.get("model_uri"):
+            return run.data.tags["model_uri"]
+        models = tracker.client.search_logged_models([run.info.experiment_id],
+                                                     filter_string=f"source_run_id = '{tracker.run_id}'")
+    except Exception:  # noqa: BLE001 - no answer: log_model decides (and reports) as before
+        return None
+    ready = [m for m in models if m.name == MODEL_ARTIFACT and str(m.status).endswith("READY")]
+    if not ready:
+        return None
+    model_id = max(ready, key=lambda m: m.creation_timestamp).model_id
+    tracker.set_tags({"model_uri": f"models:/{model_id}", "model_id": model_id})
+    return f"models:/{model_id}"
+
+
 def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict | None = None) -> str | None:
     """Log ``model`` as the run's MLflow PyTorch model; returns its URI (``models:/<model_id>``,
     also in the run's ``model_uri`` tag).
@@ -683,6 +704,9 @@ def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict |
     import numpy as np
     import torch
     from mlflow.models import infer_signature
+    already = logged_model_uri(tracker)
+    if already:
+        return already          # a resumed run evaluated again: its model is logged once
     cpu_model = copy.deepcopy(model).cpu().eval()
     example = np.ascontiguousarray(input_example, dtype=np.float32)
     with torch.no_grad():
@@ -739,9 +763,11 @@ def _version(pkg: str) -> str:
 
 
 def register_model(run_id: str, name: str, description: str | None = None,
-                   settings: TrackingSettings | None = None):
+                   settings: TrackingSettings | None = None, force: bool = False):
     """Register a finished run's MLflow model under ``name`` in the model registry; the
-    description (e.g. its leaderboard row) goes on the new version. Returns the ModelVersion."""
+    description (e.g. its leaderboard row) goes on the new version. Returns the ModelVersion.
+    A run already registered under ``name`` is not registered again unless ``force``: a
+    warning names its version, which is returned."""
     import re
     from mlflow.exceptions import MlflowException
     if not re.fullmatch(r"[0-9a-f]{32}", run_id or ""):
@@ -758,6 +784,11 @@ def register_model(run_id: str, name: str, description: str | None = None,
     if "model_uri" not in run.data.tags:
         raise UsageError(f"run {run_id} has no MLflow model (runs from before models were logged: "
                          f"re-run it, or use its checkpoints/best.pt)")
+    existing = None if force else registered_version(cl, name, run_id)
+    if existing is not None:
+        print(f"warning: run {run_id} is already {name} version {existing.version}; no duplicate version was made "
+              f"(--force makes one)", file=sys.stderr)
+        return existing
     try:
         cl.get_registered_model(name)
     except MlflowException:
@@ -770,3 +801,14 @@ def register_model(run_id: str, name: str, description: str | None = None,
                                             if k in run.data.tags},
                                       model_id=model_id)
     return version
+
+
+def registered_version(cl, name: str, run_id: str):
+    """The newest version of registered model ``name`` made from ``run_id``, or None
+    (``name`` and ``run_id`` are validated by the caller: they go into a filter string)."""
+    from mlflow.exceptions import MlflowException
+    try:
+        versions = cl.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:
+        return None
+    return max(versions, key=lambda v: int(v.version), default=None)

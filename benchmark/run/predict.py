@@ -431,7 +431,7 @@ def cmd_predict(args):
 
 def cmd_register(args):
     from benchmark.core.tracking import register_model
-    v = register_model(args.run_id, args.name, args.description)
+    v = register_model(args.run_id, args.name, args.description, force=args.force)
     print(f"registered run {args.run_id} as {v.name} version {v.version} (models:/{v.name}/{v.version})")
 
 
@@ -455,4 +455,6 @@ def register(sub):
     r.add_argument("run_id", metavar="RUN_ID")
     r.add_argument("--name", required=True, help="registered model name, e.g. lidc-phantom-cpu")
     r.add_argument("--description", help="text for the new version (e.g. its leaderboard row)")
+    r.add_argument("--force", action="store_true",
+                   help="make a new version even if this run is already registered under this name")
     r.set_defaults(func=cmd_register)
