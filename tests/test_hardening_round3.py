@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -394,3 +395,31 @@ def test_publishing_a_model_twice_logs_one_and_registering_twice_makes_one_versi
     assert f"already round3 version {v1.version}" in err and "--force" in err
     assert len(cl.search_model_versions("name = 'round3'")) == 1
     assert register_model(tracker.run_id, "round3", force=True).version != v1.version
+
+
+# ---------------------------------------------------------------------------------------------
+# 8 bench sync: values of the wrong type are found before anything is sent
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("record, match", [
+    ({"kind": "metrics", "metrics": {"val_dice": "abc"}, "step": 1, "timestamp": 1}, "metric 'val_dice' is 'abc'"),
+    ({"kind": "metrics", "metrics": {"val_dice": 0.5}, "step": "1", "timestamp": 1}, "step and timestamp"),
+    ({"kind": "status", "status": "PWNED"}, "status 'PWNED' is not a run status"),
+    ({"kind": "tags", "tags": {"arch": ["x"]}}, "tags must map names to strings"),
+    ({"kind": "params", "params": "lr=1"}, "params must map names to strings"),
+    ({"kind": "text", "text": 5, "name": "a.txt"}, "text and name must be strings"),
+])
+def test_sync_refuses_a_value_of_the_wrong_type_before_sending_anything(bench_home, record, match, capsys):
+    from benchmark.cli.main import main
+    from benchmark.core.paths import offline_dir
+    from benchmark.core.tracking import Tracker
+    tracker = Tracker.start("probe", {})
+    buf = offline_dir() / f"{tracker.run_id}.jsonl"
+    buf.parent.mkdir(parents=True, exist_ok=True)
+    good = {"kind": "metrics", "metrics": {"val_dice": 0.5}, "step": 1, "timestamp": 1}
+    buf.write_text(json.dumps(good) + "\n" + json.dumps(record) + "\n" + json.dumps(good) + "\n")
+    assert main(["sync", str(buf)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "line 2:" in err and "nothing was replayed" in err
+    assert re.search(match, err), err
+    assert tracker.client.get_metric_history(tracker.run_id, "val_dice") == []      # line 1 was not sent
+    assert buf.exists()

@@ -434,6 +434,34 @@ SYNC_KINDS = {"metrics": ("metrics", "step", "timestamp"), "params": ("params",)
               "artifact": ("path", "artifact_path"), "text": ("text", "name"), "status": ("status",)}
 
 
+def _record_type_problem(rec: dict) -> str | None:
+    """What makes a buffered record unsendable (a value of the wrong type), or None: checked for
+    every record before any is sent, so a bad line cannot stop a replay half-way."""
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def strings(d):
+        return isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in d.items())
+    kind = rec["kind"]
+    if kind == "metrics":
+        if not isinstance(rec["metrics"], dict):
+            return "metrics must map names to numbers"
+        for k, v in rec["metrics"].items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                return f"metric {k!r} is {v!r}, not a number"
+        if not (whole(rec["step"]) and whole(rec["timestamp"])):
+            return "step and timestamp must be whole numbers"
+    elif kind in ("params", "tags") and not strings(rec[kind]):
+        return f"{kind} must map names to strings"
+    elif kind == "artifact" and not (isinstance(rec["path"], str) and isinstance(rec["artifact_path"], (str, type(None)))):
+        return "path and artifact_path must be strings"
+    elif kind == "text" and not (isinstance(rec["text"], str) and isinstance(rec["name"], str)):
+        return "text and name must be strings"
+    elif kind == "status" and rec["status"] not in ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED"):
+        return f"status {rec['status']!r} is not a run status"
+    return None
+
+
 def _parse_buffer(p: Path, run_id: str) -> tuple[list[dict], str | None]:
     """Records of a buffer, all checked before anything is sent, and a torn last line (or None).
 
@@ -460,6 +488,9 @@ def _parse_buffer(p: Path, run_id: str) -> tuple[list[dict], str | None]:
         missing = [f for f in SYNC_KINDS[kind] if f not in rec]
         if missing:
             raise UsageError(f"{p} line {i}: {kind} record lacks {missing}; nothing was replayed")
+        problem = _record_type_problem(rec)
+        if problem:
+            raise UsageError(f"{p} line {i}: {kind} record: {problem}; nothing was replayed")
         if kind == "artifact":
             f = Path(str(rec["path"])).resolve()
             if not any(f.is_relative_to(r) for r in roots):
