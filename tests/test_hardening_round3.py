@@ -423,3 +423,32 @@ def test_sync_refuses_a_value_of_the_wrong_type_before_sending_anything(bench_ho
     assert re.search(match, err), err
     assert tracker.client.get_metric_history(tracker.run_id, "val_dice") == []      # line 1 was not sent
     assert buf.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 9 a killed `bench data build --force` leaves no folder for ever
+# ---------------------------------------------------------------------------------------------
+def test_the_next_build_removes_temporary_folders_of_dead_builds(index, tmp_cache):
+    import subprocess
+    import sys
+
+    from benchmark.data import cache as cache_mod
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tmp_cache.mkdir(parents=True)
+    # what a SIGKILL during a build leaves (its pid in the name), for this cache and another one
+    stale = [tmp_cache / f".phantom-staple-4mm-sub1234.tmp-{dead.pid}-0123abcd",
+             tmp_cache / f".phantom-staple-2mm.old-{dead.pid}-89abcdef"]
+    live = tmp_cache / f".phantom-staple-1mm.tmp-{os.getpid()}-0123abcd"       # a build going on
+    unrelated = tmp_cache / ".notes-1"
+    for folder in (*stale, live, unrelated):
+        (folder / "images.npy").parent.mkdir()
+        (folder / "images.npy").write_bytes(b"x" * 1000)
+    ids = list(index["nodule_id"].iloc[[0]])
+    p = cache_mod.build_cache("phantom", "staple", 4.0, nodule_ids=ids, workers=1, progress=False)
+    assert not any(f.exists() for f in stale)
+    assert live.exists() and unrelated.exists() and (p / "manifest.json").is_file()
+    # and a valid cache reused as it is cleans up too (the next `bench data build` finds it valid)
+    stale[0].mkdir()
+    assert cache_mod.build_cache("phantom", "staple", 4.0, nodule_ids=ids, workers=1, progress=False) == p
+    assert not stale[0].exists()
