@@ -452,3 +452,39 @@ def test_the_next_build_removes_temporary_folders_of_dead_builds(index, tmp_cach
     stale[0].mkdir()
     assert cache_mod.build_cache("phantom", "staple", 4.0, nodule_ids=ids, workers=1, progress=False) == p
     assert not stale[0].exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 9 a store locked for longer than SQLite's busy timeout (MLflow sets 20 s)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_store_locked_for_a_while_prints_a_few_lines_and_the_run_still_finishes(bench_home, capfd):
+    """Before: 148 lines (MLflow's SQL tracebacks, a multi-line warning) and a run left RUNNING
+    until `bench sync`. Now: one warning line, and the run's end replays its buffer."""
+    import subprocess
+    import sys
+
+    from benchmark.core.tracking import Tracker, load_settings
+    tracker = Tracker.start("probe", {})
+    db = load_settings().tracking_uri[len("sqlite:///"):]
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, time\n"
+        f"c = sqlite3.connect({db!r}, isolation_level=None)\n"
+        "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(24); c.execute('COMMIT')\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        capfd.readouterr()
+        tracker.log_metrics({"val_dice": 0.5}, step=1)       # waits out the 20 s busy timeout, then buffers
+        assert tracker.offline
+        tracker.log_metrics({"val_dice": 0.6}, step=2)
+        tracker.finish("FINISHED")                            # the lock is gone by the end of the replay
+    finally:
+        holder.wait(60)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
+    assert "database is locked); training goes on" in err and "buffered records of run" in err
+    run = tracker.client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.value for m in tracker.client.get_metric_history(tracker.run_id, "val_dice")] == [0.5, 0.6]
+    assert not tracker.offline_path.exists()

@@ -117,7 +117,28 @@ def client(settings: TrackingSettings | None = None):
         prepare_sqlite_store(settings.tracking_uri)
     import mlflow
     mlflow.set_tracking_uri(settings.tracking_uri)
+    _quiet_store_tracebacks()
     return MlflowClient(tracking_uri=settings.tracking_uri)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
+
+
+class _NoStoreTracebacks(logging.Filter):
+    """MLflow's SQL store logs every failed statement with its whole traceback (some 60 lines;
+    a store locked for 45 s printed 148) before raising it; the exception reaches our caller,
+    which reports it in one line, so the log record is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("SQLAlchemy database error")
+
+
+def _quiet_store_tracebacks() -> None:
+    store_log = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _NoStoreTracebacks) for f in store_log.filters):
+        store_log.addFilter(_NoStoreTracebacks())
 
 
 def experiment_id(cl, settings: TrackingSettings, name: str | None = None) -> str:
@@ -293,7 +314,7 @@ class Tracker:
                 # would stall training for minutes per epoch.
                 self._warned = True
                 self.stop_system_metrics()
-                print(f"warning: MLflow logging failed ({type(e).__name__}: {str(e)[:120]}); training goes on and "
+                print(f"warning: MLflow logging failed ({type(e).__name__}: {_first_line(e)}); training goes on and "
                       f"logs are buffered in {self.offline_path}; once the server is back run: "
                       f"bench sync {self.offline_path}", file=sys.stderr)
         self.offline_path.parent.mkdir(parents=True, exist_ok=True)
@@ -338,6 +359,24 @@ class Tracker:
     def finish(self, status: str = "FINISHED"):
         self.stop_system_metrics()
         self._guard("status", lambda: self.client.set_terminated(self.run_id, status), {"status": status})
+        if self._warned:
+            self._replay_buffer()
+
+    def _replay_buffer(self):
+        """Logging fell back to the buffer during the run (a SQLite store locked for longer than
+        its 20 s busy timeout, a server restart): try once to send it now, so that a store that
+        answers again gets the whole run and its final status, instead of a run left RUNNING
+        until someone runs ``bench sync``."""
+        try:
+            with held():
+                n = sync_offline(self.offline_path, self.settings)
+        except Exception as e:  # noqa: BLE001 - still unreachable: the buffer stays for bench sync
+            print(f"warning: the tracking store still fails ({type(e).__name__}: {_first_line(e)}); run "
+                  f"{self.run_id} stays as the store last saw it until: bench sync {self.offline_path}",
+                  file=sys.stderr)
+            return
+        print(f"note: the tracking store answers again: the {n} buffered records of run {self.run_id} were sent",
+              file=sys.stderr)
 
     # -- system metrics -----------------------------------------------------------------------
     def start_system_metrics(self):
@@ -520,7 +559,10 @@ def sync_offline(path: str | Path, settings: TrackingSettings | None = None) -> 
     cl = client(settings)
     try:
         cl.get_run(run_id)
-    except Exception:  # noqa: BLE001 - MLflow raises its own types for a missing run
+    except Exception as e:  # noqa: BLE001 - MLflow raises its own types for a missing run
+        if getattr(e, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+            raise TrackingError(f"the tracking store does not answer ({_first_line(e)}); nothing was replayed, "
+                                f"try again later") from None
         raise UsageError(f"no MLflow run {run_id} in {(settings or load_settings()).tracking_uri}; "
                          f"{p} belongs to another tracking store") from None
     for rec in records:
