@@ -16,7 +16,7 @@ import pytest
 import torch
 from test_export import PER_NODULE, _doc
 
-from benchmark.core.errors import BenchError, DataError, TrackingError, UsageError
+from benchmark.core.errors import DataError, TrackingError, UsageError
 from benchmark.results.run_export import ORIGINAL_ID_TAG, import_export, read_export, write_export
 
 RID = _doc()["run_id"]
