@@ -64,6 +64,8 @@ def _check_rescore_from_stored_predictions(cl, run_id):
     from benchmark.run.rescore import rescore_run
     pred = cl.download_artifacts(run_id, "evaluation/predictions.npz")
     assert os.path.getsize(pred) < 50_000                       # bit-packed and compressed
+    # evaluation recorded the file's digest; bench rescore checks it (tests/test_hardening_round3.py)
+    assert cl.get_run(run_id).data.tags[evaluate.PREDICTIONS_DIGEST_TAG] == evaluate.file_sha256(pred)
     df, flat, logged = rescore_run(run_id)
     original = pd.read_csv(cl.download_artifacts(run_id, "evaluation/per_nodule.csv"))
     assert list(df["nodule_id"]) == list(original["nodule_id"])

@@ -250,6 +250,11 @@ def test_kill_after_evaluation_then_resume_logs_nothing_twice_and_frees_disk(sto
     # 11: nothing reads last.pt again; best.pt is kept once, as the MLflow artifact
     assert not list(checkpoints_dir(rid).glob("*.pt"))
     assert "checkpoints/best.pt" in [f.path for f in cl.list_artifacts(rid, "checkpoints")]
+    # issue 35: the published best.pt holds the weights only, and the model was logged once
+    best = torch.load(cl.download_artifacts(rid, "checkpoints/best.pt"), weights_only=True)
+    assert "optimizer" not in best and set(best) >= {"model", "config", "epoch"}
+    models = cl.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{rid}'")
+    assert len(models) == 1 and run.data.tags["model_uri"] == f"models:/{models[0].model_id}"
     with pytest.raises(UsageError, match="FINISHED"):
         run_experiment(None, resume_run_id=rid, show_progress=False)
 

@@ -60,15 +60,16 @@ def register(subparsers) -> None:
 
 
 def _data_cfg(args):
-    from benchmark.run.config import build_config
+    from benchmark.run.config import SPACING_RANGE_MM, build_config
     cfg = build_config(args.preset)
     d = cfg.data
     d.source = args.source
     d.ground_truth = args.gt
     d.phantom_seed = args.seed
     if args.spacing is not None:
-        if args.spacing <= 0:
-            raise UsageError(f"--spacing must be > 0, got {args.spacing}")
+        lo, hi = SPACING_RANGE_MM
+        if not lo <= args.spacing <= hi:
+            raise UsageError(f"--spacing must be between {lo:g} and {hi:g} mm, got {args.spacing}")
         from benchmark.data.geometry import crop_size_for_spacing
         z, y, x = crop_size_for_spacing(args.spacing)
         d.spacing_mm = args.spacing

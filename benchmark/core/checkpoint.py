@@ -139,3 +139,22 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict[str, Any]:
     if not isinstance(state, dict) or not {"model", "config", "epoch"} <= set(state):
         raise TrainingError(f"checkpoint {path} is not a lidc-bench checkpoint (no model/config/epoch)")
     return state
+
+
+#: what the published ``best.pt`` holds: the weights and what is needed to rebuild and cite them.
+#: The optimiser, scheduler and scaler states (twice the weights for Adam) stay in ``last.pt``,
+#: the only checkpoint a run resumes from.
+PUBLISHED_KEYS = ("model", "config", "epoch", "run_id", "best")
+
+
+def published_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights-only part of a training state (``PUBLISHED_KEYS``)."""
+    return {k: state[k] for k in PUBLISHED_KEYS if k in state}
+
+
+def check_resume_epoch(path: Path, epoch: Any, epochs: int) -> int:
+    """The epoch a checkpoint says it completed, refused unless a whole number in [0, epochs]."""
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
+        raise TrainingError(f"checkpoint {path} says it completed epoch {epoch!r}, not a whole number between 0 and "
+                            f"the run's {epochs} epochs; refusing it")
+    return epoch

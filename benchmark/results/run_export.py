@@ -211,7 +211,8 @@ def read_manifest(path: Path) -> dict:
 # reading
 # ---------------------------------------------------------------------------------------------
 def _checked_manifest(path: Path) -> dict:
-    """The export's manifest, after checking that every file it lists is there, unchanged."""
+    """The export's manifest, after checking its shape and that every file it lists is there,
+    inside the export folder, unchanged."""
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
         raise UsageError(f"{path} is not a run export (no manifest.json)")
@@ -223,13 +224,85 @@ def _checked_manifest(path: Path) -> dict:
                             f"{FORMAT_VERSION}")
     except (ValueError, KeyError, TypeError) as e:
         raise DataError(f"{manifest_path} is not a valid export manifest ({type(e).__name__})") from None
+    _check_manifest_shape(manifest_path, manifest)
+    root = path.resolve()
     for rel, digest in files.items():
-        f = path / rel
-        if ".." in Path(rel).parts or not f.is_file():
-            raise DataError(f"export {path}: {rel} is listed in the manifest but missing")
+        f = _inside_export(path, root, rel)
         if _sha256(f.read_text(encoding="utf-8")) != digest:
             raise DataError(f"export {path}: {rel} does not match its sha256 in manifest.json (edited by hand?)")
     return manifest
+
+
+def _check_manifest_shape(manifest_path: Path, manifest: dict) -> None:
+    """runs: a list of ids; files: {relative path: sha256}; studies: {name: relative path}."""
+    def bad(what):
+        raise DataError(f"{manifest_path}: {what}")
+    if not isinstance(manifest["runs"], list):
+        bad(f"'runs' must be a list of run ids, not a {type(manifest['runs']).__name__}")
+    if not isinstance(manifest["files"], dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                           for k, v in manifest["files"].items()):
+        bad("'files' must map each file's relative path to its sha256")
+    studies = manifest.get("studies") or {}
+    if not isinstance(studies, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in studies.items()):
+        bad("'studies' must map each study name to its file")
+
+
+def _inside_export(path: Path, root: Path, rel: str) -> Path:
+    """The file ``rel`` names, refused unless it is a plain relative path to a file that stays in
+    the export folder once links are followed (nothing outside the export is ever read)."""
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or ".." in parts or rel.startswith(("/", "\\")):
+        raise DataError(f"export {path}: the manifest names {rel!r}, which is not a path inside the export")
+    f = path / rel
+    if not f.resolve().is_relative_to(root):
+        raise DataError(f"export {path}: {rel} links outside the export folder; refused")
+    if not f.is_file():
+        raise DataError(f"export {path}: {rel} is listed in the manifest but missing")
+    return f
+
+
+#: the states MLflow accepts for a run (RunStatus)
+RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_run_doc(where: str, doc) -> None:
+    """Every field of a run document has the type MLflow needs, so an import fails here, before
+    it creates anything, rather than half-way through writing a run."""
+    def bad(what):
+        raise DataError(f"{where}: {what}")
+    if not isinstance(doc, dict):
+        bad("is not a JSON object")
+    for key in ("tags", "params", "metrics"):
+        if not isinstance(doc.get(key), dict):
+            bad(f"{key!r} must be an object")
+    if doc.get("status", "FINISHED") not in RUN_STATUSES:
+        bad(f"status {doc.get('status')!r} is not one of {', '.join(RUN_STATUSES)}")
+    if not isinstance(doc.get("run_name", ""), str):
+        bad("run_name must be a string")
+    for key in ("start_time", "end_time"):
+        if not (isinstance(doc.get(key, 0), int) and not isinstance(doc.get(key, 0), bool) and doc.get(key, 0) >= 0):
+            bad(f"{key} must be a whole number of milliseconds, got {doc.get(key)!r}")
+    for key in ("tags", "params"):
+        for k, v in doc[key].items():
+            if not isinstance(v, str):
+                bad(f"{key[:-1]} {k!r} has value {v!r}, not a string")
+    for k, v in doc["metrics"].items():
+        if not _is_number(v):
+            bad(f"metric {k!r} has value {v!r}, not a number")
+    history = doc.get("history", {})
+    if not isinstance(history, dict):
+        bad("'history' must be an object")
+    for k, points in history.items():
+        if not isinstance(points, list) or not all(
+                isinstance(p, list) and len(p) == 2 and isinstance(p[0], int) and not isinstance(p[0], bool)
+                and _is_number(p[1]) for p in points):
+            bad(f"history of metric {k!r} must be a list of [step, value] pairs of numbers")
+    if not isinstance(doc.get("config") or {}, dict):
+        bad("'config' must be an object")
 
 
 def read_export(path: Path) -> list[ExportedRun]:
@@ -243,7 +316,11 @@ def read_export(path: Path) -> list[ExportedRun]:
         rel = f"runs/{rid}.json"
         if rel not in files:
             raise DataError(f"export {path}: run {rid} has no {rel} in the manifest")
-        doc = json.loads((path / rel).read_text(encoding="utf-8"))
+        try:
+            doc = json.loads((path / rel).read_text(encoding="utf-8"))
+        except ValueError:
+            raise DataError(f"export {path}: {rel} is not valid JSON") from None
+        _check_run_doc(f"export {path}: {rel}", doc)
         csv_rel = f"per_nodule/{rid}.csv"
         csv_text = (path / csv_rel).read_text(encoding="utf-8") if csv_rel in files else None
         out.append(ExportedRun(rid, doc.get("run_name", ""), doc.get("status", "FINISHED"),
@@ -288,7 +365,7 @@ def import_export(path: Path, experiment: Optional[str] = None, storage: Optiona
     (``UsageError``) before anything is written.
     """
     from benchmark.results.study_export import import_studies
-    from benchmark.core.tracking import client, experiment_id, load_settings, log_batch, per_nodule_artifact
+    from benchmark.core.tracking import client, experiment_id, load_settings
     runs = read_export(path)
     studies = import_studies(read_studies(path), storage)
     settings = load_settings()
@@ -300,17 +377,34 @@ def import_export(path: Path, experiment: Optional[str] = None, storage: Optiona
     except Exception as e:  # noqa: BLE001
         raise TrackingError(f"could not search the tracking store: {str(e).splitlines()[0]}") from None
     for r in existing:
+        if _half_imported(r):
+            cl.delete_run(r.info.run_id)     # left by an import that crashed before this check existed
+            continue
         mapping[r.data.tags[ORIGINAL_ID_TAG]] = r.info.run_id
     for run in runs:
-        if run.run_id in mapping:
-            continue
-        # MLflow's own tags travel too (source, commit, user): only the link to a parent run,
-        # which stayed in the exporting store, is dropped
-        tags = {k: v for k, v in run.tags.items() if k != "mlflow.parentRunId"}
-        tags.update({ORIGINAL_ID_TAG: run.run_id, ORIGINAL_EXPORT_TAG: Path(path).name,
-                     "mlflow.runName": run.run_name or run.run_id})
-        created = cl.create_run(exp_id, start_time=run.start_time or None, tags=tags, run_name=run.run_name or None)
-        new_id = created.info.run_id
+        if run.run_id not in mapping:
+            mapping[run.run_id] = _import_run(cl, exp_id, run, Path(path).name)
+    return Imported(mapping, studies)
+
+
+def _half_imported(run) -> bool:
+    """A run an older version's import created and then crashed on: RUNNING, with nothing in it."""
+    return run.info.status == "RUNNING" and not run.data.metrics and not run.data.params
+
+
+def _import_run(cl, exp_id: str, run: ExportedRun, export_name: str) -> str:
+    """Create one imported run with everything it holds; its id in this store. All or nothing:
+    a run that fails half-way is deleted again, so importing a good export later is not skipped
+    as "already present" because of an empty RUNNING run."""
+    from benchmark.core.tracking import log_batch, per_nodule_artifact
+    # MLflow's own tags travel too (source, commit, user): only the link to a parent run,
+    # which stayed in the exporting store, is dropped
+    tags = {k: v for k, v in run.tags.items() if k != "mlflow.parentRunId"}
+    tags.update({ORIGINAL_ID_TAG: run.run_id, ORIGINAL_EXPORT_TAG: export_name,
+                 "mlflow.runName": run.run_name or run.run_id})
+    created = cl.create_run(exp_id, start_time=run.start_time or None, tags=tags, run_name=run.run_name or None)
+    new_id = created.info.run_id
+    try:
         log_batch(cl, new_id, params=run.params, history=run.history,
                   timestamp_ms=run.end_time or run.start_time or 0)
         # final values with no history (logged once, without a step)
@@ -328,8 +422,15 @@ def import_export(path: Path, experiment: Optional[str] = None, storage: Optiona
                 p.write_text(run.per_nodule_csv)
                 cl.log_artifact(new_id, str(p), folder)
         cl.set_terminated(new_id, run.status or "FINISHED", end_time=run.end_time or None)
-        mapping[run.run_id] = new_id
-    return Imported(mapping, studies)
+    except Exception as e:  # noqa: BLE001 - whatever failed, leave no half-imported run behind
+        try:
+            cl.delete_run(new_id)
+        except Exception:  # noqa: BLE001 - reported below either way
+            pass
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise TrackingError(f"importing run {run.run_id} failed ({first}); the partly created run was "
+                            f"deleted, nothing of it is left") from None
+    return new_id
 
 
 def register(sub) -> None:

@@ -22,9 +22,13 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       model_serializer, model_validator)
 
 from benchmark.core.errors import UsageError
+from benchmark.core.yaml_strict import strict_safe_load
 
 #: seeds feed numpy's legacy RNG and torch generators, which take 32-bit seeds
 SEED_LIMIT = 2 ** 32
+#: the voxel sizes (mm) a run may resample to, and the largest crop or patch edge (voxels)
+SPACING_RANGE_MM = (0.25, 5.0)
+MAX_SIZE_VOXELS = 512
 
 
 class _Strict(BaseModel):
@@ -96,9 +100,11 @@ class DataConfig(_Strict):
 
     @field_validator("spacing_mm")
     @classmethod
-    def _positive(cls, v):
-        if not v > 0:  # also refuses NaN
-            raise ValueError("spacing_mm must be > 0")
+    def _sane_spacing(cls, v):
+        # a CT voxel is 0.5-3 mm; 0.001 mm ran to FINISHED with a 0.02 mm field of view
+        if not SPACING_RANGE_MM[0] <= v <= SPACING_RANGE_MM[1]:  # also refuses NaN
+            raise ValueError(f"spacing_mm must be between {SPACING_RANGE_MM[0]:g} and {SPACING_RANGE_MM[1]:g} mm, "
+                             f"got {v!r}")
         return v
 
     @field_validator("num_workers")
@@ -113,6 +119,9 @@ class DataConfig(_Strict):
     def _positive_size(cls, v):
         if any(n < 1 for n in v):
             raise ValueError(f"every size must be >= 1 voxel, got {tuple(v)}")
+        if any(n > MAX_SIZE_VOXELS for n in v):
+            # 2000 x 2000 x 1000 was a 158 GiB allocation before anything said no
+            raise ValueError(f"every size must be <= {MAX_SIZE_VOXELS} voxels per axis, got {tuple(v)}")
         return v
 
     @field_validator("max_nodules")
@@ -500,7 +509,7 @@ def load_config_file(path: str | Path) -> dict:
     if not p.exists():
         raise UsageError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = strict_safe_load(p.read_text())      # a key written twice is an error, not the last one
     except yaml.YAMLError as e:
         raise UsageError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 import yaml
 
+from benchmark.core.errors import DataError
 from benchmark.run.config import RunConfig
 from benchmark.core.tracking import Tracker
 
@@ -195,11 +196,35 @@ def save_predictions(path: Path, nodule_ids, preds: np.ndarray) -> Path:
 
 
 def load_predictions(path: Path) -> tuple[list[str], np.ndarray]:
-    """``save_predictions``' file back: (nodule ids, boolean predictions (N, Z, Y, X))."""
-    with np.load(path, allow_pickle=False) as f:
-        shape = tuple(int(n) for n in f["shape"])
-        bits = np.unpackbits(f["packed"], count=int(np.prod(shape))).astype(bool)
-        return [str(n) for n in f["nodule_id"]], bits.reshape(shape)
+    """``save_predictions``' file back: (nodule ids, boolean predictions (N, Z, Y, X)).
+    A file that is not one (truncated, edited, another archive) is a one-line DataError."""
+    import zipfile
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            ids, shape, packed = f["nodule_id"], tuple(int(n) for n in f["shape"]), f["packed"]
+        n_bits = int(np.prod(shape, dtype=object)) if shape else -1
+        if len(shape) != 4 or min(shape) < 0 or ids.ndim != 1 or len(ids) != shape[0] \
+                or packed.dtype != np.uint8 or packed.size != (n_bits + 7) // 8:
+            raise ValueError("its arrays do not fit together")
+        bits = np.unpackbits(packed, count=n_bits).astype(bool)
+        return [str(n) for n in ids], bits.reshape(shape)
+    except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{Path(path).name} is not a predictions file of lidc-bench "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+
+
+#: the run tag holding the sha256 of ``evaluation/predictions.npz`` as evaluation logged it:
+#: ``bench rescore`` refuses a stored file that no longer matches it
+PREDICTIONS_DIGEST_TAG = "evaluation.predictions_sha256"
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def evaluate_run(model, store, cfg: RunConfig, device, tracker: Tracker, out_dir: Path, train_seconds: float) -> dict:
@@ -211,6 +236,7 @@ def evaluate_run(model, store, cfg: RunConfig, device, tracker: Tracker, out_dir
     df.to_csv(csv, index=False)
     pred_file = save_predictions(out_dir / PREDICTIONS_FILE, store.table.iloc[rows]["nodule_id"], preds)
     tracker.log_artifact(pred_file, "evaluation")
+    tracker.set_tags({PREDICTIONS_DIGEST_TAG: file_sha256(pred_file)})
     summary = summarize(df, dataset_strata(cfg))
     costs = cost_metrics(model, cfg, device)
     costs["train_seconds"] = train_seconds

@@ -143,8 +143,17 @@ def _from_mlflow_model(uri: str) -> Predictor:
 # ------------------------------------------------------------------------------------------
 # a CT and points in it
 # ------------------------------------------------------------------------------------------
+#: the largest CT read (voxels): 512 x 512 x 2048, 2 GiB of float32; a header asking for more is
+#: refused before anything is allocated (a crafted NIfTI header can ask for terabytes)
+MAX_CT_VOXELS = 512 * 512 * 2048
+#: the most locations one label map holds (labels are uint16 above 255)
+MAX_LOCATIONS = 1000
+
+
 def read_ct(path: str | Path):
-    """A SimpleITK image (float32 HU) from a NIfTI/NRRD/MHA file or a DICOM series folder."""
+    """A SimpleITK image (float32 HU) from a NIfTI/NRRD/MHA file or a DICOM series folder.
+    Refused in one line: a header asking for more than ``MAX_CT_VOXELS``, a voxel spacing that is
+    not a positive number (NIfTI readers take 0 or NaN for 1 mm, silently), NaN or inf voxels."""
     import SimpleITK as sitk
     p = Path(path)
     if not p.exists():
@@ -157,15 +166,82 @@ def read_ct(path: str | Path):
                 raise UsageError(f"{p} holds no DICOM series")
             if len(series) > 1:
                 raise UsageError(f"{p} holds {len(series)} DICOM series; point at a folder with one")
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(p), series[0]))
+            files = reader.GetGDCMSeriesFileNames(str(p), series[0])
+            _check_ct_header(p, files[0], n_slices=len(files))
+            reader.SetFileNames(files)
             img = reader.Execute()
         else:
+            _check_ct_header(p, str(p))
             img = sitk.ReadImage(str(p))
     except RuntimeError as e:
         raise UsageError(f"cannot read CT {p}: {str(e).strip().splitlines()[-1][:160]}") from None
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
         raise UsageError(f"CT {p} must be a 3D single-channel image")
-    return sitk.Cast(img, sitk.sitkFloat32)
+    _check_spacing(p, img.GetSpacing())
+    img = sitk.Cast(img, sitk.sitkFloat32)
+    bad = int((~np.isfinite(sitk.GetArrayViewFromImage(img))).sum())
+    if not bad and p.name.endswith((".nii", ".nii.gz")):
+        bad = _nifti_non_finite(p)
+    if bad:
+        raise UsageError(f"CT {p} holds {bad} NaN or infinite voxels of {img.GetNumberOfPixels()}: not HU")
+    return img
+
+
+def _check_spacing(p: Path, spacing) -> None:
+    if not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise UsageError(f"CT {p} has voxel spacing {tuple(float(v) for v in spacing)} mm: not positive "
+                         f"numbers, so no physical size can be trusted")
+
+
+def _check_ct_header(p: Path, file: str, n_slices: int = 1) -> None:
+    """Size and spacing from the header alone, before any voxel is allocated."""
+    import SimpleITK as sitk
+    info = sitk.ImageFileReader()
+    info.SetFileName(file)
+    info.ReadImageInformation()
+    size = list(info.GetSize()) + [1] * (3 - info.GetDimension())
+    voxels = int(np.prod([int(v) for v in size], dtype=object)) * n_slices
+    if voxels > MAX_CT_VOXELS:
+        raise UsageError(f"CT {p}: its header gives {' x '.join(map(str, size[:3]))}"
+                         f"{f' x {n_slices} slices' if n_slices > 1 else ''} = {voxels:,} voxels, more than "
+                         f"the {MAX_CT_VOXELS:,} a CT may have here; refused before reading")
+    if file.endswith((".nii", ".nii.gz")):
+        _check_spacing(p, _nifti_pixdim(Path(file)))
+
+
+def _nifti_header(path: Path) -> tuple[bytes, str, int]:
+    """(the NIfTI file's bytes, byte order, header size 348 or 540)."""
+    import gzip
+    import struct
+    data = (gzip.open if path.name.endswith(".gz") else open)(path, "rb").read()
+    for order in "<>":
+        if len(data) >= 4 and struct.unpack(order + "i", data[:4])[0] in (348, 540):
+            return data, order, struct.unpack(order + "i", data[:4])[0]
+    raise UsageError(f"CT {path} is not a NIfTI-1 or NIfTI-2 file (its header size is wrong)")
+
+
+def _nifti_pixdim(path: Path) -> tuple[float, float, float]:
+    """pixdim[1:4] exactly as a NIfTI-1 or NIfTI-2 header stores it (ITK turns 0 or NaN into
+    1 mm and a negative value into its absolute value, so its spacing cannot tell)."""
+    import struct
+    data, order, size = _nifti_header(path)
+    return struct.unpack(order + "3f", data[80:92]) if size == 348 else struct.unpack(order + "3d", data[112:136])
+
+
+def _nifti_non_finite(path: Path) -> int:
+    """NaN/inf voxels of a float NIfTI as stored (ITK's reader turns them into 0 HU, silently)."""
+    import struct
+    data, order, size = _nifti_header(path)
+    if size == 348:
+        datatype, offset = struct.unpack(order + "h", data[70:72])[0], int(struct.unpack(order + "f", data[108:112])[0])
+    else:
+        datatype, offset = struct.unpack(order + "h", data[12:14])[0], struct.unpack(order + "q", data[168:176])[0]
+    dtype = {16: "f4", 64: "f8"}.get(datatype)
+    if dtype is None:
+        return 0                                # integer voxels cannot be NaN
+    raw = data[offset:]
+    voxels = np.frombuffer(raw, order + dtype, count=len(raw) // np.dtype(dtype).itemsize)
+    return int((~np.isfinite(voxels)).sum())
 
 
 def parse_point(text: str) -> tuple[float, float, float]:
@@ -240,11 +316,31 @@ def cut_crop(image, center_lps, spacing_mm: float, crop_zyx: Sequence[int]):
     return sitk.GetArrayFromImage(crop), grid
 
 
+def _check_inside(image, point) -> None:
+    """Refuse a location outside the scan, naming it and the scan's extent (LPS mm)."""
+    size = np.array(image.GetSize(), float)
+    idx = np.array(image.TransformPhysicalPointToContinuousIndex([float(v) for v in point]))
+    if np.all(idx >= -0.5) and np.all(idx <= size - 0.5):
+        return
+    corners = np.array([image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
+                        for corner in np.stack(np.meshgrid(*[(-0.5, n - 0.5) for n in size], indexing="ij"),
+                                               -1).reshape(-1, 3)])
+    lo, hi = corners.min(0), corners.max(0)
+    extent = ", ".join(f"{a} {l:.1f}..{h:.1f}" for a, l, h in zip("xyz", lo, hi))
+    raise UsageError(f"location ({', '.join(f'{v:.1f}' for v in point)}) mm LPS is outside the scan "
+                     f"(LPS mm: {extent}); check --ras/--voxel and the coordinates")
+
+
 def predict_at(predictor: Predictor, image, points_lps: Sequence[Sequence[float]]):
-    """Label map (uint8 SimpleITK image on ``image``'s grid): label n+1 where the model
-    segments around the n-th point. Returns (label image, voxels per label)."""
+    """Label map (SimpleITK image on ``image``'s grid; uint8, uint16 above 255 points): label n
+    where the model segments around the n-th point. Returns (label image, voxels per label).
+    A point outside the scan is refused (nothing there to segment)."""
     import SimpleITK as sitk
-    labels = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
+    if len(points_lps) > MAX_LOCATIONS:
+        raise UsageError(f"{len(points_lps)} locations: at most {MAX_LOCATIONS} per scan (one label each)")
+    for point in points_lps:
+        _check_inside(image, point)
+    labels = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8 if len(points_lps) <= 255 else np.uint16)
     counts = []
     for n, point in enumerate(points_lps, 1):
         crop, grid = cut_crop(image, point, predictor.spacing_mm, predictor.crop_zyx)
@@ -338,7 +434,7 @@ def cmd_predict(args):
 
 def cmd_register(args):
     from benchmark.core.tracking import register_model
-    v = register_model(args.run_id, args.name, args.description)
+    v = register_model(args.run_id, args.name, args.description, force=args.force)
     print(f"registered run {args.run_id} as {v.name} version {v.version} (models:/{v.name}/{v.version})")
 
 
@@ -362,4 +458,6 @@ def register(sub):
     r.add_argument("run_id", metavar="RUN_ID")
     r.add_argument("--name", required=True, help="registered model name, e.g. lidc-phantom-cpu")
     r.add_argument("--description", help="text for the new version (e.g. its leaderboard row)")
+    r.add_argument("--force", action="store_true",
+                   help="make a new version even if this run is already registered under this name")
     r.set_defaults(func=cmd_register)

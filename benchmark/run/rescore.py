@@ -27,26 +27,32 @@ from benchmark.core.paths import validate_run_id
 __all__ = ["rescore_run", "register"]
 
 
-def rescore_run(run_id: str) -> tuple[pd.DataFrame, dict, dict]:
-    """(per-nodule table, aggregates flattened as the run logs them, the run's logged metrics)."""
+def rescore_run(run_id: str, require_digest: bool = False) -> tuple[pd.DataFrame, dict, dict]:
+    """(per-nodule table, aggregates flattened as the run logs them, the run's logged metrics).
+
+    The stored predictions must match the sha256 evaluation recorded (tag
+    ``evaluation.predictions_sha256``). A run evaluated before digests were recorded cannot be
+    checked: a warning, or a ``UsageError`` with ``require_digest`` (what ``--log`` asks for,
+    since the leaderboard then scores the run by the rescored table)."""
     from benchmark.run.config import validate_config
     from benchmark.data import load_crops
-    from benchmark.run.evaluate import (PREDICTIONS_FILE, centre_ground_truth, dataset_strata, flat_metrics, load_predictions,
-                           score, summarize)
-    from benchmark.core.tracking import client
+    from benchmark.run.evaluate import (PREDICTIONS_FILE, centre_ground_truth, dataset_strata, flat_metrics,
+                                        load_predictions, score, summarize)
+    from benchmark.core.tracking import client, no_download_bars
     run_id = validate_run_id(run_id, "bench rescore")
     cl = client()
     try:
         run = cl.get_run(run_id)
     except Exception:  # noqa: BLE001 - MLflow raises several kinds for an unknown id
         raise UsageError(f"no run {run_id} in the tracking store") from None
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, no_download_bars():
         try:
             cfg_path = cl.download_artifacts(run_id, "config.yaml", tmp)
             pred_path = cl.download_artifacts(run_id, f"evaluation/{PREDICTIONS_FILE}", tmp)
         except Exception:  # noqa: BLE001
             raise UsageError(f"run {run_id} has no stored test predictions (evaluation/{PREDICTIONS_FILE}): "
                              f"it was evaluated before they were kept, or did not finish") from None
+        _check_digest(run_id, run.data.tags, Path(pred_path), require_digest)
         cfg = validate_config(yaml.safe_load(Path(cfg_path).read_text()) or {}, f"run {run_id}'s config.yaml")
         ids, preds = load_predictions(pred_path)
     store = load_crops(cfg.data)
@@ -67,18 +73,37 @@ def rescore_run(run_id: str) -> tuple[pd.DataFrame, dict, dict]:
     return df, flat, dict(run.data.metrics)
 
 
+def _check_digest(run_id: str, tags: dict, pred_path: Path, require_digest: bool) -> None:
+    from benchmark.run.evaluate import PREDICTIONS_DIGEST_TAG, PREDICTIONS_FILE, file_sha256
+    recorded = tags.get(PREDICTIONS_DIGEST_TAG)
+    if recorded is None:
+        what = (f"run {run_id} predates prediction digests (no tag {PREDICTIONS_DIGEST_TAG}): its stored "
+                f"evaluation/{PREDICTIONS_FILE} cannot be checked")
+        if require_digest:
+            raise UsageError(f"{what}; add --accept-unverified to log its rescoring anyway")
+        print(f"warning: {what}", file=sys.stderr)
+    elif file_sha256(pred_path) != recorded:
+        raise DataError(f"run {run_id}: evaluation/{PREDICTIONS_FILE} does not match the sha256 recorded when it "
+                        f"was evaluated (tag {PREDICTIONS_DIGEST_TAG}): changed since; refused")
+
+
 def register(sub) -> None:
     p = sub.add_parser("rescore", help="score a finished run again from its stored test predictions "
                                        "(a new metric for old runs, without retraining)")
     p.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of a finished run")
     p.add_argument("--log", action="store_true",
                    help="log the aggregates the run lacks and evaluation/per_nodule_rescored.csv (default: print only)")
+    p.add_argument("--accept-unverified", action="store_true",
+                   help="with --log: accept a run evaluated before prediction digests were recorded "
+                        "(its stored predictions cannot be checked)")
     p.set_defaults(func=_cmd)
 
 
 def _cmd(args) -> None:
     from benchmark.core.tracking import RESCORED_PER_NODULE_ARTIFACT, RESCORED_TAG, Tracker, client, load_settings
-    df, flat, logged = rescore_run(args.run_id)
+    if args.accept_unverified and not args.log:
+        raise UsageError("--accept-unverified applies to --log only")
+    df, flat, logged = rescore_run(args.run_id, require_digest=args.log and not args.accept_unverified)
     new = {k: v for k, v in flat.items() if k not in logged}
     changed = {k: (logged[k], v) for k, v in flat.items()
                if k in logged and not np.isclose(logged[k], v, rtol=1e-6, atol=1e-9, equal_nan=True)}

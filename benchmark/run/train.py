@@ -34,8 +34,9 @@ import yaml
 
 from architectures import main_output
 
+from benchmark.core.checkpoint import (check_resume_epoch, load_checkpoint, published_state, remove_checkpoint,
+                                       save_checkpoint)
 from benchmark.core.progress import progress_bar
-from benchmark.core.checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
 from benchmark.run.config import RunConfig
 from benchmark.data.datasets import get_dataset
 from benchmark.data.loader import TrainBatches, center_batches, to_model_input
@@ -508,7 +509,7 @@ def _train_epochs(trainer: "Trainer", cfg: RunConfig, progress: TrainingProgress
             # back-fills metrics of epochs the checkpoint has but MLflow lacks (no duplicates)
             state = trainer.state(epoch + 1, best, history, progress.elapsed, run_id)
             if improved:
-                save_checkpoint(state, ckpt_dir / "best.pt")
+                save_checkpoint(published_state(state), ckpt_dir / "best.pt")    # weights only
             save_checkpoint(state, ckpt_dir / "last.pt")
             _log_epoch(tracker, history[-1], best)
         bar.set_postfix(val_dice=f"{metrics.get('val_dice', float('nan')):.3f}", best=f"{best['val_dice']:.3f}")
@@ -566,6 +567,7 @@ def load_resume_state(run_id: str, check_run: bool = True) -> tuple[dict, RunCon
     if state.get("run_id") not in (None, run_id):
         raise TrainingError(f"checkpoint {state_path} belongs to run {state.get('run_id')}, not {run_id}")
     cfg = validate_config(state["config"], where=f"checkpoint {state_path}: ")
+    check_resume_epoch(state_path, state["epoch"], cfg.train.epochs)
     from architectures import architecture_entry
     try:
         cfg.model.arch = architecture_entry(cfg.model.arch).name

@@ -181,6 +181,8 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
         raise UsageError(f"unknown ranking {ranking!r} (choose from {', '.join(RANKINGS)})")
     runs = split_readers_vs_truth(runs)
     rows = make_rows(runs)
+    if not rows:
+        raise UsageError(f"table {key.name}: no run for its {section} section")
     nodules = sorted(rows[0].runs[0].per_nodule["nodule_id"].astype(str))
     n = len(nodules)
     # a score against the truth is shown when every model has it; a reference row without one (the
@@ -406,6 +408,11 @@ def build_sections(key: TableKey, runs: list[RunRecord], ranking: str = "aggrega
     refs = [r for r in runs if r.section == "reference"]
     tuned = [r for r in runs if r.section == "tuned"]
     default = [r for r in runs if r.section == "default"]
+    if not (tuned or default or refs):
+        # the loss study is a section below a main table, and compares against its final runs
+        raise UsageError(f"table {key.name}: only loss-study runs (tag protocol.part=loss) match, and a loss "
+                         f"study is shown below the main table: the protocol's final runs (or default-settings "
+                         f"runs) must be in the store too (check --preset/--filter)")
     if tuned:
         lb = build_leaderboard(key, tuned + refs, ranking, n_boot, boot_seed, section="tuned")
         if default:
