@@ -73,9 +73,9 @@ def test_unknown_architecture_and_bad_yaml(tmp_path):
 
 def _frozen_trial(lp, arch: str, number: int = 0, value: float = 0.5):
     """A finished trial of the protocol's study, built the way the objective builds one."""
-    from benchmark.campaigns.protocol import study_meta, tuning_overrides
-    from benchmark.campaigns.tune import (OVERRIDES_ATTR, ConstrainedTrial, config_from_overrides,
-                                trial_run_overrides)
+    from benchmark.campaigns.protocol.plan import study_meta, tuning_overrides
+    from benchmark.campaigns.search_space import (OVERRIDES_ATTR, ConstrainedTrial, config_from_overrides,
+                                                  trial_run_overrides)
     meta = study_meta(lp, arch)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=number))
     trial = study.ask()
@@ -88,7 +88,8 @@ def _frozen_trial(lp, arch: str, number: int = 0, value: float = 0.5):
 
 
 def test_final_cell_is_the_best_trial_with_the_final_budget(tmp_path):
-    from benchmark.campaigns.protocol import StudyState, load_protocol, tuned_cell
+    from benchmark.campaigns.protocol.plan import StudyState, tuned_cell
+    from benchmark.campaigns.protocol import load_protocol
     lp = load_protocol(_write(tmp_path, GOOD))
     for arch in ("unet3d", "transfuse_s"):
         best, trial_cfg = _frozen_trial(lp, arch)
@@ -110,7 +111,8 @@ def test_a_truncated_trial_is_the_beginning_of_the_final_run(tmp_path):
     """`tuning.schedule: truncated`: a trial trains the first `epochs` epochs of the final runs'
     schedule (same train.epochs, stop_after_epochs set), and its final cell trains every epoch of
     exactly that config; the compressed default gives a trial a schedule of its own."""
-    from benchmark.campaigns.protocol import StudyState, load_protocol, tuned_cell
+    from benchmark.campaigns.protocol.plan import StudyState, tuned_cell
+    from benchmark.campaigns.protocol import load_protocol
     lp = load_protocol(_write(tmp_path, GOOD.replace("epochs: 2}", "epochs: 2, schedule: truncated}")))
     best, trial_cfg = _frozen_trial(lp, "unet3d")
     assert (trial_cfg.train.epochs, trial_cfg.train.stop_after_epochs) == (20, 2)
@@ -125,7 +127,8 @@ def test_a_truncated_trial_is_the_beginning_of_the_final_run(tmp_path):
 
 
 def test_loss_study_takes_the_runner_up_when_unet3d_is_best(tmp_path):
-    from benchmark.campaigns.protocol import StudyState, load_protocol, loss_study_archs
+    from benchmark.campaigns.protocol.plan import StudyState, loss_study_archs
+    from benchmark.campaigns.protocol import load_protocol
     text = GOOD.replace("[unet3d, transfuse_s]", "[unet3d, transfuse_s, nnunet_plain]")
     lp = load_protocol(_write(tmp_path, text))
     states = {a: StudyState(a, a, 4, 4, _frozen_trial(lp, a, value=v)[0])
@@ -138,7 +141,9 @@ def test_loss_study_takes_the_runner_up_when_unet3d_is_best(tmp_path):
 def test_loss_study_cap_is_declared_and_skips_only_what_it_costs_too_much(tmp_path):
     """`best_max_hours` keeps an architecture whose loss study costs more than the cap out of the
     choice of 'best' (SwinUNETR on two cores), whatever its validation Dice; the next best takes it."""
-    from benchmark.campaigns.protocol import StudyState, load_protocol, loss_study_archs, loss_study_hours
+    from benchmark.campaigns.protocol.plan import StudyState, loss_study_archs
+    from benchmark.campaigns.protocol import load_protocol
+    from benchmark.campaigns.protocol.budget import loss_study_hours
     text = (GOOD.replace("[unet3d, transfuse_s]", "[unet3d, transfuse_s, nnunet_plain]")
             .replace("dice_bce_rm], seeds: 3}", "dice_bce_rm], seeds: 3, best_max_hours: 1}")
             + "seconds_per_epoch: {unet3d: 10, transfuse_s: 200, nnunet_plain: 10}\n")
@@ -157,9 +162,10 @@ def test_best_does_not_wait_for_an_architecture_that_cannot_be_chosen(tmp_path, 
     (SwinUNETR's 10.9 h on two cores) does not hold the choice up: 'best' is decided once the
     candidates are tuned, and in this process its loss cells run right after the last
     candidate's default runs, before the expensive architecture is tuned."""
-    import benchmark.campaigns.protocol as protocol
+    from benchmark.campaigns.protocol import runner
     import benchmark.campaigns.suite as suite
-    from benchmark.campaigns.protocol import StudyState, load_protocol, loss_study_archs
+    from benchmark.campaigns.protocol.plan import StudyState, loss_study_archs
+    from benchmark.campaigns.protocol import load_protocol
     text = (GOOD.replace("[unet3d, transfuse_s]", "[unet3d, nnunet_plain, transfuse_s]")
             .replace("dice_bce_rm], seeds: 3}", "dice_bce_rm], seeds: 3, best_max_hours: 1}")
             + "seconds_per_epoch: {unet3d: 10, transfuse_s: 200, nnunet_plain: 10}\n"
@@ -175,14 +181,14 @@ def test_best_does_not_wait_for_an_architecture_that_cannot_be_chosen(tmp_path, 
     assert loss_study_archs(lp, {"unet3d": tuned["unet3d"], "nnunet_plain": StudyState("nnunet_plain", "y", 1, 4)}) is None
 
     states = {**tuned, "transfuse_s": StudyState("transfuse_s", "x", 4, 4, _frozen_trial(lp, "transfuse_s", value=0.99)[0])}
-    monkeypatch.setattr(protocol, "study_state", lambda lp, arch, storage: states[arch])
+    monkeypatch.setattr(runner, "study_state", lambda lp, arch, storage: states[arch])
     submitted = []
 
     def fake_run_cells(cells, label, *a, **k):
         submitted.append((label, {(c.arch, c.tags.get("protocol.part")) for c in cells}))
         return suite.SuiteResult()
     monkeypatch.setattr(suite, "run_cells", fake_run_cells)
-    protocol.run_protocol(path, show_progress=False)
+    runner.run_protocol(path, show_progress=False)
     labels = [label for label, _ in submitted]
     best_at = labels.index("loss study [best: nnunet_plain]")
     assert labels[best_at - 1] == "defaults [nnunet_plain]" and best_at < labels.index("final [transfuse_s]")
@@ -198,7 +204,8 @@ def test_searched_architectures_wait_for_a_recorded_search_on_the_protocols_pres
     import json
 
     from architectures import architecture_entry, searched_genotype_problem
-    from benchmark.campaigns.protocol import StudyState, load_protocol, loss_study_archs, waiting_for_search
+    from benchmark.campaigns.protocol.plan import StudyState, loss_study_archs, waiting_for_search
+    from benchmark.campaigns.protocol import load_protocol
     entry = architecture_entry("dints")
     monkeypatch.setitem(entry.meta, "genotype", str(tmp_path / "dints_genotype.json"))
     text = GOOD.replace("[unet3d, transfuse_s]", "[unet3d, dints]")
@@ -219,24 +226,25 @@ def test_a_named_loss_study_architecture_does_not_wait_for_best(tmp_path, monkey
     """While 'best' is undecided (dints waits for its search), unet3d's loss cells run as soon as
     its own study is done: in this process right after its default runs, on a cluster in the
     loss stage."""
-    import benchmark.campaigns.protocol as protocol
+    from benchmark.campaigns.protocol import runner
     import benchmark.campaigns.suite as suite
     from architectures import architecture_entry
-    from benchmark.campaigns.protocol import StudyState, load_protocol
+    from benchmark.campaigns.protocol.plan import StudyState
+    from benchmark.campaigns.protocol import load_protocol
     monkeypatch.setitem(architecture_entry("dints").meta, "genotype", str(tmp_path / "none.json"))
     path = _write(tmp_path, GOOD.replace("[unet3d, transfuse_s]", "[unet3d, dints]")
                   .replace("final: {seeds: 3}", "final: {seeds: 3}\ndefaults: {seeds: 3, references: false}"))
     lp = load_protocol(path)
     best = _frozen_trial(lp, "unet3d", value=0.9)[0]
-    monkeypatch.setattr(protocol, "study_state", lambda lp, arch, storage: StudyState(arch, "s", 4, 4, best, 1.0))
-    monkeypatch.setattr(protocol, "_tune_on_cluster", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "study_state", lambda lp, arch, storage: StudyState(arch, "s", 4, 4, best, 1.0))
+    monkeypatch.setattr(runner, "_tune_on_cluster", lambda *a, **k: None)
     submitted = []
 
     def fake_run_cells(cells, label, *a, **k):
         submitted.append((label, [(c.arch, c.loss, c.tags.get("protocol.part")) for c in cells]))
         return suite.SuiteResult()
     monkeypatch.setattr(suite, "run_cells", fake_run_cells)
-    protocol.run_protocol(path, show_progress=False, executor=object() if on_cluster else None)
+    runner.run_protocol(path, show_progress=False, executor=object() if on_cluster else None)
     loss_stages = [(label, cells) for label, cells in submitted if any(part == "loss" for _, _, part in cells)]
     want = sorted(("unet3d", loss, "loss") for _seed in range(3) for loss in ("dice_bce", "dice_bce_rm"))
     assert loss_stages and all(sorted(cells) == want for _, cells in loss_stages)
@@ -263,7 +271,8 @@ def test_time_limit_refuses_what_would_not_end_in_time_and_everything_after(benc
     """`--hours`: a trial or run is started only if its estimate (seconds_per_epoch) ends within
     the limit; once one is refused the protocol stops in its own order; no estimate, no refusal."""
     from benchmark.run.config import build_config
-    from benchmark.campaigns.protocol import TimeLimit, load_protocol
+    from benchmark.campaigns.protocol.budget import TimeLimit
+    from benchmark.campaigns.protocol import load_protocol
     from benchmark.campaigns.suite import Cell
     lp = load_protocol(_write(tmp_path, GOOD + "seconds_per_epoch: {unet3d: 10, transfuse_s: 1000}\n"))
     limit = TimeLimit(lp, hours=1.0)
@@ -284,7 +293,8 @@ def test_pause_runs_starts_a_run_whose_next_epoch_fits_and_pauses_it_when_the_ne
     pause check lets it go on while the epoch just trained fits in the time left, and once it
     does not, pauses it and stops the protocol; trials still need all of their time."""
     from benchmark.run.config import build_config
-    from benchmark.campaigns.protocol import TimeLimit, load_protocol
+    from benchmark.campaigns.protocol.budget import TimeLimit
+    from benchmark.campaigns.protocol import load_protocol
     from benchmark.campaigns.suite import Cell
     lp = load_protocol(_write(tmp_path, GOOD + "seconds_per_epoch: {unet3d: 10, transfuse_s: 1000}\n"))
     cfg = build_config("cpu", ["train.batch_size=16"], **{"model.arch": "unet3d"})   # the preset's: 8
@@ -315,8 +325,10 @@ def test_a_preset_without_batch_or_epochs_is_costed_at_the_run_configs_defaults(
     sets neither is costed at what its runs train with (the run config's defaults, 16 and 100);
     they once fell back to three different figures."""
     from benchmark.run.config import PRESETS, TrainConfig
-    from benchmark.campaigns.protocol import final_epochs, load_protocol, preset_batch, tuning_batch_factor
-    from benchmark.campaigns.tune import BATCH_CHOICES
+    from benchmark.campaigns.protocol.spec import final_epochs
+    from benchmark.campaigns.protocol import load_protocol
+    from benchmark.campaigns.protocol.budget import preset_batch, tuning_batch_factor
+    from benchmark.campaigns.search_space import BATCH_CHOICES
     monkeypatch.setitem(PRESETS, "bare", {k: v for k, v in PRESETS["cpu"].items() if k != "train"})
     assert preset_batch("bare") == TrainConfig().batch_size == 16
     assert preset_batch("cpu") == PRESETS["cpu"]["train"]["batch_size"]
@@ -330,7 +342,8 @@ def test_a_preset_without_batch_or_epochs_is_costed_at_the_run_configs_defaults(
 def test_time_limit_goes_by_this_machines_speed_once_it_has_one(bench_home, tmp_path):
     """The declared 1000 s per epoch came from another machine; two finished transfuse_s runs
     here took 0.5 and 1.5 s per epoch at the preset's batch: the limit goes by their median."""
-    from benchmark.campaigns.protocol import TimeLimit, load_protocol, measured_seconds_per_epoch
+    from benchmark.campaigns.protocol.budget import TimeLimit, measured_seconds_per_epoch
+    from benchmark.campaigns.protocol import load_protocol
     from benchmark.core.tracking import client, experiment_id, load_settings
     lp = load_protocol(_write(tmp_path, GOOD + "seconds_per_epoch: {unet3d: 10, transfuse_s: 1000}\n"))
     cl = client()
@@ -357,8 +370,10 @@ def test_status_costs_a_done_studys_runs_at_its_tuned_batch(bench_home, tmp_path
     """unet3d's study is done and its best trial trained at batch 16, twice the cpu preset's 8: its
     final runs and its loss-study cells (unet3d is named there) cost twice a preset-batch run each;
     the status once costed them at the preset's batch (swinunetr: 7.2 h left where 9.7 h was right)."""
-    from benchmark.campaigns.protocol import final_epochs, load_protocol, protocol_status, tuning_batch_factor
-    from benchmark.campaigns.tune import OVERRIDES_ATTR
+    from benchmark.campaigns.protocol.spec import final_epochs
+    from benchmark.campaigns.protocol import load_protocol, protocol_status
+    from benchmark.campaigns.protocol.budget import tuning_batch_factor
+    from benchmark.campaigns.search_space import OVERRIDES_ATTR
     from benchmark.core.optuna_storage import open_storage
     text = GOOD.replace("n_trials: 4", "n_trials: 2") + "seconds_per_epoch: {unet3d: 10, transfuse_s: 20}\n"
     lp = load_protocol(_write(tmp_path, text))
@@ -400,9 +415,8 @@ def test_a_run_that_would_overrun_the_time_limit_is_left_for_the_next_time(bench
     """Both smoke trials fit in the hour (1 epoch, estimated 1500 s each); a final run does not
     (2 epochs, 4000 s): the study is complete, the run is deferred, nothing after it starts.
     (The declared speed stands throughout: the smoke trials' own speed is left unmeasured.)"""
-    from benchmark.campaigns import protocol
-    from benchmark.campaigns.protocol import run_protocol
-    monkeypatch.setattr(protocol, "measured_seconds_per_epoch", lambda *a, **k: None)
+    from benchmark.campaigns.protocol import budget, run_protocol
+    monkeypatch.setattr(budget, "measured_seconds_per_epoch", lambda *a, **k: None)
     path = _smoke_unet3d_protocol(tmp_path, n_trials=2, final_epochs=2, seconds_per_epoch=2000)
     res = run_protocol(path, show_progress=False, hours=1)
     assert res.studies["unet3d"].finished == 2 and res.studies["unet3d"].best_trial is not None
@@ -418,11 +432,12 @@ def test_a_paused_run_is_resumed_by_the_next_protocol_run_from_its_epoch(bench_h
     paused after its first epoch (KILLED, checkpoint kept, s1 not started); the status and the
     time limit cost it its 2 epochs left, not 3; and the next protocol run resumes that same run,
     trains its remaining epochs, and runs s1."""
-    from benchmark.campaigns import protocol
-    from benchmark.campaigns.protocol import (TimeLimit, cell_batch_factor, epochs_left, load_protocol, protocol_status,
-                                    run_protocol, tuned_cell, study_state)
+    from benchmark.campaigns.protocol import budget
+    from benchmark.campaigns.protocol.budget import TimeLimit, cell_batch_factor, epochs_left
+    from benchmark.campaigns.protocol import load_protocol, protocol_status, run_protocol
+    from benchmark.campaigns.protocol.plan import tuned_cell, study_state
     from benchmark.core.tracking import client
-    monkeypatch.setattr(protocol, "measured_seconds_per_epoch", lambda *a, **k: None)
+    monkeypatch.setattr(budget, "measured_seconds_per_epoch", lambda *a, **k: None)
     let_start = TimeLimit.cell
 
     def cell_then_time_is_up(self, c, resume=None):
@@ -541,7 +556,8 @@ def test_status_says_when_the_protocols_runs_were_made_on_other_data(bench_home,
     matched here (a cell is done only on the same data), so without a word the status showed
     finished architectures as 0/3. It now says how many runs, on which data, and what to compare."""
     import benchmark.data.store as store_mod
-    from benchmark.campaigns.protocol import load_protocol, protocol_status, runs_on_other_data
+    from benchmark.campaigns.protocol import load_protocol, protocol_status
+    from benchmark.campaigns.protocol.status import runs_on_other_data
     from benchmark.core.tracking import client, experiment_id, load_settings
     lp = load_protocol(_write(tmp_path, GOOD))
     cl = client()
@@ -572,7 +588,8 @@ def test_export_carries_the_finished_runs_and_trials_to_a_fresh_store(bench_home
 
     from benchmark.cli.main import main
     from benchmark.results.run_export import read_export
-    from benchmark.campaigns.protocol import export_protocol, load_protocol, study_state
+    from benchmark.campaigns.protocol import export_protocol, load_protocol
+    from benchmark.campaigns.protocol.plan import study_state
     from benchmark.core.tracking import client, experiment_id, load_settings
     from benchmark.core.optuna_storage import open_storage
     path = _write(tmp_path, GOOD)

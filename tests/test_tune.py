@@ -143,14 +143,47 @@ def test_sqlite_refused_for_parallel_workers(bench_home, capsys):
     assert code == 2 and "not safe for parallel" in capsys.readouterr().err
 
 
+def test_a_constraint_on_a_parameter_no_trial_uses_is_refused(empty_home, capsys):
+    """`--fix`/`--narrow` of a name the trials never suggest would be ignored: it is refused, in
+    one line naming it and the parameters that exist, before a study or run is created."""
+    from benchmark.cli.main import main
+    base = ["tune", "--arch", "unet3d", "--preset", "smoke", "--study", "typo", "--trials", "1"]
+    assert main([*base, "--fix", "optim.lrr=1e-3", "--narrow", "arch.base_channels=16,24",
+                 "--narrow", "arch.depth=2:4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: no such search parameter: --fix optim.lrr, --narrow arch.depth; the trials of "
+                          "unet3d with loss dice_bce use "), err
+    for name in ("arch.base_channels", "arch.dropout", "optim.lr", "optim.sgd_lr", "train.batch_size"):
+        assert name in err
+    assert not (empty_home / "runs").exists()           # neither a journal nor a tracking store was created
+
+
+def test_declared_parameters_cover_every_branch_of_every_space():
+    """The names `--fix`/`--narrow` accept are exactly those real trials suggest: every branch of
+    the categoricals is visited (SGD's own learning rate is behind the optimiser's third choice)."""
+    from benchmark.campaigns.search_space import declared_parameters, suggested_values
+    assert declared_parameters("unet3d", "dice_bce", "cpu") == {
+        "optim.optimizer", "optim.lr", "optim.sgd_lr", "optim.weight_decay", "train.batch_size",
+        "arch.base_channels", "arch.dropout", "loss.lambda_dice", "loss.lambda_ce"}
+    assert "loss.lambda_dice" not in declared_parameters("unet3d", "dice_bce", "cpu", loss_space=False)
+    for _kind, arch, loss in _spaces():
+        declared = declared_parameters(arch, loss, "smoke")
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        study.optimize(lambda t: suggested_values(t, arch, loss, "smoke") and 0.0, n_trials=12)
+        seen = set().union(*(t.params for t in study.trials))
+        assert seen <= declared, (arch, loss, seen - declared)
+        assert {n.split(".")[0] for n in declared - seen} <= {"optim"}, (arch, loss)   # only a rate not drawn
+
+
 # ---------------------------------------------------------------------------------------------
 # exact replay: no training, the config a trial's objective builds against its replay
 # ---------------------------------------------------------------------------------------------
 def _sampled_trials(meta, base, n=3, fixed=None):
     """Frozen trials of an in-memory study whose objective builds (not trains) the trial's config,
     each with the fingerprint of the config the trial itself would have trained."""
-    from benchmark.campaigns.tune import (OVERRIDES_ATTR, ConstrainedTrial, config_from_overrides,
-                                trial_run_overrides)
+    from benchmark.campaigns.search_space import (OVERRIDES_ATTR, ConstrainedTrial, config_from_overrides,
+                                                  trial_run_overrides)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=7))
 
     def objective(trial):
@@ -175,7 +208,7 @@ def _spaces():
 
 @pytest.mark.parametrize("kind,arch,loss", _spaces(), ids=lambda v: str(v))
 def test_replay_rebuilds_the_trial_config_exactly(kind, arch, loss):
-    from benchmark.campaigns.tune import OVERRIDES_ATTR, config_from_overrides, replay_overrides
+    from benchmark.campaigns.search_space import OVERRIDES_ATTR, config_from_overrides, replay_overrides
     meta = {"arch": arch, "loss": loss, "preset": "cpu"}
     base = ["train.epochs=3"]
     for t in _sampled_trials(meta, base):
@@ -189,7 +222,7 @@ def test_replay_rebuilds_the_trial_config_exactly(kind, arch, loss):
 
 def test_replay_keeps_derived_values():
     """The two cases the parameter-name rebuild got wrong: unetr's width, Tversky's alpha."""
-    from benchmark.campaigns.tune import config_from_overrides, replay_overrides
+    from benchmark.campaigns.search_space import config_from_overrides, replay_overrides
     meta = {"arch": "unetr", "loss": "tversky", "preset": "cpu"}
     old = optuna.trial.create_trial(
         params={"optim.lr": 1e-3, "optim.weight_decay": 1e-5, "optim.optimizer": "adam", "train.batch_size": 8,
@@ -214,8 +247,9 @@ def test_a_protocol_that_holds_sizes_tunes_the_presets_network(arch, tmp_path):
     exactly; the other knobs (dropout, optimiser, batch) are still searched."""
     from architectures import architecture_entry
     from benchmark.run.config import build_config
-    from benchmark.campaigns.protocol import held_size, load_protocol
-    from benchmark.campaigns.tune import config_from_overrides, replay_overrides
+    from benchmark.campaigns.protocol.plan import held_size
+    from benchmark.campaigns.protocol import load_protocol
+    from benchmark.campaigns.search_space import config_from_overrides, replay_overrides
     path = tmp_path / "p.yaml"
     path.write_text(f"name: t\nversion: 1\npreset: cpu\narchitectures: [{arch}]\nreference_arch: {arch}\n"
                     "tuning: {n_trials: 2, epochs: 1, size: preset}\nfinal: {seeds: 3}\n")
@@ -238,7 +272,7 @@ def test_a_protocol_that_holds_sizes_tunes_the_presets_network(arch, tmp_path):
 def test_learning_rate_range_follows_the_optimiser():
     """SGD's rate is its own parameter over a range ten times Adam's (LR_RANGES); either way the
     config gets it as optim.lr."""
-    from benchmark.campaigns.tune import LR_RANGES, config_from_overrides
+    from benchmark.campaigns.search_space import LR_RANGES, config_from_overrides
     meta = {"arch": "unet3d", "loss": "dice_bce", "preset": "cpu", "loss_space": False}
     trials = _sampled_trials(meta, [], n=12)
     by_optimiser = {t.params["optim.optimizer"] for t in trials}
@@ -252,7 +286,7 @@ def test_learning_rate_range_follows_the_optimiser():
 
 
 def test_protocol_tuning_leaves_the_loss_at_its_defaults():
-    from benchmark.campaigns.tune import config_from_overrides
+    from benchmark.campaigns.search_space import config_from_overrides
     meta = {"arch": "unet3d", "loss": "dice_bce", "preset": "cpu", "loss_space": False}
     for t in _sampled_trials(meta, [], n=2):
         assert not any(o.startswith("loss.") for o in t.user_attrs["overrides"])
@@ -271,8 +305,8 @@ def test_a_study_can_start_from_the_default_optimiser():
     """`tuning.first_trial: default_optimiser`: trial 0 trains the default rows' optimiser,
     learning rate and batch (the architecture's own knobs drawn), so tuning has always tried them."""
     from benchmark.run.config import build_config
-    from benchmark.campaigns.tune import (ConstrainedTrial, config_from_overrides, default_optimiser_params,
-                                trial_run_overrides)
+    from benchmark.campaigns.search_space import (ConstrainedTrial, config_from_overrides, default_optimiser_params,
+                                                  trial_run_overrides)
     meta = {"arch": "unet3d", "loss": "dice_bce", "preset": "cpu", "loss_space": False}
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
     study.enqueue_trial(default_optimiser_params("unet3d", "cpu"))
@@ -287,7 +321,8 @@ def test_a_study_can_start_from_the_default_optimiser():
 
 def test_protocol_enqueues_the_default_trial_once(bench_home, tmp_path, monkeypatch):
     from benchmark.campaigns import tune as tune_mod
-    from benchmark.campaigns.protocol import load_protocol, tune_arch
+    from benchmark.campaigns.protocol import load_protocol
+    from benchmark.campaigns.protocol.runner import tune_arch
     monkeypatch.setattr(tune_mod, "run_worker", lambda *a, **k: 0)     # no training: the queue is the point
     path = tmp_path / "p.yaml"
     path.write_text("name: t\nversion: 1\npreset: cpu\narchitectures: [unet3d]\n"

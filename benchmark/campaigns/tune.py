@@ -6,14 +6,15 @@
     bench tune --report unet3d-cpu
     bench run --arch unet3d --params-from unet3d-cpu
 
-Search space: the common training knobs below, plus the ``search_space(trial)`` declared next
-to each architecture's and loss's code. ``--fix NAME=VALUE`` pins a parameter, ``--narrow
-NAME=LOW:HIGH`` (or ``NAME=a,b,c`` for a categorical) shrinks it; positional ``key=value``
-overrides fix config fields that are not searched.
+Search space (``benchmark.campaigns.search_space``): the common training knobs, plus the
+``search_space(trial)`` declared next to each architecture's and loss's code. ``--fix
+NAME=VALUE`` pins a parameter, ``--narrow NAME=LOW:HIGH`` (or ``NAME=a,b,c`` for a categorical)
+shrinks it (a name no trial suggests is refused); positional ``key=value`` overrides fix config
+fields that are not searched.
 
 Replay: each trial records the exact ``key=value`` list it trained with (user attribute
 ``overrides``: its suggestions, then the command's fixed overrides); ``--params-from`` and
-``bench protocol`` rebuild the trial's config from it (``replay_overrides``), so the replayed
+``bench protocol`` rebuild the trial's config from it (``search_space.replay_overrides``), so the replayed
 config has the trial's fingerprint. Overrides given after it win (e.g. ``train.epochs=20``).
 
 Objective: best validation Dice of the trial's training run, reported every epoch to the
@@ -39,14 +40,16 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from benchmark.core.errors import BenchError, TrainingError, UsageError
 from benchmark.core.liveness import HostLock, pid_alive
 from benchmark.core.paths import runs_dir
 from benchmark.core.optuna_storage import open_storage
+from benchmark.campaigns.search_space import (OVERRIDES_ATTR, ConstrainedTrial, check_constraints, config_from_overrides,
+                                              declared_parameters, parse_fix, parse_narrow, replay_overrides,
+                                              trial_run_overrides)
 
 #: consecutive failed trials after which a worker gives up (``--max-failures``)
 DEFAULT_MAX_FAILURES = 3
@@ -62,132 +65,9 @@ def ask_lock(storage_label: str):
         yield
 
 
-# ---------------------------------------------------------------------------------------------
-# search space
-# ---------------------------------------------------------------------------------------------
-class ConstrainedTrial:
-    """Wraps an Optuna trial so the CLI can fix or narrow any declared parameter."""
 
-    def __init__(self, trial, fixed: dict[str, Any], narrowed: dict[str, Any]):
-        self._trial, self._fixed, self._narrowed = trial, fixed, narrowed
-
-    def __getattr__(self, name):
-        return getattr(self._trial, name)
-
-    def suggest_float(self, name, low, high, *, log=False, step=None):
-        if name in self._fixed:
-            return float(self._fixed[name])
-        if name in self._narrowed:
-            low, high = self._narrowed[name]
-        return self._trial.suggest_float(name, low, high, log=log, step=step)
-
-    def suggest_int(self, name, low, high, *, log=False, step=1):
-        if name in self._fixed:
-            return int(self._fixed[name])
-        if name in self._narrowed:
-            low, high = (int(v) for v in self._narrowed[name])
-        return self._trial.suggest_int(name, low, high, log=log, step=step)
-
-    def suggest_categorical(self, name, choices):
-        if name in self._fixed:
-            return self._fixed[name]
-        if name in self._narrowed:
-            choices = self._narrowed[name]
-        return self._trial.suggest_categorical(name, list(choices))
-
-
-BATCH_CHOICES = {"smoke": [2, 4], "cpu": [4, 8, 16], "paper": [4, 8, 16]}
 #: validation metrics a study can maximise (``Trainer.validate``'s)
 TUNING_METRICS = ("val_dice", "val_soft_dice")
-
-
-#: learning-rate range per optimiser: SGD (momentum 0.9) works at rates ten times Adam's, so one
-#: shared range left most SGD draws unable to learn in a short trial (cpu protocol v4: every
-#: SGD trial of unet3d at <= 3.5e-3 ended at Dice 0)
-LR_RANGES = {"adam": (1e-4, 1e-2), "adamw": (1e-4, 1e-2), "sgd": (1e-3, 1e-1)}
-WEIGHT_DECAY_RANGE = (1e-6, 1e-3)
-
-
-def common_space(trial, preset: str) -> dict[str, Any]:
-    """Training knobs every architecture is tuned over (same budget, same ranges). The learning
-    rate is conditional on the optimiser: ``optim.lr`` for Adam and AdamW, ``optim.sgd_lr`` for
-    SGD, each over its own range (``LR_RANGES``)."""
-    optimizer = trial.suggest_categorical("optim.optimizer", ["adam", "adamw", "sgd"])
-    lr_name = "optim.sgd_lr" if optimizer == "sgd" else "optim.lr"
-    return {
-        "optim.lr": trial.suggest_float(lr_name, *LR_RANGES[optimizer], log=True),
-        "optim.weight_decay": trial.suggest_float("optim.weight_decay", *WEIGHT_DECAY_RANGE, log=True),
-        "optim.optimizer": optimizer,
-        "train.batch_size": trial.suggest_categorical("train.batch_size", BATCH_CHOICES.get(preset, [4, 8])),
-    }
-
-
-def default_optimiser_params(arch: str, preset: str) -> dict[str, Any]:
-    """The preset's own optimiser settings in the shared space's parameter names: the trial a
-    study can start from (a protocol's ``tuning.first_trial: default_optimiser``). A weight
-    decay of 0 becomes the range's floor (1e-6: no measurable difference in 400 steps)."""
-    from benchmark.run.config import build_config
-    cfg = build_config(preset, [], **{"model.arch": arch})
-    o = cfg.optim
-    lr_name = "optim.sgd_lr" if o.optimizer == "sgd" else "optim.lr"
-    return {"optim.optimizer": o.optimizer, lr_name: o.lr,
-            "optim.weight_decay": max(o.weight_decay, WEIGHT_DECAY_RANGE[0]),
-            "train.batch_size": cfg.train.batch_size}
-
-
-def suggest_overrides(trial, arch: str, loss: str, preset: str, loss_space: bool = True) -> list[str]:
-    """All suggested values as config overrides (``optim.lr=...``, ``model.kwargs.x=...``).
-    ``loss_space=False`` leaves the loss at its defaults (the protocol tunes architecture and
-    optimiser only, so that its loss study compares losses on equal terms)."""
-    from architectures import architecture_entry
-    from benchmark.losses import loss_entry
-    out = common_space(trial, preset)
-    a = architecture_entry(arch)
-    if a.search_space:
-        out.update({f"model.kwargs.{k}": v for k, v in a.search_space(trial).items()})
-    lo = loss_entry(loss)
-    if loss_space and lo.search_space:
-        out.update({f"loss.kwargs.{k}": v for k, v in lo.search_space(trial).items()})
-    return [f"{k}={_yaml_value(v)}" for k, v in out.items()]
-
-
-def _yaml_value(v) -> str:
-    import yaml
-    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
-
-
-def parse_fix(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise UsageError(f"--fix {it!r} is not NAME=VALUE")
-        k, v = it.split("=", 1)
-        out[k] = _yaml_arg("--fix", it, v)
-    return out
-
-
-def _yaml_arg(option: str, item: str, text: str):
-    import yaml
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise UsageError(f"{option} {item!r}: {text!r} is not a valid value ({str(e).splitlines()[0]})") from None
-
-
-def parse_narrow(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise UsageError(f"--narrow {it!r} is not NAME=LOW:HIGH or NAME=a,b")
-        k, v = it.split("=", 1)
-        if ":" in v:
-            lo, hi = (_yaml_arg("--narrow", it, x) for x in v.split(":", 1))
-            if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo < hi):
-                raise UsageError(f"--narrow {it!r}: need numeric LOW < HIGH")
-            out[k] = (lo, hi)
-        else:
-            out[k] = [_yaml_arg("--narrow", it, x) for x in v.split(",")]
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,46 +343,45 @@ def _one_line(e: BaseException) -> str:
     return text if isinstance(e, BenchError) else f"{type(e).__name__}: {text}"
 
 
-def tune(args) -> None:
-    from benchmark.run.run_args import resolve_config
-    cfg = resolve_config(args)
-    meta = {"arch": cfg.model.arch, "loss": cfg.loss.name, "preset": cfg.preset}
-    if args.trials < 1:
-        raise UsageError("--trials must be >= 1")
-    if args.workers < 1:
-        raise UsageError("--workers must be >= 1")
-    if args.max_failures < 1:
-        raise UsageError("--max-failures must be >= 1")
-    fixed, narrowed = parse_fix(args.fix), parse_narrow(args.narrow)
-    study, label = open_study(args.study, args.storage, args.workers, meta, args.pruner)
+def tune_study(study_name: str, storage: Optional[str], meta: dict, n_trials: int, overrides: list[str],
+               fix: list[str], narrow: list[str], pruner: str = "median", workers: int = 1,
+               max_failures: int = DEFAULT_MAX_FAILURES, show_progress: bool = True) -> None:
+    """``bench tune``: run (or resume) study ``study_name`` of ``meta`` (arch, loss, preset) until
+    it holds ``n_trials`` finished trials, in this process or in ``workers`` worker processes,
+    then print its summary. ``fix`` and ``narrow``: the ``NAME=...`` constraints, refused before
+    anything is written when a trial never suggests the name."""
+    fixed, narrowed = parse_fix(fix), parse_narrow(narrow)
+    check_constraints(fixed, narrowed, declared_parameters(meta["arch"], meta["loss"], meta["preset"]),
+                      f"{meta['arch']} with loss {meta['loss']}")
+    study, label = open_study(study_name, storage, workers, meta, pruner)
     parent = ensure_parent_run(study, meta, label)
-    print(f"study {args.study} in {label}; MLflow parent run {parent}", file=sys.stderr)
-    if args.workers == 1:
+    print(f"study {study_name} in {label}; MLflow parent run {parent}", file=sys.stderr)
+    if workers == 1:
         try:
-            run_worker(args.study, args.storage, args.trials, meta, args.overrides, fixed, narrowed, args.pruner,
-                       show_progress=not args.no_progress, max_failures=args.max_failures)
+            run_worker(study_name, storage, n_trials, meta, overrides, fixed, narrowed, pruner,
+                       show_progress=show_progress, max_failures=max_failures)
         except BenchError:
             close_parent_run(parent)  # the study stays resumable; its parent run must not read RUNNING
             raise
     else:
         cmd = [sys.executable, "-m", "benchmark.cli.main", "tune", "--arch", meta["arch"], "--loss", meta["loss"],
-               "--preset", meta["preset"], "--trials", str(args.trials), "--study", args.study,
-               "--pruner", args.pruner, "--workers", "1", "--no-progress", "--max-failures", str(args.max_failures),
-               *args.overrides]
-        if args.storage:
-            cmd += ["--storage", args.storage]
-        for f in args.fix or []:
+               "--preset", meta["preset"], "--trials", str(n_trials), "--study", study_name,
+               "--pruner", pruner, "--workers", "1", "--no-progress", "--max-failures", str(max_failures),
+               *overrides]
+        if storage:
+            cmd += ["--storage", storage]
+        for f in fix or []:
             cmd += ["--fix", f]
-        for n in args.narrow or []:
+        for n in narrow or []:
             cmd += ["--narrow", n]
-        procs = [subprocess.Popen(cmd) for _ in range(args.workers)]
+        procs = [subprocess.Popen(cmd) for _ in range(workers)]
         codes = [p.wait() for p in procs]
         if all(codes):
-            raise TrainingError(f"every worker of study {args.study} stopped (exit codes {codes}; their errors are "
+            raise TrainingError(f"every worker of study {study_name} stopped (exit codes {codes}; their errors are "
                                 f"above); the study stays usable, rerun to complete it")
         if any(codes):
             print(f"warning: worker exit codes {codes}; the study stays usable, rerun to complete it", file=sys.stderr)
-    study, _ = open_study(args.study, args.storage, 1, None, args.pruner, create=False)
+    study, _ = open_study(study_name, storage, 1, None, pruner, create=False)
     close_parent_run(parent)
     print_summary(study)
 
@@ -519,69 +398,6 @@ def print_summary(study):
         print("no completed trial yet")
 
 
-# ---------------------------------------------------------------------------------------------
-# report and reuse
-# ---------------------------------------------------------------------------------------------
-def report(args) -> None:
-    import optuna
-    from benchmark.core.tracking import Tracker
-    study, label = open_study(args.report, args.storage, 1, None, "median", create=False)
-    print_summary(study)
-    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not completed:
-        raise UsageError(f"study {args.report!r} has no completed trial to report on")
-    importances = {}
-    if len(completed) >= 2:
-        with contextlib.suppress(Exception):
-            importances = optuna.importance.get_param_importances(study)
-    if importances:
-        print("parameter importances:")
-        for k, v in importances.items():
-            print(f"  {k:32s} {v:.3f}")
-    parent = study.user_attrs.get("mlflow_parent_run_id")
-    if not parent:
-        return
-    from benchmark.core.tracking import client, load_settings
-    settings = load_settings()
-    cl = client(settings)
-    try:
-        cl.get_run(parent)
-    except Exception:  # noqa: BLE001 - MLflow raises its own exception types
-        # e.g. a study imported from a run export: its parent run stayed on the exporting machine
-        print(f"note: the study's MLflow parent run {parent} is not in {settings.tracking_uri}; "
-              f"plots not logged", file=sys.stderr)
-        return
-    t = Tracker(cl, parent, settings)
-    from optuna.visualization.matplotlib import (plot_optimization_history, plot_parallel_coordinate,
-                                                 plot_param_importances)
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    # Optuna's plots set the global style (ggplot); the context gives the process its own back
-    with matplotlib.rc_context(), tempfile.TemporaryDirectory() as d:
-        plots = [("optimization_history.png", plot_optimization_history)]
-        if importances:
-            plots.append(("param_importances.png", plot_param_importances))
-        plots.append(("parallel_coordinate.png", plot_parallel_coordinate))
-        for name, fn in plots:
-            try:
-                ax = fn(study)
-                fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-                fig.set_size_inches(9, 5)
-                fig.tight_layout()
-                fig.savefig(Path(d) / name, dpi=100)
-                plt.close(fig)
-                t.log_artifact(Path(d) / name, "optuna")
-            except Exception as e:  # noqa: BLE001 - one plot failing must not hide the others
-                print(f"warning: {name} not drawn: {e}", file=sys.stderr)
-        b = study.best_trial
-        t.log_metrics({"best_value": b.value, "n_trials": len(study.trials)})
-        t.set_tags({"best_trial": b.number, "best_run_id": b.user_attrs.get("mlflow_run_id", "")})
-        import json
-        t.log_text(json.dumps({"best_trial": b.number, "value": b.value, "params": b.params,
-                               "importances": importances}, indent=2), "optuna/best.json")
-    print(f"plots logged to MLflow parent run {parent}")
-
 
 def best_params_overrides(study_name: str, storage_url: Optional[str]) -> tuple[list[str], dict, dict]:
     """Config overrides reproducing a study's best trial, its tags, and the study's
@@ -595,69 +411,3 @@ def best_params_overrides(study_name: str, storage_url: Optional[str]) -> tuple[
     tags = {"optuna.study": study_name, "optuna.best_trial": str(best.number), "tuned": "true"}
     return replay_overrides(best, meta), tags, meta
 
-
-# ---------------------------------------------------------------------------------------------
-# exact replay
-# ---------------------------------------------------------------------------------------------
-#: trial user attribute holding the exact ``key=value`` list the trial's run was built from
-OVERRIDES_ATTR = "overrides"
-
-
-def trial_run_overrides(trial, meta: dict, base_overrides: list[str]) -> list[str]:
-    """The overrides a trial trains with: its suggestions, then the study's fixed overrides
-    (which win, as they come last)."""
-    return suggest_overrides(trial, meta["arch"], meta["loss"], meta["preset"],
-                             loss_space=meta.get("loss_space", True)) + list(base_overrides)
-
-
-def config_from_overrides(meta: dict, overrides: list[str]):
-    """The RunConfig a trial (or its replay) trains: preset + arch + loss + overrides."""
-    from benchmark.run.config import build_config
-    return build_config(meta["preset"], list(overrides), **{"model.arch": meta["arch"], "loss.name": meta["loss"]})
-
-
-def replay_overrides(trial, meta: dict) -> list[str]:
-    """The overrides that rebuild ``trial``'s own config exactly.
-
-    Trials record their list (``OVERRIDES_ATTR``). For trials from before that record, the
-    search space is re-run on the stored parameter values (``optuna.trial.FixedTrial``), so
-    derived values (unetr's width preset -> hidden_size and num_heads, Tversky's alpha = 1 -
-    beta) come out as they did in the trial; the study's own fixed overrides are then not known
-    and must be given again."""
-    import optuna
-    stored = trial.user_attrs.get(OVERRIDES_ATTR)
-    if stored is not None:
-        return list(stored)
-    fixed = {k[len("fixed."):]: v for k, v in trial.user_attrs.items() if k.startswith("fixed.")}
-    params = {k: v for k, v in trial.params.items() if k not in fixed}
-    ct = ConstrainedTrial(optuna.trial.FixedTrial(params, trial.number), fixed, {})
-    return suggest_overrides(ct, meta["arch"], meta["loss"], meta["preset"], loss_space=meta.get("loss_space", True))
-
-
-# ---------------------------------------------------------------------------------------------
-def register(sub) -> None:
-    from benchmark.run.run_args import add_config_arguments
-    p = sub.add_parser("tune", help="Optuna study over an architecture's search space (validation split only)")
-    add_config_arguments(p)
-    p.add_argument("--trials", type=int, default=20, help="finished (complete or pruned) trials the study should hold")
-    p.add_argument("--study", help="study name (rerun the same command to resume it)")
-    p.add_argument("--storage", help="Optuna storage URL or journal path (default: runs/optuna/journal.log)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
-    p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
-    p.add_argument("--fix", action="append", metavar="NAME=VALUE", help="pin a search parameter")
-    p.add_argument("--narrow", action="append", metavar="NAME=LOW:HIGH", help="shrink a search range")
-    p.add_argument("--max-failures", type=int, default=DEFAULT_MAX_FAILURES, metavar="N",
-                   help=f"stop a worker after N trials in a row failed (default {DEFAULT_MAX_FAILURES})")
-    p.add_argument("--report", metavar="STUDY", help="print and log the study's best trial, importances, plots")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_dispatch)
-
-
-def _dispatch(args):
-    if args.report:
-        return report(args)
-    if not args.study:
-        raise UsageError("bench tune needs --study NAME (or --report STUDY)")
-    if not args.arch:
-        raise UsageError("bench tune needs --arch NAME (see `bench archs`)")
-    return tune(args)

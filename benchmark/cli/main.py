@@ -27,9 +27,9 @@ from benchmark.core.interrupts import Terminated, install_handlers, restore_hand
 from benchmark.run.run_args import add_config_arguments, alias_tags, resolve_config
 
 #: modules that add their own sub-commands with ``register(subparsers)``
-COMMAND_MODULES = ["benchmark.cli.data", "benchmark.campaigns.tune", "benchmark.cli.suite", "benchmark.cli.leaderboard",
-                   "benchmark.campaigns.nas", "benchmark.campaigns.protocol", "benchmark.results.run_export", "benchmark.run.predict",
-                   "benchmark.run.rescore"]
+COMMAND_MODULES = ["benchmark.cli.data", "benchmark.cli.tune", "benchmark.cli.suite", "benchmark.cli.leaderboard",
+                   "benchmark.cli.nas", "benchmark.cli.protocol", "benchmark.cli.export", "benchmark.cli.predict",
+                   "benchmark.cli.rescore"]
 
 
 class _HelpWithDefaults(argparse.HelpFormatter):

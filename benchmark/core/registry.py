@@ -40,7 +40,7 @@ class Entry:
         #: module that registers the factory (lazy entries); None for eager ones
         self.module = module
         self._factory = factory
-        #: ``search_space(trial) -> dict`` of kwargs/config overrides for Optuna (see benchmark.campaigns.tune)
+        #: ``search_space(trial) -> dict`` of kwargs/config overrides for Optuna (see benchmark.campaigns.search_space)
         self._search_space = search_space
         self._loaded = module is None
 

@@ -432,21 +432,3 @@ def _import_run(cl, exp_id: str, run: ExportedRun, export_name: str) -> str:
                             f"deleted, nothing of it is left") from None
     return new_id
 
-
-def register(sub) -> None:
-    p = sub.add_parser("import", help="load an exported leaderboard's runs into your MLflow store (for bench ui)")
-    p.add_argument("path", help="an export folder, e.g. leaderboards/lidc-phantom-cpu.runs")
-    p.add_argument("--experiment", help="MLflow experiment to import into (default: mlflow.yaml's)")
-    p.add_argument("--storage", help="Optuna storage URL or journal path to recreate the export's studies in "
-                                     "(default: runs/optuna/journal.log)")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args) -> None:
-    done = import_export(Path(args.path), args.experiment, args.storage)
-    print(f"{len(done.runs)} runs from {args.path} are in the tracking store (original ids in tag "
-          f"{ORIGINAL_ID_TAG}); see them with `bench ui`")
-    for name, outcome in sorted(done.studies.items()):
-        what = {"created": "recreated", "present": "already there", "completed": "completed"}[outcome]
-        storage = f" --storage {args.storage}" if args.storage else ""
-        print(f"Optuna study {name}: {what}; see it with `bench tune --report {name}{storage}`")

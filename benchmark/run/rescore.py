@@ -24,7 +24,7 @@ import yaml
 from benchmark.core.errors import DataError, UsageError
 from benchmark.core.paths import validate_run_id
 
-__all__ = ["rescore_run", "register"]
+__all__ = ["rescore_run", "compare_with_logged", "log_rescore"]
 
 
 def rescore_run(run_id: str, require_digest: bool = False) -> tuple[pd.DataFrame, dict, dict]:
@@ -87,43 +87,26 @@ def _check_digest(run_id: str, tags: dict, pred_path: Path, require_digest: bool
                         f"was evaluated (tag {PREDICTIONS_DIGEST_TAG}): changed since; refused")
 
 
-def register(sub) -> None:
-    p = sub.add_parser("rescore", help="score a finished run again from its stored test predictions "
-                                       "(a new metric for old runs, without retraining)")
-    p.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of a finished run")
-    p.add_argument("--log", action="store_true",
-                   help="log the aggregates the run lacks and evaluation/per_nodule_rescored.csv (default: print only)")
-    p.add_argument("--accept-unverified", action="store_true",
-                   help="with --log: accept a run evaluated before prediction digests were recorded "
-                        "(its stored predictions cannot be checked)")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args) -> None:
-    from benchmark.core.tracking import RESCORED_PER_NODULE_ARTIFACT, RESCORED_TAG, Tracker, client, load_settings
-    if args.accept_unverified and not args.log:
-        raise UsageError("--accept-unverified applies to --log only")
-    df, flat, logged = rescore_run(args.run_id, require_digest=args.log and not args.accept_unverified)
+def compare_with_logged(flat: dict, logged: dict) -> tuple[dict, dict]:
+    """(the aggregates the run has not logged, {name: (logged, recomputed)} of those that differ)."""
     new = {k: v for k, v in flat.items() if k not in logged}
     changed = {k: (logged[k], v) for k, v in flat.items()
                if k in logged and not np.isclose(logged[k], v, rtol=1e-6, atol=1e-9, equal_nan=True)}
-    print(f"run {args.run_id}: {len(df)} test nodules rescored; {len(flat)} aggregates, "
-          f"{len(flat) - len(new) - len(changed)} equal to the logged ones, {len(changed)} different, {len(new)} new")
-    for k, (old, v) in sorted(changed.items()):
-        print(f"  changed {k}: logged {old:.6g}, now {v:.6g}")
-    for k, v in sorted(new.items()):
-        print(f"  new     {k}: {v:.6g}")
-    if args.log:
-        settings = load_settings()
-        tracker = Tracker(client(settings), args.run_id, settings)
-        with tempfile.TemporaryDirectory() as tmp:
-            folder, _, name = RESCORED_PER_NODULE_ARTIFACT.rpartition("/")
-            csv = Path(tmp) / name
-            df.to_csv(csv, index=False)
-            tracker.log_artifact(csv, folder)
-        if new:
-            tracker.log_metrics(new)
-        # from now on the leaderboard and exports read the rescored table (per_nodule_artifact)
-        tracker.set_tags({RESCORED_TAG: "true"})
-        print(f"logged {len(new)} new aggregates and {RESCORED_PER_NODULE_ARTIFACT}"
-              + ("; differing values were left as logged" if changed else ""), file=sys.stderr)
+    return new, changed
+
+
+def log_rescore(run_id: str, df: pd.DataFrame, new: dict) -> None:
+    """Log the rescored per-nodule table and the aggregates the run lacks (``new``; logged values
+    are kept), and tag the run so the leaderboard and exports read that table from now on."""
+    from benchmark.core.tracking import RESCORED_PER_NODULE_ARTIFACT, RESCORED_TAG, Tracker, client, load_settings
+    settings = load_settings()
+    tracker = Tracker(client(settings), run_id, settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, _, name = RESCORED_PER_NODULE_ARTIFACT.rpartition("/")
+        csv = Path(tmp) / name
+        df.to_csv(csv, index=False)
+        tracker.log_artifact(csv, folder)
+    if new:
+        tracker.log_metrics(new)
+    # from now on the leaderboard and exports read the rescored table (per_nodule_artifact)
+    tracker.set_tags({RESCORED_TAG: "true"})

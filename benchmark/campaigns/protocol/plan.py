@@ -1,0 +1,179 @@
+"""What a protocol trains: its studies' identity and state, and the cells of its final,
+default and loss-study runs (``benchmark.campaigns.suite.Cell``), built from a study's best trial."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+from benchmark.campaigns.protocol.budget import loss_study_affordable
+from benchmark.campaigns.protocol.spec import BEST, LoadedProtocol, final_epochs
+
+
+# ---------------------------------------------------------------------------------------------
+# studies
+# ---------------------------------------------------------------------------------------------
+def study_meta(lp: LoadedProtocol, arch: str) -> dict:
+    """The study's identity (a rerun with different values is refused by ``open_study``)."""
+    s = lp.spec
+    return {"arch": arch, "loss": s.tuning.loss, "preset": s.preset, "loss_space": False,
+            "protocol": f"{s.name}/v{s.version}", "n_trials": s.tuning.n_trials, "epochs": s.tuning.epochs,
+            "pruner": s.tuning.pruner, "sampler": f"{s.tuning.sampler}:{s.tuning.sampler_seed}"
+            + (f":{s.tuning.startup_trials}" if s.tuning.startup_trials is not None else ""),
+            "first_trial": s.tuning.first_trial,
+            "size": s.tuning.size, "metric": s.tuning.metric, "schedule": s.tuning.schedule}
+
+
+def held_size(lp: LoadedProtocol, arch: str) -> dict:
+    """The search-space parameters a study holds fixed (``tuning.size: preset``): ``arch.<kwarg>``
+    at the preset's value for every kwarg the preset sizes; nothing under ``size: search``.
+    Search spaces name a kwarg's parameter ``arch.<kwarg>``, so this reaches every size knob."""
+    from architectures import preset_kwargs
+    if lp.spec.tuning.size != "preset":
+        return {}
+    return {f"arch.{k}": v for k, v in preset_kwargs(arch, lp.spec.preset).items()}
+
+
+def tuning_overrides(lp: LoadedProtocol) -> list[str]:
+    """What every trial adds to its suggestions: the declared overrides and its epoch budget
+    (its own schedule, or the first epochs of the final runs' schedule when truncated)."""
+    t = lp.spec.tuning
+    if t.schedule == "truncated":
+        return list(t.overrides) + [f"train.epochs={final_epochs(lp)}", f"train.stop_after_epochs={t.epochs}"]
+    return list(t.overrides) + [f"train.epochs={t.epochs}"]
+
+
+@dataclass
+class StudyState:
+    arch: str
+    name: str
+    finished: int                 # complete + pruned trials
+    n_trials: int
+    best_trial: object = None     # optuna FrozenTrial of the best complete trial, once the study is done
+    seconds: float = 0.0          # wall time of its trials so far
+
+    @property
+    def done(self) -> bool:
+        return self.finished >= self.n_trials and self.best_trial is not None
+
+
+def study_state(lp: LoadedProtocol, arch: str, storage: Optional[str]) -> StudyState:
+    import optuna
+    from benchmark.core.optuna_storage import open_storage
+    name = lp.study_name(arch)
+    st = StudyState(arch, name, 0, lp.spec.tuning.n_trials)
+    storage_obj, _ = open_storage(storage)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage_obj)
+    except KeyError:
+        return st
+    S = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    st.finished = sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials)
+    st.seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+                     if t.datetime_complete and t.datetime_start)
+    if st.finished >= st.n_trials:
+        try:
+            st.best_trial = study.best_trial
+        except ValueError:
+            st.best_trial = None   # every trial pruned or failed: nothing to train
+    return st
+
+
+# ---------------------------------------------------------------------------------------------
+# cells
+# ---------------------------------------------------------------------------------------------
+def final_overrides(lp: LoadedProtocol, seed: int) -> list[str]:
+    """What the final runs add to a replayed trial: the preset's (or the declared) epoch budget,
+    every epoch of it (a truncated trial stopped early), and the seed (later overrides win over
+    the trial's own ``train.epochs`` and ``train.stop_after_epochs``)."""
+    epochs = final_epochs(lp)
+    out = list(lp.spec.final.overrides)
+    if epochs:
+        out.append(f"train.epochs={epochs}")
+    if lp.spec.tuning.schedule == "truncated":
+        out.append("train.stop_after_epochs=null")
+    return out + [f"train.seed={seed}"]
+
+
+def tuned_cell(lp: LoadedProtocol, st: StudyState, loss: str, seed: int, part: str):
+    from benchmark.run.run_args import validate_names
+    from benchmark.campaigns.suite import Cell
+    from benchmark.campaigns.search_space import config_from_overrides, replay_overrides
+    meta = study_meta(lp, st.arch)
+    overrides = replay_overrides(st.best_trial, meta) + final_overrides(lp, seed)
+    cfg = config_from_overrides({**meta, "loss": loss}, overrides)
+    validate_names(cfg)
+    t = lp.spec.tuning
+    epochs = f"first {t.epochs} of {final_epochs(lp)} epochs" if t.schedule == "truncated" else f"{t.epochs} epochs"
+    budget = f"{t.n_trials} trials x {epochs}, {t.pruner} pruner" + \
+        (f", on {t.metric}" if t.metric != "val_dice" else "")
+    tags = {**lp.tags, "protocol.part": part, "tuned": "true", "optuna.study": st.name, "tuning.metric": t.metric,
+            "optuna.best_trial": str(st.best_trial.number), "tuning.budget": budget,
+            "tuning.seconds": f"{st.seconds:.0f}", "tuning.best_value": f"{st.best_trial.value:.6g}"}
+    return Cell(st.arch, cfg.loss.name, seed, cfg, tags=tags, artifacts=[(str(lp.path), "protocol")])
+
+
+def waiting_for_search(lp: LoadedProtocol) -> dict[str, str]:
+    """The protocol's searched architectures whose genotype is not yet a recorded search on its
+    preset, with why (``architectures.searched_genotype_problem``). They are neither tuned nor
+    trained until it is: their runs would be of a placeholder network under the searched name."""
+    from architectures import searched_genotype_problem
+    out = {}
+    for arch in lp.spec.architectures:
+        why = searched_genotype_problem(arch, lp.spec.preset)
+        if why:
+            out[arch] = why
+    return out
+
+
+def default_cells(lp: LoadedProtocol) -> list:
+    from benchmark.campaigns.suite import plan_cells
+    d = lp.spec.defaults
+    if d.seeds < 1:
+        return []
+    cells = plan_cells(lp.spec.preset, lp.spec.architectures, [lp.spec.tuning.loss], d.seeds, [], d.references)
+    for c in cells:
+        c.tags = {**lp.tags, "protocol.part": "reference" if c.reference else "default"}
+        if not c.reference:
+            c.artifacts = [(str(lp.path), "protocol")]
+    return cells
+
+
+def loss_study_archs(lp: LoadedProtocol, states: dict[str, StudyState]) -> Optional[list[str]]:
+    """The loss study's architectures, ``best`` resolved; None while a study is unfinished."""
+    ls = lp.spec.loss_study
+    if not ls:
+        return []
+    fixed = [a for a in ls.archs if a != BEST]
+    if BEST not in ls.archs:
+        return fixed
+    # 'best' is chosen among the candidates only: not a named architecture (the runner-up takes
+    # its place) and not one over `best_max_hours` (a cap on the declared seconds per epoch, so
+    # fixed before any result). Their studies decide it; the others' cannot change it, so 'best'
+    # does not wait for them (on two cores, SwinUNETR's 10.9 h).
+    candidates = [a for a in lp.spec.architectures if a not in fixed and loss_study_affordable(lp, a)]
+    if not all(a in states and states[a].done for a in candidates):
+        return None
+    ranked = sorted((states[a] for a in candidates), key=lambda s: (-s.best_trial.value, s.arch))
+    return fixed + ([ranked[0].arch] if ranked else [])
+
+
+def loss_cells(lp: LoadedProtocol, states: dict[str, StudyState], archs: list[str]) -> list:
+    ls = lp.spec.loss_study
+    return [tuned_cell(lp, states[a], loss, seed, "loss")
+            for seed in range(ls.seeds) for a in archs for loss in ls.losses]
+
+
+def final_cells(lp: LoadedProtocol, st: StudyState) -> list:
+    """The final runs of a complete study (its best trial x ``final.seeds``); none, with a note why,
+    while it is unfinished or has no completed trial."""
+    if st.best_trial is None:
+        if st.finished >= st.n_trials:
+            print(f"protocol: study {st.name} has no completed trial; {st.arch} gets no tuned runs", file=sys.stderr)
+        else:
+            print(f"protocol: study {st.name} holds {st.finished}/{st.n_trials} trials; {st.arch} gets its "
+                  f"final runs once it is complete (rerun the command)", file=sys.stderr)
+        return []
+    return [tuned_cell(lp, st, lp.spec.tuning.loss, seed, "final") for seed in range(lp.spec.final.seeds)]
+

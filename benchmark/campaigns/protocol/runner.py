@@ -1,0 +1,261 @@
+"""Running a protocol: its studies (here, or one cluster task each) and then its cells, stage by
+stage, in the order the package docstring gives; restartable, and bounded by ``--hours``."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from benchmark.campaigns.protocol.budget import TimeLimit
+from benchmark.campaigns.protocol.plan import (StudyState, default_cells, final_cells, held_size, loss_cells,
+                                               loss_study_archs, study_meta, study_state, tuning_overrides,
+                                               waiting_for_search)
+from benchmark.campaigns.protocol.spec import BEST, LoadedProtocol, load_protocol
+from benchmark.campaigns.protocol.status import runs_on_other_data
+from benchmark.core.errors import UsageError
+
+
+@dataclass
+class ProtocolResult:
+    studies: dict = field(default_factory=dict)
+    suites: list = field(default_factory=list)    # (stage, SuiteResult)
+    stopped: str = ""                             # why it stopped at its time limit ("" if it did not)
+
+
+def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Optional[str] = None,
+                 show_progress: bool = True, executor=None, hours: Optional[float] = None,
+                 pause_runs: bool = False) -> ProtocolResult:
+    """Run or continue every stage; see the package docstring. ``hours``: the time limit
+    (``TimeLimit``; this process only, not with ``executor``); ``pause_runs``: with ``hours``,
+    pause the run under way at the limit instead of not starting it (``TimeLimit.pause_runs``).
+
+    ``executor`` (a ``benchmark.campaigns.cluster.DaskExecutor``, ``bench protocol run --scheduler``): the
+    unfinished studies run as one cluster task each, side by side, then every final cell, the
+    defaults and the loss study are submitted as cells, exactly as ``bench suite --scheduler``
+    does. Without it, each architecture is tuned and then trained in turn in this process."""
+    lp = load_protocol(path)
+    run = _ProtocolRun(lp, experiment, storage, show_progress, executor,
+                       _time_limit(lp, experiment, executor, hours, pause_runs))
+    waiting = _announce_what_waits(lp, experiment, executor)
+    ready = [a for a in lp.spec.architectures if a not in waiting]
+    defaults = [c for c in default_cells(lp) if c.arch not in waiting]
+    if executor is not None:
+        run.tune_and_finals_on_cluster(ready)
+    else:
+        run.arch_by_arch(ready, defaults)
+    if run.limit and run.limit.stopped:
+        run.out.stopped = run.limit.stopped
+        return run.out
+    run.closing_stages(defaults)
+    run.out.stopped = run.limit.stopped if run.limit else ""
+    return run.out
+
+
+def _time_limit(lp: LoadedProtocol, experiment: Optional[str], executor, hours: Optional[float],
+                pause_runs: bool) -> Optional[TimeLimit]:
+    """The ``--hours`` limit (None without one), its options checked."""
+    if hours is not None and executor is not None:
+        raise UsageError("--hours applies to a protocol run in this process, not on a cluster (--scheduler)")
+    if hours is not None and hours <= 0:
+        raise UsageError(f"--hours must be positive, got {hours:g}")
+    if pause_runs and hours is None:
+        raise UsageError("--pause-runs pauses runs at the --hours limit: give --hours too")
+    return TimeLimit(lp, hours, pause_runs, experiment=experiment) if hours is not None else None
+
+
+def _announce_what_waits(lp: LoadedProtocol, experiment: Optional[str], executor) -> dict[str, str]:
+    """Say which architectures wait for their search (returned, with why) and, in this process,
+    whether the store's runs of the protocol were made on other data."""
+    waiting = waiting_for_search(lp)
+    for arch, why in waiting.items():
+        print(f"protocol: {arch} waits for its search and is skipped this time: {why}", file=sys.stderr)
+    if executor is None:
+        note = runs_on_other_data(lp, experiment)
+        if note:
+            print(f"protocol: {note}", file=sys.stderr)
+    return waiting
+
+
+@dataclass
+class _ProtocolRun:
+    """One ``run_protocol`` call: where its cells run, its time limit, and what it has done."""
+    lp: LoadedProtocol
+    experiment: Optional[str]
+    storage: Optional[str]
+    show_progress: bool
+    executor: object
+    limit: Optional[TimeLimit]
+    out: ProtocolResult = field(default_factory=ProtocolResult)
+
+    def stage(self, name: str, cells: list, desc: str) -> None:
+        """Run ``cells`` as one stage of the result, started and paused by the time limit (if any)."""
+        from benchmark.campaigns.suite import run_cells
+        limit = self.limit
+        self.out.suites.append((name, run_cells(cells, desc, self.experiment, self.show_progress,
+                                                executor=self.executor,
+                                                may_start=limit.cell if limit else None,
+                                                pause=limit.pause if limit and limit.pause_runs else None)))
+
+    def tune_and_finals_on_cluster(self, ready: list[str]) -> None:
+        _tune_on_cluster(self.lp, self.storage, self.executor, ready)
+        finals = []
+        for arch in ready:
+            st = self.out.studies[arch] = study_state(self.lp, arch, self.storage)
+            finals += final_cells(self.lp, st)
+        self.stage("final", finals, "final")
+
+    def arch_by_arch(self, ready: list[str], defaults: list) -> None:
+        """In this process: each architecture's study, then its final runs, its default runs and
+        its named loss-study cells; 'best''s loss cells as soon as it is decided."""
+        s = self.lp.spec
+        best_pending = bool(s.loss_study) and BEST in s.loss_study.archs
+        for i, arch in enumerate(ready):
+            st = study_state(self.lp, arch, self.storage)
+            if self.limit and self.limit.stopped:
+                self.out.studies[arch] = st
+                continue
+            if st.finished < st.n_trials and not (self.limit and self.limit.trial(arch)):
+                tune_arch(self.lp, arch, self.storage, self.show_progress, self.limit)
+                st = study_state(self.lp, arch, self.storage)
+            self.out.studies[arch] = st
+            self.trained_arch(i, st, defaults)
+            if best_pending:
+                best_pending = not self.best_loss_study()
+
+    def trained_arch(self, i: int, st: StudyState, defaults: list) -> None:
+        """The runs of the ``i``-th architecture once its study is as far as it gets this time."""
+        s, arch = self.lp.spec, st.arch
+        cells = final_cells(self.lp, st)
+        if cells:
+            self.stage(f"final {arch}", cells, f"final [{arch}]")
+        # the architecture's default-settings runs (and, with the first, the reference runs)
+        # right after its tuned ones: a stopped protocol leaves tuned-vs-default pairs, not
+        # a tuned column waiting a day for its baseline. The defaults stage below finds them
+        # done and trains only what is left (every default cell on the cluster path).
+        mine = [c for c in defaults if c.arch == arch or (c.reference and i == 0)]
+        if mine:
+            self.stage(f"defaults {arch}", mine, f"defaults [{arch}]")
+        # an architecture the loss study names (not 'best', which waits for its candidates) has
+        # its loss cells next, for the same reason; the loss stage below skips them as done
+        if s.loss_study and arch in s.loss_study.archs and st.best_trial is not None:
+            self.stage(f"loss study {arch}", loss_cells(self.lp, {arch: st}, [arch]), f"loss study [{arch}]")
+
+    def best_loss_study(self) -> bool:
+        """'best' is decided once every candidate for it has been tuned: its loss cells run
+        then, before the architectures that cannot be chosen (SwinUNETR on two cores). True
+        once it is decided."""
+        chosen = loss_study_archs(self.lp, self.out.studies)
+        if chosen is None:
+            return False
+        best = [a for a in chosen if a not in self.lp.spec.loss_study.archs]
+        if best:
+            self.stage(f"loss study {best[0]}", loss_cells(self.lp, self.out.studies, best),
+                       f"loss study [{BEST}: {best[0]}]")
+        return True
+
+    def closing_stages(self, defaults: list) -> None:
+        """Every default cell and every loss-study cell (those already done are skipped)."""
+        s = self.lp.spec
+        if defaults:
+            self.stage("defaults", defaults, f"defaults [{s.preset}]")
+        archs = loss_study_archs(self.lp, self.out.studies)
+        if archs is None:
+            print(f"protocol: the loss study's '{BEST}' waits for every candidate's study to be complete",
+                  file=sys.stderr)
+            archs = [a for a in s.loss_study.archs if a != BEST]   # the named ones need only their own study
+        if archs:
+            done = {a: st for a, st in self.out.studies.items() if st.best_trial is not None}
+            self.stage("loss study", loss_cells(self.lp, done, [a for a in archs if a in done]), "loss study")
+
+
+# ---------------------------------------------------------------------------------------------
+# studies
+# ---------------------------------------------------------------------------------------------
+def tune_arch(lp: LoadedProtocol, arch: str, storage: Optional[str], show_progress: bool,
+              limit: Optional[TimeLimit] = None) -> None:
+    """Run (or resume) the architecture's study until it holds ``n_trials`` finished trials (or
+    until the next trial would overrun ``limit``)."""
+    from benchmark.core.tracking import Tracker, client, load_settings
+    from benchmark.campaigns.search_space import default_optimiser_params
+    from benchmark.campaigns.tune import close_parent_run, ensure_parent_run, open_study, run_worker
+    t = lp.spec.tuning
+    meta = study_meta(lp, arch)
+    study, _ = open_study(lp.study_name(arch), storage, 1, meta, t.pruner)
+    if t.first_trial == "default_optimiser" and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(default_optimiser_params(arch, lp.spec.preset))
+    new_parent = "mlflow_parent_run_id" not in study.user_attrs
+    parent = ensure_parent_run(study, {**meta, **lp.tags})
+    if new_parent:
+        settings = load_settings()
+        Tracker(client(settings), parent, settings).log_artifact(lp.path, "protocol")
+    run_worker(lp.study_name(arch), storage, t.n_trials, meta, tuning_overrides(lp), held_size(lp, arch), {}, t.pruner,
+               show_progress=show_progress, sampler=(t.sampler, t.sampler_seed, t.startup_trials),
+               may_start=(lambda: limit.trial(arch)) if limit else None)
+    close_parent_run(parent)
+    _tag_trial_runs(lp, arch, storage)
+
+
+def _tag_trial_runs(lp: LoadedProtocol, arch: str, storage: Optional[str]) -> None:
+    """Give the study's trial runs the protocol tags (their parent run holds the protocol file).
+    Done after the study, so a trial run of an interrupted study gets them on the next run."""
+    import optuna
+    from benchmark.core.tracking import Tracker, client, load_settings
+    from benchmark.core.optuna_storage import open_storage
+    settings = load_settings()
+    cl = client(settings)
+    study = optuna.load_study(study_name=lp.study_name(arch), storage=open_storage(storage)[0])
+    for t in study.get_trials(deepcopy=False):
+        rid = t.user_attrs.get("mlflow_run_id")
+        if rid and _in_store(cl, rid):
+            Tracker(cl, rid, settings).set_tags({**lp.tags, "protocol.part": "tuning"})
+
+
+def _in_store(cl, run_id: str) -> bool:
+    """False for a trial imported with its study (``bench protocol export``): its MLflow run
+    stayed in the store it was tuned in, and tagging it here would only fill the offline buffer."""
+    try:
+        cl.get_run(run_id)
+        return True
+    except Exception:  # noqa: BLE001 - MLflow raises its own types for an unknown id
+        return False
+
+
+@dataclass
+class _TuneJob:
+    """One architecture's study, as shipped to a cluster worker (with the driver's tracking URI,
+    checked there, as for cells: a worker cannot be told to switch stores)."""
+    protocol_path: str
+    arch: str
+    storage: Optional[str]
+    tracking_uri: str
+
+
+def _tune_job(job: _TuneJob) -> str:
+    from benchmark.core.errors import BenchError
+    from benchmark.core.tracking import load_settings
+    settings = load_settings()
+    if settings.tracking_uri != job.tracking_uri:
+        raise BenchError(f"this worker tracks to {settings.tracking_uri} but the protocol to {job.tracking_uri}: "
+                         f"start the workers with LIDC_BENCH_TRACKING_URI={job.tracking_uri}")
+    tune_arch(load_protocol(job.protocol_path), job.arch, job.storage, show_progress=False)
+    return job.arch
+
+
+def _tune_on_cluster(lp: LoadedProtocol, storage: Optional[str], executor, archs: list[str]) -> None:
+    """Every unfinished study as one task (a study's trials stay sequential: TPE learns from the
+    ones before). The studies' journal must be on a disk every worker reads, as the checkpoints
+    are (a shared ``LIDC_BENCH_HOME``), or ``--storage`` an RDB URL. A study whose task fails is
+    reported and left unfinished: the next run of the command resumes it."""
+    from benchmark.core.tracking import client, experiment_id, load_settings
+    todo = [a for a in archs if study_state(lp, a, storage).finished < lp.spec.tuning.n_trials]
+    if not todo:
+        return
+    settings = load_settings()
+    experiment_id(client(settings), settings, None)   # the store, created once before any worker uses it
+    jobs = [_TuneJob(str(lp.path.resolve()), a, storage, settings.tracking_uri) for a in todo]
+    for job, result in executor.map_unordered(_tune_job, jobs, [f"tune-{a}" for a in todo]):
+        if isinstance(result, BaseException):
+            why = str(result).splitlines()[0] if str(result) else type(result).__name__
+            print(f"protocol: tuning {job.arch} failed on the cluster: {why}", file=sys.stderr)
+

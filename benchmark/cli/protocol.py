@@ -1,0 +1,72 @@
+"""``bench protocol run|status|export``: the command line of a declared protocol
+(:mod:`benchmark.campaigns.protocol`)."""
+from __future__ import annotations
+
+import contextlib
+
+from benchmark.campaigns.protocol import export_protocol, load_protocol, protocol_status, run_protocol
+from benchmark.campaigns.suite import SuiteFailed
+
+
+def register(sub) -> None:
+    p = sub.add_parser("protocol", help="run or inspect a declared, tuned benchmark protocol (protocols/*.yaml)")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="{run,status,export}")
+    for verb, help_ in (("run", "tune every architecture, train the tuned seeds, defaults and the loss study; "
+                                "restartable"),
+                        ("status", "what is done, what is left, and its estimated cost"),
+                        ("export", "write what is finished as a run export, to resume on another machine after "
+                                   "`bench import` there")):
+        v = verbs.add_parser(verb, help=help_)
+        v.add_argument("file", help="protocol file, e.g. protocols/cpu.yaml")
+        v.add_argument("--experiment", help="MLflow experiment (default: mlflow.yaml's)")
+        v.add_argument("--storage", help="Optuna storage URL or journal path (default: runs/optuna/journal.log)")
+        if verb == "run":
+            v.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+            v.add_argument("--scheduler", metavar="ADDRESS",
+                           help="run the studies and cells on a Dask cluster: tcp://HOST:PORT of a running "
+                                "scheduler, or local:N for N worker processes here (default: this process)")
+            v.add_argument("--hours", type=float, metavar="H",
+                           help="start no trial or run that would not end within H hours (by this machine's "
+                                "measured seconds per epoch, else the protocol's seconds_per_epoch), then "
+                                "stop; rerun to continue")
+            v.add_argument("--pause-runs", action="store_true",
+                           help="with --hours: start a run if its next epoch fits, and pause it after the last "
+                                "epoch that does (KILLED, checkpoint kept); the next protocol run resumes it. "
+                                "For a machine whose runs/ folder stays")
+        if verb == "export":
+            v.add_argument("--out", help="export folder (default: protocols/progress/<name>-v<version>.runs "
+                                         "beside the protocol file)")
+        v.set_defaults(func=_cmd)
+
+
+def _cmd(args) -> None:
+    if args.verb == "status":
+        print(protocol_status(args.file, args.experiment, args.storage))
+        return
+    if args.verb == "export":
+        done = export_protocol(args.file, args.out, args.experiment, args.storage)
+        trials = ", ".join(f"{name} {n}" for name, n in sorted(done.trials.items())) or "none"
+        print(f"{done.runs} finished runs and the studies' finished trials ({trials}) are in {done.path}; "
+              f"elsewhere: bench import {done.path}, then bench protocol run {args.file}")
+        return
+    with contextlib.ExitStack() as stack:
+        executor = None
+        if args.scheduler:
+            from benchmark.campaigns.cluster import DaskExecutor
+            executor = stack.enter_context(DaskExecutor.connect(args.scheduler))
+        res = run_protocol(args.file, args.experiment, args.storage, show_progress=not args.no_progress,
+                           executor=executor, hours=args.hours, pause_runs=args.pause_runs)
+    failed = []
+    for stage, r in res.suites:
+        print(f"{stage}: {len(r.planned)} runs: {len(r.ran)} ran, {len(r.resumed)} resumed, "
+              f"{len(r.skipped)} already done, {len(r.failed)} failed"
+              + (f", {len(r.paused)} paused" if r.paused else "")
+              + (f", {len(r.deferred)} left for the next run" if r.deferred else ""))
+        failed += [f"{stage} {label}: {msg}" for label, msg in r.failed]
+    if failed:
+        raise SuiteFailed(f"{len(failed)} protocol runs failed ({'; '.join(failed)}); rerun the same command to "
+                          f"retry them")
+    if res.stopped:
+        print(f"stopped at the time limit: {res.stopped}; rerun the same command to continue")
+        return
+    print(f"next: bench leaderboard --preset {load_protocol(args.file).spec.preset}")
