@@ -707,3 +707,14 @@ def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypa
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)   # mlflow.set_tracking_uri exported the first store's
     import_export(carried.path)
     assert protocol_status(path) == status
+
+
+def test_a_protocol_with_a_key_written_twice_is_refused(tmp_path):
+    """A protocol is a declaration: a second `n_trials:` silently winning would change the budget."""
+    from benchmark.campaigns.protocol import load_protocol
+    from benchmark.core.errors import UsageError
+    text = (Path(__file__).resolve().parent.parent / "protocols" / "smoke.yaml").read_text()
+    p = tmp_path / "dup.yaml"
+    p.write_text(text + "\nversion: 99\n")
+    with pytest.raises(UsageError, match="duplicate key 'version'"):
+        load_protocol(p)

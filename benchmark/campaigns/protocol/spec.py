@@ -11,6 +11,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from benchmark.core.yaml_strict import strict_safe_load
 from benchmark.core.errors import UsageError
 
 BEST = "best"   # loss_study.archs entry standing for the best tuned architecture
@@ -152,7 +153,8 @@ class LoadedProtocol:
 
 
 def load_protocol(path: str | Path) -> LoadedProtocol:
-    """Read, parse (``yaml.safe_load``) and validate a protocol file; names are checked against
+    """Read, parse (``yaml.safe_load``, refusing a key written twice) and validate a protocol file;
+    names are checked against
     the registries and canonicalised."""
     from architectures import architecture_entry
     from benchmark.losses import loss_entry
@@ -161,7 +163,7 @@ def load_protocol(path: str | Path) -> LoadedProtocol:
         raise UsageError(f"protocol file not found: {p}")
     raw = p.read_bytes()
     try:
-        data = yaml.safe_load(raw)
+        data = strict_safe_load(raw.decode("utf-8", errors="replace"))
     except yaml.YAMLError as e:
         raise UsageError(f"protocol file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
