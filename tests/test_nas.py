@@ -5,7 +5,8 @@ import optuna
 import pytest
 from conftest import run_cli
 
-from benchmark.campaigns.nas import _meta, budget, distinct_points, front, knee, prune_epochs
+from benchmark.campaigns.bixnas_phase1 import prune_epochs
+from benchmark.campaigns.nas import _meta, budget, distinct_points, front, knee
 
 
 def _study_with(points):

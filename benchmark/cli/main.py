@@ -28,8 +28,8 @@ from benchmark.run.run_args import add_config_arguments, resolve_config
 
 #: modules that add their own sub-commands with ``register(subparsers)``
 COMMAND_MODULES = ["benchmark.cli.data", "benchmark.campaigns.tune", "benchmark.cli.suite", "benchmark.cli.leaderboard",
-                   "benchmark.campaigns.nas", "benchmark.campaigns.protocol", "benchmark.results.run_export", "benchmark.run.predict",
-                   "benchmark.run.rescore"]
+                   "benchmark.campaigns.nas", "benchmark.cli.nas_search", "benchmark.campaigns.protocol",
+                   "benchmark.results.run_export", "benchmark.run.predict", "benchmark.run.rescore"]
 
 
 class _HelpWithDefaults(argparse.HelpFormatter):
