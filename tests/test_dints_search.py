@@ -117,7 +117,8 @@ def test_decode_within_a_cost_target_prunes_paths_and_is_deterministic():
     assert d["unconstrained_cost_ratio"] == pytest.approx(1.0)
     assert decode_within(space, 0.5, shape) == d
     tighter = decode_within(space, 0.3, shape)
-    assert np.asarray(tighter["arch_code_a"]).sum() < np.asarray(d["arch_code_a"]).sum() and tighter["cost_ratio"] <= 0.3
+    assert np.asarray(tighter["arch_code_a"]).sum() < np.asarray(d["arch_code_a"]).sum()
+    assert tighter["cost_ratio"] <= 0.3
     free = decode_within(space, 1.0, shape)
     assert free["lam"] == 0.0 and free["arch_code_a"] == np.asarray(space.decode()[1]).astype(int).tolist()
     with pytest.raises(Exception, match="target"):

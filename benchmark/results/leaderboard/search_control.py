@@ -106,8 +106,9 @@ def search_controls(runs, n_boot: int = 2000, boot_seed: int = 0) -> list[Search
         diff, lo, hi = stats.difference_interval(boots["searched"], median_boot)
         dice = {label: float(m.mean(axis=1).mean()) for label, m in mats.items()}
         rank = 1 + sum(dice[label] >= dice["searched"] for label in randoms)
-        out.append(SearchControl(space, loss, dice["searched"], {label.split(" ", 1)[1]: dice[label] for label in randoms},
-                                 rank, diff, lo, hi, {label: len(rs) for label, rs in entries.items()}, len(nodules)))
+        by_sample = {label.split(" ", 1)[1]: dice[label] for label in randoms}
+        seeds = {label: len(rs) for label, rs in entries.items()}
+        out.append(SearchControl(space, loss, dice["searched"], by_sample, rank, diff, lo, hi, seeds, len(nodules)))
     return out
 
 
