@@ -126,3 +126,32 @@ def test_evolution_on_smoke_data_reads_train_val_only_and_resumes_from_its_recor
     be.run_evolution("smoke", lean, phase1_epochs=1, candidate_epochs=1, samples=1, keep=1, tolerance=1.0, seed=0,
                      out=bench_home / "again.json", show_progress=False)
     assert trained == [] and load_genotype(bench_home / "again.json") == g
+
+
+def test_rank_agreement_trains_the_top_candidates_once_and_reports_spearman(bench_home, monkeypatch):
+    import benchmark.campaigns.bixnas_evolve as be
+    from benchmark.core.paths import runs_dir
+    g = prune(_phase_one())
+    import numpy as np
+    kids = [g] + stage_children(g, 5, 6, np.random.default_rng(0))
+    short = [0.50, 0.45, 0.40, 0.35, 0.30, 0.25, 0.20]
+    record = {"format": "lidc-bench/bixnas-evolve/1", "mlflow_parent_run_id": None,
+              "settings": {"preset": "smoke", "loss": "dice_bce", "overrides": [], "candidate_epochs": 3, "seed": 0},
+              "candidates": {genotype_key(k): {"genotype": k.to_dict(), "val_dice": d} for k, d in zip(kids, short)}}
+    path = runs_dir() / "nas" / "bixnas-evolve-smoke-test.json"
+    be._save(record, path)
+    final = {genotype_key(k): d for k, d in zip(kids, [0.7, 0.8, 0.6, 0.5, 0.4, 0.0, 0.0])}
+    trained = []
+
+    def fake_train(genotype, settings, overrides, epochs, parent, tags):
+        trained.append((genotype_key(genotype), epochs))
+        return {"val_dice": final[genotype_key(genotype)], "budget_s": 1.0, "epochs": epochs, "mlflow_run_id": "r"}
+    monkeypatch.setattr(be, "_train_candidate", fake_train)
+    res = be.rank_agreement(path, top=5, epochs=20, show_progress=False)
+    assert [k for k, _ in trained] == [genotype_key(k) for k in kids[:5]] and {e for _, e in trained} == {20}
+    assert res["spearman_rho"] == pytest.approx(0.9)      # one swap among five
+    assert be.load_record(path)["rank_agreement"]["spearman_rho"] == pytest.approx(0.9)
+    be.rank_agreement(path, top=5, epochs=20, show_progress=False)
+    assert len(trained) == 5                               # resumed: nothing trained twice
+    with pytest.raises(Exception, match="--top"):
+        be.rank_agreement(path, top=9, epochs=20, show_progress=False)
