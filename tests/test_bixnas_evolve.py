@@ -121,6 +121,9 @@ def test_evolution_on_smoke_data_reads_train_val_only_and_resumes_from_its_recor
     assert n >= 2 and g.meta["candidates"] == n and g.meta["source"] == "bench nas bixnas-evolve"
     assert g.meta["skips_kept"] <= g.meta["skips_phase1"] and g.meta["bionet_macs_per_patch"] > g.meta["macs_per_patch"]
     assert g.meta["budget_seconds"] > 0 and client().get_run(g.meta["mlflow_parent_run_id"]).info.status == "FINISHED"
+    beside = be.load_record(out.parent / g.meta["record"])
+    assert beside["result"] == g.meta
+    assert beside["candidates"][be.genotype_key(g)]["val_dice"] == pytest.approx(g.meta["val_dice"], abs=1e-4)
     trained = []
     monkeypatch.setattr(be, "_train_candidate", lambda *a, **k: trained.append(a) or {})
     be.run_evolution("smoke", lean, phase1_epochs=1, candidate_epochs=1, samples=1, keep=1, tolerance=1.0, seed=0,

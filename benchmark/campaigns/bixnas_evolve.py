@@ -24,7 +24,8 @@ top 5 trained to 20 epochs; Spearman's rho between the two Dice rankings).
 Deterministic from the seed: the draws come from one ``numpy`` generator, and scores are cached
 by genotype in the search record (``runs/nas/bixnas-evolve-<key>.json``, written atomically after
 every candidate), so a stopped search rerun with the same command continues where it stopped and
-takes the same decisions. Only the train and val splits are read (``evaluate_test=False``).
+takes the same decisions. The finished record is copied beside the genotype
+(``<its folder>/searches/<record name>/evolution.json``, named in the genotype's ``record``). Only the train and val splits are read (``evaluate_test=False``).
 """
 from __future__ import annotations
 
@@ -243,10 +244,12 @@ def run_evolution(preset: str, overrides: list[str], phase1_epochs: int = 6, can
         g0 = _phase_one(record, path, start, tracker.run_id, show_progress)
         score, cost = _cached_scorer(record, path, overrides, tracker.run_id, show_progress)
         ev = evolve(g0, score, cost, tolerance, seed, samples, keep)
-        meta = _result_meta(record, ev, tracker.run_id)
+        meta = {**_result_meta(record, ev, tracker.run_id), "record": f"searches/{path.stem}/evolution.json"}
         record["result"] = meta
         _save(record, path)
         written = save_genotype(ev.best.genotype, out or GENOTYPE_PATH, meta=meta)
+        # the search beside the genotype, so the choice can be checked from the repository
+        _save(record, Path(written).parent / meta["record"])
         tracker.log_artifact(path, "nas")
         tracker.log_artifact(written, "nas")
         tracker.log_metrics({"nas.budget_hours": meta["budget_hours"], "nas.skips_kept": meta["skips_kept"],
