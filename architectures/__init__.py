@@ -77,7 +77,7 @@ _DECLARATIONS: dict[str, dict] = {
     "dints": dict(
         module="dints", family="NAS",
         paper="He et al. 2021, arXiv 2103.15954 (MONAI DiNTS; genotype architectures/dints_genotype.json from "
-              "`bench search dints`, else the fixed one; `bench archs` says what that search searched)",
+              "`bench search dints`, else the fixed one)",
         genotype="dints_genotype.json", searched_by="bench search dints", parent="dints_fixed",
         preset_kwargs={"smoke": {"channel_mul": 0.25}, "cpu": {"channel_mul": 0.25}}),
     "dints_fixed": dict(

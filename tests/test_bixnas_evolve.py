@@ -20,8 +20,11 @@ def _phase_one():
 
 
 def test_skips_are_counted_in_live_blocks():
+    from architectures.bixnas import GENOTYPE_PATH, load_genotype
+    from benchmark.run.archs_table import search_note
     assert skip_count(Genotype.full()) == 80 and skip_count(Genotype.bio()) == 20
     assert describe_search(Genotype.bio()) == "20 of 80 bi-directional skips kept, 24 of 24 blocks alive"
+    assert search_note("bixnas") == f"; {describe_search(load_genotype(GENOTYPE_PATH))}"   # `bench archs` says it
 
 
 def test_stage_children_only_drop_inputs_of_their_stage():
