@@ -76,8 +76,8 @@ _DECLARATIONS: dict[str, dict] = {
                        "cpu": {"hidden_size": 96, "mlp_dim": 384, "num_heads": 3, "feature_size": 12}}),
     "dints": dict(
         module="dints", family="NAS",
-        paper="He et al. 2021, arXiv 2103.15954 (MONAI DiNTS; topology searched here by `bench search dints` "
-              "once architectures/dints_genotype.json exists, else the fixed one)",
+        paper="He et al. 2021, arXiv 2103.15954 (MONAI DiNTS; genotype architectures/dints_genotype.json from "
+              "`bench search dints`, else the fixed one)",
         genotype="dints_genotype.json", searched_by="bench search dints", parent="dints_fixed",
         preset_kwargs={"smoke": {"channel_mul": 0.25}, "cpu": {"channel_mul": 0.25}}),
     "dints_fixed": dict(

@@ -36,11 +36,12 @@ What changed from the original, and for 3D:
     0.99, a Keras carry-over under which the running statistics are the last batch's);
   * pruning is an exact backward walk over the data flow from the output; the original's
     search-time BFS assumes every block of the last decoder stage is alive;
-  * the search: phase one is :class:`BiXSuperNet` (BiX-NAS's differentiable selection over every
-    skip, pruned progressively rather than by one argmax); phase two draws each phase-one skip
-    as an Optuna boolean (``sample_genotype(within=...)``) for NSGA-II instead of BiX-NAS's
-    stage-by-stage evolutionary search with shared weights; the last decoder stage always keeps
-    its sequential input (as in BiX-NAS). Scoring (Dice vs MACs) belongs to ``benchmark/campaigns/nas.py``.
+  * the search: phase one is ``bixnas_search.BiXSuperNet`` (BiX-NAS's differentiable selection
+    over every skip, with a sparsity pressure, pruned progressively rather than by one argmax);
+    phase two is either BiX-NAS's progressive evolutionary search, stage by stage from the last
+    (``benchmark/campaigns/bixnas_evolve.py``), or NSGA-II over each phase-one skip as an Optuna
+    boolean (``sample_genotype(within=...)``, ``benchmark/campaigns/nas.py``); the last decoder
+    stage always keeps its sequential input (as in BiX-NAS).
 
 ``bixnas`` is built from ``architectures/bixnas_genotype.json``, written by
 ``bench search bixnas --choose`` with the search's MLflow runs and budget.
@@ -62,7 +63,7 @@ from . import register_architecture
 from ._layers import PadToMultiple, plan_strides, total_stride
 from .bionet import RecurrentConv, make_norm
 
-__all__ = ["Genotype", "Choice", "BiXNet", "BiXSuperNet", "fuse", "search_space_choices", "search_stages", "sample_genotype",
+__all__ = ["Genotype", "Choice", "BiXNet", "fuse", "search_space_choices", "search_stages", "sample_genotype",
            "prune", "alive_nodes", "load_genotype", "save_genotype", "GENOTYPE_PATH"]
 
 GENOTYPE_PATH = Path(__file__).with_name("bixnas_genotype.json")
@@ -486,120 +487,6 @@ class BiXNet(nn.Module):
     def fusion_weights(self, path: str, t: int, level: int):
         """Weights of a block's inputs in the order of its genotype entry; None = their mean."""
         return None
-
-
-# --------------------------------------------------------------------------------------------
-# Phase one: the super-network
-# --------------------------------------------------------------------------------------------
-
-class BiXSuperNet(BiXNet):
-    """BiX-NAS phase one: a BiX-Net holding every bi-directional skip, each block choosing its
-    inputs with learnable selection logits, pruned progressively down to ``keep`` inputs per block.
-
-    As in BiX-NAS's phase one, each block with a choice holds a (candidates x ``columns``) logit
-    matrix ``alpha``; each column draws one candidate with a straight-through Gumbel-softmax
-    (temperature ``tau``) in training, its argmax in evaluation; the block fuses its inputs
-    weighted by how many columns picked them (the original weighs the distinct picks equally;
-    counting keeps the weights differentiable in one product). The logits train jointly with the
-    weights on the training loss (single-level, as in the original). Blocks without a choice
-    (pass 0's encoder) and the last decoder stage's sequential input, which BiX-NAS always keeps,
-    are fixed: that input counts as one extra pick.
-
-    Pruning is progressive, not the original's one-shot per-column argmax: each
-    :meth:`prune_step` removes, from every block that still has more than ``keep`` inputs, the one
-    with the least mean selection probability (masked, so it is never drawn again). After enough
-    steps :meth:`genotype` is the phase-one result: at most ``keep`` inputs per block, dead blocks
-    pruned. Phase two (``benchmark/campaigns/nas.py``) searches subsets of it.
-    """
-
-    def __init__(self, iterations: int = 3, levels: int = 4, columns: int = 3, keep: int = 3, tau: float = 1.0,
-                 **kwargs):
-        super().__init__(Genotype.full(iterations, levels), **kwargs)
-        if columns < 1 or keep < 1:
-            raise UsageError(f"bixnas super-network: columns and keep must be >= 1, got {columns}, {keep}")
-        self.columns, self.keep, self.tau = columns, keep, tau
-        self.alphas = nn.ParameterDict()
-        for path, t, level in self.genotype.blocks():
-            ins = self.genotype.inputs(path, t, level)
-            if len(ins) > 1:
-                key = self._key(path, t, level)
-                # small random logits: ties between candidates are broken differently per seed
-                self.alphas[key] = nn.Parameter(1e-3 * torch.randn(len(ins), columns))
-                self.register_buffer(f"mask_{key}", torch.ones(len(ins), dtype=torch.bool))
-
-    @staticmethod
-    def _key(path: str, t: int, level: int) -> str:
-        return f"{path}{t}_l{level}"
-
-    def _fixed_seq(self, path: str, t: int) -> bool:
-        return path == "dec" and t == self.genotype.iterations - 1
-
-    def arch_parameters(self):
-        return list(self.alphas.values())
-
-    def weight_parameters(self):
-        arch = {id(p) for p in self.alphas.values()}
-        return [p for p in self.parameters() if id(p) not in arch]
-
-    def fusion_weights(self, path: str, t: int, level: int):
-        key = self._key(path, t, level)
-        if key not in self.alphas:
-            return None
-        mask = getattr(self, f"mask_{key}")
-        logits = self.alphas[key].masked_fill(~mask[:, None], float("-inf"))
-        if self.training:
-            picks = F.gumbel_softmax(logits.t(), tau=self.tau, hard=True, dim=-1)  # columns x candidates
-        else:
-            picks = F.one_hot(logits.argmax(0), logits.shape[0]).to(logits.dtype)
-        counts = picks.sum(0)
-        if self._fixed_seq(path, t):
-            counts = counts + F.one_hot(torch.tensor(SEQ), counts.shape[0]).to(counts.dtype)
-        return counts / counts.sum()
-
-    def probabilities(self) -> dict[tuple, dict[int, float]]:
-        """{(path, t, level): {candidate: mean selection probability}} over unpruned candidates."""
-        out = {}
-        for path, t, level in self.genotype.blocks():
-            key = self._key(path, t, level)
-            if key not in self.alphas:
-                continue
-            mask = getattr(self, f"mask_{key}")
-            p = self.alphas[key].detach().masked_fill(~mask[:, None], float("-inf")).softmax(0).mean(1)
-            ins = self.genotype.inputs(path, t, level)
-            out[(path, t, level)] = {k: float(p[i]) for i, k in enumerate(ins) if mask[i]}
-        return out
-
-    def prune_step(self) -> int:
-        """Mask the least probable input of every block above ``keep`` inputs; returns how many."""
-        removed = 0
-        for (path, t, level), probs in self.probabilities().items():
-            if len(probs) <= self.keep:
-                continue
-            droppable = {k: p for k, p in probs.items() if not (k == SEQ and self._fixed_seq(path, t))}
-            worst = min(droppable, key=droppable.get)
-            mask = getattr(self, f"mask_{self._key(path, t, level)}")
-            mask[self.genotype.inputs(path, t, level).index(worst)] = False
-            removed += 1
-        return removed
-
-    def pruned(self) -> bool:
-        return all(len(p) <= self.keep for p in self.probabilities().values())
-
-    def genotype_now(self) -> Genotype:
-        """The unmasked inputs of every block, dead blocks pruned (phase one's result when :meth:`pruned`)."""
-        g = self.genotype
-        stages = {"enc": [], "dec": []}
-        for path, stage_list in (("enc", g.encoder), ("dec", g.decoder)):
-            for t, stage in enumerate(stage_list):
-                row = []
-                for level, ins in enumerate(stage):
-                    key = self._key(path, t, level)
-                    if key in self.alphas:
-                        mask = getattr(self, f"mask_{key}")
-                        ins = tuple(k for i, k in enumerate(ins) if mask[i])
-                    row.append(ins)
-                stages[path].append(tuple(row))
-        return prune(Genotype(g.iterations, g.levels, tuple(stages["enc"]), tuple(stages["dec"])))
 
 
 # --------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from . import register_architecture
 from ._layers import PadToMultiple
 
 __all__ = ["FIXED_TOPOLOGY", "GENOTYPE_PATH", "build_topology", "decode_seeded_topology", "dints_model", "load_topology",
-           "save_topology", "default_topology"]
+           "save_topology", "default_topology", "paths_kept", "describe_topology"]
 
 GENOTYPE_PATH = Path(__file__).with_name("dints_genotype.json")
 FORMAT = "lidc-bench/dints-topology/1"
@@ -187,3 +187,24 @@ def dints_fixed(in_channels: int = 1, out_channels: int = 1, spatial_size=None, 
     """MONAI DiNTS with FIXED_TOPOLOGY: the parent of the searched ``dints``."""
     net = dints_model(in_channels, out_channels, topology=FIXED_TOPOLOGY, **kwargs)
     return PadToMultiple(net, 2 ** (net.num_depths + 1))
+
+
+def paths_kept(topology: dict) -> tuple[int, int]:
+    """(paths the topology keeps, paths of its space): 42 of 42 is MONAI's full default topology."""
+    code_a = np.asarray(topology["arch_code_a"])
+    return int(code_a.sum()), int(code_a.size)
+
+
+def describe_topology(topology: dict) -> str:
+    """What a topology's row is: a searched topology, or the default (every path) with only the
+    cell operations searched; named so a table never calls a cell-op search a topology search."""
+    kept, total = paths_kept(topology)
+    source = topology.get("meta", {}).get("source")
+    if source == "bench nas random":
+        return f"random topology ({kept} of {total} paths) drawn at the search's cost target, random cell operations"
+    searched = source == "bench search dints"
+    if kept == total:
+        return (f"default topology (all {total} paths), cell operations searched" if searched
+                else f"default topology (all {total} paths), not searched")
+    return (f"topology searched ({kept} of {total} paths kept) and cell operations searched" if searched
+            else f"fixed topology ({kept} of {total} paths), not searched on this data")

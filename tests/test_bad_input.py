@@ -51,6 +51,11 @@ CASES = [
     (["search", "bixnas", "--trials", "0", "--preset", "smoke"], "must be >= 1"),
     (["search", "bixnas", "--preset", "laptop"], "unknown preset"),
     (["search", "bixnas", "--choose", "--study", "nosuch"], "no search study"),
+    (["search", "dints", "--preset", "smoke", "--out", "{d}/t.json", "--ram-target", "0"], "--ram-target"),
+    (["nas", "random", "resnet"], "unknown search space"),
+    (["nas", "train-control", "dints", "--sample", "../x"], "--sample must be"),
+    (["nas", "bixnas-rank", "--record", "{d}/nosuch.json"], "does not exist"),
+    (["nas", "bixnas-evolve", "--preset", "smoke"], "give --out"),
     # data
     (["data", "build", "--spacing", "-1"], "spacing"),
     (["data", "build", "--gt", "vote"], "invalid choice"),

@@ -5,7 +5,8 @@ import optuna
 import pytest
 from conftest import run_cli
 
-from benchmark.campaigns.nas import _meta, budget, distinct_points, front, knee, prune_epochs
+from benchmark.campaigns.bixnas_phase1 import prune_epochs
+from benchmark.campaigns.nas import _meta, budget, distinct_points, front, knee
 
 
 def _study_with(points):
@@ -104,6 +105,15 @@ def test_committed_genotype_comes_from_a_recorded_cpu_search():
     from benchmark.campaigns.nas import MIN_FRONT, search_record_dir
     committed = json.loads(GENOTYPE_PATH.read_text())
     meta = committed["meta"]
+    if meta["source"] == "bench nas bixnas-evolve":     # the evolutionary search: its record beside it
+        from benchmark.campaigns.bixnas_evolve import genotype_key, load_record
+        from architectures.bixnas import Genotype
+        record = load_record(GENOTYPE_PATH.parent / meta["record"])
+        assert meta["preset"] == "cpu" and record["settings"]["preset"] == "cpu" and record["result"] == meta
+        chosen = record["candidates"][genotype_key(Genotype.from_dict(committed))]
+        assert chosen["mlflow_run_id"] == meta["mlflow_run_id"] and meta["budget_seconds"] > 0
+        assert chosen["val_dice"] == pytest.approx(meta["val_dice"], abs=1e-4) and chosen["macs"] == meta["macs_per_patch"]
+        return
     assert meta["source"] == "bench search bixnas" and meta["preset"] == "cpu"
     assert meta["mlflow_parent_run_id"] and meta["mlflow_run_id"] and meta["study"] and meta["budget_seconds"] > 0
     assert meta["pareto_size"] >= MIN_FRONT

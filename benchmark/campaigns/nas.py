@@ -3,7 +3,7 @@
     bench search bixnas --trials 24 --preset cpu [--phase1-epochs 6] [--epochs 3] [--population 8]
     bench search bixnas --choose --study NAME [--trade-off knee|dice|macs]   # writes the genotype
 
-Phase one (``run_phase_one``): the BiX-NAS super-network (``architectures.bixnas.BiXSuperNet``)
+Phase one (``bixnas_phase1.run_phase_one``): the BiX-NAS super-network (``architectures.bixnas_search.BiXSuperNet``)
 holds every bi-directional skip; its selection logits train jointly with its weights on the
 training split, and from half-way through it is pruned progressively (one input per block and
 pruning step) down to ``keep`` inputs per block. Its pruned genotype is stored on the study
@@ -42,10 +42,10 @@ import os
 import socket
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Optional
 
+from benchmark.campaigns.bixnas_phase1 import Meter, device_kind, run_phase_one
 from benchmark.core.errors import UsageError
 
 SEARCHERS = ("bixnas", "dints")
@@ -128,26 +128,6 @@ def _finished(study):
 # ---------------------------------------------------------------------------------------------
 # budget
 # ---------------------------------------------------------------------------------------------
-class _Meter:
-    """CPU seconds of this process (all its threads), or wall seconds on a GPU, over a block."""
-
-    def __init__(self, device_kind: str):
-        self.device_kind = device_kind
-
-    def __enter__(self):
-        self.c0, self.w0 = time.process_time(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = (time.perf_counter() - self.w0) if self.device_kind == "cuda" else \
-            (time.process_time() - self.c0)
-
-
-def _device_kind() -> str:
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def budget(study) -> dict:
     """What the search has spent: seconds, hours and epochs by phase, and full-training equivalents."""
     from benchmark.run.config import build_config
@@ -156,7 +136,7 @@ def budget(study) -> dict:
     trials = [t for t in study.get_trials(deepcopy=False) if "budget_s" in t.user_attrs]
     s2 = sum(t.user_attrs["budget_s"] for t in trials)
     e2 = sum(t.user_attrs.get("budget_epochs", 0) for t in trials)
-    kind = p1.get("device_kind") or (trials[0].user_attrs.get("device_kind") if trials else _device_kind())
+    kind = p1.get("device_kind") or (trials[0].user_attrs.get("device_kind") if trials else device_kind())
     full_epochs = build_config(meta.get("preset", "cpu"), []).train.epochs
     total_s = p1.get("budget_s", 0.0) + s2
     epochs = p1.get("epochs", 0) + e2
@@ -171,78 +151,6 @@ def budget_line(b: dict) -> str:
             f"{b['phase2_s'] / 3600:.2f} over {b['candidates']} candidates); {b['epochs']} epochs = "
             f"{b['full_trainings']:.1f} full trainings at the preset's {b['preset_epochs']} epochs (a tuning "
             f"study of N trials costs up to N)")
-
-
-# ---------------------------------------------------------------------------------------------
-# phase one
-# ---------------------------------------------------------------------------------------------
-def prune_epochs(epochs: int, rounds: int) -> list[int]:
-    """Epochs (0-based) after which the super-network is pruned: spread over the second half,
-    the last one before the final epoch so the pruned network trains at least one epoch."""
-    if rounds < 1:
-        return []
-    first, last = epochs // 2, max(epochs // 2, epochs - 2)
-    if rounds == 1:
-        return [last]
-    return sorted({round(first + i * (last - first) / (rounds - 1)) for i in range(rounds)})
-
-
-def run_phase_one(study, meta: dict, overrides: list[str], parent: str, show_progress: bool = True):
-    """Train and progressively prune the super-network; store its genotype on the study."""
-    import torch
-    from architectures._layers import PadToMultiple
-    from architectures.bixnas import BiXSuperNet, Genotype
-    from benchmark.run.config import build_config
-    from benchmark.data import load_crops
-    from benchmark.core.tracking import Tracker
-    from benchmark.run.train import DistInfo, Trainer, build_optimizer, build_scheduler, pick_device
-
-    if "phase1_genotype" in study.user_attrs:
-        return Genotype.from_dict(study.user_attrs["phase1_genotype"])
-    epochs = int(meta["phase1_epochs"])
-    cfg = build_config(meta["preset"], [f"train.epochs={epochs}", *overrides],
-                       **{"model.arch": "bixnas", "loss.name": meta["loss"]})
-    dist = DistInfo()
-    device = pick_device(cfg, dist)
-    store = load_crops(cfg.data)
-    tracker = Tracker.start(f"{study.study_name}-phase1", {"optuna.study": study.study_name, "nas.phase": "1"},
-                            parent_run_id=parent)
-    tracker.log_params(cfg.flat())
-    with _Meter(device.type) as meter:
-        trainer = Trainer(cfg, store, device, dist)  # train/val rows only; its model is replaced below
-        size_kw = {k: v for k, v in cfg.model.kwargs.items() if k in ("width", "full_res_width", "norm")}
-        net = BiXSuperNet(spatial_size=cfg.data.patch_zyx, **size_kw)
-        model = PadToMultiple(net, net.min_divisor).to(device)
-        if cfg.train.channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
-        trainer.model = trainer.net = model
-        # logits with BiX-NAS's Adam at 1e-3, weights with the preset's optimiser: one step, one loss
-        trainer.optimizer = build_optimizer(cfg, [{"params": net.weight_parameters()},
-                                                  {"params": net.arch_parameters(), "lr": 1e-3, "weight_decay": 0.0}])
-        trainer.scheduler = build_scheduler(cfg, trainer.optimizer)
-        # each round removes one input per block: from the full 5 (4 in the last decoder) to ``keep``
-        schedule = prune_epochs(epochs, (net.genotype.levels + 1) - net.keep)
-        for epoch in range(epochs):
-            metrics = trainer.train_epoch(epoch, show_progress)
-            if epoch in schedule:
-                metrics["pruned_inputs"] = net.prune_step()
-            metrics.update(trainer.validate())
-            tracker.log_metrics(metrics, step=epoch + 1)
-            if show_progress:
-                print(f"phase one epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()),
-                      file=sys.stderr)
-        while not net.pruned():  # fewer epochs than rounds: finish the pruning by the logits
-            net.prune_step()
-        g = net.genotype_now()
-    tracker.log_text(g.describe() + "\n", "nas/phase1_genotype.txt")
-    tracker.log_text(json.dumps({"/".join(map(str, k)): v for k, v in net.probabilities().items()}, indent=1),
-                     "nas/phase1_probabilities.json")
-    tracker.log_metrics({"budget_s": meter.seconds})
-    tracker.finish()
-    study.set_user_attr("phase1_genotype", g.to_dict())
-    study.set_user_attr("phase1", {"budget_s": meter.seconds, "epochs": epochs, "device_kind": device.type,
-                                   "mlflow_run_id": tracker.run_id})
-    return g
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,8 +169,8 @@ def _candidate(study, trial, within, meta: dict, overrides: list[str], parent: s
     cfg.name = f"{study.study_name}-t{trial.number:03d}"
     macs = float(count_macs(build_model(cfg).eval(), (1, 1, *cfg.data.patch_zyx)))
     trial.set_user_attr("macs", macs)
-    kind = "cuda" if (cfg.train.device != "cpu" and _device_kind() == "cuda") else "cpu"
-    with _Meter(kind) as meter:
+    kind = "cuda" if (cfg.train.device != "cpu" and device_kind() == "cuda") else "cpu"
+    with Meter(kind) as meter:
         res = run_experiment(cfg, parent_run_id=parent, evaluate_test=False, show_progress=False,
                              discard_checkpoints=True, on_run_start=lambda rid: trial.set_user_attr("mlflow_run_id", rid),
                              tags={"optuna.study": study.study_name, "optuna.trial": str(trial.number),

@@ -28,8 +28,8 @@ from benchmark.run.run_args import add_config_arguments, alias_tags, resolve_con
 
 #: modules that add their own sub-commands with ``register(subparsers)``
 COMMAND_MODULES = ["benchmark.cli.data", "benchmark.cli.tune", "benchmark.cli.suite", "benchmark.cli.leaderboard",
-                   "benchmark.cli.nas", "benchmark.cli.protocol", "benchmark.cli.export", "benchmark.cli.predict",
-                   "benchmark.cli.rescore"]
+                   "benchmark.cli.nas", "benchmark.cli.nas_search", "benchmark.cli.protocol", "benchmark.cli.export",
+                   "benchmark.cli.predict", "benchmark.cli.rescore"]
 
 
 class _HelpWithDefaults(argparse.HelpFormatter):

@@ -21,6 +21,7 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, help="bixnas: training epochs per phase-two candidate (default 3); "
                                               "dints: search epochs after the warm-up (default 20)")
     p.add_argument("--warmup-epochs", type=int, default=10, help="dints: weight-only warm-up epochs")
+    p.add_argument("--ram-target", type=float, default=0.4, help="dints: memory ratio the decoded topology meets")
     p.add_argument("--phase1-epochs", type=int, default=6, help="training epochs of the phase-one super-network")
     p.add_argument("--population", type=int, default=8, help="NSGA-II population size (phase two)")
     p.add_argument("--study", help="study name (default: bixnas-<preset>)")
@@ -47,7 +48,7 @@ def _dispatch(args):
         if args.preset == "smoke" and not args.out:
             raise UsageError("a smoke-preset DiNTS search would replace the registered topology; give --out")
         run_dints_search(args.preset, args.warmup_epochs, 20 if args.epochs is None else args.epochs, args.overrides,
-                         Path(args.out) if args.out else None, show_progress=not args.no_progress)
+                         Path(args.out) if args.out else None, ram_target=args.ram_target, show_progress=not args.no_progress)
         return
     args.epochs = 3 if args.epochs is None else args.epochs
     study = args.study or f"bixnas-{args.preset}"

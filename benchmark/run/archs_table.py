@@ -73,6 +73,19 @@ def _save_sizes(path: Path, sizes: dict) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
+def search_note(name: str) -> str:
+    """What a searched architecture's committed genotype is, named for what was searched (a DiNTS
+    genotype that keeps every path had only its cell operations searched); '' for the others."""
+    if name in ("dints", "dints_fixed"):
+        from architectures.dints import FIXED_TOPOLOGY, default_topology, describe_topology
+        return f"; {describe_topology(default_topology() if name == 'dints' else FIXED_TOPOLOGY)}"
+    if name == "bixnas":
+        from architectures.bixnas import GENOTYPE_PATH, load_genotype
+        from architectures.bixnas_search import describe_search
+        return f"; {describe_search(load_genotype(GENOTYPE_PATH))}" if GENOTYPE_PATH.exists() else ""
+    return ""
+
+
 def registry_rows(preset: str = "cpu", measure: bool = True, pattern: str = "*", latency: bool = False,
                   latency_repeats: int = 3, use_cache: bool = True):
     """One dict per architecture (name, aliases, family, paper; with ``measure`` also params_M
@@ -92,7 +105,8 @@ def registry_rows(preset: str = "cpu", measure: bool = True, pattern: str = "*",
         if not fnmatch.fnmatch(name, pattern):
             continue
         e = ARCHITECTURES.entry(name)
-        row = {"name": name, "aliases": ",".join(sorted(aliases.get(name, []))), "family": e.family, "paper": e.paper}
+        row = {"name": name, "aliases": ",".join(sorted(aliases.get(name, []))), "family": e.family,
+               "paper": e.paper + search_note(name)}
         if measure:
             cfg = build_config(preset, **{"model.arch": name})  # the run's own model kwargs
             key = _size_key(name, preset, cfg.model.kwargs, cfg.data.patch_zyx)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from benchmark.run.metrics import leaderboard_columns, leaderboard_metrics, metric_spec
 from benchmark.results.leaderboard.plots import CAPTIONS as PLOT_CAPTIONS
+from benchmark.results.leaderboard.search_control import markdown_section as search_control_markdown
 from benchmark.results.leaderboard.statistics import Leaderboard, Row, all_rows
 from benchmark.results.leaderboard.guide import COMPARISON_TITLE, notes, reading_guide
 from benchmark.results.leaderboard.verdict import verdict
@@ -276,6 +277,7 @@ def render_markdown(lb: Leaderboard, tracking_url: str = "") -> str:
         out += ["", f"### {SECTION_TITLES[sec.section]}", ""] + _markdown_table(sec)
     if lb.comparisons:
         out += ["", f"### {COMPARISON_TITLE}", ""] + _markdown_rows(*comparison_cells(lb))
+    out += search_control_markdown(lb.search_controls)
     out += ["", "## How to read this table", ""]
     out += [f"- **{term}**: {text}" for term, text in reading_guide(lb, "after")]
     out += ["", "## Notes", ""] + [f"- {n}" for n in notes(lb)]

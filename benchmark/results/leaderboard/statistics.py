@@ -109,6 +109,8 @@ class Leaderboard:
     sections: list = field(default_factory=list)
     #: searched networks against their parents, on this table's rows (``search_comparisons``)
     comparisons: list = field(default_factory=list)
+    #: searched networks against random ones of their space (``search_control.search_controls``)
+    search_controls: list = field(default_factory=list)
 
 
 def _protocol_config(run: RunRecord) -> dict:
@@ -404,7 +406,11 @@ def build_sections(key: TableKey, runs: list[RunRecord], ranking: str = "aggrega
     """The main table and the sections below it (see ``RunRecord.section``): with tuned runs, the
     tuned table comes first and the default-settings table (with each architecture's gain from
     tuning) second; without, the default-settings table is the main one. The loss study, when
-    there is one, comes last. Reference rows are shown in the main table only."""
+    there is one, comes last. Reference rows are shown in the main table only. Random-search
+    control runs go only to the search-vs-random section (``search_control``)."""
+    from benchmark.results.leaderboard.search_control import is_random_control, search_controls
+    controls = search_controls(runs, n_boot, boot_seed)
+    runs = [r for r in runs if not is_random_control(r)]
     refs = [r for r in runs if r.section == "reference"]
     tuned = [r for r in runs if r.section == "tuned"]
     default = [r for r in runs if r.section == "default"]
@@ -423,6 +429,7 @@ def build_sections(key: TableKey, runs: list[RunRecord], ranking: str = "aggrega
         lb = build_leaderboard(key, default + refs, ranking, n_boot, boot_seed, section="default")
     from architectures import searched_parents
     lb.comparisons = search_comparisons(lb, searched_parents())
+    lb.search_controls = controls
     loss_archs = {r.arch for r in runs if r.section == "loss"}
     if loss_archs:
         study = [r for r in runs if r.section in ("tuned", "loss") and r.arch in loss_archs]

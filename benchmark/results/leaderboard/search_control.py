@@ -1,0 +1,130 @@
+"""The leaderboard's "search vs random" section: does a searched network beat random networks of
+its own space at the same resource target, trained the same way?
+
+Runs take part by their tags (``benchmark/campaigns/nas_control.py`` sets them):
+``nas.space`` (dints | bixnas), ``nas.kind`` (searched | random) and ``nas.sample`` (the random
+sample's number). Per space and loss, with the searched network and at least one random sample:
+
+  * every entry's Dice: mean over its seeds of the mean over the test nodules they share;
+  * the searched network's rank among all entries (1 = best Dice; ties count against it);
+  * the searched Dice minus the median of the random samples' Dice, with a paired two-level
+    bootstrap interval (``benchmark.results.resampling``): in each resample every entry is scored
+    on the same resampled nodules and its own resampled seeds, and the difference is taken to the
+    median of the random entries in that resample.
+
+Random-control runs are only read here: ``statistics.build_sections`` keeps them out of the main
+tables, where they would be rows of no interest on their own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TAG_SPACE, TAG_KIND, TAG_SAMPLE = "nas.space", "nas.kind", "nas.sample"
+TITLE = "Search against random architectures"
+
+
+def is_random_control(run) -> bool:
+    return run.tags.get(TAG_KIND) == "random"
+
+
+@dataclass
+class SearchControl:
+    space: str
+    loss: str
+    searched_dice: float
+    random_dice: dict                  # sample -> Dice
+    rank: int                          # of the searched network among searched + random (1 = best)
+    diff: float                        # searched minus the median random Dice (bootstrap mean)
+    diff_low: float
+    diff_high: float
+    n_seeds: dict = field(default_factory=dict)   # "searched" / sample -> seeds
+    n_nodules: int = 0
+
+    @property
+    def median_random(self) -> float:
+        return float(np.median(list(self.random_dice.values())))
+
+    def verdict(self) -> str:
+        if self.diff_low > 0:
+            return "the search beats the random median (interval above 0)"
+        if self.diff_high < 0:
+            return "the search is worse than the random median (interval below 0)"
+        return "the search cannot be told from the random median (interval includes 0)"
+
+
+def _latest_per_seed(runs) -> list:
+    """One run per seed, the latest (a rerun of a seed replaces it)."""
+    best: dict = {}
+    for r in runs:
+        k = r.tags.get("seed", "")
+        if k not in best or (r.end_time, r.run_id) > (best[k].end_time, best[k].run_id):
+            best[k] = r
+    return [best[k] for k in sorted(best)]
+
+
+def _dice_matrix(runs, nodules: list[str]) -> np.ndarray:
+    return np.stack([r.per_nodule.assign(nodule_id=r.per_nodule["nodule_id"].astype(str))
+                     .set_index("nodule_id").loc[nodules, "dice"].to_numpy(float) for r in runs])
+
+
+def _groups(runs) -> dict:
+    """(space, loss) -> {"searched": [runs], "random": {sample: [runs]}}."""
+    out: dict = {}
+    for r in runs:
+        kind, space = r.tags.get(TAG_KIND), r.tags.get(TAG_SPACE)
+        if kind not in ("searched", "random") or not space or r.reference:
+            continue
+        g = out.setdefault((space, r.loss), {"searched": [], "random": {}})
+        if kind == "searched":
+            g["searched"].append(r)
+        else:
+            g["random"].setdefault(r.tags.get(TAG_SAMPLE, "?"), []).append(r)
+    return out
+
+
+def search_controls(runs, n_boot: int = 2000, boot_seed: int = 0) -> list[SearchControl]:
+    """The section's rows, one per (space, loss) with a searched entry and random ones."""
+    from benchmark.results import resampling as stats
+    out = []
+    for (space, loss), g in sorted(_groups(runs).items()):
+        if not g["searched"] or not g["random"]:
+            continue
+        entries = {"searched": _latest_per_seed(g["searched"])}
+        entries.update({f"random {k}": _latest_per_seed(v) for k, v in sorted(g["random"].items())})
+        shared = set.intersection(*(set(r.per_nodule["nodule_id"].astype(str)) for rs in entries.values() for r in rs))
+        nodules = sorted(shared)
+        if not nodules:
+            continue
+        mats = {label: _dice_matrix(rs, nodules) for label, rs in entries.items()}
+        res = stats.draw_resamples({f"control:{space}:{label}": len(rs) for label, rs in entries.items()},
+                                   len(nodules), n_boot, boot_seed)
+        boots = {label: stats.two_level_bootstrap(m, res, f"control:{space}:{label}") for label, m in mats.items()}
+        randoms = [label for label in entries if label != "searched"]
+        median_boot = np.median(np.stack([boots[label] for label in randoms]), axis=0)
+        diff, lo, hi = stats.difference_interval(boots["searched"], median_boot)
+        dice = {label: float(m.mean(axis=1).mean()) for label, m in mats.items()}
+        rank = 1 + sum(dice[label] >= dice["searched"] for label in randoms)
+        by_sample = {label.split(" ", 1)[1]: dice[label] for label in randoms}
+        seeds = {label: len(rs) for label, rs in entries.items()}
+        out.append(SearchControl(space, loss, dice["searched"], by_sample, rank, diff, lo, hi, seeds, len(nodules)))
+    return out
+
+
+def markdown_section(controls: list[SearchControl]) -> list[str]:
+    """The section's markdown lines (none when no run of the page is a search control)."""
+    if not controls:
+        return []
+    lines = ["", f"## {TITLE}", "",
+             "| Space | Loss | Searched Dice | Random Dice: median [min, max] (samples) | Rank of searched | "
+             "Searched − random median | Reading |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for c in controls:
+        r = list(c.random_dice.values())
+        lines.append(f"| {c.space} | {c.loss} | {c.searched_dice:.3f} | {c.median_random:.3f} [{min(r):.3f}, "
+                     f"{max(r):.3f}] ({len(r)}) | {c.rank} of {len(r) + 1} | {c.diff:+.3f} [{c.diff_low:+.3f}, "
+                     f"{c.diff_high:+.3f}] | {c.verdict()} |")
+    lines += ["", "Random architectures are drawn uniformly from the searched space at the search's resource target "
+              "and trained like the searched one (`bench nas random`, `bench nas train-control`; docs/nas.md). The "
+              "interval is the paired two-level bootstrap's (nodules shared, seeds per entry), 95 %."]
+    return lines
