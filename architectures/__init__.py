@@ -13,19 +13,37 @@ exposes ``deep_supervision_weights`` (same length). In ``eval()`` mode it return
 tensor only. ``benchmark.losses.deep_supervision.DeepSupervisionLoss`` applies any loss to such outputs.
 
 Each architecture family is one self-contained module with its paper cited at the top. The
-table below is the one place that names every architecture and its metadata (family, paper,
-aliases, per-preset sizes); the module's ``@register_architecture(name, search_space=...)``
-only attaches the factory. Listing names or reading metadata therefore imports no model
-module, and neither MONAI, timm nor segmentation-models: a module is imported the first time
-one of its architectures is built (or its search space is asked for).
+families benchmarked so far are declared in the table below with their metadata (family,
+paper, aliases, per-preset sizes); their module's ``@register_architecture(name,
+search_space=...)`` only attaches the factory. Listing names or reading metadata therefore
+imports none of them, and neither MONAI, timm nor segmentation-models: a module is imported the
+first time one of its architectures is built (or its search space is asked for).
+
+Adding an architecture is one module (and its test): a module of this folder that the table
+does not name registers with its metadata in the decorator, e.g.
+``@register_architecture("mynet", family="CNN", paper="...", search_space=my_space,
+experimental=True)``; it is imported the first time names are listed or an unknown name is
+looked up. ``experimental=True`` marks an architecture that no published protocol
+(``protocols/*.yaml``, frozen once run) is expected to list yet.
 """
 from __future__ import annotations
 
 import fnmatch
+import importlib
+from pathlib import Path
 
 from benchmark.core.registry import Registry
 
-ARCHITECTURES = Registry("architecture")
+
+def _import_undeclared_modules() -> None:
+    """Import this folder's modules that the table does not name: each registers itself."""
+    declared = {d["module"] for d in _DECLARATIONS.values()}
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if not path.stem.startswith("_") and path.stem not in declared:
+            importlib.import_module(f"{__name__}.{path.stem}")
+
+
+ARCHITECTURES = Registry("architecture", discover=_import_undeclared_modules)
 register_architecture = ARCHITECTURES.register
 
 _TRANSFUSE_PAPER = "Zhang et al. 2021, arXiv 2102.08005"
@@ -160,6 +178,12 @@ def searched_genotype_problem(name: str, preset: str) -> str | None:
     return None
 
 
+def is_experimental(name: str) -> bool:
+    """Whether the architecture is declared experimental (no published protocol need list it)."""
+    return bool(architecture_entry(name).meta.get("experimental", False))
+
+
 def architecture_modules() -> list[str]:
     """Every module the table names (tests import them all to check the table)."""
-    return sorted({e.module for e in (ARCHITECTURES.entry(n) for n in ARCHITECTURES.names())})
+    entries = (ARCHITECTURES.entry(n) for n in ARCHITECTURES.names())
+    return sorted({e.module for e in entries if e.module is not None})

@@ -1,7 +1,7 @@
 """MLflow logging overhead per epoch: local SQLite store and a local ``mlflow server``.
 
 What ``run_experiment`` does at the end of every epoch, timed piece by piece:
-  * the metric logging (``train._log_epoch``: two ``Tracker.log_metrics`` batches, 8 metrics);
+  * the metric logging (``run_tracking.log_epoch``: two ``Tracker.log_metrics`` batches, 8 metrics);
   * the checkpoint (``Trainer.state`` + atomic ``save_checkpoint`` of ``last.pt``, and of
     ``best.pt`` too on epochs that improve validation Dice), with the cpu preset's unet3d.
 Stores: a fresh SQLite file in the script's work folder, and an ``mlflow server`` on
@@ -86,7 +86,8 @@ def main():
     print(f"machine: {C.machine()}")
 
     from benchmark.core.checkpoint import save_checkpoint
-    from benchmark.run.train import DistInfo, Trainer, _log_epoch
+    from benchmark.run.run_tracking import log_epoch
+    from benchmark.run.train import DistInfo, Trainer
     import torch
 
     folder = args.work_dir / f"mlflow-bench-{os.getpid()}"
@@ -119,7 +120,7 @@ def main():
         def log(t):
             def run():
                 step["n"] += 1
-                _log_epoch(t, {"epoch": step["n"], "train_loss": 0.4, "val_dice": 0.6, "val_loss": 0.3,
+                log_epoch(t, {"epoch": step["n"], "train_loss": 0.4, "val_dice": 0.6, "val_loss": 0.3,
                                "lr": 1e-3, "epoch_seconds": 12.0}, best)
                 return 1
             return run

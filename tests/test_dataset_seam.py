@@ -1,11 +1,16 @@
 """The dataset seam: LIDC behind its adapter unchanged, and a second dataset added from outside.
 
+A dataset is found by name from its folder (``datasets/<name>/dataset.yaml`` naming an adapter
+kind): a new split of LIDC reaches ``bench run`` by adding a folder, no Python edited.
+
 The second dataset (``tests/synthetic_dataset.py``: two readers, its own source, strata and
 voxel size) is generated into a temporary folder and registered through the public API only;
 it builds crops, trains, evaluates, gets its reference rows and a leaderboard with no engine
 code that names it.
 """
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -60,7 +65,7 @@ def test_lidc_adapter_answers_what_the_engine_used_to_hard_code():
 
 
 def test_names_outside_the_dataset_are_one_line_errors():
-    with pytest.raises(UsageError, match=r"data.dataset: unknown dataset 'nope' \(registered: .*lidc"):
+    with pytest.raises(UsageError, match=r"data.dataset: unknown dataset 'nope' \(found: .*lidc"):
         build_config("smoke", ["data.dataset=nope"])
     with pytest.raises(UsageError, match=r"data.source: unknown source 'ct' for dataset lidc \(choose from phantom, dicom\)"):
         build_config("smoke", ["data.source=ct"])
@@ -192,3 +197,84 @@ def test_second_dataset_trains_evaluates_and_gets_a_leaderboard(synth, bench_hom
     staple = table["arch"] != "readers_vs_truth"    # that row's scores are against the truth only
     assert np.isfinite(table.loc[staple, "dice_mean"]).all()
     assert np.isfinite(table.loc[~staple, "dice_vs_truth_mean"]).all() and table.loc[~staple, "dice_mean"].isna().all()
+
+
+# ----------------------------------------------------------------------------- a dataset folder
+#: a new split of LIDC, declared by a folder alone: the lidc adapter kind with its own files
+RESPLIT_YAML = "# the same LIDC nodules, another split\nadapter: lidc\nindex: nodules.csv\nsplit: split.json\n"
+
+
+@pytest.fixture()
+def resplit(bench_home, tmp_cache):
+    """``<LIDC_BENCH_HOME>/datasets/lidc_resplit/``: LIDC's index and a split of another seed."""
+    from benchmark.data import index as ix
+    from benchmark.data.split import build_split, write_split
+    folder = bench_home / "datasets" / "lidc_resplit"
+    folder.mkdir(parents=True)
+    shutil.copy(ix.INDEX_PATH, folder / "nodules.csv")
+    write_split(build_split(seed=7, index_path=folder / "nodules.csv"), folder / "split.json")
+    (folder / "dataset.yaml").write_text(RESPLIT_YAML)
+    return folder
+
+
+def test_lidc_itself_is_a_dataset_folder():
+    from benchmark.data.datasets import DATASET_FILE, dataset_roots
+    from benchmark.data.lidc import LidcDataset
+    import yaml
+    folder = dataset_roots()[0] / "lidc"
+    assert yaml.safe_load((folder / DATASET_FILE).read_text()) == {"adapter": "lidc"}
+    assert isinstance(get_dataset("lidc"), LidcDataset) and get_dataset("lidc") is get_dataset()
+
+
+def test_a_dataset_folder_is_found_by_name_and_validates(resplit):
+    from benchmark.data.lidc import LidcDataset
+    assert "lidc_resplit" in dataset_names()
+    ds, lidc = get_dataset("lidc_resplit"), get_dataset("lidc")
+    assert isinstance(ds, LidcDataset) and ds.name == "lidc_resplit"
+    assert ds.index_path() == resplit / "nodules.csv" and ds.split_path() == resplit / "split.json"
+    assert ds.load_split()["seed"] == 7 and ds.split_hash() != lidc.split_hash()
+    assert ds.index_hash() == lidc.index_hash()
+    ds.check_index_matches_split()
+    # its own names: runs, caches and manifests never mistake it for LIDC
+    assert ds.run_name("phantom") == "lidc_resplit-phantom"
+    assert ds.cache_prefix("phantom").startswith("lidc_resplit-phantom-v")
+    assert ds.manifest_fields("phantom", 0)["dataset"] == "lidc_resplit"
+    cfg = build_config("smoke", ["data.dataset=lidc_resplit"], **{"model.arch": "unet3d"})
+    assert cfg.data.dataset == "lidc_resplit" and cfg.model_dump()["data"]["dataset"] == "lidc_resplit"
+    assert cfg.fingerprint() != build_config("smoke", **{"model.arch": "unet3d"}).fingerprint()
+    # the smoke subset is drawn from its own split
+    from benchmark.data.store import select_nodules
+    caps = dict(cfg.data.max_nodules)
+    ids = select_nodules(ds.load_index(), ds.load_split(), caps)
+    assert sorted(ids) != sorted(select_nodules(lidc.load_index(), lidc.load_split(), caps))
+    assert any(ds.load_split()["nodules"][n] == "test" for n in ids)
+    with pytest.raises(UsageError, match=r"unknown dataset 'nope' \(found: lidc, lidc_resplit; a dataset is a folder"):
+        get_dataset("nope")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("adapter: nifti\n", r"dataset.yaml: unknown dataset adapter 'nifti'.*\(registered: lidc\)"),
+    ("adapter: lidc\nindex: ../lidc/nodules.csv\n", "index must be a file name inside the dataset folder"),
+    ("adapter: lidc\nimages: /data\n", "adapter lidc: got an unexpected keyword argument 'images'"),
+    ("index: nodules.csv\n", "must be a mapping with 'adapter: <kind>'"),
+    ("adapter: [lidc\n", "not a readable YAML file"),
+])
+def test_a_bad_dataset_file_is_one_line_naming_it(resplit, text, message):
+    (resplit / "dataset.yaml").write_text(text)
+    with pytest.raises(UsageError, match=message) as e:
+        build_config("smoke", ["data.dataset=lidc_resplit"])
+    assert "\n" not in str(e.value) and str(resplit / "dataset.yaml") in str(e.value)
+
+
+@pytest.mark.slow
+def test_a_dataset_folder_trains_with_bench_run(resplit, capsys):
+    """`bench run data.dataset=lidc_resplit` end to end after adding only the folder."""
+    from benchmark.cli.main import main
+    from benchmark.core.tracking import client
+    assert main(["run", "--arch", "unet3d", "--preset", "smoke", "--no-progress", "train.epochs=1",
+                 "model.kwargs.base_channels=4", "data.dataset=lidc_resplit"]) == 0
+    run_id = capsys.readouterr().out.split()[1].rstrip(":")
+    run = client().get_run(run_id)
+    assert run.info.status == "FINISHED" and "test_dice" in run.data.metrics
+    assert run.data.tags["data.dataset"] == "lidc_resplit-phantom"
+    assert run.data.tags["data.split_hash"] == get_dataset("lidc_resplit").split_hash()

@@ -188,7 +188,8 @@ def test_no_device_sync_in_cuda_training_steps(smoke):
 def _train(cfg, store, epochs, state=None):
     trainer = Trainer(cfg, store, torch.device("cpu"), DistInfo())
     if state is not None:
-        trainer.load_state(state)
+        trainer.model.load_state_dict(state["model"])
+        trainer.load_training_state(state)
     losses = [trainer.train_epoch(e, show_progress=False)["train_loss"] for e in epochs]
     return trainer, losses
 

@@ -33,12 +33,15 @@ def test_every_declared_entry_is_what_its_module_registers():
         entry = ARCHITECTURES.entry(name)
         assert entry.loaded and entry.factory.__module__ == module, name
         assert entry.factory.__name__ == name, name
-    # no module registers a name the table lacks: the decorator refuses it
-    with pytest.raises(ValueError, match="not declared"):
-        architectures.register_architecture("not_in_the_table")(lambda **kw: None)
-    # and a declared entry refuses metadata from its decorator (one place defines it)
+    # a declared name is registered once, by its own module only
+    with pytest.raises(ValueError, match="registered twice"):
+        architectures.register_architecture("unet3d")(lambda **kw: None)
     from benchmark.core.registry import Registry
     r = Registry("thing")
+    r.declare("b", "some.other.module")
+    with pytest.raises(ValueError, match="is declared in some.other.module, registered from"):
+        r.register("b")(lambda: 1)
+    # and a declared entry refuses metadata from its decorator (one place defines it)
     r.declare("a", __name__, family="F")
     with pytest.raises(ValueError, match="declared with its metadata"):
         r.register("a", family="G")(lambda: 1)

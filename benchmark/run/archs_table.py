@@ -105,7 +105,8 @@ def registry_rows(preset: str = "cpu", measure: bool = True, pattern: str = "*",
         if not fnmatch.fnmatch(name, pattern):
             continue
         e = ARCHITECTURES.entry(name)
-        row = {"name": name, "aliases": ",".join(sorted(aliases.get(name, []))), "family": e.family,
+        family = e.family + (" (experimental)" if e.meta.get("experimental") else "")
+        row = {"name": name, "aliases": ",".join(sorted(aliases.get(name, []))), "family": family,
                "paper": e.paper + search_note(name)}
         if measure:
             cfg = build_config(preset, **{"model.arch": name})  # the run's own model kwargs

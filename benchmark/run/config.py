@@ -491,14 +491,13 @@ def validation_message(e: ValidationError) -> str:
 
 
 def _apply_arch_preset(d: dict, preset: str) -> None:
-    """Merge the architecture's own size for this preset (``preset_kwargs`` declared beside its
-    code, e.g. a narrower unet3d for ``cpu``) under the user's ``model.kwargs``; the result is
-    part of the resolved, logged config."""
+    """Resolve the architecture's name and merge its own size for this preset (``preset_kwargs``
+    declared beside its code, e.g. a narrower unet3d for ``cpu``) under the user's
+    ``model.kwargs``; the result is part of the resolved, logged config."""
     from architectures import ARCHITECTURES, preset_kwargs
-    try:
-        entry = ARCHITECTURES.entry(d["model"]["arch"])
-    except UsageError:
-        return  # reported by the caller's name validation, with close matches
+    # the one place a run's architecture name is resolved (an alias to its canonical name, an
+    # unknown name to one line with the closest names): everything after reads cfg.model.arch
+    entry = ARCHITECTURES.entry(d["model"]["arch"])
     d["model"]["arch"] = entry.name
     sized = preset_kwargs(entry.name, preset)
     d["model"]["kwargs"] = {**sized, **(d["model"].get("kwargs") or {})}

@@ -7,7 +7,8 @@ whose true shape is known, the same metrics are also computed against the true s
 (per-nodule columns ``dice_vs_truth``, ...; run metrics ``test_dice_vs_truth``, ...): the
 readers' ground truth is one noisy observation of it. Empty predictions are counted
 (``n_empty``), never dropped. Everything is written as files first
-(``per_nodule.csv``, ``summary.yaml``, overlay PNG) and then logged to the run.
+(``per_nodule.csv``, ``summary.yaml``, overlay PNG) and then logged to the run. Evaluation only
+measures: the checkpoint and the MLflow model are published afterwards by :mod:`benchmark.run.publish`.
 """
 from __future__ import annotations
 
@@ -228,6 +229,9 @@ def file_sha256(path: Path) -> str:
 
 
 def evaluate_run(model, store, cfg: RunConfig, device, tracker: Tracker, out_dir: Path, train_seconds: float) -> dict:
+    """Score ``model`` on the test split and log what it scored: metrics, per-nodule table,
+    summary, binary predictions and overlays (files in ``out_dir`` first). Publishing the model
+    is a later, separate step (:mod:`benchmark.run.publish`)."""
     rows = store.indices("test")
     preds, images, gts = predict_center(model, store, rows, cfg, device)
     df = score(preds, gts, store, rows, cfg)
@@ -249,24 +253,7 @@ def evaluate_run(model, store, cfg: RunConfig, device, tracker: Tracker, out_dir
         png = overlays(df, preds, images, gts, out_dir / "test_overlays.png",
                        f"{cfg.model.arch} / {cfg.loss.name} [{cfg.preset}] test: best, median, worst")
         tracker.log_artifact(png, "plots")
-    if (out_dir / "best.pt").exists():
-        tracker.log_artifact(out_dir / "best.pt", "checkpoints")
-    if len(images):
-        # the selected model as an MLflow model: `mlflow.pytorch.load_model(<the run's model_uri tag>)`,
-        # the model registry and `bench predict`; its input example is a real test patch
-        from benchmark.core.tracking import log_pytorch_model
-        log_pytorch_model(tracker, model, images[:1, None], metadata=model_metadata(cfg))
     return summary
-
-
-def model_metadata(cfg: RunConfig) -> dict:
-    """What a user of the logged model needs to feed it: the input grid and intensity mapping."""
-    z, y, x = cfg.data.patch_zyx
-    return {"arch": cfg.model.arch, "spacing_mm": cfg.data.spacing_mm, "patch_zyx": [z, y, x],
-            "crop_zyx": list(cfg.data.crop_zyx), "hu_window": list(cfg.data.hu_window),
-            "threshold": cfg.eval.threshold,
-            "input": "CT resampled to spacing_mm isotropic, HU clipped to hu_window and mapped to [0, 1], "
-                     "tensor (B, 1, Z, Y, X); output: logits, sigmoid > threshold is the nodule"}
 
 
 def _plain(x):

@@ -193,7 +193,7 @@ def _log_reference(cfg: RunConfig, store, arch: str, kind: str, df: pd.DataFrame
                    experiment: Optional[str], tags: Optional[dict]) -> tuple[str, dict]:
     """Log a reference table as an MLflow run shaped like a model's (metrics, per_nodule.csv)."""
     from benchmark.run.evaluate import _plain, dataset_strata, flat_metrics, summarize
-    from benchmark.run.train import data_tags
+    from benchmark.run.run_tracking import data_tags
     summary = summarize(df, dataset_strata(cfg))
     t = {**data_tags(cfg, store), "arch": arch, "loss": "none", "reference": kind,
          "reference.fingerprint": reference_fingerprint(cfg), **(tags or {})}

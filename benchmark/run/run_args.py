@@ -75,7 +75,7 @@ def alias_summary() -> str:
 
 
 def validate_names(cfg):
-    from architectures import architecture_entry
+    """The loss name resolved to its canonical name; the architecture's was resolved when the
+    config was built (``benchmark.run.config.build_config``)."""
     from benchmark.losses import loss_entry
-    cfg.model.arch = architecture_entry(cfg.model.arch).name
     cfg.loss.name = loss_entry(cfg.loss.name).name

@@ -14,7 +14,7 @@ from benchmark.run.config import RunConfig
 from benchmark.run.evaluate import dataset_strata, flat_metrics, overlays, score, summarize
 from benchmark.core.tracking import Tracker
 from benchmark.data.loader import center_batches
-from benchmark.run.train import data_tags
+from benchmark.run.run_tracking import data_tags
 
 BASELINE_NAME = "threshold_baseline"
 

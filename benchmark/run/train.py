@@ -1,12 +1,18 @@
 """Training: one architecture on the fixed split, tracked in one MLflow run.
 
-Stages of ``run_experiment`` (each leaves files the next reads, so a run can resume):
-  1. resolve config, load the crop cache (``benchmark.data``), create or resume the MLflow run;
-  2. train epoch by epoch; after each epoch log metrics (step = epoch) and atomically write
+Stages of ``run_experiment``, the run pipeline (each leaves files the next reads, so a run can resume):
+  1. resolve: the config, its architecture already resolved to the registry's canonical name by
+     ``benchmark.run.config`` (once, when the config was built), or a resumed run's checkpoint
+     and config (``benchmark.run.resume``);
+  2. build the model, once, from that config (a bad architecture kwarg or a checkpoint that does
+     not fit fails here, before data or an MLflow run exist); then load the crop cache
+     (``benchmark.data``) and create or resume the MLflow run;
+  3. train epoch by epoch; after each epoch log metrics (step = epoch) and atomically write
      ``last.pt`` (and ``best.pt`` on a new best validation Dice) under runs/checkpoints/<run_id>/;
-  3. early-stop on validation Dice; reload ``best.pt``;
-  4. evaluate on the test split (``benchmark.run.evaluate``) unless this is a tuning trial
-     (the test split is never touched by tuning).
+     early-stop on validation Dice;
+  4. evaluate ``best.pt``'s weights on the test split (``benchmark.run.evaluate``: metrics and
+     predictions only) unless this is a tuning trial (the test split is never touched by tuning);
+  5. publish the evaluated model (``benchmark.run.publish``: checkpoint artifact, MLflow model).
 
 Determinism: the batch order of epoch ``e`` comes from ``(seed, e)`` and each sample's
 augmentation from ``(seed, e, row)`` (``benchmark.data.loader``, whatever the number of loader
@@ -30,20 +36,17 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-import yaml
 
 from architectures import main_output
 
-from benchmark.core.checkpoint import (check_resume_epoch, load_checkpoint, published_state, remove_checkpoint,
-                                       save_checkpoint)
+from benchmark.core.checkpoint import load_checkpoint, published_state, remove_checkpoint, save_checkpoint
 from benchmark.core.progress import progress_bar
 from benchmark.run.config import RunConfig
-from benchmark.data.datasets import get_dataset
 from benchmark.data.loader import TrainBatches, center_batches, to_model_input
 from benchmark.core.errors import TrainingError, UsageError
-from benchmark.core.liveness import owner_tags
 from benchmark.core.paths import checkpoints_dir
 from benchmark.core.tracking import Tracker
+from benchmark.run.run_tracking import backfill, close_training, log_epoch, open_tracker
 
 EpochCallback = Callable[[int, dict], None]
 # asked after each epoch that has another one after it, with that epoch's seconds: a reason (not
@@ -107,9 +110,17 @@ def seed_everything(seed: int, deterministic: bool):
 
 
 def build_model(cfg: RunConfig):
+    """The config's architecture, its name already resolved by ``benchmark.run.config``."""
     from architectures import create_architecture
     return create_architecture(cfg.model.arch, in_channels=1, out_channels=1,
                                spatial_size=cfg.data.patch_zyx, **cfg.model.kwargs)
+
+
+def build_seeded_model(cfg: RunConfig):
+    """``build_model`` after seeding every RNG with the run's seed: the model a run trains (its
+    initial weights depend on the seed only)."""
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    return build_model(cfg)
 
 
 def build_loss(cfg: RunConfig, model):
@@ -175,10 +186,12 @@ class RunResult:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, store, device: torch.device, dist: DistInfo):
+    """The training and validation steps of one model. ``model``: the run's model, built once by
+    the run pipeline (``build_seeded_model``); left out, the trainer builds it the same way."""
+
+    def __init__(self, cfg: RunConfig, store, device: torch.device, dist: DistInfo, model=None):
         self.cfg, self.store, self.device, self.dist = cfg, store, device, dist
-        seed_everything(cfg.train.seed, cfg.train.deterministic)
-        self.model = build_model(cfg).to(device)
+        self.model = (model if model is not None else build_seeded_model(cfg)).to(device)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
         self.loss_fn = build_loss(cfg, self.model)
@@ -299,8 +312,8 @@ class Trainer:
             "config": self.cfg.model_dump(mode="json"), "run_id": run_id,
         }
 
-    def load_state(self, state: dict):
-        self.model.load_state_dict(state["model"])
+    def load_training_state(self, state: dict):
+        """A checkpoint's optimiser, schedule and scaler (its weights are the model's already)."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -318,30 +331,13 @@ def _all_reduce(t: torch.Tensor, dist: DistInfo):
         tdist.all_reduce(t)
 
 
-def data_tags(cfg: RunConfig, store) -> dict[str, str]:
-    return {
-        "data.source": cfg.data.source, "data.ground_truth": cfg.data.ground_truth,
-        "data.spacing_mm": str(cfg.data.spacing_mm), "data.split_hash": store.split_hash,
-        "data.content_hash": store.data_hash, "preset": cfg.preset, "arch": cfg.model.arch,
-        "loss": cfg.loss.name, "seed": str(cfg.train.seed), "config.fingerprint": cfg.fingerprint(),
-        "config.budget_fingerprint": cfg.budget_fingerprint(),
-        # what the leaderboard names its tables by (LIDC: lidc-phantom, lidc-dicom)
-        "data.dataset": get_dataset(cfg.data.dataset).run_name(cfg.data.source),
-        # how batches were made (not part of the config's identity: every way gives the same batches)
-        "data.num_workers": str(cfg.data.num_workers), "data.on_device": str(cfg.data.on_device),
-        # which phantom generated the images ("none" for real CT): results on two phantom
-        # versions are not comparable (their content hashes differ too)
-        "data.phantom_version": str(getattr(store, "phantom_version", None) or "none"),
-    }
-
-
 def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags: Optional[dict] = None,
                    parent_run_id: Optional[str] = None, on_epoch_end: Optional[EpochCallback] = None,
                    evaluate_test: bool = True, experiment: Optional[str] = None,
                    show_progress: bool = True, on_run_start: Optional[Callable[[str], None]] = None,
                    discard_checkpoints: bool = False, pause: Optional[PauseCheck] = None) -> RunResult:
-    """Train (or resume) one run, then evaluate it; the stages of the module docstring, each a
-    named step below.
+    """Train (or resume) one run, then evaluate and publish it: the stages of the module
+    docstring, numbered below.
 
     ``discard_checkpoints``: delete the run's checkpoints when it ends, however it ends (tuning
     trials: a trial is never resumed and its model never reused).
@@ -350,13 +346,15 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
     epoch is checkpointed and logged (one process only: ranks would not agree on a clock).
     """
     from benchmark.data import load_crops
+    from benchmark.run.resume import resume_state as read_resume_state
 
-    resume_state, cfg = _resume_state(resume_run_id, cfg)
-    dist, device = _prepare(cfg, resume_state)
+    resume_state, cfg = read_resume_state(resume_run_id, cfg)                 # 1. resolve
+    model = _build_run_model(cfg, resume_run_id, resume_state)                 # 2. build, once
+    dist, device = _prepare(cfg)
     if pause is not None and dist.world > 1:
         raise UsageError("a run can be paused at an epoch only in one process, not under torchrun")
     store = load_crops(cfg.data, progress=show_progress and dist.main)
-    tracker = _open_tracker(cfg, store, dist, resume_run_id, resume_state, tags, experiment, parent_run_id)
+    tracker = open_tracker(cfg, store, dist, resume_run_id, resume_state, tags, experiment, parent_run_id)
     run_id = tracker.run_id if tracker else None
     if on_run_start is not None and run_id:
         on_run_start(run_id)
@@ -364,7 +362,7 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
     status = "FAILED"
     ckpt_dir = None
     try:
-        trainer = Trainer(cfg, store, device, dist)
+        trainer = Trainer(cfg, store, device, dist, model=model)                # 3. train
         progress = _restore(trainer, tracker, dist, resume_run_id, resume_state)
         ckpt_dir = checkpoints_dir(run_id) if run_id else None
         stopped_early = _train_epochs(trainer, cfg, progress, tracker, ckpt_dir, run_id, dist,
@@ -372,10 +370,13 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
         best = progress.best
         result = RunResult(run_id, best["val_dice"], best["epoch"], len(progress.history), stopped_early)
         if dist.main:
-            _close_training(tracker, progress, stopped_early, ckpt_dir)
+            close_training(tracker, progress, stopped_early, ckpt_dir)
             if evaluate_test:
-                result.test_summary = _evaluate_best(trainer, store, cfg, device, tracker, ckpt_dir,
-                                                     progress.elapsed)
+                from benchmark.run import evaluate, publish
+                _load_best_weights(trainer.model, ckpt_dir)
+                result.test_summary = evaluate.evaluate_run(trainer.model, store, cfg, device, tracker,  # 4.
+                                                            ckpt_dir, progress.elapsed)
+                publish.publish_run(trainer.model, store, cfg, tracker, ckpt_dir)                 # 5.
         status = "FINISHED"
         return result
     except TrainingError as e:
@@ -416,66 +417,38 @@ class TrainingProgress:
     best: dict = field(default_factory=lambda: {"val_dice": -1.0, "epoch": -1, "bad_epochs": 0})
 
 
-def _resume_state(resume_run_id: Optional[str], cfg: RunConfig) -> tuple[Optional[dict], RunConfig]:
-    """The checkpoint and config of the run to resume (None and ``cfg`` for a new run)."""
-    if not resume_run_id:
-        return None, cfg
-    # under torchrun only rank 0 owns the MLflow run: the other ranks only read the checkpoint
-    return load_resume_state(resume_run_id, check_run=os.environ.get("RANK", "0") == "0")
+def _build_run_model(cfg: RunConfig, resume_run_id: Optional[str], resume_state: Optional[dict]):
+    """The run's one model, seeded; a resumed run's checkpoint weights loaded into it. A bad
+    architecture kwarg or a checkpoint that does not fit fails here, before data or a run exist."""
+    model = build_seeded_model(cfg)
+    if resume_state is not None:
+        from benchmark.run.resume import load_model_weights
+        load_model_weights(model, resume_state, checkpoints_dir(resume_run_id) / "last.pt", cfg)
+    return model
 
 
-def _prepare(cfg: RunConfig, resume_state: Optional[dict]) -> tuple["DistInfo", torch.device]:
+def _prepare(cfg: RunConfig) -> tuple["DistInfo", torch.device]:
     """Device and process group, and the checks that must fail before data or a run exist."""
     device_kind = "cuda" if (cfg.train.device != "cpu" and torch.cuda.is_available()) else "cpu"
     dist = init_distributed(device_kind)
     device = pick_device(cfg, dist)
-    if resume_state is None:
-        build_model(cfg)  # a bad architecture kwarg fails here, before data or an MLflow run exist
     if dist.main:
         from benchmark.core.tracking import check_reachable, load_settings
         check_reachable(load_settings().tracking_uri)  # bad mlflow.yaml / dead server: before the data build
     return dist, device
 
 
-def _open_tracker(cfg: RunConfig, store, dist: "DistInfo", resume_run_id: Optional[str],
-                  resume_state: Optional[dict], tags: Optional[dict], experiment: Optional[str],
-                  parent_run_id: Optional[str]) -> Optional[Tracker]:
-    """The run's MLflow run (rank 0 only): resumed, or created with its config, data tags and
-    split inputs; either way tagged with who runs it now."""
-    if not dist.main:
-        return None
-    if resume_run_id:
-        tracker = Tracker.resume(resume_run_id)
-        tracker.set_tags({"resumed_from_epoch": resume_state["epoch"]})
-    else:
-        from benchmark.run.cost import count_parameters  # noqa: F401  (fail early if the module is broken)
-        name = cfg.name or f"{cfg.model.arch}-{cfg.loss.name}-{cfg.preset}-s{cfg.train.seed}"
-        tracker = Tracker.start(name, {**data_tags(cfg, store), **(tags or {})},
-                                experiment=experiment, parent_run_id=parent_run_id)
-        tracker.log_params(cfg.flat())
-        tracker.log_text(cfg.to_yaml(), "config.yaml")
-        tracker.set_tags({"world_size": dist.world})
-        from benchmark.core.tracking import log_split_inputs
-        adapter = get_dataset(cfg.data.dataset)
-        log_split_inputs(tracker, store.table, store.split_hash, adapter.run_name(cfg.data.source),
-                         adapter.split_path())
-    # who runs it now: lets `bench suite` tell a hard-killed run (still RUNNING) from a live one
-    tracker.set_tags(owner_tags())
-    tracker.start_system_metrics()
-    return tracker
-
-
 def _restore(trainer: "Trainer", tracker: Optional[Tracker], dist: "DistInfo", resume_run_id: Optional[str],
              resume_state: Optional[dict]) -> TrainingProgress:
-    """A fresh start, or the resumed run's weights, optimiser and progress (its metrics that
-    MLflow lacks back-filled, so no step is logged twice)."""
+    """A fresh start, or the resumed run's optimiser and progress (its weights are in the model
+    already; its metrics that MLflow lacks back-filled, so no step is logged twice)."""
     if resume_state is None:
         return TrainingProgress()
-    _load_weights(trainer, resume_state, checkpoints_dir(resume_run_id) / "last.pt")
+    _load_training_state(trainer, resume_state, checkpoints_dir(resume_run_id) / "last.pt")
     progress = TrainingProgress(resume_state["epoch"], resume_state["history"], resume_state["train_seconds"],
                                 resume_state["best"])
     if dist.main:
-        _backfill(tracker, progress.history, progress.best)
+        backfill(tracker, progress.history, progress.best)
     return progress
 
 
@@ -511,7 +484,7 @@ def _train_epochs(trainer: "Trainer", cfg: RunConfig, progress: TrainingProgress
             if improved:
                 save_checkpoint(published_state(state), ckpt_dir / "best.pt")    # weights only
             save_checkpoint(state, ckpt_dir / "last.pt")
-            _log_epoch(tracker, history[-1], best)
+            log_epoch(tracker, history[-1], best)
         bar.set_postfix(val_dice=f"{metrics.get('val_dice', float('nan')):.3f}", best=f"{best['val_dice']:.3f}")
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
@@ -525,123 +498,16 @@ def _train_epochs(trainer: "Trainer", cfg: RunConfig, progress: TrainingProgress
     return False
 
 
-def _close_training(tracker: Tracker, progress: TrainingProgress, stopped_early: bool, ckpt_dir: Path) -> None:
-    """What the run logs once training is over: its time, epochs, stop reason, learning curve."""
-    tracker.log_metrics({"train_seconds": progress.elapsed, "epochs_completed": len(progress.history)},
-                        step=len(progress.history))
-    tracker.set_tags({"stopped_early": stopped_early})
-    _log_learning_curve(tracker, progress.history, ckpt_dir)
-
-
-def _evaluate_best(trainer: "Trainer", store, cfg: RunConfig, device, tracker: Tracker, ckpt_dir: Path,
-                   train_seconds: float) -> dict:
-    """The best validation epoch's weights on the test split (``benchmark.run.evaluate``); then the
-    checkpoints a finished run no longer needs are released."""
-    from benchmark.run.evaluate import evaluate_run
-    best_state = load_checkpoint(ckpt_dir / "best.pt") if (ckpt_dir / "best.pt").exists() else None
-    if best_state is not None:
-        trainer.model.load_state_dict(best_state["model"])
-    summary = evaluate_run(trainer.model, store, cfg, device, tracker, ckpt_dir, train_seconds)
-    _release_finished_checkpoints(tracker, ckpt_dir)
-    return summary
-
-
-def load_resume_state(run_id: str, check_run: bool = True) -> tuple[dict, RunConfig]:
-    """The verified ``last.pt`` of a run that may be resumed, and its validated config.
-
-    Refused with one line: an id that is not a run id, an unknown run, a FINISHED run (its
-    test metrics are logged; resuming would evaluate the test split again), a run still
-    RUNNING in a live process on this host, a checkpoint that fails its digest or whose config
-    is invalid. A run killed before its first checkpoint has nothing to resume: it is marked
-    KILLED (instead of staying RUNNING for ever) and the message says to start a new run.
-    """
-    from benchmark.run.config import validate_config
-    from benchmark.core.paths import validate_run_id
-    validate_run_id(run_id, context="cannot resume")
-    if check_run:
-        _check_resumable_run(run_id)
-    state_path = checkpoints_dir(run_id) / "last.pt"
-    if not state_path.exists():
-        raise UsageError(f"cannot resume run {run_id}: no checkpoint at {state_path}")
-    state = load_checkpoint(state_path)
-    if state.get("run_id") not in (None, run_id):
-        raise TrainingError(f"checkpoint {state_path} belongs to run {state.get('run_id')}, not {run_id}")
-    cfg = validate_config(state["config"], where=f"checkpoint {state_path}: ")
-    check_resume_epoch(state_path, state["epoch"], cfg.train.epochs)
-    from architectures import architecture_entry
+def _load_training_state(trainer: "Trainer", state: dict, path: Path):
+    """Restore a checkpoint's optimiser state into the trainer of its run; a mismatch is one line."""
+    from benchmark.run.resume import mismatch_message
     try:
-        cfg.model.arch = architecture_entry(cfg.model.arch).name
-        build_model(cfg).load_state_dict(state["model"])  # before the run is touched
+        trainer.load_training_state(state)
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
-        raise UsageError(_mismatch(state_path, cfg, e)) from None
-    return state, cfg
+        raise UsageError(mismatch_message(path, trainer.cfg, e)) from None
 
 
-def _check_resumable_run(run_id: str) -> None:
-    """The MLflow side of ``load_resume_state`` (see there)."""
-    from benchmark.core.liveness import owner_is_dead
-    from benchmark.core.tracking import client
-    cl = client()
-    try:
-        run = cl.get_run(run_id)
-    except Exception:  # noqa: BLE001 - MLflow raises its own types for a missing run
-        raise UsageError(f"no MLflow run {run_id!r} in the tracking store") from None
-    status = run.info.status
-    if status == "FINISHED":
-        raise UsageError(f"run {run_id} is FINISHED: nothing to resume (to train it again, start a new run "
-                         f"with its config.yaml: bench run --config config.yaml)")
-    dead = owner_is_dead(run.data.tags)
-    if status == "RUNNING" and dead is False:
-        raise UsageError(f"run {run_id} is RUNNING in process {run.data.tags.get('pid')} on this host; "
-                         f"stop it first or let it finish")
-    if status == "RUNNING" and dead and not (checkpoints_dir(run_id) / "last.pt").exists():
-        cl.set_terminated(run_id, "KILLED")
-        raise UsageError(f"run {run_id} was killed before its first checkpoint: nothing to resume; it is now "
-                         f"marked KILLED, start a new run")
-
-
-def _mismatch(path: Path, cfg: RunConfig, e: Exception) -> str:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return f"checkpoint {path} does not fit its own config (model.arch={cfg.model.arch}): {first[:200]}"
-
-
-def _load_weights(trainer: "Trainer", state: dict, path: Path):
-    """Restore a checkpoint into a trainer built from its config; a mismatch is one line."""
-    try:
-        trainer.load_state(state)
-    except (RuntimeError, KeyError, ValueError, TypeError) as e:
-        raise UsageError(_mismatch(path, trainer.cfg, e)) from None
-
-
-def _log_epoch(tracker: Tracker, record: dict, best: dict):
-    step = record["epoch"]
-    tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=step)
-    tracker.log_metrics({"best_val_dice": best["val_dice"], "best_epoch": best["epoch"]}, step=step)
-
-
-def _backfill(tracker: Tracker, history: list, best: dict):
-    """Log epochs the checkpoint holds but the run lacks (killed between the two writes)."""
-    try:
-        logged = {m.step for m in tracker.client.get_metric_history(tracker.run_id, "train_loss")}
-    except Exception:  # noqa: BLE001 - server away: the offline buffer covers it
-        return
-    for record in history:
-        if record["epoch"] not in logged:
-            _log_epoch(tracker, record, best)
-
-
-def _release_finished_checkpoints(tracker: Tracker, ckpt_dir: Path):
-    """Disk: a finished, evaluated run is never resumed, so ``last.pt`` goes; ``best.pt`` was
-    just logged to MLflow as the artifact ``checkpoints/best.pt`` (the copy that is kept), so
-    the local one goes too unless logging fell back to the offline buffer, whose replay needs it."""
-    remove_checkpoint(ckpt_dir / "last.pt")
-    if not tracker.offline:
-        remove_checkpoint(ckpt_dir / "best.pt")
-
-
-def _log_learning_curve(tracker: Tracker, history: list, ckpt_dir: Path):
-    from benchmark.run.figures import learning_curve
-    path = ckpt_dir / "learning_curve.png"
-    learning_curve(history, path)
-    tracker.log_artifact(path, "plots")
-    tracker.log_text(yaml.safe_dump(history, sort_keys=False), "history.yaml")
+def _load_best_weights(model, ckpt_dir: Path) -> None:
+    """The best validation epoch's weights: the model that is evaluated and published."""
+    if (ckpt_dir / "best.pt").exists():
+        model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt")["model"])
