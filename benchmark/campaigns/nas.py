@@ -194,7 +194,7 @@ def run_search_worker(study_name: str, storage: Optional[str], n_trials: int, me
                       show_progress: bool = True, population: int = 8) -> None:
     import optuna
     from architectures.bixnas import Genotype
-    from tqdm.auto import tqdm
+    from benchmark.core.progress import progress_bar
     from benchmark.core.tracking import client
     from benchmark.campaigns.tune import ask_lock, ensure_parent_run, fail_dead_local_trials
     S = optuna.trial.TrialState
@@ -205,7 +205,7 @@ def run_search_worker(study_name: str, storage: Optional[str], n_trials: int, me
                          "runs phase one first)")
     within = Genotype.from_dict(study.user_attrs["phase1_genotype"])
     cl = client()
-    bar = tqdm(total=n_trials, desc=f"search {study_name}", unit="candidate", disable=not show_progress)
+    bar = progress_bar(total=n_trials, desc=f"search {study_name}", unit="candidate", disable=not show_progress)
     while True:
         with ask_lock(label):
             fail_dead_local_trials(study)
@@ -223,8 +223,7 @@ def run_search_worker(study_name: str, storage: Optional[str], n_trials: int, me
             frozen = study.tell(trial, state=S.FAIL)
             state = "FAIL"
         _stamp(cl, study.get_trials(deepcopy=False)[frozen.number], state)
-        bar.n = len(_finished(study))
-        bar.refresh()
+        bar.update(len(_finished(study)) - bar.n)
     bar.close()
 
 

@@ -35,10 +35,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional
 
 import yaml
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm   # tqdm.write: a message that does not break a bar on a terminal
 
 from benchmark.run.config import RunConfig, build_config, ran_full_budget
 from benchmark.data.datasets import get_dataset
+from benchmark.core.progress import progress_bar
 from benchmark.core.errors import BenchError, UsageError
 from benchmark.core.liveness import HostLock, owner_is_dead
 from benchmark.core.paths import runs_dir
@@ -349,8 +350,7 @@ def run_cells(cells: list[Cell], desc: str, experiment: Optional[str] = None, sh
             stores[key] = load_crops(c.cfg.data, progress=show_progress)
             existing[key] = _existing_runs(cl, exp_id, stores[key].data_hash)
 
-    bar = tqdm(total=len(cells), desc=desc, unit="run", disable=not show_progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=len(cells), desc=desc, unit="run", disable=not show_progress)
 
     def attempt(c: Cell) -> CellOutcome:
         key = c.cfg.data.model_dump_json()

@@ -292,14 +292,14 @@ def run_worker(study_name: str, storage_url: Optional[str], n_trials: int, meta:
     ``max_failures`` consecutive failures of this worker it stops with the last trial's error.
     """
     import optuna
-    from tqdm.auto import tqdm
+    from benchmark.core.progress import progress_bar
     study, label = open_study(study_name, storage_url, 2, meta, pruner, sampler=sampler)
     parent = ensure_parent_run(study, meta, label)
     fail_dead_local_trials(study)
     objective = objective_factory(base_overrides, meta, fixed, narrowed, parent)
     tracker_cb = MlflowTrialTracker(parent)
     done = failures = 0
-    bar = tqdm(total=n_trials, initial=min(count_finished(study), n_trials), desc=f"study {study_name}",
+    bar = progress_bar(total=n_trials, initial=min(count_finished(study), n_trials), desc=f"study {study_name}",
                unit="trial", disable=not show_progress)
     while True:
         with ask_lock(label):
@@ -332,8 +332,7 @@ def run_worker(study_name: str, storage_url: Optional[str], n_trials: int, meta:
                                  f"(--max-failures {max_failures}); last error: {_one_line(error)}")
             gave_up.exit_code = getattr(error, "exit_code", TrainingError.exit_code)
             raise gave_up
-        bar.n = min(count_finished(study), n_trials)
-        bar.refresh()
+        bar.update(min(count_finished(study), n_trials) - bar.n)
     bar.close()
     return done
 
