@@ -419,6 +419,12 @@ def search_all_runs(cl, experiment_ids: list[str], filter_string: str = "") -> l
             return runs
 
 
+def metric_history(cl, run_id: str, key: str) -> list[tuple[int, float]]:
+    """A run's (step, value) points of one metric, in step order ([] when it never logged it)."""
+    points = cl.get_metric_history(run_id, key)
+    return [(int(m.step), float(m.value)) for m in sorted(points, key=lambda m: (m.step, m.timestamp))]
+
+
 def logged_metric_steps(cl, run) -> set[tuple[str, int]]:
     """Every (metric, step) pair a run already holds."""
     out: set[tuple[str, int]] = set()

@@ -36,6 +36,11 @@ REFERENCE_ARCHS = {"inter_reader": "human", "readers_vs_truth": "human", "thresh
 REQUIRED_TAGS = ("arch", "loss", "preset", "data.source", "data.ground_truth", "data.split_hash",
                  "data.content_hash")
 
+#: protocol.part tag -> the section its runs go to (any other part: ``default``); tuning trials and
+#: validation-only rescoring runs are never test-evaluated, and are kept off the page should one be
+PART_SECTIONS = {"final": "tuned", "loss": "loss", "shared": "shared", "swap": "swap",
+                 "tuning": "excluded", "rescore": "excluded"}
+
 #: the tag in which a protocol records its declared comparator (its ``reference_arch``) on every run
 COMPARATOR_TAG = "protocol.comparator"
 
@@ -53,6 +58,8 @@ class RunRecord:
     #: the run's id in the store it was read from, when that is not ``run_id`` (an imported run:
     #: ``run_id`` is then its original id, the one leaderboards cite; see ``export.origin_run_id``)
     store_id: Optional[str] = None
+    #: the run's validation Dice per epoch, (epoch, value) as MLflow logged it (``convergence``)
+    val_dice: tuple = ()
 
     @property
     def local_id(self) -> str:
@@ -76,11 +83,13 @@ class RunRecord:
     @property
     def section(self) -> str:
         """Which table the run belongs to: ``tuned`` (a protocol's final runs), ``loss`` (its loss
-        study), ``reference``, or ``default`` (everything else: default settings, ad-hoc runs)."""
+        study), ``shared`` (every architecture with one shared recipe), ``swap`` (an architecture with
+        another's recipe), ``reference``, ``excluded`` (validation-only parts, never on the page), or
+        ``default`` (everything else: default settings, ad-hoc runs)."""
         if self.reference:
             return "reference"
         part = self.tags.get("protocol.part")
-        return {"final": "tuned", "loss": "loss"}.get(part, "default")
+        return PART_SECTIONS.get(part, "default")
 
     @property
     def seed(self) -> str:
@@ -184,11 +193,22 @@ def collect_runs(cl, experiment_ids: list[str], filter_string: str, warn=None) -
 
             rec = _record(rid, dict(run.data.tags), dict(run.data.metrics), int(run.info.end_time or 0),
                           read_csv, read_config, warn)
+            if rec is not None:
+                rec.val_dice = tuple(_history(cl, rid, "val_dice", warn))
             if rec is not None and origin_run_id(rid, rec.tags) != rid:
                 rec.run_id, rec.store_id = origin_run_id(rid, rec.tags), rid
             if rec is not None:
                 records.append(rec)
     return records
+
+
+def _history(cl, rid: str, key: str, warn) -> list[tuple[int, float]]:
+    from benchmark.core.tracking import metric_history
+    try:
+        return metric_history(cl, rid, key)
+    except Exception as e:  # noqa: BLE001 - a missing history only hides the convergence columns
+        warn(f"run {rid}: could not read the history of {key} ({type(e).__name__})")
+        return []
 
 
 def _record(rid: str, tags: dict, metrics: dict, end_time: int, read_csv, read_config, warn) -> Optional[RunRecord]:
@@ -237,6 +257,7 @@ def records_from_export(path: Path, preset: Optional[str] = None, source: Option
                       lambda run=run: _require(run.per_nodule(), "no per-nodule table"),
                       lambda run=run: dict(run.config) or _unflatten(run.params), warn)
         if rec is not None:
+            rec.val_dice = tuple((int(e), float(v)) for e, v in run.history.get("val_dice", []))
             records.append(rec)
     return records, read_manifest(path).get("experiment", "")
 

@@ -22,7 +22,12 @@ from benchmark.results.leaderboard.statistics import Leaderboard, Row, all_rows
 from benchmark.results.leaderboard.guide import COMPARISON_TITLE, notes, reading_guide
 from benchmark.results.leaderboard.verdict import verdict
 
-SECTION_TITLES = {"tuned": "Tuned protocol", "default": "Default settings", "loss": "Loss study"}
+SECTION_TITLES = {"tuned": "Tuned protocol", "default": "Default settings", "loss": "Loss study",
+                  "shared": "Shared recipe"}
+#: the headings of the v7 page's recipe-swap matrix and tuning-signal lines
+SWAP_TITLE = "Recipe swap"
+SIGNAL_TITLE = "Tuning signal"
+
 def _num(x, digits: int) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -95,6 +100,7 @@ def table_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
         header += ["Study and tuning budget", "Tuning + final"]
     if has_gain:
         header.append("Gain from tuning (Dice)")
+    header += _diagnostic_headings(lb)
     body = []
     for r in lb.rows:
         s = r.stats
@@ -119,8 +125,39 @@ def table_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
         if has_gain:
             cells.append(Cell(f"{s['gain']:+.3f}", f"[{s['gain_ci_low']:+.3f}, {s['gain_ci_high']:+.3f}]")
                          if "gain" in s else "–")
+        cells += _diagnostic_cells(lb, r)
         body.append(_cells(cells))
     return header, body
+
+
+def _diagnostic_headings(lb: Leaderboard) -> list[str]:
+    """The columns ``diagnostics`` adds, where its numbers exist (see ``diagnostics.add_diagnostics``)."""
+    cols = lb.table.columns
+    out = []
+    if "p_seeds_vs_reference" in cols:
+        out.append("p seeds vs comparator")
+    if "dice_by_study" in cols:
+        out.append("Dice by study")
+    if "recipe_source" in cols:
+        out.append("Recipe from")
+    if "best_epoch_mean" in cols:
+        out += ["Best epoch (mean)", "Seeds still improving"]
+    return out
+
+
+def _diagnostic_cells(lb: Leaderboard, r: Row) -> list[str]:
+    from benchmark.results.leaderboard.diagnostics import convergence_cell
+    cols, s = lb.table.columns, r.stats
+    out = []
+    if "p_seeds_vs_reference" in cols:
+        out.append("(comparator)" if r.label == lb.reference_arch else _p(s.get("p_seeds_vs_reference", float("nan"))))
+    if "dice_by_study" in cols:
+        out.append(s.get("dice_by_study") or "–")
+    if "recipe_source" in cols:
+        out.append(s.get("recipe_source") or "–")
+    if "best_epoch_mean" in cols:
+        out += [_num(s.get("best_epoch_mean", float("nan")), 1), convergence_cell(s)]
+    return out
 
 
 #: the headings of the page's two views of the main table: the narrow one under the verdict, the
@@ -213,13 +250,13 @@ def _empty_cell(s: dict) -> str:
 def _loss_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
     specs = [x for x in leaderboard_metrics() if x.loss_study]
     header = ["Architecture", "Loss", "Seeds", *_metric_headings(specs, lb.key.nsd_tolerance_mm), "Empty",
-              "Wilcoxon p vs dice_bce (Holm)"]
+              "Wilcoxon p vs dice_bce (Holm)", *_diagnostic_headings(lb)]
     body = []
     for r in lb.rows:
         s = r.stats
         body.append(_cells([r.arch, r.loss, str(len(r.runs)), *_metric_cells(s, specs), _empty_cell(s),
                             "(comparator)" if r.loss == "dice_bce"
-                            else _p(s.get("p_vs_comparator_holm", float("nan")))]))
+                            else _p(s.get("p_vs_comparator_holm", float("nan"))), *_diagnostic_cells(lb, r)]))
     return header, body
 
 
@@ -275,8 +312,12 @@ def render_markdown(lb: Leaderboard, tracking_url: str = "") -> str:
     out += _markdown_table(lb)
     for sec in lb.sections:
         out += ["", f"### {SECTION_TITLES[sec.section]}", ""] + _markdown_table(sec)
+    if lb.swap is not None:
+        out += ["", f"### {SWAP_TITLE}", ""] + _markdown_rows(*_swap_cells(lb))
     if lb.comparisons:
         out += ["", f"### {COMPARISON_TITLE}", ""] + _markdown_rows(*comparison_cells(lb))
+    if lb.tuning_signal:
+        out += ["", f"### {SIGNAL_TITLE}", ""] + [x for line in signal_lines(lb) for x in (line, "")][:-1]
     out += search_control_markdown(lb.search_controls)
     out += ["", "## How to read this table", ""]
     out += [f"- **{term}**: {text}" for term, text in reading_guide(lb, "after")]
@@ -305,8 +346,26 @@ def _run_list_label(lb: Leaderboard, row: Row) -> str:
     return f"{SECTION_TITLES[sec.section]}: {row.label}"
 
 
+def _swap_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
+    from benchmark.results.leaderboard.recipes import swap_cells
+    header, body = swap_cells(lb.swap)
+    return header, [_cells(row) for row in body]
+
+
+def signal_lines(lb: Leaderboard) -> list[str]:
+    """One sentence per protocol on how well its tuning score predicts its finals' validation Dice."""
+    from benchmark.results.leaderboard.diagnostics import signal_line
+    return [signal_line(name, rho, n) for name, (rho, n) in lb.tuning_signal.items()]
+
+
 def render_csv(lb: Leaderboard) -> str:
+    from benchmark.results.leaderboard.diagnostics import COLUMNS
     table = pd.concat([lb.table] + [s.table for s in lb.sections], ignore_index=True) if lb.sections else lb.table
+    if lb.swap is not None:
+        from benchmark.results.leaderboard.recipes import swap_csv_rows
+        table = pd.concat([table, pd.DataFrame.from_records(swap_csv_rows(lb.swap))], ignore_index=True)
+    # the columns added since a page format was published go last, so every older column keeps its place
+    table = table[[c for c in table.columns if c not in COLUMNS] + [c for c in COLUMNS if c in table.columns]]
     return table.to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
@@ -344,6 +403,9 @@ def render_html(lb: Leaderboard, plots: dict[str, bytes], tracking_url: str = ""
     parts += [f"<p>{e(_generated_line(lb)).replace('`', '')}</p>", f"<h2>{DETAILS_TITLE}</h2>"]
     tables = [(SECTION_TITLES[sec.section] if lb.sections else None, *table_cells(sec), _row_classes(sec))
               for sec in [lb] + lb.sections]
+    if lb.swap is not None:
+        header, body = _swap_cells(lb)
+        tables.append((SWAP_TITLE, header, body, ["model"] * len(body)))
     if lb.comparisons:
         header, body = comparison_cells(lb)
         tables.append((COMPARISON_TITLE, header, body, ["model"] * len(body)))
@@ -351,6 +413,8 @@ def render_html(lb: Leaderboard, plots: dict[str, bytes], tracking_url: str = ""
         if heading:
             parts.append(f"<h3>{e(heading)}</h3>")
         parts += _html_table(header, body, classes)
+    if lb.tuning_signal:
+        parts += [f"<h3>{SIGNAL_TITLE}</h3>"] + [f"<p>{e(line)}</p>" for line in signal_lines(lb)]
     parts.append("<h2>How to read this table</h2><ul>")
     parts += [f"<li><b>{e(term)}</b>: {e(text)}</li>" for term, text in reading_guide(lb, "under")]
     parts.append("</ul><h2>Notes</h2><ul>")

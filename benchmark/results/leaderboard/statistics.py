@@ -79,6 +79,11 @@ class Row:
     def seeds(self) -> list[str]:
         return [r.seed for r in self.runs]
 
+    @property
+    def studies(self) -> list[str]:
+        """The tuning study behind each run (its ``optuna.study`` tag; "" without)."""
+        return [r.tags.get("optuna.study", "") for r in self.runs]
+
     def tag(self, name: str) -> str:
         """The tag's value when every run of the row agrees on it, else ''."""
         vals = {r.tags.get(name, "") for r in self.runs}
@@ -111,6 +116,13 @@ class Leaderboard:
     comparisons: list = field(default_factory=list)
     #: searched networks against random ones of their space (``search_control.search_controls``)
     search_controls: list = field(default_factory=list)
+    #: architectures trained with each other's recipes (``recipes.swap_matrix``; None without swap runs)
+    swap: object = None
+    #: protocol -> (Spearman rho, n) of tuning score against the finals' validation Dice (``diagnostics``)
+    tuning_signal: dict = field(default_factory=dict)
+    #: whether the runs come from a protocol with the v7 parts and tags (``diagnostics.is_extended``):
+    #: the page's v7 columns and sections show only then
+    extended: bool = False
 
 
 def _protocol_config(run: RunRecord) -> dict:
@@ -150,10 +162,14 @@ def make_rows(runs: list[RunRecord]) -> list[Row]:
         variants: dict[str, list[RunRecord]] = {}
         for r in group:
             variants.setdefault(json.dumps(flats[r.run_id], sort_keys=True), []).append(r)
+        pooled = _pooled_study_finals(list(variants.values()))
+        if pooled:
+            variants = {"": pooled}
         differing = sorted({k for f in flats.values() for k in f
                             if len({fl.get(k) for fl in flats.values()}) > 1}) if len(variants) > 1 else []
         for members in variants.values():
-            members.sort(key=lambda r: (_seed_sort(r.seed), r.run_id))
+            members.sort(key=lambda r: (r.tags.get("optuna.study", "") if pooled else "", _seed_sort(r.seed),
+                                        r.run_id))
             label = arch if reference or loss in ("", "none") else f"{arch} / {loss}"
             if differing:
                 f = flats[members[0].run_id]
@@ -161,6 +177,19 @@ def make_rows(runs: list[RunRecord]) -> list[Row]:
             rows.append(Row(label, arch, loss, reference, members))
     rows.sort(key=lambda r: r.label)
     return rows
+
+
+def _pooled_study_finals(variants: list[list[RunRecord]]) -> list[RunRecord]:
+    """The runs of one row when the variants are the final runs of several tuning studies of the
+    same architecture (each variant one study's configuration, each study a different one): the
+    tuned row answers "this architecture, tuned", so every study's finals count, and the bootstrap
+    resamples the studies too (``Row.studies``). [] when the variants are anything else."""
+    if len(variants) < 2 or any(r.tags.get("protocol.part") != "final" for v in variants for r in v):
+        return []
+    studies = [{r.tags.get("optuna.study", "") for r in v} for v in variants]
+    if any(len(s) != 1 or "" in s for s in studies) or len(set().union(*studies)) != len(variants):
+        return []
+    return [r for v in variants for r in v]
 
 
 def _seed_sort(seed: str):
@@ -210,7 +239,9 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
 
     # one nodule draw for every row of every section (same seed, same nodules: paired across
     # tables too, e.g. tuned minus default); each row's seeds drawn from its own stream
-    res = stats.draw_resamples({f"{section}:{row.label}": len(row.runs) for row in rows}, n, n_boot, boot_seed)
+    # a row pooling several tuning studies resamples them too (a third level); one study: two levels
+    res = stats.draw_resamples({f"{section}:{row.label}": len(row.runs) for row in rows}, n, n_boot, boot_seed,
+                               groups={f"{section}:{row.label}": row.studies for row in rows})
     boots: dict[str, dict[str, np.ndarray]] = {}
     for row in rows:
         s = row.stats
@@ -410,7 +441,7 @@ def build_sections(key: TableKey, runs: list[RunRecord], ranking: str = "aggrega
     control runs go only to the search-vs-random section (``search_control``)."""
     from benchmark.results.leaderboard.search_control import is_random_control, search_controls
     controls = search_controls(runs, n_boot, boot_seed)
-    runs = [r for r in runs if not is_random_control(r)]
+    runs = [r for r in runs if not is_random_control(r) and r.section != "excluded"]
     refs = [r for r in runs if r.section == "reference"]
     tuned = [r for r in runs if r.section == "tuned"]
     default = [r for r in runs if r.section == "default"]
@@ -427,6 +458,9 @@ def build_sections(key: TableKey, runs: list[RunRecord], ranking: str = "aggrega
             lb.sections.append(d)
     else:
         lb = build_leaderboard(key, default + refs, ranking, n_boot, boot_seed, section="default")
+    shared = [r for r in runs if r.section == "shared"]
+    if shared:
+        lb.sections.append(build_leaderboard(key, shared, ranking, n_boot, boot_seed, section="shared"))
     from architectures import searched_parents
     lb.comparisons = search_comparisons(lb, searched_parents())
     lb.search_controls = controls
@@ -436,6 +470,10 @@ def build_sections(key: TableKey, runs: list[RunRecord], ranking: str = "aggrega
         ls = build_leaderboard(key, study, ranking, n_boot, boot_seed, section="loss")
         add_loss_tests(ls)
         lb.sections.append(ls)
+    from benchmark.results.leaderboard.diagnostics import add_diagnostics
+    from benchmark.results.leaderboard.recipes import swap_matrix
+    lb.swap = swap_matrix(lb, [r for r in runs if r.section == "swap"])
+    add_diagnostics(lb, runs)
     return lb
 
 
