@@ -71,6 +71,14 @@ def notes(lb: Leaderboard) -> list[str]:
             "study's trials and the training time of the final runs. The default-settings table shows the same "
             "architectures untuned; its gain column is tuned minus default mean Dice with the 95% interval of "
             "the paired two-level bootstrap difference.")
+    if any(len(set(r.studies)) > 1 for x in sections for r in x.rows):
+        notes.append(
+            "Rows tuned by more than one study pool every study's final seeds; their interval and P(best) come "
+            "from a three-level bootstrap: the studies are resampled, then each seed slot is filled from a drawn "
+            "study's seeds, as well as the nodules. Rows of one study get exactly the two-level draws.")
+    for name, (rho, n) in lb.tuning_signal.items():
+        notes.append(f"Tuning signal, {name}: Spearman {rho:.2f} over {n} tuned rows, "
+                     + ("which reaches 0.8." if rho >= 0.8 else "which does not reach 0.8."))
     if any(x.section == "loss" for x in sections):
         notes.append(
             "Loss study: on the listed architectures, each loss trained with that architecture's tuned "
@@ -139,7 +147,50 @@ def reading_guide(lb: Leaderboard, interval_place: str = "after") -> list[tuple[
                                         "Wilcoxon test is paired over nodules, one Holm family for the pairs. "
                                         "A search earns its row by matching or beating its parent at fewer "
                                         "MACs."))
+    guide += _diagnostics_guide(lb)
     if any(sec.section == "loss" for sec in sections):
         guide.append(("Loss study", "each loss against dice_bce on the same architecture: the same paired test, "
                                     "one Holm family for the whole study."))
+    return guide
+
+
+def _diagnostics_guide(lb: Leaderboard) -> list[tuple[str, str]]:
+    """The entries for the columns and sections of ``diagnostics`` and ``recipes``, where shown."""
+    sections = [lb] + lb.sections
+    cols = {c for sec in sections for c in sec.table.columns}
+    guide = []
+    if "p_seeds_vs_reference" in cols:
+        guide.append(("p seeds vs comparator",
+                      "Welch's t-test of the row's per-seed mean Dice against the comparator's, each training run "
+                      "one observation (not Holm-corrected). The Wilcoxon columns hold the trained networks fixed "
+                      "and ask whether another test set would change the order; this one asks whether other seeds "
+                      "would. With 3 seeds a side it has little power: only a gap several times the seeds' spread "
+                      "reaches 0.05, so a large p here means the seeds cannot separate the two, not that they are "
+                      "equal."))
+    if "dice_by_study" in cols:
+        guide.append(("Dice by study",
+                      "for an architecture tuned by two independent studies, each study's mean Dice over its "
+                      "final seeds: how far the tuning's own chance moves the row. The row pools both studies' "
+                      "seeds, and its interval and P(best) resample the studies as well (a third bootstrap level)."))
+    if "best_epoch_mean" in cols:
+        guide.append(("Best epoch (mean), Seeds still improving",
+                      "the mean over seeds of the epoch with the best validation Dice, and how many seeds' best "
+                      "validation Dice of the last 20% of epochs beat every earlier epoch by more than 0.005. "
+                      "⚠ marks a row that was still learning when training stopped: more epochs would likely "
+                      "have raised it, so its rank partly reflects the epoch budget."))
+    if any(sec.section == "shared" for sec in sections):
+        guide.append(("Shared recipe",
+                      "every architecture trained with one and the same recipe (the one named in 'Recipe from', "
+                      "chosen by that architecture's tuning study), ranked as the tuned table is. A winner that "
+                      "holds under its own recipe and under the shared one is not an artefact of tuning."))
+    if lb.swap is not None:
+        guide.append(("Recipe swap",
+                      "each architecture (row) trained with another architecture's tuned recipe (column), one "
+                      "seed, so no interval; the diagonal (own) is the architecture's own tuned row. A row that "
+                      "holds across columns does not depend on its recipe."))
+    if lb.tuning_signal:
+        guide.append(("Tuning signal",
+                      "Spearman rank correlation between each tuned row's tuning score (the validation value its "
+                      "configuration was chosen by) and its final runs' mean validation Dice (never test): near 1, "
+                      "the cheap tuning runs already order the architectures as full training does."))
     return guide

@@ -11,6 +11,12 @@
   * the project's question (``QUESTION_ARCH_PREFIX``): does any TransFuse row beat the comparator,
     with the paired bootstrap difference of mean Dice and the Holm p of each TransFuse row;
   * the caveat: the data source (phantom or real scans), preset, seeds and epochs behind it.
+
+With a shared-recipe section (protocol v7: every architecture trained with one recipe), a ranking
+under each architecture's own tuned recipe could reflect how well each was tuned. The winner is
+then named only when the same architecture tops both the tuned and the shared table and is
+separated (as above) from the runner-up in both; otherwise the headline says the data cannot
+separate them, and says so when the two tables order the architectures differently (their top 3).
 """
 from __future__ import annotations
 
@@ -64,7 +70,10 @@ def verdict(lb: Leaderboard) -> Verdict:
                        _question(lb), caveat(lb))
     second = models[1]
     p_next = second.stats.get("wilcoxon_p_holm", float("nan"))
-    if separates(top, second):
+    shared = _shared_models(lb)
+    if len(shared) >= 2:
+        headline = _shared_headline(models, shared)
+    elif separates(top, second):
         headline = f"Winner: {top.label}, ahead of {second.label} beyond chance."
     else:
         headline = (f"The data cannot separate {top.label} from {second.label}: "
@@ -80,6 +89,35 @@ def verdict(lb: Leaderboard) -> Verdict:
     elif ref is top:
         ranking += "; #1 is the declared comparator itself"
     return Verdict(headline, ranking + ".", _question(lb), caveat(lb))
+
+
+def _shared_models(lb: Leaderboard) -> list[Row]:
+    sec = next((s for s in lb.sections if s.section == "shared"), None)
+    return [] if sec is None else [r for r in sec.rows if not r.reference]
+
+
+def _top3(rows: list[Row]) -> str:
+    return ", ".join(r.arch for r in rows[:3])
+
+
+def _shared_headline(tuned: list[Row], shared: list[Row]) -> str:
+    """The headline when the page has a shared-recipe table (see the module's docstring)."""
+    top, second = tuned[0], tuned[1]
+    if top.arch == shared[0].arch and separates(top, second) and separates(shared[0], shared[1]):
+        headline = (f"Winner: {top.arch} beats {second.arch} under its own best recipe and under a shared one"
+                    + ("." if shared[1].arch == second.arch else f" (where {shared[1].arch} is second)."))
+        return headline
+    if top.arch != shared[0].arch:
+        why = f"{top.arch} ranks first under its own recipe, {shared[0].arch} under the shared one."
+    else:
+        why = (f"{top.arch} ranks first under both recipes, but its 95% interval and Holm p do not set it apart "
+               "from the runner-up in both tables.")
+    headline = f"The data cannot separate {top.arch} from the runner-up under both recipes: {why}"
+    common = {r.arch for r in tuned} & {r.arch for r in shared}
+    if [r.arch for r in tuned if r.arch in common] != [r.arch for r in shared if r.arch in common]:
+        headline += (f" The order of the architectures differs between the tables (top 3 tuned: {_top3(tuned)}; "
+                     f"shared: {_top3(shared)}).")
+    return headline
 
 
 def _comparator_row(lb: Leaderboard):
