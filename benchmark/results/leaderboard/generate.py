@@ -16,7 +16,7 @@ from benchmark.core.errors import UsageError
 from benchmark.results.leaderboard.collect import collect_runs, group_runs, mixed_groups_message, mlflow_filter, records_from_export
 from benchmark.results.leaderboard.plots import make_plots
 from benchmark.results.leaderboard.render import render_csv, render_html, render_markdown, table_cells, title
-from benchmark.results.leaderboard.statistics import RANKINGS, Leaderboard, all_rows, build_sections
+from benchmark.results.leaderboard.statistics import RANKINGS, Leaderboard, build_sections, page_runs
 
 
 def write_leaderboard(lb: Leaderboard, out_dir: Path, tracking_url: str = "") -> list[Path]:
@@ -96,12 +96,12 @@ def generate(preset: Optional[str] = None, ranking: str = "aggregate", out_dir: 
             print(f"note: {name} has only reference runs", file=sys.stderr)
         lb = build_sections(key, group, ranking, n_boot, boot_seed)
         lb.experiment = exp_name
-        lb.n_source_runs = len({x.run_id for r in all_rows(lb) for x in r.runs})
+        lb.n_source_runs = len({x.run_id for x in page_runs(lb)})
         files = write_leaderboard(lb, out_dir, tracking_url)
         if export:
             from benchmark.results.run_export import export_runs
             from benchmark.results.study_export import export_studies
-            runs_of_table = [x for r in all_rows(lb) for x in r.runs]
+            runs_of_table = page_runs(lb)
             studies = export_studies({x.tags["optuna.study"] for x in runs_of_table if x.tags.get("optuna.study")},
                                      study_storage)
             files.append(export_runs(cl, {x.local_id for x in runs_of_table}, out_dir / f"{lb.key.name}.runs",

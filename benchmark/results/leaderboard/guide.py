@@ -3,6 +3,8 @@ columns the page shows) and the notes on how every number was computed (``notes`
 what ``statistics`` computes."""
 from __future__ import annotations
 
+import math
+
 from benchmark.run.metrics import leaderboard_columns, metric_spec
 from benchmark.results.leaderboard.statistics import Leaderboard
 
@@ -77,8 +79,11 @@ def notes(lb: Leaderboard) -> list[str]:
             "from a three-level bootstrap: the studies are resampled, then each seed slot is filled from a drawn "
             "study's seeds, as well as the nodules. Rows of one study get exactly the two-level draws.")
     for name, (rho, n) in lb.tuning_signal.items():
-        notes.append(f"Tuning signal, {name}: Spearman {rho:.2f} over {n} tuned rows, "
-                     + ("which reaches 0.8." if rho >= 0.8 else "which does not reach 0.8."))
+        notes.append(f"Tuning signal, {name}: " + (f"too few tuned rows ({n}) for a rank correlation."
+                                                   if math.isnan(rho) else
+                                                   f"Spearman {rho:.2f} over {n} tuned rows, "
+                                                   + ("which reaches 0.8." if rho >= 0.8 else
+                                                      "which does not reach 0.8.")))
     if any(x.section == "loss" for x in sections):
         notes.append(
             "Loss study: on the listed architectures, each loss trained with that architecture's tuned "

@@ -18,7 +18,7 @@ import pandas as pd
 from benchmark.run.metrics import leaderboard_columns, leaderboard_metrics, metric_spec
 from benchmark.results.leaderboard.plots import CAPTIONS as PLOT_CAPTIONS
 from benchmark.results.leaderboard.search_control import markdown_section as search_control_markdown
-from benchmark.results.leaderboard.statistics import Leaderboard, Row, all_rows
+from benchmark.results.leaderboard.statistics import Leaderboard, Row, all_rows, page_runs
 from benchmark.results.leaderboard.guide import COMPARISON_TITLE, notes, reading_guide
 from benchmark.results.leaderboard.verdict import verdict
 
@@ -277,7 +277,7 @@ def _markdown_rows(header: list[str], body: list[list[Cell]]) -> list[str]:
 
 def _versions(lb: Leaderboard) -> str:
     """The phantom and protocol versions the page's runs came from (from their tags)."""
-    runs = [x for r in all_rows(lb) for x in r.runs]
+    runs = page_runs(lb)
     phantoms = sorted({x.tags.get("data.phantom_version", "") for x in runs} - {"", "none"})
     protocols = sorted({f"{x.tags['protocol.name']} v{x.tags.get('protocol.version', '?')}"
                         for x in runs if x.tags.get("protocol.name")})
@@ -331,6 +331,9 @@ def render_markdown(lb: Leaderboard, tracking_url: str = "") -> str:
         commits, changed = provenance(r)
         flag = " **code changed**" if changed else ""
         out.append(f"- {_run_list_label(lb, r)}: {runs} (commit {commits}){flag}")
+    for (arch, source), swapped in sorted(lb.swap.runs.items()) if lb.swap is not None else ():
+        runs = ", ".join(f"seed {x.seed}: " + _markdown_run_id(x, tracking_url) for x in swapped)
+        out.append(f"- {SWAP_TITLE}: {arch} with the recipe of {source}: {runs}")
     return "\n".join(out) + "\n"
 
 
@@ -429,6 +432,9 @@ def render_html(lb: Leaderboard, plots: dict[str, bytes], tracking_url: str = ""
         ids = ", ".join(("" if r.reference else f"seed {e(x.seed)}: ") + _html_run_id(x, tracking_url)
                         for x in r.runs)
         parts.append(f"<li>{e(_run_list_label(lb, r))}: {ids}</li>")
+    for (arch, source), swapped in sorted(lb.swap.runs.items()) if lb.swap is not None else ():
+        ids = ", ".join(f"seed {e(x.seed)}: " + _html_run_id(x, tracking_url) for x in swapped)
+        parts.append(f"<li>{e(f'{SWAP_TITLE}: {arch} with the recipe of {source}')}: {ids}</li>")
     parts.append("</ul></body></html>")
     return "\n".join(parts) + "\n"
 

@@ -478,6 +478,12 @@ def build_sections(key: TableKey, runs: list[RunRecord], ranking: str = "aggrega
 
 
 
+def page_runs(lb: Leaderboard) -> list[RunRecord]:
+    """Every run the page rests on: those of its rows and those of its recipe-swap matrix."""
+    swap = [x for runs in lb.swap.runs.values() for x in runs] if lb.swap is not None else []
+    return [x for r in all_rows(lb) for x in r.runs] + swap
+
+
 def all_rows(lb: Leaderboard) -> list[Row]:
     """Every row of every section, each once (the loss study reuses the final runs' rows)."""
     seen, out = set(), []
