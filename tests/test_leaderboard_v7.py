@@ -212,3 +212,22 @@ def test_the_run_export_carries_each_runs_validation_history():
     models = [r for r in recs if not r.reference]
     assert models and all(len(r.val_dice) == 20 for r in models)
     assert all(isinstance(e, int) for e, _ in models[0].val_dice)
+
+
+def test_runs_read_from_mlflow_carry_their_validation_history(bench_home, tmp_path):
+    """The MLflow path (``collect_runs``) reads each run's val_dice history, as the export path does."""
+    from benchmark.core.tracking import Tracker, client, load_settings
+    from benchmark.results.leaderboard.collect import collect_runs
+    rec = _record("x", "unet3d", 0, np.full(N_NODULES, .5))
+    csv = tmp_path / "per_nodule.csv"
+    rec.per_nodule.to_csv(csv, index=False)
+    tracker = Tracker.start("v7-history", dict(rec.tags))
+    for epoch, value in ((1, .2), (2, .4), (3, .35)):
+        tracker.log_metrics({"val_dice": value}, step=epoch)
+    tracker.log_metrics({"test_dice": .5})
+    tracker.log_artifact(csv, "evaluation")
+    tracker.finish()
+    cl = client(load_settings())
+    exp = cl.get_experiment_by_name(load_settings().experiment)
+    [got] = collect_runs(cl, [exp.experiment_id], "attributes.status = 'FINISHED'", warn=pytest.fail)
+    assert got.val_dice == ((1, .2), (2, .4), (3, .35))

@@ -10,7 +10,11 @@ Sections (``RunRecord.section``, ``build_sections``). With a protocol's final ru
 other model run goes to a second one ("Default settings", with each row's gain from tuning);
 without, the default table is the main one. A protocol's loss study (``protocol.part=loss``, plus
 the final runs of the same architectures) is the last section. Reference rows appear in the main
-table.
+table. Protocol v7 adds a "Shared recipe" table (``protocol.part=shared``: every architecture with
+one recipe, ranked as the tuned table is) and the recipe-swap matrix (``recipes``); its
+validation-only parts (``rescore``, ``tuning``) never reach the page. The final runs of a second
+tuning study of one architecture (another ``optuna.study``, another configuration) pool with the
+first study's into one tuned row, whose bootstrap resamples the studies too (a third level).
 
 Statistics per row (``benchmark.results.resampling``; metric m: every leaderboard column of
 ``benchmark.run.metrics.METRIC_SPECS`` (Dice, NSD, HD95) and, when every run has it, Dice vs truth):
