@@ -10,10 +10,12 @@ The package, in the order the data flows (each module imports only the ones befo
 
   * ``collect``: runs from MLflow or a run export as ``RunRecord``s, grouped into tables that
     never mix splits, ground truths, presets or test sets (``TableKey``);
+  * ``recipes``: which final runs pool into one tuned row, and the recipe-swap matrix (protocol v7:
+    each architecture trained with another's recipe);
   * ``statistics``: rows, sections, the two-level bootstrap, ranks and tests (``Leaderboard``);
     its docstring says what every number means;
-  * ``recipes``: the recipe-swap matrix (protocol v7: each architecture with another's recipe);
-  * ``diagnostics``: convergence flags, the seed-level test, Dice by study and the tuning signal;
+  * ``diagnostics``: convergence flags, the seed-level test, Dice by study and the tuning signal
+    (``statistics.build_sections`` calls it last, as it calls ``search_control``);
   * ``plots``: the page's figures and their captions;
   * ``render``: the Markdown, CSV and HTML pages (the HTML one with the figures);
   * ``generate``: the pipeline (``generate``), the files, the MLflow logging and the model registry

@@ -1,4 +1,4 @@
-"""The recipe swap: each architecture trained with another architecture's tuned recipe.
+"""Recipes across architectures: the recipe swap, and tuned rows that pool two tuning studies.
 
 A swap run (tag ``protocol.part=swap``) is architecture X trained with the recipe (optimiser and
 schedule settings) that Y's tuning study chose (tag ``recipe.source=Y``), one seed per cell. The
@@ -31,6 +31,19 @@ class SwapMatrix:
             return "–" if math.isnan(v) else f"{v:.3f} (own)"
         v = self.dice.get((arch, source))
         return "–" if v is None else f"{v:.3f}"
+
+
+def pooled_study_finals(variants: list[list[RunRecord]]) -> list[RunRecord]:
+    """The runs of one row when the variants are the final runs of several tuning studies of the
+    same architecture (each variant one study's configuration, each study a different one): the
+    tuned row answers "this architecture, tuned", so every study's finals count, and the bootstrap
+    resamples the studies too (``Row.studies``). [] when the variants are anything else."""
+    if len(variants) < 2 or any(r.tags.get("protocol.part") != "final" for v in variants for r in v):
+        return []
+    studies = [{r.tags.get("optuna.study", "") for r in v} for v in variants]
+    if any(len(s) != 1 or "" in s for s in studies) or len(set().union(*studies)) != len(variants):
+        return []
+    return [r for v in variants for r in v]
 
 
 def _latest_per_seed(runs: list[RunRecord]) -> list[RunRecord]:

@@ -55,6 +55,7 @@ from benchmark.core.errors import UsageError
 from benchmark.run.metrics import leaderboard_columns, metric_spec, truth_columns
 from benchmark.results.leaderboard.collect import (REFERENCE_ARCHS, RunRecord, TableKey, declared_comparator,
                                                    split_readers_vs_truth)
+from benchmark.results.leaderboard.recipes import pooled_study_finals
 
 RANKINGS = ("aggregate", "rank")
 
@@ -166,7 +167,7 @@ def make_rows(runs: list[RunRecord]) -> list[Row]:
         variants: dict[str, list[RunRecord]] = {}
         for r in group:
             variants.setdefault(json.dumps(flats[r.run_id], sort_keys=True), []).append(r)
-        pooled = _pooled_study_finals(list(variants.values()))
+        pooled = pooled_study_finals(list(variants.values()))
         if pooled:
             variants = {"": pooled}
         differing = sorted({k for f in flats.values() for k in f
@@ -181,19 +182,6 @@ def make_rows(runs: list[RunRecord]) -> list[Row]:
             rows.append(Row(label, arch, loss, reference, members))
     rows.sort(key=lambda r: r.label)
     return rows
-
-
-def _pooled_study_finals(variants: list[list[RunRecord]]) -> list[RunRecord]:
-    """The runs of one row when the variants are the final runs of several tuning studies of the
-    same architecture (each variant one study's configuration, each study a different one): the
-    tuned row answers "this architecture, tuned", so every study's finals count, and the bootstrap
-    resamples the studies too (``Row.studies``). [] when the variants are anything else."""
-    if len(variants) < 2 or any(r.tags.get("protocol.part") != "final" for v in variants for r in v):
-        return []
-    studies = [{r.tags.get("optuna.study", "") for r in v} for v in variants]
-    if any(len(s) != 1 or "" in s for s in studies) or len(set().union(*studies)) != len(variants):
-        return []
-    return [r for v in variants for r in v]
 
 
 def _seed_sort(seed: str):
