@@ -119,6 +119,9 @@ def reading_guide(lb: Leaderboard, interval_place: str = "after") -> list[tuple[
                                     "large: the test cannot tell the two apart, which does not make them equal. "
                                     "(top) marks the top model itself."),
     ]
+    if any(sec.section == "shared" for sec in sections):
+        guide[0] = (guide[0][0], guide[0][1] + " With a shared-recipe table, a winner must also top that table "
+                                               "and be set apart from its runner-up there in the same way.")
     if lb.reference_arch:
         guide.append((f"p vs {lb.reference_arch} (Holm)",
                       f"the same test of every model against {lb.reference_arch}, the reference architecture "
