@@ -77,16 +77,26 @@ def peak_tflops(device_name: str, amp: bool) -> Optional[float]:
     return None
 
 
-def git_commit() -> str:
-    """The checkout's commit; on the device (a copy without ``.git``) the one ``gpu_pack`` recorded."""
+def git_commit() -> tuple[str, bool]:
+    """(the checkout's commit, whether git said so); on the device (a copy without ``.git``) the
+    commit ``gpu_pack`` recorded (``+dirty`` appended when the checkout had changes)."""
     try:
         out = subprocess.run(["git", "-C", str(P.ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
         if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
+            return out.stdout.strip(), True
     except OSError:
         pass
     f = P.ROOT / P.DEPS_DIR / P.COMMIT_FILE
-    return f.read_text().strip() if f.is_file() else "unknown"
+    return (f.read_text().strip() if f.is_file() else "unknown"), False
+
+
+def commit_tags(commit: str, from_git: bool) -> dict:
+    """The runs' commit tags where ``bench run`` cannot read them (no ``.git`` on the device): the
+    recorded commit, so the leaderboard's runs list still names it."""
+    if from_git or commit == "unknown":
+        return {}
+    sha, _, dirty = commit.partition("+")
+    return {"git.commit": sha, "git.dirty": str(dirty == "dirty"), "mlflow.source.git.commit": sha}
 
 
 #: modules the campaign cannot do without, and what needs them
@@ -120,8 +130,8 @@ def device_facts() -> dict:
     facts = {"name": torch.cuda.get_device_name(0) if cuda else "cpu", "cuda_available": cuda,
              "torch": torch.__version__, "cuda": torch.version.cuda,
              "cudnn": torch.backends.cudnn.version() if cuda else None,
-             "python": platform.python_version(), "cpu_cores": os.cpu_count(), "machine": C.machine(),
-             "git_commit": git_commit()}
+             "python": platform.python_version(), "cpu_cores": os.cpu_count(), "machine": C.machine()}
+    facts["git_commit"], facts["git_commit_from_git"] = git_commit()
     if cuda:
         p = torch.cuda.get_device_properties(0)
         facts.update(memory_gb=round(p.total_memory / 2**30, 1), capability=f"{p.major}.{p.minor}",
@@ -311,8 +321,9 @@ def train_one(c: Campaign, arch: str, full_store, overhead_s: float) -> Optional
     cap = epochs if epochs < cfg.train.epochs else None
     if cap:
         cfg = run_config(c.args.preset, arch, [f"train.epochs={cap}"])
+    dev = c.summary["device"]
     tags = {"campaign": "gpu_campaign", "campaign.epoch_cap": str(cap) if cap else "none",
-            "campaign.git_commit": c.summary["device"]["git_commit"]}
+            "campaign.git_commit": dev["git_commit"], **commit_tags(dev["git_commit"], dev["git_commit_from_git"])}
     record = {"arch": arch, "planned_epochs": epochs, "epoch_cap": cap, "plan": why,
               "predicted_s_per_epoch": round(epoch_s, 2), "status": "RUNNING", "run_id": None}
     c.summary["runs"].append(record)

@@ -18,6 +18,7 @@ machine's pip (``pip download``); nothing is installed here.
 
     python perf/gpu_pack.py            # writes .gpu-sitk/ and .gpu-deps/, prints the sizes
     python perf/gpu_pack.py --check    # only the sizes of what exists (tree + each carry)
+    python perf/gpu_pack.py --keep-sitk   # re-pack all but SimpleITK (after a version change elsewhere)
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import argparse
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from importlib import metadata
@@ -50,8 +52,9 @@ DEVICE_MISSING = (
     "opentelemetry-semantic-conventions", "importlib_metadata", "fastapi", "starlette", "sqlparse",
     "GitPython", "gitdb", "smmap", "jsonschema", "jsonschema-specifications", "referencing", "rpds-py",
     "pyasn1", "pyasn1_modules", "rsa", "python-dotenv",
-    # the image has a setuptools of its own, maybe >= 81, which dropped the pkg_resources pylidc imports
-    "setuptools",
+    # the image has its own of these two, of versions not known here: setuptools >= 81 dropped the
+    # pkg_resources that pylidc imports, and MLflow's generated protobuf code refuses an older runtime
+    "setuptools", "protobuf",
 )
 SITK = "simpleitk"
 
@@ -119,14 +122,18 @@ def sizes(root: Path = ROOT) -> dict:
             "limit_mib": CALL_LIMIT_MIB, "fits": all(v < CALL_LIMIT_MIB for v in calls.values())}
 
 
-def pack(root: Path = ROOT) -> dict:
+def pack(root: Path = ROOT, keep_sitk: bool = False) -> dict:
+    """Write both carried folders (``keep_sitk``: keep an existing SimpleITK archive; packing it
+    takes minutes of xz)."""
     exclude(root)
+    keep_sitk = keep_sitk and (root / SITK_DIR / ARCHIVE).is_file()
     with tempfile.TemporaryDirectory() as tmp:
-        sitk = download([SITK], Path(tmp) / "sitk")
+        if not keep_sitk:
+            sitk = download([SITK], Path(tmp) / "sitk")
+            shutil.rmtree(root / SITK_DIR, ignore_errors=True)
+            pack_wheels(sitk, root / SITK_DIR / ARCHIVE)
         deps = download(DEVICE_MISSING, Path(tmp) / "deps")
-        for d in (SITK_DIR, DEPS_DIR):
-            shutil.rmtree(root / d, ignore_errors=True)
-        pack_wheels(sitk, root / SITK_DIR / ARCHIVE)
+        shutil.rmtree(root / DEPS_DIR, ignore_errors=True)
         pack_wheels(deps, root / DEPS_DIR / ARCHIVE)
     commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                             check=True).stdout.strip()
@@ -148,7 +155,8 @@ def install(root: Path = ROOT, target: Path | None = None) -> list[str]:
         stamp = f"{archive.stat().st_size}\n" if archive.is_file() else ""
         if not archive.is_file() or (marker.is_file() and marker.read_text() == stamp):
             continue                # absent, or unpacked by an earlier call on this warm machine
-        subprocess.run(["tar", "-C", str(target), "-xJf", str(archive)], check=True)
+        with tarfile.open(archive, "r:xz") as tar:   # Python's own xz: the device may lack the xz tool
+            tar.extractall(target, filter="data")
         marker.write_text(stamp)
         done.append(d)
     return done
@@ -158,11 +166,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="only print the sizes of what is already packed")
     p.add_argument("--install", action="store_true", help="(on the device) unpack the carried archives")
+    p.add_argument("--keep-sitk", action="store_true", help="keep an already packed .gpu-sitk/ (re-pack the rest)")
     args = p.parse_args()
     if args.install:
         print("unpacked: " + (", ".join(install()) or "nothing new (no carried archive, or unpacked already)"))
         return
-    s = sizes() if args.check else pack()
+    s = sizes() if args.check else pack(keep_sitk=args.keep_sitk)
     print(f"working tree {s['tree_mib']} MiB; stage call (tree + {SITK_DIR}) {s['stage_call_mib']} MiB; "
           f"campaign call (tree + {DEPS_DIR}) {s['campaign_call_mib']} MiB; limit {s['limit_mib']} MiB per call: "
           + ("fits" if s["fits"] else "DOES NOT FIT"))
