@@ -437,9 +437,15 @@ def main(argv=None) -> dict:
         c.write()
         print("[campaign] stopped before any work, missing: " + "; ".join(missing), file=sys.stderr)
         sys.exit(3)
-    store = build_crops(c)
-    check_all(c, store)
-    train_all(c, store)
+    try:
+        store = build_crops(c)
+        check_all(c, store)
+        train_all(c, store)
+    except BaseException as e:
+        # what was done stays in the summary (and in --bring-back), with where it stopped
+        c.summary["campaign"]["stopped"] = f"{type(e).__name__}: {e}"[:500]
+        c.write()
+        raise
     c.write()
     done = [r for r in c.summary["runs"] if r["status"] == "FINISHED"]
     print(f"[campaign] done in {time.monotonic() - c.t0:.0f} s: {len(done)} finished run(s) "
