@@ -66,6 +66,8 @@ PEAK_TFLOPS = (("H100 PCIe", 756.5, 51.2), ("H200", 989.5, 66.9), ("H100", 989.5
 
 #: assumed per-run overhead (crop store, MLflow run, test evaluation, model logging) until one run measured it
 DEFAULT_RUN_OVERHEAD_S = {"paper": 90.0, "smoke": 20.0}
+#: per epoch besides its steps: two checkpoint writes and the epoch's MLflow metrics (PERFORMANCE.md, section 5)
+EPOCH_OVERHEAD_S = 0.5
 #: kept free at the end for the export and the tarball
 END_RESERVE_S = 15.0
 
@@ -286,7 +288,7 @@ def epoch_seconds_estimate(fig: dict, cfg, store) -> float:
     step_s = fig["step_ms"][row] / 1000
     n_train, n_val = len(store.indices("train")), len(store.indices("val"))
     steps = cfg.train.steps_per_epoch or math.ceil(n_train / cfg.train.batch_size)
-    return steps * step_s + math.ceil(n_val / cfg.train.batch_size) * step_s / 3
+    return steps * step_s + math.ceil(n_val / cfg.train.batch_size) * step_s / 3 + EPOCH_OVERHEAD_S
 
 
 def plan_epochs(epochs: int, epoch_s: float, overhead_s: float, left_s: float, min_epochs: int) -> tuple[int, str]:
@@ -302,8 +304,9 @@ def plan_epochs(epochs: int, epoch_s: float, overhead_s: float, left_s: float, m
                f"{left_s:.0f} s left")
 
 
-def train_one(c: Campaign, arch: str, full_store, overhead_s: float) -> Optional[float]:
-    """Plan, run and record one run; returns its measured overhead (seconds outside its epochs)."""
+def train_one(c: Campaign, arch: str, full_store, overhead_s: float, scale: float) -> Optional[tuple[float, float]]:
+    """Plan, run and record one run (``scale``: measured over predicted epoch time of the last
+    finished run); returns this run's (overhead outside its epochs, measured / predicted epoch time)."""
     import torch
 
     from benchmark.run.train import RunPaused, run_experiment
@@ -312,7 +315,7 @@ def train_one(c: Campaign, arch: str, full_store, overhead_s: float) -> Optional
         c.skip(arch, "no GPU check figures to plan it with (" + fig.get("reason", "not checked") + ")")
         return None
     cfg = run_config(c.args.preset, arch)
-    epoch_s = epoch_seconds_estimate(fig, cfg, full_store)
+    epoch_s = epoch_seconds_estimate(fig, cfg, full_store) * scale
     left = c.left() - END_RESERVE_S
     epochs, why = plan_epochs(cfg.train.epochs, epoch_s, overhead_s, left, c.args.min_epochs)
     if epochs == 0:
@@ -361,7 +364,9 @@ def train_one(c: Campaign, arch: str, full_store, overhead_s: float) -> Optional
     record.update(run_metrics(record["run_id"]))
     if cuda:
         torch.cuda.empty_cache()
-    return seconds - sum(epoch_times) if record["status"] == "FINISHED" else None
+    if record["status"] != "FINISHED" or not epoch_times:
+        return None
+    return seconds - sum(epoch_times), (sum(epoch_times) / len(epoch_times)) / (epoch_s / scale)
 
 
 def run_metrics(run_id: Optional[str]) -> dict:
@@ -374,11 +379,11 @@ def run_metrics(run_id: Optional[str]) -> dict:
 
 
 def train_all(c: Campaign, full_store) -> None:
-    overhead = DEFAULT_RUN_OVERHEAD_S.get(c.args.preset, 60.0)
+    overhead, scale = DEFAULT_RUN_OVERHEAD_S.get(c.args.preset, 60.0), 1.0
     for arch in c.args.archs:
-        measured = train_one(c, arch, full_store, overhead)
+        measured = train_one(c, arch, full_store, overhead, scale)
         if measured is not None:     # plan the next run with what this one really cost
-            overhead = max(measured * 1.2, 5.0)
+            overhead, scale = max(measured[0] * 1.2, 5.0), max(measured[1], 0.5)
         export(c)
         c.write()
 
