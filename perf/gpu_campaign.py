@@ -232,16 +232,23 @@ def check_store(preset: str, arch: str, full_store):
     return cfg, store
 
 
-def check_arch(c: Campaign, arch: str, full_store) -> dict:
+def forward_macs(preset: str, arch: str) -> int:
+    """Multiply-accumulates of one forward pass of one patch (``benchmark.run.cost.count_macs``)."""
     import torch
 
     from benchmark.run.cost import count_macs
     from benchmark.run.train import build_model
+    cfg = run_config(preset, arch)
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    return count_macs(build_model(cfg), (1, 1, *cfg.data.patch_zyx), device)
+
+
+def check_arch(c: Campaign, arch: str, full_store, macs: int) -> dict:
+    import torch
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     cfg, store = check_store(c.args.preset, arch, full_store)
     rows = G.check_rows(cfg, store, c.args.check_steps, device)
-    macs = count_macs(build_model(cfg), (1, 1, *cfg.data.patch_zyx), device)
     batch = cfg.train.batch_size
     flops = 3 * 2 * macs * batch
     peak = peak_tflops(c.summary["device"]["name"], cfg.train.amp) if cuda else None
@@ -263,17 +270,40 @@ def check_arch(c: Campaign, arch: str, full_store) -> dict:
 
 
 def check_all(c: Campaign, full_store) -> None:
+    """Check each architecture while the check share of the limit lasts, never starting one that
+    would overrun it, nor one that would leave the first architecture's shortest allowed run
+    (``--min-epochs``) no time: the checks must not eat the runs. A check's duration is predicted
+    from its forward MACs at the slowest seconds-per-MAC of the checks done (a full-size
+    SwinUNETR check takes minutes on a CPU, a U-Net's a second)."""
     import torch
     stop_at = time.monotonic() + c.args.check_share * c.args.limit_s
+    per_mac: list[float] = []
+    first_run_s = 0.0
     for arch in c.args.archs:
-        if time.monotonic() > stop_at or c.left() <= END_RESERVE_S:
-            c.summary["architectures"][arch] = {"checked": False, "reason": "check share of the limit used up"}
-            continue
         try:
-            c.summary["architectures"][arch] = {"checked": True, **check_arch(c, arch, full_store)}
+            macs = forward_macs(c.args.preset, arch)
+        except Exception as e:  # noqa: BLE001 - an architecture that cannot be built is reported, not fatal
+            c.summary["architectures"][arch] = {"checked": False, "reason": f"{type(e).__name__}: {e}"[:500]}
+            continue
+        expect = max(per_mac, default=0.0) * macs
+        if time.monotonic() + expect > stop_at or c.left() - expect < first_run_s + END_RESERVE_S:
+            c.summary["architectures"][arch] = {"checked": False, "macs_per_patch": macs,
+                                                "reason": f"check share of the limit used up ({expect:.0f} s expected)"}
+            continue
+        t = time.monotonic()
+        try:
+            c.summary["architectures"][arch] = {"checked": True, **check_arch(c, arch, full_store, macs)}
         except Exception as e:  # noqa: BLE001 - one architecture failing its check must not end the campaign
             c.summary["architectures"][arch] = {"checked": False, "reason": f"{type(e).__name__}: {e}"[:500]}
             print(f"[campaign] {arch}: check failed: {e}", file=sys.stderr, flush=True)
+        took = time.monotonic() - t
+        per_mac.append(took / max(macs, 1))
+        c.summary["architectures"][arch]["check_seconds"] = round(took, 1)
+        if not first_run_s and c.summary["architectures"][arch]["checked"]:
+            cfg = run_config(c.args.preset, arch)
+            first_run_s = (min(c.args.min_epochs, cfg.train.epochs)
+                           * epoch_seconds_estimate(c.summary["architectures"][arch], cfg, full_store)
+                           + DEFAULT_RUN_OVERHEAD_S.get(c.args.preset, 60.0))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         c.write()
