@@ -66,7 +66,7 @@ PEAK_TFLOPS = (("H100 PCIe", 756.5, 51.2), ("H200", 989.5, 66.9), ("H100", 989.5
 
 #: assumed per-run overhead (crop store, MLflow run, test evaluation, model logging) until one run measured it
 DEFAULT_RUN_OVERHEAD_S = {"paper": 90.0, "smoke": 20.0}
-#: per epoch besides its steps: two checkpoint writes and the epoch's MLflow metrics (PERFORMANCE.md, section 5)
+#: per epoch besides its steps: two checkpoint writes and the epoch's MLflow metrics (docs/performance.md, section 5)
 EPOCH_OVERHEAD_S = 0.5
 #: kept free at the end for the export and the tarball
 END_RESERVE_S = 15.0
@@ -194,7 +194,7 @@ def run_config(preset: str, arch: str, extra=()):
     from benchmark.run.config import build_config
     overrides = [f"model.arch={arch}"]
     if torch.cuda.is_available():
-        overrides.append("data.on_device=true")    # same batches, no loader work (PERFORMANCE.md, GPU check)
+        overrides.append("data.on_device=true")    # same batches, no loader work (docs/performance.md, GPU check)
     return build_config(preset, overrides + list(extra))
 
 
