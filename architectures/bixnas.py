@@ -36,7 +36,7 @@ What changed from the original, and for 3D:
     0.99, a Keras carry-over under which the running statistics are the last batch's);
   * pruning is an exact backward walk over the data flow from the output; the original's
     search-time BFS assumes every block of the last decoder stage is alive;
-  * the search: phase one is ``bixnas_search.BiXSuperNet`` (BiX-NAS's differentiable selection
+  * the search: phase one is ``_bixnas_supernet.BiXSuperNet`` (BiX-NAS's differentiable selection
     over every skip, with a sparsity pressure, pruned progressively rather than by one argmax);
     phase two is either BiX-NAS's progressive evolutionary search, stage by stage from the last
     (``benchmark/campaigns/bixnas_evolve.py``), or NSGA-II over each phase-one skip as an Optuna

@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -41,13 +42,16 @@ TARGET_VS_BARE = 1.10
 class UtilSampler:
     """Mean GPU utilisation (%) over a block, sampled in a background thread."""
 
-    def __init__(self, device_index: int, every_s: float = 0.05):
+    def __init__(self, device_index: Optional[int], every_s: float = 0.05):
+        # device_index None (a CPU rehearsal): nothing to sample
         self.index, self.every = device_index, every_s
         self.samples: list[float] = []
         self.source = "unavailable"
 
     def _read(self):
         import torch
+        if self.index is None:
+            return None
         try:
             v = float(torch.cuda.utilization(self.index))
             self.source = "torch.cuda.utilization (NVML)"
@@ -109,37 +113,60 @@ class TimedBatches:
             yield batch
 
 
-def measure_suite(cfg, store, steps: int, warmup_epochs: int = 1) -> dict:
+def _device(device=None):
     import torch
+    return torch.device("cuda", 0) if device is None else torch.device(device)
 
+
+def _sync(device) -> None:
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device) -> None:
+    import torch
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gb(device) -> Optional[float]:
+    import torch
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def measure_suite(cfg, store, steps: int, warmup_epochs: int = 1, device=None) -> dict:
+    """``Trainer.train_epoch`` as ``bench run`` calls it: step time, data wait, utilisation, peak
+    memory (``device``: default the first GPU; a CPU device rehearses the code without GPU figures)."""
     from benchmark.run.train import DistInfo, Trainer
-    device = torch.device("cuda", 0)
+    device = _device(device)
     trainer = Trainer(cfg, store, device, DistInfo())
     for e in range(warmup_epochs):   # worker start-up, cuDNN autotuning, allocator warm-up
         trainer.train_epoch(e, show_progress=False)
     timed = TimedBatches(trainer.batches)
     trainer.batches = timed
     epochs = math.ceil(steps / len(timed))
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    with UtilSampler(0) as util:
+    _sync(device)
+    _reset_peak(device)
+    with UtilSampler(device.index if device.type == "cuda" else None) as util:
         t0 = time.perf_counter()
         for e in range(warmup_epochs, warmup_epochs + epochs):
             trainer.train_epoch(e, show_progress=False)
-        torch.cuda.synchronize()
+        _sync(device)
         wall = time.perf_counter() - t0
     return {"steps": timed.steps, "step_ms": 1000 * wall / timed.steps, "data_wait": timed.wait_s / wall,
-            "gpu_util_pct": util.mean, "util_source": util.source,
-            "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30,
+            "gpu_util_pct": util.mean, "util_source": util.source, "peak_mem_gb": _peak_gb(device),
             "loader_workers": timed.inner.num_workers, "on_device": timed.inner.on_device}
 
 
-def measure_bare(cfg, store, steps: int, warmup: int = 10) -> dict:
+def measure_bare(cfg, store, steps: int, warmup: int = 10, device=None) -> dict:
+    """The same model, loss, optimiser, AMP and memory format on batches already on the device."""
     import torch
 
     from benchmark.data.loader import TrainBatches, to_model_input
     from benchmark.run.train import build_loss, build_model, build_optimizer
-    device = torch.device("cuda", 0)
+    device = _device(device)
+    cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = not cfg.train.deterministic
     rows = store.indices("train")
     tb = TrainBatches(store, rows, cfg.data.model_copy(update={"on_device": True}), cfg.train.batch_size,
@@ -151,13 +178,14 @@ def measure_bare(cfg, store, steps: int, warmup: int = 10) -> dict:
         model = model.to(memory_format=torch.channels_last_3d)
     model.train()
     loss_fn = build_loss(cfg, model)
-    opt = build_optimizer(cfg, model.parameters(), fused=True)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.amp)
+    opt = build_optimizer(cfg, model.parameters(), fused=cuda)
+    amp = cfg.train.amp and cuda        # as in Trainer: AMP only takes effect on CUDA
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
     def step(k):
         x, y = batches[k % len(batches)]
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=cfg.train.amp):
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             out = model(x)
         loss = loss_fn([o.float() for o in out] if isinstance(out, (list, tuple)) else out.float(), y)
         scaler.scale(loss).backward()
@@ -166,17 +194,46 @@ def measure_bare(cfg, store, steps: int, warmup: int = 10) -> dict:
 
     for k in range(warmup):
         step(k)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    with UtilSampler(0) as util:
+    _sync(device)
+    _reset_peak(device)
+    with UtilSampler(device.index if cuda else None) as util:
         t0 = time.perf_counter()
         for k in range(steps):
             step(k)
-        torch.cuda.synchronize()
+        _sync(device)
         wall = time.perf_counter() - t0
     return {"steps": steps, "step_ms": 1000 * wall / steps, "data_wait": 0.0, "gpu_util_pct": util.mean,
-            "util_source": util.source, "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30,
-            "loader_workers": 0, "on_device": True}
+            "util_source": util.source, "peak_mem_gb": _peak_gb(device), "loader_workers": 0, "on_device": True}
+
+
+#: the rows of one check, in the order they run
+ROW_WORKERS, ROW_ON_DEVICE, ROW_BARE = "suite, loader workers", "suite, on_device", "bare loop, device-resident data"
+
+
+def check_rows(cfg, store, steps: int, device=None, warmup_epochs: int = 1) -> dict:
+    """The three rows of the check for one config (each with ``vs_bare``: its step over the bare loop's)."""
+    import torch
+    on_device = cfg.model_copy(update={"data": cfg.data.model_copy(update={"on_device": True})})
+    rows = {}
+    for name, fn in ((ROW_WORKERS, lambda: measure_suite(cfg, store, steps, warmup_epochs, device)),
+                     (ROW_ON_DEVICE, lambda: measure_suite(on_device, store, steps, warmup_epochs, device)),
+                     (ROW_BARE, lambda: measure_bare(cfg, store, steps, device=device))):
+        print(f"  {cfg.model.arch}: {name} ...", file=sys.stderr, flush=True)
+        rows[name] = fn()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    for r in rows.values():
+        r["vs_bare"] = r["step_ms"] / rows[ROW_BARE]["step_ms"]
+    return rows
+
+
+def rows_table(rows: dict, title: str) -> str:
+    def fmt(v, pattern):
+        return "-" if v is None or v != v else pattern.format(v)
+    table = [{"row": name, "step ms": r["step_ms"], "data wait": f"{100 * r['data_wait']:.1f}%",
+              "GPU util": fmt(r["gpu_util_pct"], "{:.0f}%"), "peak GB": fmt(r["peak_mem_gb"], "{:.3g}"),
+              "vs bare": f"{r['vs_bare']:.3f}", "workers": r["loader_workers"]} for name, r in rows.items()]
+    return C.table(table, list(table[0]), title)
 
 
 def main():
@@ -213,24 +270,8 @@ def main():
                            f"amp={t.amp}, channels_last={t.channels_last}, deterministic={t.deterministic}, "
                            f"compile={t.compile}, {len(store.indices('train'))} training crops")
         print(out["settings"], flush=True)
-        rows = {
-            "suite, loader workers": lambda: measure_suite(cfg, store, args.steps),
-            "suite, on_device": lambda: measure_suite(
-                cfg.model_copy(update={"data": cfg.data.model_copy(update={"on_device": True})}), store, args.steps),
-            "bare loop, device-resident data": lambda: measure_bare(cfg, store, args.steps),
-        }
-        for name, fn in rows.items():
-            print(f"  {name} ...", file=sys.stderr, flush=True)
-            out["rows"][name] = fn()
-            torch.cuda.empty_cache()
-    bare = out["rows"]["bare loop, device-resident data"]["step_ms"]
-    table = []
-    for name, r in out["rows"].items():
-        r["vs_bare"] = r["step_ms"] / bare
-        table.append({"row": name, "step ms": r["step_ms"], "data wait": f"{100 * r['data_wait']:.1f}%",
-                      "GPU util": f"{r['gpu_util_pct']:.0f}%", "peak GB": r["peak_mem_gb"],
-                      "vs bare": f"{r['vs_bare']:.3f}", "workers": r["loader_workers"]})
-    print(C.table(table, list(table[0]), f"GPU check ({out['gpu']}; {args.steps} timed steps per row)"))
+        out["rows"] = check_rows(cfg, store, args.steps)
+    print(rows_table(out["rows"], f"GPU check ({out['gpu']}; {args.steps} timed steps per row)"))
     suite = out["rows"]["suite, loader workers"]
     out["targets"] = {"data_wait_below": TARGET_WAIT, "step_vs_bare_below": TARGET_VS_BARE,
                       "data_wait_met": suite["data_wait"] < TARGET_WAIT,

@@ -154,7 +154,7 @@ def test_fuse_is_the_weighted_mean():
 
 
 def test_super_network_holds_every_skip_and_learns_its_selection():
-    from architectures.bixnas_search import BiXSuperNet
+    from architectures._bixnas_supernet import BiXSuperNet
     net = BiXSuperNet(spatial_size=SMOKE, width=8, full_res_width=4)
     assert net.genotype == prune(Genotype.full(3, 4))
     # a logit matrix (candidates x 3 columns) for every block but pass 0's encoder
@@ -166,7 +166,7 @@ def test_super_network_holds_every_skip_and_learns_its_selection():
 
 
 def test_progressive_pruning_reaches_keep_inputs_and_keeps_the_last_sequential_input():
-    from architectures.bixnas_search import BiXSuperNet
+    from architectures._bixnas_supernet import BiXSuperNet
     net = BiXSuperNet(spatial_size=SMOKE, width=8, full_res_width=4, keep=2)
     with torch.no_grad():  # make the last decoder's sequential input the least likely everywhere
         for key, a in net.alphas.items():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from architectures.bixnas import SEQ, Genotype, prune, stage_of
-from architectures.bixnas_search import describe_search, skip_count
+from architectures._bixnas_supernet import describe_search, skip_count
 from benchmark.campaigns.bixnas_evolve import evolve, genotype_key, stage_children
 
 SMOKE = (8, 16, 16)
@@ -81,7 +81,7 @@ def test_evolution_removes_skips_within_the_tolerance_and_is_deterministic():
 
 
 def test_supernet_sparsity_pressure_is_differentiable_and_off_in_evaluation():
-    from architectures.bixnas_search import BiXSuperNet
+    from architectures._bixnas_supernet import BiXSuperNet
     torch.manual_seed(0)
     net = BiXSuperNet(spatial_size=SMOKE, width=8, full_res_width=4).train()
     s = net.sparsity()

@@ -336,7 +336,7 @@ def test_a_checkpoint_with_an_impossible_epoch_is_refused_on_resume(empty_home, 
     from benchmark.core.checkpoint import save_checkpoint
     from benchmark.core.errors import TrainingError
     from benchmark.core.paths import checkpoints_dir
-    from benchmark.run.train import load_resume_state
+    from benchmark.run.resume import load_resume_state
     rid = "a" * 32
     save_checkpoint(_training_state(epoch), checkpoints_dir(rid) / "last.pt")
     with pytest.raises(TrainingError, match="not a whole number between 0 and the run's 1 epochs"):

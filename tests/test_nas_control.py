@@ -63,7 +63,7 @@ def test_dints_control_files_rebuild_and_say_what_they_are(tmp_path):
 
 def test_bixnas_random_genotypes_stay_in_phase_twos_space_at_the_skip_target(tmp_path):
     from architectures.bixnas import GENOTYPE_PATH, load_genotype
-    from architectures.bixnas_search import skip_count
+    from architectures._bixnas_supernet import skip_count
     from benchmark.campaigns.nas_control import phase_one_genotype, sample_bixnas
     within = phase_one_genotype(load_genotype(GENOTYPE_PATH))     # the committed search's phase one
     paths = sample_bixnas(5, seed=1, within=within, target=14, band=3, preset="smoke", out_dir=tmp_path)

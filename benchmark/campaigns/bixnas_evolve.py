@@ -68,7 +68,7 @@ def stage_children(g, stage: int, n: int, rng: np.random.Generator) -> list:
     """Up to ``n`` distinct genotypes made from ``g`` by dropping a random non-empty subset of one
     stage's droppable inputs; a live block keeps at least one input (its first, if all drawn)."""
     from architectures.bixnas import prune, stage_of
-    from architectures.bixnas_search import removable_inputs
+    from architectures._bixnas_supernet import removable_inputs
     g = prune(g)
     path, t = stage_of(stage)
     droppable = removable_inputs(g, path, t)
@@ -271,7 +271,7 @@ def run_evolution(preset: str, overrides: list[str], phase1_epochs: int = 6, can
 
 def _result_meta(record: dict, ev: Evolution, parent: str) -> dict:
     """What the genotype file records: the search, its choice, its cost beside BiO-Net's, the budget."""
-    from architectures.bixnas_search import describe_search, skip_count
+    from architectures._bixnas_supernet import describe_search, skip_count
     from benchmark.campaigns.bixnas_phase1 import device_kind
     from benchmark.campaigns.search_cost import macs_at_preset
     from benchmark.run.config import build_config

@@ -1,4 +1,4 @@
-"""BiX-NAS phase one: train the super-network (``architectures.bixnas_search.BiXSuperNet``) and
+"""BiX-NAS phase one: train the super-network (``architectures._bixnas_supernet.BiXSuperNet``) and
 prune it progressively to its phase-one genotype.
 
 The selection logits train jointly with the weights on the training split (BiX-NAS's single-level
@@ -72,7 +72,7 @@ def train_supernet(preset: str, loss: str, epochs: int, overrides: list[str], ru
     the budget (seconds, epochs, device kind) and the MLflow run id."""
     import torch
     from architectures._layers import PadToMultiple
-    from architectures.bixnas_search import BiXSuperNet
+    from architectures._bixnas_supernet import BiXSuperNet
     from benchmark.core.tracking import Tracker
     from benchmark.data import load_crops
     from benchmark.run.config import build_config

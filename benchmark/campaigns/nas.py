@@ -3,7 +3,7 @@
     bench search bixnas --trials 24 --preset cpu [--phase1-epochs 6] [--epochs 3] [--population 8]
     bench search bixnas --choose --study NAME [--trade-off knee|dice|macs]   # writes the genotype
 
-Phase one (``bixnas_phase1.run_phase_one``): the BiX-NAS super-network (``architectures.bixnas_search.BiXSuperNet``)
+Phase one (``bixnas_phase1.run_phase_one``): the BiX-NAS super-network (``architectures._bixnas_supernet.BiXSuperNet``)
 holds every bi-directional skip; its selection logits train jointly with its weights on the
 training split, and from half-way through it is pruned progressively (one input per block and
 pruning step) down to ``keep`` inputs per block. Its pruned genotype is stored on the study

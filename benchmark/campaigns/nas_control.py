@@ -106,7 +106,7 @@ def sample_bixnas(n: int, seed: int, within=None, target: Optional[int] = None, 
                   out_dir: Optional[Path] = None, max_draws: int = 100_000) -> list[Path]:
     """``n`` random BiX-Net genotypes of the phase-two space keeping [target - band, target] skips."""
     from architectures.bixnas import GENOTYPE_PATH, load_genotype, prune, sample_genotype, save_genotype
-    from architectures.bixnas_search import skip_count
+    from architectures._bixnas_supernet import skip_count
     from benchmark.campaigns.search_cost import macs_at_preset
     searched = load_genotype(GENOTYPE_PATH) if (within is None or target is None) else None
     within = load_genotype(within) if isinstance(within, (str, Path)) else (within or phase_one_genotype(searched))

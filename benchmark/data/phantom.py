@@ -434,32 +434,11 @@ def _nodule(rng, row, memb, inner, background, grid: _Grid) -> np.ndarray:
     return background * (1 - memb) + nod_hu * memb
 
 
-def render_phantom(row, phi: np.ndarray, lo_zyx: Sequence[int], seed: int = 0) -> np.ndarray:
-    """Phantom image (z, y, x) float32 HU on the native box starting at ``lo_zyx``.
-
-    ``row``: the nodule's index row (geometry, centroid, ratings); ``phi``: the true shape's
-    function on the same box (mm; shape = phi < 0; :func:`benchmark.data.ground_truth.
-    nodule_native_data`). No reader mask enters: the readers reach the image only through phi.
-    """
-    rng = nodule_rng(seed, row["nodule_id"])
-    phi = np.asarray(phi, dtype=np.float32)
-    shape = phi.shape
-    ps, ss = float(row["pixel_spacing"]), float(row["slice_spacing"])
-    spacing = np.array([ss, ps, ps])
-    center_idx = np.array([row["centroid_k"], row["centroid_i"], row["centroid_j"]], float)
-    grid = _Grid(shape, spacing, lo_zyx, center_idx)
-    half_extent = np.array([ax[-1] - ax[0] for ax in grid.axes]) / 2
-    z, y, x = grid.open()
-
-    memb = nodule_membership(row, phi)
-    R = max((3 * float(memb.sum()) * float(np.prod(spacing)) / (4 * np.pi)) ** (1 / 3), 1.5)
-
-    # 1. parenchyma
-    img = np.full(shape, rng.uniform(*PARAMS["parenchyma_hu"]), dtype=np.float32)
-    img += (rng.uniform(*PARAMS["gradient_hu"]) * (y / 80.0)).astype(np.float32)
-    img += rng.uniform(*PARAMS["texture_std_hu"]) * _smooth_noise(rng, shape, PARAMS["texture_sigma_mm"] / spacing)
-
-    # 2. chest wall (drawn before vessels: vessels stay in the lung)
+def _chest_wall(rng, img: np.ndarray, grid_zyx, R: float, ps: float):
+    """Step 2 of ``render_phantom``: a chest wall (pleura, fat, ribs) near the nodule with
+    declared probability; returns the image and the wall's partial-volume map (None: no wall)."""
+    z, y, x = grid_zyx
+    shape = img.shape
     wall_draw = rng.uniform()
     wall = None
     if wall_draw < PARAMS["p_pleura_touch"] + PARAMS["p_pleura_far"]:
@@ -486,6 +465,49 @@ def render_phantom(row, phi: np.ndarray, lo_zyx: Sequence[int], seed: int = 0) -
         rib = (np.mod(u + rng.uniform(0, period), period) < width) & (s > fat_at + fat_w + 2)
         wall_hu = np.where(rib, np.float32(rng.uniform(*PARAMS["rib_hu"])), wall_hu)
         img = img * (1 - wall) + wall_hu * wall
+    return img, wall
+
+
+def _outside_scan_is_air(img: np.ndarray, lo_zyx, row) -> np.ndarray:
+    """Voxels of the box outside the scan's field of view become air, as real data is padded."""
+    shape = img.shape
+    lo = np.asarray(lo_zyx)
+    kk = lo[0] + np.arange(shape[0])
+    ii = lo[1] + np.arange(shape[1])
+    jj = lo[2] + np.arange(shape[2])
+    outside = ((kk < 0) | (kk >= int(row["n_slices"])))[:, None, None] \
+        | ((ii < 0) | (ii >= 512))[None, :, None] | ((jj < 0) | (jj >= 512))[None, None, :]
+    img = np.where(outside, np.float32(AIR_HU), img)
+    return img
+
+
+def render_phantom(row, phi: np.ndarray, lo_zyx: Sequence[int], seed: int = 0) -> np.ndarray:
+    """Phantom image (z, y, x) float32 HU on the native box starting at ``lo_zyx``.
+
+    ``row``: the nodule's index row (geometry, centroid, ratings); ``phi``: the true shape's
+    function on the same box (mm; shape = phi < 0; :func:`benchmark.data.ground_truth.
+    nodule_native_data`). No reader mask enters: the readers reach the image only through phi.
+    """
+    rng = nodule_rng(seed, row["nodule_id"])
+    phi = np.asarray(phi, dtype=np.float32)
+    shape = phi.shape
+    ps, ss = float(row["pixel_spacing"]), float(row["slice_spacing"])
+    spacing = np.array([ss, ps, ps])
+    center_idx = np.array([row["centroid_k"], row["centroid_i"], row["centroid_j"]], float)
+    grid = _Grid(shape, spacing, lo_zyx, center_idx)
+    half_extent = np.array([ax[-1] - ax[0] for ax in grid.axes]) / 2
+    z, y, x = grid.open()
+
+    memb = nodule_membership(row, phi)
+    R = max((3 * float(memb.sum()) * float(np.prod(spacing)) / (4 * np.pi)) ** (1 / 3), 1.5)
+
+    # 1. parenchyma
+    img = np.full(shape, rng.uniform(*PARAMS["parenchyma_hu"]), dtype=np.float32)
+    img += (rng.uniform(*PARAMS["gradient_hu"]) * (y / 80.0)).astype(np.float32)
+    img += rng.uniform(*PARAMS["texture_std_hu"]) * _smooth_noise(rng, shape, PARAMS["texture_sigma_mm"] / spacing)
+
+    # 2. chest wall (drawn before vessels: vessels stay in the lung)
+    img, wall = _chest_wall(rng, img, (z, y, x), R, ps)
     lung = 1 - wall if wall is not None else 1.0
 
     # 3. vessels: branching trees, then the ones touching the nodule (same rate as version 1)
@@ -532,12 +554,5 @@ def render_phantom(row, phi: np.ndarray, lo_zyx: Sequence[int], seed: int = 0) -
     img = _scanner_blur(img, row, scanner)
     img += scanner["noise_std_hu"] * _ct_noise(scanner["rng"], shape, row, scanner["nps_peak_per_mm"])
 
-    # outside the scan's field of view: air, as real data is padded
-    lo = np.asarray(lo_zyx)
-    kk = lo[0] + np.arange(shape[0])
-    ii = lo[1] + np.arange(shape[1])
-    jj = lo[2] + np.arange(shape[2])
-    outside = ((kk < 0) | (kk >= int(row["n_slices"])))[:, None, None] \
-        | ((ii < 0) | (ii >= 512))[None, :, None] | ((jj < 0) | (jj >= 512))[None, None, :]
-    img = np.where(outside, np.float32(AIR_HU), img)
+    img = _outside_scan_is_air(img, lo_zyx, row)
     return np.clip(img, -1024, 3071).astype(np.float32)

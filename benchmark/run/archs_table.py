@@ -81,7 +81,7 @@ def search_note(name: str) -> str:
         return f"; {describe_topology(default_topology() if name == 'dints' else FIXED_TOPOLOGY)}"
     if name == "bixnas":
         from architectures.bixnas import GENOTYPE_PATH, load_genotype
-        from architectures.bixnas_search import describe_search
+        from architectures._bixnas_supernet import describe_search
         return f"; {describe_search(load_genotype(GENOTYPE_PATH))}" if GENOTYPE_PATH.exists() else ""
     return ""
 
