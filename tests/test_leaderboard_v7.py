@@ -79,7 +79,7 @@ def test_shared_recipe_is_ranked_and_the_swap_matrix_marks_the_own_recipe():
     assert shared_header.split(" | ").index("Recipe from") > 0 and "| unet3d |" in shared_md.split("###")[0]
     # the swap runs are listed with the page's runs (and exported with them: ``page_runs``)
     assert "- Recipe swap: mctrans with the recipe of unet3d: seed 0: `mctswune`" in md
-    from benchmark.results.leaderboard.statistics import page_runs
+    from benchmark.results.leaderboard.sections import page_runs
     assert {x.run_id for x in page_runs(lb)} == {x.run_id for x in runs}
     page = render_html(lb, {})
     assert "<h3>Shared recipe</h3>" in page and "<h3>Recipe swap</h3>" in page and "(own)" in page

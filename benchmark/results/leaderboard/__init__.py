@@ -12,10 +12,12 @@ The package, in the order the data flows (each module imports only the ones befo
     never mix splits, ground truths, presets or test sets (``TableKey``);
   * ``recipes``: which final runs pool into one tuned row, and the recipe-swap matrix (protocol v7:
     each architecture trained with another's recipe);
-  * ``statistics``: rows, sections, the two-level bootstrap, ranks and tests (``Leaderboard``);
+  * ``statistics``: one table's rows, the two-level bootstrap, ranks and tests (``Leaderboard``);
     its docstring says what every number means;
-  * ``diagnostics``: convergence flags, the seed-level test, Dice by study and the tuning signal
-    (``statistics.build_sections`` calls it last, as it calls ``search_control``);
+  * ``diagnostics``: convergence flags, the seed-level test, Dice by study and the tuning signal;
+    ``search_control``: searched networks against random architectures of their space;
+  * ``sections``: the page's tables assembled (``build_sections``: tuned, default, shared recipe,
+    loss study, search comparisons, recipe swap, diagnostics);
   * ``plots``: the page's figures and their captions;
   * ``render``: the Markdown, CSV and HTML pages (the HTML one with the figures);
   * ``generate``: the pipeline (``generate``), the files, the MLflow logging and the model registry
@@ -31,8 +33,8 @@ from benchmark.results.leaderboard.collect import (REFERENCE_ARCHS, RunRecord, T
                       records_from_export, table_key)
 from benchmark.results.leaderboard.plots import make_plots, pareto_front
 from benchmark.results.leaderboard.render import SECTION_TITLES, render_csv, render_html, render_markdown, table_cells, title
-from benchmark.results.leaderboard.statistics import (RANKINGS, Leaderboard, Row, add_loss_tests, add_tuning_gain,
-                         build_leaderboard, build_sections, make_rows)
+from benchmark.results.leaderboard.statistics import RANKINGS, Leaderboard, Row, build_leaderboard, make_rows
+from benchmark.results.leaderboard.sections import add_loss_tests, add_tuning_gain, build_sections
 
 __all__ = ["RunRecord", "TableKey", "Row", "Leaderboard", "collect_runs", "records_from_export", "group_runs",
            "table_key", "make_rows", "build_leaderboard", "build_sections", "add_tuning_gain", "add_loss_tests",

@@ -16,7 +16,8 @@ from benchmark.core.errors import UsageError
 from benchmark.results.leaderboard.collect import collect_runs, group_runs, mixed_groups_message, mlflow_filter, records_from_export
 from benchmark.results.leaderboard.plots import make_plots
 from benchmark.results.leaderboard.render import render_csv, render_html, render_markdown, table_cells, title
-from benchmark.results.leaderboard.statistics import RANKINGS, Leaderboard, build_sections, page_runs
+from benchmark.results.leaderboard.sections import build_sections, page_runs
+from benchmark.results.leaderboard.statistics import RANKINGS, Leaderboard
 
 
 def write_leaderboard(lb: Leaderboard, out_dir: Path, tracking_url: str = "") -> list[Path]:

@@ -18,7 +18,8 @@ import pandas as pd
 from benchmark.run.metrics import leaderboard_columns, leaderboard_metrics, metric_spec
 from benchmark.results.leaderboard.plots import CAPTIONS as PLOT_CAPTIONS
 from benchmark.results.leaderboard.search_control import markdown_section as search_control_markdown
-from benchmark.results.leaderboard.statistics import Leaderboard, Row, all_rows, page_runs
+from benchmark.results.leaderboard.sections import page_runs
+from benchmark.results.leaderboard.statistics import Leaderboard, Row, all_rows
 from benchmark.results.leaderboard.guide import COMPARISON_TITLE, notes, reading_guide
 from benchmark.results.leaderboard.verdict import verdict
 
@@ -204,7 +205,7 @@ def run_url(tracking_url: str, run_id: str) -> str:
 
 
 def comparison_cells(lb: Leaderboard) -> tuple[list[str], list[list[Cell]]]:
-    """The searched-vs-parent table (``statistics.search_comparisons``): both rows' Dice and HD95
+    """The searched-vs-parent table (``sections.search_comparisons``): both rows' Dice and HD95
     with their intervals, the paired difference, the cost of each and the paired test."""
     header = ["Searched", "Parent", "Seeds", "Dice searched", "Dice parent", "Dice difference",
               "HD95 searched (mm)", "HD95 parent (mm)", "Params searched / parent",

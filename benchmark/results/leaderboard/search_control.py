@@ -12,7 +12,7 @@ sample's number). Per space and loss, with the searched network and at least one
     on the same resampled nodules and its own resampled seeds, and the difference is taken to the
     median of the random entries in that resample.
 
-Random-control runs are only read here: ``statistics.build_sections`` keeps them out of the main
+Random-control runs are only read here: ``sections.build_sections`` keeps them out of the main
 tables, where they would be rows of no interest on their own.
 """
 from __future__ import annotations

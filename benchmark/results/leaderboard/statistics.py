@@ -196,6 +196,101 @@ def _rank_desc(values: np.ndarray) -> np.ndarray:
     return rankdata(-np.asarray(values, dtype=float), method="min")
 
 
+def _row_statistics(row: Row, row_mats: dict, res, key: str, metrics, medians, empty: Optional[np.ndarray],
+                    size_keys: dict, size_of: list[str]) -> dict[str, np.ndarray]:
+    """Fill ``row.stats`` (means, spreads, intervals, medians, empty predictions, size bins, costs)
+    from its (seeds x nodules) matrices; return its bootstrap draws per metric."""
+    from benchmark.results import resampling as stats
+    s, boots = row.stats, {}
+    for m in metrics:
+        per_seed = row_mats[m].mean(axis=1)           # each seed's mean over nodules
+        boots[m] = stats.two_level_bootstrap(row_mats[m], res, key)
+        s[f"{m}_mean"] = float(per_seed.mean())
+        s[f"{m}_std"] = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan")
+        s[f"{m}_ci_low"], s[f"{m}_ci_high"] = stats.percentile_interval(boots[m])
+    for m in medians:
+        s[f"{m}_median"] = stats.seed_median(row_mats[m])
+    s["n_empty"], s["n_predictions"] = stats.empty_count(empty) if empty is not None else \
+        (float("nan"), float("nan"))
+    dice_nod = row_mats["dice"].mean(axis=0)
+    for b, col in size_keys.items():
+        sel = np.array([x == b for x in size_of])
+        s[f"dice_size_{col}"] = float(dice_nod[sel].mean()) if sel.any() else float("nan")
+    for k in ("params", "macs_per_patch", "latency_ms_median", "train_seconds"):
+        vals = [r.metrics[k] for r in row.runs if k in r.metrics]
+        # latency: the fastest seed's. The seeds time one network, and other work on the cores
+        # only ever slows a pass (a bixnas run timed 425 ms beside its seeds' 16 and 17 ms)
+        pick = np.min if k == "latency_ms_median" else np.mean
+        s[k] = float(pick(vals)) if vals else float("nan")
+    s["train_seconds_total"] = float(sum(r.metrics.get("train_seconds", 0.0) for r in row.runs))
+    return boots
+
+
+def _rank_and_test(models: list[Row], refs: list[Row], rows: list[Row], per_nodule_dice: dict, mats: dict,
+                   boots: dict, res, ranking: str, section: str, comparator: str) -> tuple[list[Row], str]:
+    """Rank the models (with P(best)), test every row against #1 and every model against the
+    declared comparator; return the models in rank order and the comparator's row label ("")."""
+    from benchmark.results import resampling as stats
+    if not models:
+        return models, ""
+    n = len(next(iter(per_nodule_dice.values())))
+    dice = np.stack([per_nodule_dice[r.label] for r in models])   # models x nodules
+    nodule_ranks = np.stack([_rank_desc(dice[:, j]) for j in range(n)], axis=1)
+    mean_rank = nodule_ranks.mean(axis=1)
+    agg = np.array([r.stats["dice_mean"] for r in models])
+    if ranking == "aggregate":
+        final = _rank_desc(agg)
+        pb = stats.p_best(np.stack([boots[r.label]["dice"] for r in models]))
+    else:
+        final = _rank_desc(-mean_rank)
+        pb = stats.rank_p_best([mats[r.label]["dice"] for r in models],
+                               [f"{section}:{r.label}" for r in models], res)
+    for i, r in enumerate(models):
+        r.stats.update(rank=int(final[i]), mean_nodule_rank=float(mean_rank[i]), p_best=float(pb[i]))
+    order = sorted(range(len(models)), key=lambda i: (final[i], -agg[i], models[i].label))
+    models = [models[i] for i in order]
+    # against the top-ranked model: every other row, one Holm family
+    # (readers_vs_truth has no Dice against the STAPLE, so no test of it)
+    tested = [r.label for r in models + refs if not np.isnan(per_nodule_dice[r.label]).all()]
+    for label, (p, q) in stats.pvalues_against(per_nodule_dice, models[0].label, tested).items():
+        next(r for r in rows if r.label == label).stats.update(wilcoxon_p=p, wilcoxon_p_holm=q)
+    # against the pre-declared reference architecture: the other models, one Holm family
+    ref_row = next((r for r in models if comparator and r.arch == comparator), None)
+    if ref_row is None:
+        return models, ""
+    for label, (p, q) in stats.pvalues_against(per_nodule_dice, ref_row.label, [r.label for r in models]).items():
+        next(r for r in rows if r.label == label).stats.update(p_vs_reference=p, p_vs_reference_holm=q)
+    return models, ref_row.label
+
+
+def _csv_record(r: Row, section: str, n: int, metrics, medians, size_keys: dict) -> dict:
+    """One row of the page's CSV, its columns in their published order."""
+    s = r.stats
+    rec = {"section": section, "rank": s.get("rank", ""), "row": r.label, "arch": r.arch, "loss": r.loss,
+           "reference": r.reference or "", "n_seeds": len(r.runs), "seeds": ";".join(r.seeds),
+           "n_nodules": n}
+    for m in metrics:
+        for suffix in ("mean", "std", "ci_low", "ci_high"):
+            rec[f"{m}_{suffix}"] = s[f"{m}_{suffix}"]
+    for m in medians:
+        rec[f"{m}_median"] = s[f"{m}_median"]
+    rec["n_empty"], rec["n_predictions"] = s["n_empty"], s["n_predictions"]
+    for col in size_keys.values():
+        rec[f"dice_size_{col}"] = s[f"dice_size_{col}"]
+    for k in ("params", "macs_per_patch", "latency_ms_median", "train_seconds"):
+        rec[k] = s[k]
+    rec["mean_nodule_rank"] = s.get("mean_nodule_rank", float("nan"))
+    rec["p_best"] = s.get("p_best", float("nan"))
+    rec["wilcoxon_p"] = s.get("wilcoxon_p", float("nan"))
+    rec["wilcoxon_p_holm"] = s.get("wilcoxon_p_holm", float("nan"))
+    rec["p_vs_reference_holm"] = s.get("p_vs_reference_holm", float("nan"))
+    rec["study"] = r.tag("optuna.study")
+    rec["tuning_budget"] = r.tag("tuning.budget")
+    rec["protocol"] = f"{r.tag('protocol.name')} v{r.tag('protocol.version')}" if r.tag("protocol.name") else ""
+    rec["run_ids"] = ";".join(x.run_id for x in r.runs)
+    return rec
+
+
 def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggregate", n_boot: int = 2000,
                       boot_seed: int = 0, section: str = "default") -> Leaderboard:
     """One table: rows, their two-level bootstrap statistics (``benchmark.results.resampling``), ranks and tests."""
@@ -234,96 +329,20 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
     # a row pooling several tuning studies resamples them too (a third level); one study: two levels
     res = stats.draw_resamples({f"{section}:{row.label}": len(row.runs) for row in rows}, n, n_boot, boot_seed,
                                groups={f"{section}:{row.label}": row.studies for row in rows})
-    boots: dict[str, dict[str, np.ndarray]] = {}
-    for row in rows:
-        s = row.stats
-        boots[row.label] = {}
-        for m in metrics:
-            per_seed = mats[row.label][m].mean(axis=1)           # each seed's mean over nodules
-            boot = stats.two_level_bootstrap(mats[row.label][m], res, f"{section}:{row.label}")
-            boots[row.label][m] = boot
-            s[f"{m}_mean"] = float(per_seed.mean())
-            s[f"{m}_std"] = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan")
-            s[f"{m}_ci_low"], s[f"{m}_ci_high"] = stats.percentile_interval(boot)
-        for m in medians:
-            s[f"{m}_median"] = stats.seed_median(mats[row.label][m])
-        s["n_empty"], s["n_predictions"] = stats.empty_count(matrix(row, "empty_pred")) if has_empty else \
-            (float("nan"), float("nan"))
-        dice_nod = mats[row.label]["dice"].mean(axis=0)
-        for b, col in size_keys.items():
-            sel = np.array([x == b for x in size_of])
-            s[f"dice_size_{col}"] = float(dice_nod[sel].mean()) if sel.any() else float("nan")
-        for k in ("params", "macs_per_patch", "latency_ms_median", "train_seconds"):
-            vals = [r.metrics[k] for r in row.runs if k in r.metrics]
-            # latency: the fastest seed's. The seeds time one network, and other work on the cores
-            # only ever slows a pass (a bixnas run timed 425 ms beside its seeds' 16 and 17 ms)
-            pick = np.min if k == "latency_ms_median" else np.mean
-            s[k] = float(pick(vals)) if vals else float("nan")
-        s["train_seconds_total"] = float(sum(r.metrics.get("train_seconds", 0.0) for r in row.runs))
-
+    boots = {row.label: _row_statistics(row, mats[row.label], res, f"{section}:{row.label}", metrics, medians,
+                                        matrix(row, "empty_pred") if has_empty else None, size_keys, size_of)
+             for row in rows}
     models = [r for r in rows if not r.reference]
     refs = [r for r in rows if r.reference]
     per_nodule_dice = {r.label: mats[r.label]["dice"].mean(axis=0) for r in rows}
-    reference_arch = ""
     comparator = declared_comparator(runs)
-    if models:
-        dice = np.stack([per_nodule_dice[r.label] for r in models])   # models x nodules
-        nodule_ranks = np.stack([_rank_desc(dice[:, j]) for j in range(n)], axis=1)
-        mean_rank = nodule_ranks.mean(axis=1)
-        agg = np.array([r.stats["dice_mean"] for r in models])
-        if ranking == "aggregate":
-            final = _rank_desc(agg)
-            pb = stats.p_best(np.stack([boots[r.label]["dice"] for r in models]))
-        else:
-            final = _rank_desc(-mean_rank)
-            pb = stats.rank_p_best([mats[r.label]["dice"] for r in models],
-                                   [f"{section}:{r.label}" for r in models], res)
-        for i, r in enumerate(models):
-            r.stats.update(rank=int(final[i]), mean_nodule_rank=float(mean_rank[i]), p_best=float(pb[i]))
-        order = sorted(range(len(models)), key=lambda i: (final[i], -agg[i], models[i].label))
-        models = [models[i] for i in order]
-        # against the top-ranked model: every other row, one Holm family
-        # (readers_vs_truth has no Dice against the STAPLE, so no test of it)
-        tested = [r.label for r in models + refs if not np.isnan(per_nodule_dice[r.label]).all()]
-        for label, (p, q) in stats.pvalues_against(per_nodule_dice, models[0].label, tested).items():
-            next(r for r in rows if r.label == label).stats.update(wilcoxon_p=p, wilcoxon_p_holm=q)
-        # against the pre-declared reference architecture: the other models, one Holm family
-        ref_row = next((r for r in models if comparator and r.arch == comparator), None)
-        if ref_row is not None:
-            reference_arch = ref_row.label
-            for label, (p, q) in stats.pvalues_against(per_nodule_dice, ref_row.label,
-                                                       [r.label for r in models]).items():
-                next(r for r in rows if r.label == label).stats.update(p_vs_reference=p, p_vs_reference_holm=q)
+    models, reference_arch = _rank_and_test(models, refs, rows, per_nodule_dice, mats, boots, res, ranking, section,
+                                            comparator)
     # by Dice; a row without one (readers_vs_truth) last
     refs.sort(key=lambda r: (np.isnan(r.stats["dice_mean"]), -np.nan_to_num(r.stats["dice_mean"]), r.label))
     ordered = models + refs
 
-    records = []
-    for r in ordered:
-        s = r.stats
-        rec = {"section": section, "rank": s.get("rank", ""), "row": r.label, "arch": r.arch, "loss": r.loss,
-               "reference": r.reference or "", "n_seeds": len(r.runs), "seeds": ";".join(r.seeds),
-               "n_nodules": n}
-        for m in metrics:
-            for suffix in ("mean", "std", "ci_low", "ci_high"):
-                rec[f"{m}_{suffix}"] = s[f"{m}_{suffix}"]
-        for m in medians:
-            rec[f"{m}_median"] = s[f"{m}_median"]
-        rec["n_empty"], rec["n_predictions"] = s["n_empty"], s["n_predictions"]
-        for col in size_keys.values():
-            rec[f"dice_size_{col}"] = s[f"dice_size_{col}"]
-        for k in ("params", "macs_per_patch", "latency_ms_median", "train_seconds"):
-            rec[k] = s[k]
-        rec["mean_nodule_rank"] = s.get("mean_nodule_rank", float("nan"))
-        rec["p_best"] = s.get("p_best", float("nan"))
-        rec["wilcoxon_p"] = s.get("wilcoxon_p", float("nan"))
-        rec["wilcoxon_p_holm"] = s.get("wilcoxon_p_holm", float("nan"))
-        rec["p_vs_reference_holm"] = s.get("p_vs_reference_holm", float("nan"))
-        rec["study"] = r.tag("optuna.study")
-        rec["tuning_budget"] = r.tag("tuning.budget")
-        rec["protocol"] = f"{r.tag('protocol.name')} v{r.tag('protocol.version')}" if r.tag("protocol.name") else ""
-        rec["run_ids"] = ";".join(x.run_id for x in r.runs)
-        records.append(rec)
+    records = [_csv_record(r, section, n, metrics, medians, size_keys) for r in ordered]
     per_nodule = pd.DataFrame({r.label: per_nodule_dice[r.label] for r in ordered}, index=nodules).T
     devices = sorted({x.tags.get("device", "") for r in models for x in r.runs} - {""})
     return Leaderboard(key, ordered, pd.DataFrame.from_records(records), per_nodule, size_counts, ranking,
@@ -331,85 +350,6 @@ def build_leaderboard(key: TableKey, runs: list[RunRecord], ranking: str = "aggr
                        n_unscored=max(x.n_gt_empty for r in ordered for x in r.runs), section=section,
                        metrics=metrics, boots=boots, reference_arch=reference_arch, size_keys=size_keys,
                        comparator=comparator)
-
-
-def add_tuning_gain(default: Leaderboard, tuned: Leaderboard) -> None:
-    """Each default row's gain from tuning: the tuned row of the same (architecture, loss) minus
-    it, mean Dice with the interval of the paired bootstrap difference (same nodule draws)."""
-    from benchmark.results import resampling as stats
-    by_pair = {(r.arch, r.loss): r for r in tuned.rows if not r.reference}
-    for r in default.rows:
-        t = by_pair.get((r.arch, r.loss))
-        if r.reference or t is None:
-            continue
-        mean, lo, hi = stats.difference_interval(tuned.boots[t.label]["dice"], default.boots[r.label]["dice"])
-        r.stats.update(gain=t.stats["dice_mean"] - r.stats["dice_mean"], gain_ci_low=lo, gain_ci_high=hi)
-    default.table["tuning_gain"] = [r.stats.get("gain", float("nan")) for r in default.rows]
-    default.table["tuning_gain_ci_low"] = [r.stats.get("gain_ci_low", float("nan")) for r in default.rows]
-    default.table["tuning_gain_ci_high"] = [r.stats.get("gain_ci_high", float("nan")) for r in default.rows]
-
-
-def add_loss_tests(loss: Leaderboard, comparator: str = "dice_bce") -> None:
-    """Paired Wilcoxon of every loss against ``comparator`` on the same architecture (per-nodule
-    Dice, mean over seeds); all comparisons of the loss study form one Holm family."""
-    from benchmark.results import resampling as stats
-    pairs = []
-    for r in loss.rows:
-        base = next((b for b in loss.rows if b.arch == r.arch and b.loss == comparator), None)
-        if base is not None and r is not base:
-            pairs.append((r, stats.wilcoxon_p(loss.per_nodule.loc[r.label].to_numpy(float),
-                                              loss.per_nodule.loc[base.label].to_numpy(float))))
-    for (r, p), q in zip(pairs, stats.holm([p for _, p in pairs])):
-        r.stats.update(p_vs_comparator=p, p_vs_comparator_holm=q)
-    loss.rows.sort(key=lambda r: (r.arch, r.loss != comparator, -r.stats["dice_mean"], r.label))
-    order = {r.label: i for i, r in enumerate(loss.rows)}
-    loss.table = loss.table.assign(_o=loss.table["row"].map(order)).sort_values("_o").drop(columns="_o") \
-        .reset_index(drop=True)
-    loss.table["p_vs_dice_bce_holm"] = [r.stats.get("p_vs_comparator_holm", float("nan")) for r in loss.rows]
-
-
-@dataclass
-class SearchComparison:
-    """A searched network's row against its parent's in the same table (``searched_parents``):
-    the Dice difference (searched minus parent, mean with the interval of the paired two-level
-    bootstrap difference) and the paired Wilcoxon p over nodules, Holm-corrected over the pairs."""
-    searched: Row
-    parent: Row
-    dice_diff: float
-    dice_diff_low: float
-    dice_diff_high: float
-    p: float
-    p_holm: float = float("nan")
-
-    def verdict(self) -> str:
-        """What the row shows, in the terms of the question a search must answer: does the searched
-        network match or beat its parent at lower cost?"""
-        if self.dice_diff_low > 0:
-            dice = "beats its parent (Dice difference interval above 0)"
-        elif self.dice_diff_high < 0:
-            dice = "is worse than its parent (Dice difference interval below 0)"
-        else:
-            dice = "cannot be told from its parent (Dice difference interval includes 0)"
-        cheaper = self.searched.stats["macs_per_patch"] < self.parent.stats["macs_per_patch"]
-        return f"{dice}, {'at fewer MACs' if cheaper else 'at no fewer MACs'}"
-
-
-def search_comparisons(lb: Leaderboard, parents: dict[str, str]) -> list[SearchComparison]:
-    """Each searched architecture's model row against its parent's model row of the same table
-    and loss (both must be there); the pairs form one Holm family."""
-    from benchmark.results import resampling as stats
-    rows = {(r.arch, r.loss): r for r in lb.rows if not r.reference}
-    out = []
-    for (arch, loss), r in sorted(rows.items()):
-        parent = rows.get((parents.get(arch), loss))
-        if parent is None:
-            continue
-        mean, lo, hi = stats.difference_interval(lb.boots[r.label]["dice"], lb.boots[parent.label]["dice"])
-        p = stats.wilcoxon_p(lb.per_nodule.loc[r.label].to_numpy(float), lb.per_nodule.loc[parent.label].to_numpy(float))
-        out.append(SearchComparison(r, parent, mean, lo, hi, p))
-    for c, q in zip(out, stats.holm([c.p for c in out])):
-        c.p_holm = q
-    return out
 
 
 def _size_bins(df: pd.DataFrame, nodules: list[str], size_bin) -> list[str]:
@@ -422,58 +362,6 @@ def _size_bins(df: pd.DataFrame, nodules: list[str], size_bin) -> list[str]:
     return [""] * len(nodules)
 
 
-
-
-def build_sections(key: TableKey, runs: list[RunRecord], ranking: str = "aggregate", n_boot: int = 2000,
-                   boot_seed: int = 0) -> Leaderboard:
-    """The main table and the sections below it (see ``RunRecord.section``): with tuned runs, the
-    tuned table comes first and the default-settings table (with each architecture's gain from
-    tuning) second; without, the default-settings table is the main one. The loss study, when
-    there is one, comes last. Reference rows are shown in the main table only. Random-search
-    control runs go only to the search-vs-random section (``search_control``)."""
-    from benchmark.results.leaderboard.search_control import is_random_control, search_controls
-    controls = search_controls(runs, n_boot, boot_seed)
-    runs = [r for r in runs if not is_random_control(r) and r.section != "excluded"]
-    refs = [r for r in runs if r.section == "reference"]
-    tuned = [r for r in runs if r.section == "tuned"]
-    default = [r for r in runs if r.section == "default"]
-    if not (tuned or default or refs):
-        # the loss study is a section below a main table, and compares against its final runs
-        raise UsageError(f"table {key.name}: only loss-study runs (tag protocol.part=loss) match, and a loss "
-                         f"study is shown below the main table: the protocol's final runs (or default-settings "
-                         f"runs) must be in the store too (check --preset/--filter)")
-    if tuned:
-        lb = build_leaderboard(key, tuned + refs, ranking, n_boot, boot_seed, section="tuned")
-        if default:
-            d = build_leaderboard(key, default, ranking, n_boot, boot_seed, section="default")
-            add_tuning_gain(d, lb)
-            lb.sections.append(d)
-    else:
-        lb = build_leaderboard(key, default + refs, ranking, n_boot, boot_seed, section="default")
-    shared = [r for r in runs if r.section == "shared"]
-    if shared:
-        lb.sections.append(build_leaderboard(key, shared, ranking, n_boot, boot_seed, section="shared"))
-    from architectures import searched_parents
-    lb.comparisons = search_comparisons(lb, searched_parents())
-    lb.search_controls = controls
-    loss_archs = {r.arch for r in runs if r.section == "loss"}
-    if loss_archs:
-        study = [r for r in runs if r.section in ("tuned", "loss") and r.arch in loss_archs]
-        ls = build_leaderboard(key, study, ranking, n_boot, boot_seed, section="loss")
-        add_loss_tests(ls)
-        lb.sections.append(ls)
-    from benchmark.results.leaderboard.diagnostics import add_diagnostics
-    from benchmark.results.leaderboard.recipes import swap_matrix
-    lb.swap = swap_matrix(lb, [r for r in runs if r.section == "swap"])
-    add_diagnostics(lb, runs)
-    return lb
-
-
-
-def page_runs(lb: Leaderboard) -> list[RunRecord]:
-    """Every run the page rests on: those of its rows and those of its recipe-swap matrix."""
-    swap = [x for runs in lb.swap.runs.values() for x in runs] if lb.swap is not None else []
-    return [x for r in all_rows(lb) for x in r.runs] + swap
 
 
 def all_rows(lb: Leaderboard) -> list[Row]:
