@@ -39,8 +39,22 @@ def epochs_left(lp: LoadedProtocol, resume: Optional[str] = None) -> int:
 
 def cell_batch_factor(lp: LoadedProtocol, c) -> float:
     """A cell's batch over the preset's: what one of its epochs costs against the preset's (an
-    epoch is a fixed number of steps, so a tuned batch of 16 costs twice the preset's 8)."""
+    epoch is a fixed number of steps, so a tuned batch of 16 costs twice the preset's 8). Under
+    a samples budget (``budget.samples_per_epoch``) an epoch is a fixed number of samples
+    whatever the batch: the samples' ratio (``estimate.samples_factor``)."""
+    if lp.spec.budget:
+        from benchmark.campaigns.protocol.estimate import samples_factor
+        return samples_factor(lp)
     return c.cfg.train.batch_size / preset_batch(lp.spec.preset)
+
+
+def trial_batch_factor(lp: LoadedProtocol, which: Literal["mean", "max"] = "mean") -> float:
+    """``tuning_batch_factor`` of the protocol's preset, or under a samples budget the samples'
+    ratio (an epoch's cost no longer grows with the batch drawn)."""
+    if lp.spec.budget:
+        from benchmark.campaigns.protocol.estimate import samples_factor
+        return samples_factor(lp)
+    return tuning_batch_factor(lp.spec.preset, which)
 
 
 def tuning_batch_factor(preset: str, which: Literal["mean", "max"] = "mean") -> float:
@@ -154,7 +168,8 @@ class TimeLimit:
         163-184 s at 8, up to 2.3x the mean batch's estimate and 1.35x the largest's: a nearer
         bound than the mean, not a strict one."""
         s = self.lp.spec
-        return self._refuse(f"a {arch} trial", self._cost(arch, s.tuning.epochs, tuning_batch_factor(s.preset, "max")))
+        from benchmark.campaigns.protocol.estimate import trial_epochs
+        return self._refuse(f"a {arch} trial", self._cost(arch, trial_epochs(self.lp), trial_batch_factor(self.lp, "max")))
 
     def cell(self, c, resume: Optional[str] = None) -> Optional[str]:
         """A final, default or loss run: its epochs left (``epochs_left``: all, or those after
