@@ -112,8 +112,21 @@ def measured_seconds_per_epoch(lp: LoadedProtocol, arch: str, experiment: Option
             continue
         m, batch = r.data.metrics, r.data.params.get("train.batch_size")
         if m.get("train_seconds") and m.get("epochs_completed") and batch:
-            rates.append(m["train_seconds"] / m["epochs_completed"] / (float(batch) / base))
+            rates.append(m["train_seconds"] / m["epochs_completed"] / _epoch_scale(r.data.params, float(batch), base,
+                                                                                  preset))
     return statistics.median(rates) if rates else None
+
+
+def _epoch_scale(params: dict, batch: float, base: int, preset: str) -> float:
+    """A logged run's epoch against the preset's (the declared figures' unit): its batch over the
+    preset's when an epoch is a number of steps; its samples over the preset's steps x batch when
+    it trained to ``train.samples_per_epoch``."""
+    from benchmark.run.config import PRESETS
+    samples = params.get("train.samples_per_epoch")
+    steps = PRESETS[preset].get("train", {}).get("steps_per_epoch")
+    if samples in (None, "None") or not steps:
+        return batch / base
+    return float(samples) / (steps * base)
 
 
 @dataclass
