@@ -129,12 +129,15 @@ def final_overrides(lp: LoadedProtocol, seed: int) -> list[str]:
 
 def tuned_cell(lp: LoadedProtocol, st: StudyState, loss: str, seed: int, part: str):
     """A run of the study's chosen configuration (``st.chosen``: its best trial, or the rescored
-    choice), with the tuning tags; the rescored choice is tagged ``tuning.chosen_trial`` and
-    ``tuning.rescored_value``."""
+    choice), with the tuning tags; the rescored choice is tagged ``tuning.chosen_trial``,
+    ``tuning.rescored_value`` and ``tuning.rescored_candidates``."""
     c = trial_cell(lp, st, st.chosen or st.best_trial, loss, seed, part)
     if st.rescored and st.chosen is not None:
         c.tags.update({"tuning.chosen_trial": str(st.chosen.number),
-                       "tuning.rescored_value": f"{st.rescored[st.chosen.number]:.6g}"})
+                       "tuning.rescored_value": f"{st.rescored[st.chosen.number]:.6g}",
+                       # every candidate's mean, best first: "t2:0.44,t1:0.41,t0:0.3"
+                       "tuning.rescored_candidates": ",".join(
+                           f"t{n}:{v:.4g}" for n, v in sorted(st.rescored.items(), key=lambda kv: (-kv[1], kv[0])))})
     return c
 
 
