@@ -242,7 +242,8 @@ def test_v7_features_need_the_full_schedule(tmp_path):
 # 7. the estimate, and the smoke protocol end to end
 # ---------------------------------------------------------------------------------------------
 def test_part_estimate_of_cpu_v7():
-    from benchmark.campaigns.protocol.estimate import expected_trial_epochs, part_costs, samples_factor
+    from benchmark.campaigns.protocol.budget import samples_factor
+    from benchmark.campaigns.protocol.estimate import expected_trial_epochs, part_costs
     lp = _lp("cpu-v7")
     assert samples_factor(lp) == 1.0
     assert expected_trial_epochs(lp) == pytest.approx(5 + 10 / 3 + 25 / 9)

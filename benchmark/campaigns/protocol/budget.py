@@ -37,13 +37,31 @@ def epochs_left(lp: LoadedProtocol, resume: Optional[str] = None) -> int:
     return max(0, epochs - trained)
 
 
+def trial_epochs(lp: LoadedProtocol) -> int:
+    """Epochs one unpruned trial trains: the finals' schedule under ``schedule: full``."""
+    t = lp.spec.tuning
+    return final_epochs(lp) if t.schedule == "full" else t.epochs
+
+
+def samples_factor(lp: LoadedProtocol) -> float:
+    """An epoch's cost against the declared ``seconds_per_epoch`` (measured at the preset's
+    steps x batch): with ``budget.samples_per_epoch`` it is the samples' ratio whatever the
+    batch; else 1 (the batch factors of ``budget`` apply)."""
+    from benchmark.run.config import PRESETS
+    if not lp.spec.budget:
+        return 1.0
+    steps = PRESETS[lp.spec.preset].get("train", {}).get("steps_per_epoch")
+    if not steps:
+        return 1.0      # an epoch is a pass over the split: the declared figure is for that
+    return lp.spec.budget.samples_per_epoch / (steps * preset_batch(lp.spec.preset))
+
+
 def cell_batch_factor(lp: LoadedProtocol, c) -> float:
     """A cell's batch over the preset's: what one of its epochs costs against the preset's (an
     epoch is a fixed number of steps, so a tuned batch of 16 costs twice the preset's 8). Under
     a samples budget (``budget.samples_per_epoch``) an epoch is a fixed number of samples
-    whatever the batch: the samples' ratio (``estimate.samples_factor``)."""
+    whatever the batch: the samples' ratio (``samples_factor``)."""
     if lp.spec.budget:
-        from benchmark.campaigns.protocol.estimate import samples_factor
         return samples_factor(lp)
     return c.cfg.train.batch_size / preset_batch(lp.spec.preset)
 
@@ -52,7 +70,6 @@ def trial_batch_factor(lp: LoadedProtocol, which: Literal["mean", "max"] = "mean
     """``tuning_batch_factor`` of the protocol's preset, or under a samples budget the samples'
     ratio (an epoch's cost no longer grows with the batch drawn)."""
     if lp.spec.budget:
-        from benchmark.campaigns.protocol.estimate import samples_factor
         return samples_factor(lp)
     return tuning_batch_factor(lp.spec.preset, which)
 
@@ -181,7 +198,6 @@ class TimeLimit:
         163-184 s at 8, up to 2.3x the mean batch's estimate and 1.35x the largest's: a nearer
         bound than the mean, not a strict one."""
         s = self.lp.spec
-        from benchmark.campaigns.protocol.estimate import trial_epochs
         return self._refuse(f"a {arch} trial", self._cost(arch, trial_epochs(self.lp), trial_batch_factor(self.lp, "max")))
 
     def cell(self, c, resume: Optional[str] = None) -> Optional[str]:

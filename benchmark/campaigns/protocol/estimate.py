@@ -14,13 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from benchmark.campaigns.protocol.budget import samples_factor, trial_epochs
 from benchmark.campaigns.protocol.spec import LoadedProtocol, final_epochs
-
-
-def trial_epochs(lp: LoadedProtocol) -> int:
-    """Epochs one unpruned trial trains: the finals' schedule under ``schedule: full``."""
-    t = lp.spec.tuning
-    return final_epochs(lp) if t.schedule == "full" else t.epochs
 
 
 def expected_trial_epochs(lp: LoadedProtocol) -> float:
@@ -36,20 +31,6 @@ def expected_trial_epochs(lp: LoadedProtocol) -> float:
         epochs += reached * (stop - start)
         start, reached, rung = stop, reached / t.reduction_factor, rung + 1
     return epochs
-
-
-def samples_factor(lp: LoadedProtocol) -> float:
-    """An epoch's cost against the declared ``seconds_per_epoch`` (measured at the preset's
-    steps x batch): with ``budget.samples_per_epoch`` it is the samples' ratio whatever the
-    batch; else 1 (the batch factors of ``budget`` apply)."""
-    from benchmark.run.config import PRESETS
-    from benchmark.campaigns.protocol.budget import preset_batch
-    if not lp.spec.budget:
-        return 1.0
-    steps = PRESETS[lp.spec.preset].get("train", {}).get("steps_per_epoch")
-    if not steps:
-        return 1.0      # an epoch is a pass over the split: the declared figure is for that
-    return lp.spec.budget.samples_per_epoch / (steps * preset_batch(lp.spec.preset))
 
 
 @dataclass

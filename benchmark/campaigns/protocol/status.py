@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 from benchmark.campaigns.protocol.budget import (cells_cost, declared_cost, loss_study_affordable, loss_study_hours,
-                                                 measured_seconds_per_epoch, trial_batch_factor)
-from benchmark.campaigns.protocol.estimate import part_table, trial_epochs
+                                                 measured_seconds_per_epoch, trial_batch_factor, trial_epochs)
+from benchmark.campaigns.protocol.estimate import part_table
 from benchmark.campaigns.protocol.plan import (StudyState, loss_cells, loss_study_archs, study_state, tuned_cell,
                                                waiting_for_search)
 from benchmark.campaigns.protocol.spec import BEST, LoadedProtocol, final_epochs, load_protocol
