@@ -80,6 +80,11 @@ def part_costs(lp: LoadedProtocol) -> PartCosts:
     return out
 
 
+#: column headings of the part table
+_SHORT = {"tuning (upper bound)": "tuning max", "tuning (expected)": "tuning exp", "shared recipe": "shared",
+          "second sampler (if chosen)": "2nd sampler*", "swap (if chosen)": "swap*",
+          "loss study (if chosen)": "loss study*"}
+
 #: the parts every architecture runs (the others run for a few chosen ones)
 ALWAYS = ("tuning (expected)", "rescore", "final", "default", "shared recipe")
 
@@ -91,8 +96,7 @@ def part_table(lp: LoadedProtocol) -> list[str]:
     parts = [p for p in pc.hours]
     lines = ["planned hours by part (declared s/epoch" + (f" x {samples_factor(lp):g} for the samples budget"
                                                          if s.budget else "") + "; whole protocol, done or not):"]
-    short = {p: p.replace(" (upper bound)", " max").replace(" (expected)", " exp").replace(" (if chosen)", "*")
-             for p in parts}
+    short = {p: _SHORT.get(p, p) for p in parts}
     lines.append(f"{'architecture':14s} " + " ".join(f"{short[p][:12]:>12s}" for p in parts) + f" {'always':>8s}")
     for arch in s.architectures:
         row = [pc.hours[p].get(arch) for p in parts]

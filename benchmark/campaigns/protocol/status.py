@@ -164,7 +164,9 @@ class _StatusReport:
                               f"{top} {self.spent_by[top] / 3600:.1f} h of it ({100 * self.spent_by[top] / total:.0f} %)")
         self.lines.append(f"estimated cost left: {self.left_total / 3600:.1f} h on the machine the figures come from"
                           + (f" ({s.seconds_per_epoch_source})" if s.seconds_per_epoch_source else "")
-                          + "; tuning counted without pruning (an upper bound)")
+                          + "; tuning counted without pruning (an upper bound)"
+                          + ("; trials, finals, defaults and loss study only (every part: the table below)"
+                             if _has_v7_parts(self.lp) else ""))
         if self.unknown:
             self.lines.append(f"no seconds_per_epoch for: {', '.join(self.unknown)} (not counted)")
         for arch, why in waiting.items():
