@@ -30,6 +30,9 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
               for arch in s.architectures}
     if s.loss_study:
         report.loss_study_lines(states)
+    # v7's runs beside the rows' (their time counts in "spent so far")
+    report.spent_by.update({f"{part} {arch}": sec for (arch, part), sec in report.spent.items()
+                            if part in ("rescore", "shared", "swap")})
     report.closing_lines(waiting)
     if _has_v7_parts(lp):
         from benchmark.campaigns.protocol.status_v7 import control_lines
@@ -188,14 +191,14 @@ def finished_protocol_runs(lp: LoadedProtocol, experiment: Optional[str] = None)
 
 def spent_seconds(runs: list) -> dict[tuple[str, str], float]:
     """Training seconds of a protocol's finished runs (``finished_protocol_runs``), summed by
-    architecture and part (``final``, ``default``, ``loss``): what the protocol has cost so far
+    architecture and part (``final``, ``default``, ``loss``; v7's ``rescore``, ``shared``, ``swap``): what the protocol has cost so far
     beside its trials (whose wall time is ``StudyState.seconds``). Only what a protocol export
     carries is counted, so the figure reads the same after ``bench import``."""
     from collections import defaultdict
     spent: dict[tuple[str, str], float] = defaultdict(float)
     for r in runs:
         part = r.data.tags.get("protocol.part")
-        if part in ("final", "default", "loss"):
+        if part in ("final", "default", "loss", "rescore", "shared", "swap"):
             spent[(r.data.tags.get("arch", ""), part)] += r.data.metrics.get("train_seconds", 0.0)
     return dict(spent)
 
