@@ -33,7 +33,7 @@ def test_samples_per_epoch_holds_the_data_and_lets_the_steps_follow_the_batch():
             for c in (small, large)]
     assert seen == [8, 8]
     assert build_config("smoke", ["train.samples_per_epoch=7", "train.batch_size=2"]).train.max_steps() == 4
-    with pytest.raises((UsageError, ValueError)):
+    with pytest.raises(UsageError, match="not both"):
         build_config("cpu", ["train.samples_per_epoch=160"])      # the cpu preset sets steps_per_epoch
     cpu = build_config("cpu", ["train.steps_per_epoch=null", "train.samples_per_epoch=160"])
     assert cpu.train.max_steps() == 20 == build_config("cpu", []).train.max_steps()
