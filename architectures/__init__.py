@@ -49,28 +49,38 @@ register_architecture = ARCHITECTURES.register
 _TRANSFUSE_PAPER = "Zhang et al. 2021, arXiv 2102.08005"
 _TRANSFUSE_SMOKE = {"cnn_widths": [8, 16, 32], "embed_dim": 48, "vit_depth": 2, "num_heads": 4, "patch_size": 2}
 
+#: The factories' own defaults of the tuned dropout-like knobs (TransFuse3D's drop_rate, drop_path)
+_TRANSFUSE_DEFAULTS = {"drop_rate": 0.2, "drop_path": 0.0}
+
 #: name -> where its factory lives and what it is. ``preset_kwargs``: the architecture's size
 #: for the small presets (merged under the user's ``model.kwargs`` by ``benchmark.run.config``).
+#: ``search_defaults``: the value the network is built with, when a config does not set it, of
+#: each kwarg its ``search_space`` tunes that no preset sizes (the architecture's default recipe,
+#: a protocol's ``tuning.first_trial: default_recipe``; ``search_space.default_recipe_params``).
 _DECLARATIONS: dict[str, dict] = {
     "unet3d": dict(
         module="unet3d", family="CNN",
         paper="Çiçek et al. 2016, arXiv 1606.06650 (3DUNet-Pytorch, strided-conv downsampling)",
-        preset_kwargs={"smoke": {"base_channels": 8}, "cpu": {"base_channels": 12}}),
+        preset_kwargs={"smoke": {"base_channels": 8}, "cpu": {"base_channels": 12}},
+        search_defaults={"dropout": 0.0}),
     "transfuse_s": dict(
         module="transfuse", family="CNN+Transformer", paper=_TRANSFUSE_PAPER, aliases=("transfuse",),
         preset_kwargs={"smoke": _TRANSFUSE_SMOKE,
                        "cpu": {"cnn_widths": [16, 32, 64], "embed_dim": 96, "vit_depth": 4, "num_heads": 4,
-                               "patch_size": 4}}),
+                               "patch_size": 4}},
+        search_defaults=_TRANSFUSE_DEFAULTS),
     "transfuse_l": dict(
         module="transfuse", family="CNN+Transformer", paper=_TRANSFUSE_PAPER,
         preset_kwargs={"smoke": _TRANSFUSE_SMOKE,
                        "cpu": {"cnn_widths": [24, 48, 96], "embed_dim": 192, "vit_depth": 6, "num_heads": 6,
-                               "patch_size": 4}}),
+                               "patch_size": 4}},
+        search_defaults=_TRANSFUSE_DEFAULTS),
     "mctrans": dict(
         module="mctrans", family="CNN+Transformer", paper="Ji et al. 2021, arXiv 2106.14385",
         preset_kwargs={"smoke": {"widths": [8, 16, 32, 64, 128], "decoder_widths": [8, 16, 32, 48], "d_model": 48,
                                  "num_layers": 2},
-                       "cpu": {"widths": [8, 16, 32, 64, 128], "decoder_widths": [8, 16, 32, 48], "d_model": 48}}),
+                       "cpu": {"widths": [8, 16, 32, 64, 128], "decoder_widths": [8, 16, 32, 48], "d_model": 48}},
+        search_defaults={"d_model": 96, "num_layers": 4, "dropout": 0.1}),
     "nnunet_plain": dict(
         module="nnunet", family="library",
         paper="Isensee et al. 2021, arXiv 1809.10486 (nnU-Net 3d_fullres, dynamic-network-architectures)",
@@ -83,15 +93,18 @@ _DECLARATIONS: dict[str, dict] = {
         module="smp_unet", family="library",
         paper="Ronneberger et al. 2015, arXiv 1505.04597; ResNet encoder (segmentation-models-pytorch-3d)",
         preset_kwargs={"smoke": {"decoder_channels": [32, 16, 8, 8, 8]},
-                       "cpu": {"decoder_channels": [64, 32, 16, 8, 8]}}),
+                       "cpu": {"decoder_channels": [64, 32, 16, 8, 8]}},
+        search_defaults={"encoder_name": "resnet18"}),
     "swinunetr": dict(
         module="monai_transformers", family="library",
-        paper="Hatamizadeh et al. 2022, arXiv 2201.01266 (MONAI SwinUNETR)"),
+        paper="Hatamizadeh et al. 2022, arXiv 2201.01266 (MONAI SwinUNETR)",
+        search_defaults={"feature_size": 12, "dropout_path_rate": 0.0}),
     "unetr": dict(
         module="monai_transformers", family="library",
         paper="Hatamizadeh et al. 2022, arXiv 2103.10504 (MONAI UNETR)",
         preset_kwargs={"smoke": {"hidden_size": 96, "mlp_dim": 384, "num_heads": 3, "feature_size": 8},
-                       "cpu": {"hidden_size": 96, "mlp_dim": 384, "num_heads": 3, "feature_size": 12}}),
+                       "cpu": {"hidden_size": 96, "mlp_dim": 384, "num_heads": 3, "feature_size": 12}},
+        search_defaults={"dropout_rate": 0.0}),
     "dints": dict(
         module="dints", family="NAS",
         paper="He et al. 2021, arXiv 2103.15954 (MONAI DiNTS; genotype architectures/dints_genotype.json from "
@@ -104,7 +117,8 @@ _DECLARATIONS: dict[str, dict] = {
         preset_kwargs={"smoke": {"channel_mul": 0.25}, "cpu": {"channel_mul": 0.25}}),
     "bionet": dict(
         module="bionet", family="NAS", paper="Xiang et al. 2020, arXiv 2007.00243 (BiO-Net, 3D port)",
-        preset_kwargs={"smoke": {"base_channels": 8}, "cpu": {"base_channels": 8}}),
+        preset_kwargs={"smoke": {"base_channels": 8}, "cpu": {"base_channels": 8}},
+        search_defaults={"iterations": 3, "integrate": False}),
     "bixnas": dict(
         module="bixnas", family="NAS",
         paper="Wang et al. 2021, arXiv 2106.14033 (BiX-NAS; genotype architectures/bixnas_genotype.json)",

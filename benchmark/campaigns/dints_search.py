@@ -152,7 +152,7 @@ def _build(cfg, store, device, dist, channel_mul: float, num_blocks: int, num_de
     arch = [space.log_alpha_a, space.log_alpha_c]
     weights = [p for p in model.parameters() if all(p is not a for a in arch)]
     w_rows, a_rows = _split_train(trainer.train_rows, cfg.train.seed)
-    bs, steps = cfg.train.batch_size, cfg.train.steps_per_epoch
+    bs, steps = cfg.train.batch_size, cfg.train.max_steps()
     # the weight half and the architecture half, each with its own seeded epoch order
     return _Search(trainer, space, model, arch, weights,
                    torch.optim.SGD(weights, lr=W_LR, momentum=0.9, weight_decay=4e-5),

@@ -88,6 +88,59 @@ def default_optimiser_params(arch: str, preset: str) -> dict[str, Any]:
             "train.batch_size": cfg.train.batch_size}
 
 
+class _DefaultRecipeProbe:
+    """A stand-in trial answering each ``arch.<kwarg>`` parameter with the network's default:
+    ``held`` (the preset's size, fixed by the study anyway: not enqueued), else the value the
+    default run's config builds it with (``preset_kwargs`` merged into ``model.kwargs``), else the
+    registry's ``search_defaults`` (the constructor's own default). ``params`` keeps what to enqueue."""
+
+    def __init__(self, arch: str, held: dict, kwargs: dict, defaults: dict):
+        self.arch, self.held, self.kwargs, self.defaults = arch, held, kwargs, defaults
+        self.params: dict[str, Any] = {}
+
+    def _answer(self, name: str):
+        if name in self.held:
+            return self.held[name]
+        key = name.removeprefix("arch.")
+        for source in (self.kwargs, self.defaults):
+            if key in source:
+                self.params[name] = source[key]
+                return source[key]
+        raise UsageError(f"{self.arch}'s search parameter {name} has no default: declare it in the "
+                         f"architecture's search_defaults (architectures/__init__.py)")
+
+    def suggest_categorical(self, name, choices):
+        return self._answer(name)
+
+    def suggest_float(self, name, low, high, *, log=False, step=None):
+        return self._answer(name)
+
+    def suggest_int(self, name, low, high, *, log=False, step=1):
+        return self._answer(name)
+
+
+def default_recipe(arch: str, preset: str, held: dict) -> tuple[dict[str, Any], list[str]]:
+    """The architecture's default recipe in full as a trial to enqueue (``tuning.first_trial:
+    default_recipe``): the default optimiser settings (``default_optimiser_params``) and every
+    parameter of the architecture's own search space at its default (``_DefaultRecipeProbe``);
+    ``held`` parameters are left to the study's fixed values. Also the overrides the trial adds
+    after its suggestions, so that it trains the default run's exact settings where the space's
+    range cannot hold them (a weight decay of 0 under a log range: the parameter records the
+    floor, the run trains 0)."""
+    from architectures import architecture_entry
+    from benchmark.run.config import build_config
+    params = default_optimiser_params(arch, preset)
+    cfg = build_config(preset, [], **{"model.arch": arch})
+    entry = architecture_entry(arch)
+    if entry.search_space:
+        probe = _DefaultRecipeProbe(entry.name, held, dict(cfg.model.kwargs), entry.meta.get("search_defaults", {}))
+        entry.search_space(probe)
+        params.update(probe.params)
+    exact = [] if cfg.optim.weight_decay >= WEIGHT_DECAY_RANGE[0] else \
+        [f"optim.weight_decay={_yaml_value(cfg.optim.weight_decay)}"]
+    return params, exact
+
+
 def suggest_overrides(trial, arch: str, loss: str, preset: str, loss_space: bool = True) -> list[str]:
     """All suggested values as config overrides (``optim.lr=...``, ``model.kwargs.x=...``).
     ``loss_space=False`` leaves the loss at its defaults (the protocol tunes architecture and
@@ -223,13 +276,18 @@ def check_constraints(fixed: dict, narrowed: dict, declared: Optional[set[str]],
 # ---------------------------------------------------------------------------------------------
 #: trial user attribute holding the exact ``key=value`` list the trial's run was built from
 OVERRIDES_ATTR = "overrides"
+#: user attribute of an enqueued trial: overrides it adds after its suggestions (``default_recipe``)
+RECIPE_ATTR = "recipe_overrides"
+#: user attribute of an enqueued trial the pruner must not stop (the default recipe: see ``tune``)
+NEVER_PRUNE_ATTR = "never_prune"
 
 
 def trial_run_overrides(trial, meta: dict, base_overrides: list[str]) -> list[str]:
-    """The overrides a trial trains with: its suggestions, then the study's fixed overrides
-    (which win, as they come last)."""
+    """The overrides a trial trains with: its suggestions, those an enqueued trial carries
+    (``RECIPE_ATTR``), then the study's fixed overrides (which win, as they come last)."""
+    carried = list((getattr(trial, "user_attrs", None) or {}).get(RECIPE_ATTR, []))
     return suggest_overrides(trial, meta["arch"], meta["loss"], meta["preset"],
-                             loss_space=meta.get("loss_space", True)) + list(base_overrides)
+                             loss_space=meta.get("loss_space", True)) + carried + list(base_overrides)
 
 
 def config_from_overrides(meta: dict, overrides: list[str]):

@@ -68,6 +68,9 @@ class Cell:
     #: extra MLflow tags and (file, artifact folder) pairs for this cell's run (``bench protocol``)
     tags: dict = field(default_factory=dict)
     artifacts: list = field(default_factory=list)
+    #: False: a validation-only run, never scored on the test split (a protocol's rescoring runs,
+    #: which choose a configuration and so must not see the test split); done once it finished
+    evaluate_test: bool = True
 
     @property
     def label(self) -> str:
@@ -166,6 +169,8 @@ def plan_cells(preset: str, archs: Optional[list[str]] = None, losses: Optional[
 class StoreView:
     """What the MLflow store already holds for one data config (see ``_existing_runs``)."""
     finished: dict = field(default_factory=dict)   # config fingerprint -> run id
+    #: config fingerprint -> run id of finished validation-only runs (done only for such cells)
+    validated: dict = field(default_factory=dict)
     refs: dict = field(default_factory=dict)       # (reference arch, reference fingerprint) -> run id
     killed: dict = field(default_factory=dict)     # budget fingerprint -> [(interrupted run id, patience)]
     live: dict = field(default_factory=dict)       # budget fingerprint -> run held by a live process here
@@ -178,6 +183,8 @@ class StoreView:
             return self.refs.get((c.arch, reference_fingerprint(c.cfg)))
         if c.cfg.fingerprint() in self.finished:
             return self.finished[c.cfg.fingerprint()]
+        if not c.evaluate_test and c.cfg.fingerprint() in self.validated:
+            return self.validated[c.cfg.fingerprint()]
         # A run that early stopping never cut short is the same experiment under any larger
         # patience (training is deterministic per seed and epoch), so it counts as done.
         for rid, patience in self.complete.get(c.cfg.budget_fingerprint(), []):
@@ -280,6 +287,8 @@ def _existing_runs(cl, experiment_id: Optional[str], content_hash: Optional[str]
                 budget = None if cut_short else _budget_of(cl, run)
                 if budget:
                     view.complete.setdefault(budget[0], []).append((rid, budget[1]))
+            elif status == "FINISHED" and tags.get("evaluation") == "validation_only":
+                view.validated[fp] = rid
             elif status in ("KILLED", "RUNNING"):
                 dead = status == "KILLED" or is_dead(tags)   # None: RUNNING elsewhere, unknown
                 budget = _budget_of(cl, run) if dead is not None else None
@@ -452,7 +461,7 @@ def _run_cell(c: Cell, killed_run: Optional[str], experiment: Optional[str], on_
     from benchmark.run.train import run_experiment
     if killed_run and has_checkpoint(killed_run):
         return run_experiment(None, resume_run_id=killed_run, show_progress=False, on_run_start=on_run_start,
-                              pause=pause), True
+                              pause=pause, evaluate_test=c.evaluate_test), True
     if killed_run:  # died before its first checkpoint: nothing to resume, so stop it reading RUNNING
         from benchmark.core.tracking import client
         with contextlib.suppress(Exception):
@@ -468,7 +477,7 @@ def _run_cell(c: Cell, killed_run: Optional[str], experiment: Optional[str], on_
         if on_run_start:
             on_run_start(run_id)
     return run_experiment(c.cfg, experiment=experiment, show_progress=False, on_run_start=started,
-                          tags=dict(c.tags) or None, pause=pause), False
+                          tags=dict(c.tags) or None, pause=pause, evaluate_test=c.evaluate_test), False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from benchmark.core.errors import BenchError, TrainingError, UsageError
 from benchmark.core.liveness import HostLock, pid_alive
 from benchmark.core.paths import runs_dir
 from benchmark.core.optuna_storage import open_storage
-from benchmark.campaigns.search_space import (OVERRIDES_ATTR, ConstrainedTrial, check_constraints, config_from_overrides,
+from benchmark.campaigns.search_space import (NEVER_PRUNE_ATTR, OVERRIDES_ATTR, ConstrainedTrial, check_constraints, config_from_overrides,
                                               declared_parameters, parse_fix, parse_narrow, replay_overrides,
                                               trial_run_overrides)
 
@@ -164,14 +164,20 @@ def fail_dead_local_trials(study):
 # the study
 # ---------------------------------------------------------------------------------------------
 def make_pruner(name: str):
+    """An Optuna pruner by name; ``successive_halving:<min epochs>:<reduction factor>`` (a
+    protocol's ``tuning.pruner: successive_halving``): a trial reaches its first rung after
+    ``min epochs`` reported epochs and each rung keeps the best 1/``reduction factor``."""
     import optuna
+    if name.startswith("successive_halving"):
+        _, min_epochs, factor = (name.split(":") + ["1", "3"])[:3]
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=int(min_epochs), reduction_factor=int(factor))
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1)
     if name == "none":
         return optuna.pruners.NopPruner()
-    raise UsageError(f"unknown pruner {name!r} (median, hyperband, none)")
+    raise UsageError(f"unknown pruner {name!r} (median, hyperband, successive_halving, none)")
 
 
 def make_sampler(spec: Optional[tuple], study=None):
@@ -243,6 +249,11 @@ def objective_factory(base_overrides: list[str], meta: dict, fixed: dict, narrow
         raise UsageError(f"tuning metric {metric!r}: choose from {', '.join(TUNING_METRICS)}")
 
     def objective(trial) -> float:
+        # an enqueued default recipe is never pruned: it is the study's reference point (the
+        # default row's settings), so its full-schedule value must exist to compare the tuned
+        # configurations with, and pruning it on an early rung would judge the default recipe
+        # at a short horizon, the very thing the full schedule is there to avoid
+        protected = bool(trial.user_attrs.get(NEVER_PRUNE_ATTR))
         trial.set_user_attr("worker_pid", os.getpid())
         trial.set_user_attr("worker_host", socket.gethostname())
         ct = ConstrainedTrial(trial, fixed, narrowed)
@@ -263,7 +274,7 @@ def objective_factory(base_overrides: list[str], meta: dict, fixed: dict, narrow
                 value = metrics[metric]
                 best["value"] = max(best["value"], value)
                 trial.report(value, epoch)
-                if trial.should_prune():
+                if not protected and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch + 1}")
 
         def started(run_id: str):

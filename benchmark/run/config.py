@@ -225,6 +225,11 @@ class TrainConfig(_Strict):
     batch_size: int = 16
     #: cap on optimiser steps per epoch (None = one pass over the training split)
     steps_per_epoch: Optional[int] = None
+    #: the epoch's budget in patches instead of steps (exclusive with ``steps_per_epoch``): the cap
+    #: is ceil(samples_per_epoch / batch_size) steps, so a tuned batch size changes the step count,
+    #: not the data seen (at a fixed step count batch 16 saw 4x the patches of batch 4). Still
+    #: capped at one pass over the training split, like ``steps_per_epoch``.
+    samples_per_epoch: Optional[int] = None
     early_stopping_patience: int = 20
     amp: bool = True                 # only takes effect on CUDA
     seed: int = 0
@@ -245,14 +250,29 @@ class TrainConfig(_Strict):
             raise ValueError("must be >= 1")
         return v
 
-    @field_validator("steps_per_epoch", "stop_after_epochs")
+    @field_validator("steps_per_epoch", "samples_per_epoch", "stop_after_epochs")
     @classmethod
     def _optional_at_least_one(cls, v, info):
         # 0 or a negative cap would give a run that "finishes" without one optimiser step
         if v is not None and v < 1:
-            unset = {"steps_per_epoch": "one pass over the training split", "stop_after_epochs": "every epoch"}
+            unset = {"steps_per_epoch": "one pass over the training split",
+                     "samples_per_epoch": "one pass over the training split", "stop_after_epochs": "every epoch"}
             raise ValueError(f"must be >= 1 (or null for {unset[info.field_name]})")
         return v
+
+    @model_validator(mode="after")
+    def _one_epoch_budget(self):
+        if self.steps_per_epoch is not None and self.samples_per_epoch is not None:
+            raise ValueError("give train.steps_per_epoch or train.samples_per_epoch, not both "
+                             "(set the other to null)")
+        return self
+
+    def max_steps(self) -> Optional[int]:
+        """The cap on steps per epoch: ``steps_per_epoch``, or the steps ``samples_per_epoch``
+        takes at this batch size (None: one pass over the training split)."""
+        if self.samples_per_epoch is not None:
+            return -(-self.samples_per_epoch // self.batch_size)
+        return self.steps_per_epoch
 
     @field_validator("seed")
     @classmethod
@@ -334,7 +354,7 @@ class RunConfig(_Strict):
 
 
 #: fields added after runs were recorded, with their default: (section, field) -> default
-_ADDED_FIELDS = {("train", "stop_after_epochs"): None}
+_ADDED_FIELDS = {("train", "stop_after_epochs"): None, ("train", "samples_per_epoch"): None}
 
 
 def without_unset_additions(d: dict) -> dict:

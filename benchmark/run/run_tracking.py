@@ -61,11 +61,17 @@ def open_tracker(cfg: RunConfig, store, dist, resume_run_id: Optional[str],
     return tracker
 
 
-def close_training(tracker: Tracker, progress, stopped_early: bool, ckpt_dir: Path) -> None:
-    """What the run logs once training is over: its time, epochs, stop reason, learning curve."""
+def close_training(tracker: Tracker, progress, stopped_early: bool, ckpt_dir: Path,
+                   samples_per_epoch: Optional[int] = None) -> None:
+    """What the run logs once training is over: its time, epochs, stop reason, learning curve,
+    and (``samples_per_epoch``: the epoch's steps x batch) the training patches it saw, the
+    budget a comparison across batch sizes holds equal (tag ``budget.samples_seen``)."""
     tracker.log_metrics({"train_seconds": progress.elapsed, "epochs_completed": len(progress.history)},
                         step=len(progress.history))
-    tracker.set_tags({"stopped_early": stopped_early})
+    tags = {"stopped_early": stopped_early}
+    if samples_per_epoch is not None:
+        tags["budget.samples_seen"] = str(len(progress.history) * samples_per_epoch)
+    tracker.set_tags(tags)
     _log_learning_curve(tracker, progress.history, ckpt_dir)
 
 

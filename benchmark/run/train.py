@@ -210,7 +210,7 @@ class Trainer:
         if len(self.train_rows) == 0 or len(self.val_rows) == 0:
             raise UsageError("the training or validation split is empty for this data config")
         self.batches = TrainBatches(store, self.train_rows, cfg.data, cfg.train.batch_size, cfg.train.seed,
-                                    cfg.train.steps_per_epoch, device, dist.rank, dist.world,
+                                    cfg.train.max_steps(), device, dist.rank, dist.world,
                                     local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
     def _to(self, x):
@@ -370,7 +370,8 @@ def run_experiment(cfg: RunConfig, *, resume_run_id: Optional[str] = None, tags:
         best = progress.best
         result = RunResult(run_id, best["val_dice"], best["epoch"], len(progress.history), stopped_early)
         if dist.main:
-            close_training(tracker, progress, stopped_early, ckpt_dir)
+            close_training(tracker, progress, stopped_early, ckpt_dir,
+                           samples_per_epoch=len(trainer.batches) * cfg.train.batch_size)
             if evaluate_test:
                 from benchmark.run import evaluate, publish
                 _load_best_weights(trainer.model, ckpt_dir)

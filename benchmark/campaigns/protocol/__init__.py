@@ -29,6 +29,21 @@ does, in this order, skipping whatever the tracking store and the Optuna journal
      follow the default runs of the last candidate for it (an architecture over ``best_max_hours``
      cannot be chosen, so its study does not hold the choice up).
 
+Protocol v7's parts (each optional; a file without them runs as v6 did):
+
+  * ``budget.samples_per_epoch``: every trial and run trains that many patches per epoch
+    (``train.samples_per_epoch``), so a tuned batch changes the steps, not the data seen;
+  * ``tuning.schedule: full`` with ``pruner: successive_halving``: trials train the finals'
+    schedule and the pruner stops the weak ones; ``first_trial: default_recipe`` enqueues the
+    architecture's whole default recipe, never pruned;
+  * ``tuning.rescore``: the top trials retrain on new seeds, validation only (``rescore``), and
+    the best mean is what the finals train;
+  * after every study is chosen (``controls``): ``tuning.second_sampler`` (the top three and the
+    comparator tuned again with another sampler seed, study ``<name>-s<seed>``, with finals),
+    ``recipe_control.shared`` (every architecture with the best shared-space recipe) and
+    ``recipe_control.swap_top`` (the top architectures with each other's recipes);
+  * ``status`` adds the planned hours of every part per architecture (``estimate``).
+
 Restartable like ``bench suite`` (whose cell machinery runs stages 2-4): stop at any point and
 rerun the command. A study resumes until it holds its trials (a trial whose process died is
 marked failed and replaced); a finished cell is skipped by its config fingerprint; an
@@ -54,8 +69,9 @@ trials are children of their study's parent run, which carries the same tags), a
 protocol file as the artifact ``protocol/<file name>``.
 
 The package's modules: ``spec`` (the file's schema and loading), ``plan`` (studies and the cells
-they lead to), ``budget`` (costs, measured speed, the ``--hours`` limit), ``runner`` (running
-it), ``status`` and ``export``; the command line is ``benchmark.cli.protocol``.
+they lead to), ``budget`` (costs, measured speed, the ``--hours`` limit), ``rescore`` and ``controls`` (v7's
+rescoring, second sampler and recipe controls), ``estimate`` (planned hours by part), ``runner``
+(running it), ``status`` (with ``status_v7``) and ``export``; the command line is ``benchmark.cli.protocol``.
 """
 from benchmark.campaigns.protocol.export import ProtocolExport, export_protocol
 from benchmark.campaigns.protocol.runner import ProtocolResult, run_protocol

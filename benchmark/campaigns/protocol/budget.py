@@ -37,10 +37,41 @@ def epochs_left(lp: LoadedProtocol, resume: Optional[str] = None) -> int:
     return max(0, epochs - trained)
 
 
+def trial_epochs(lp: LoadedProtocol) -> int:
+    """Epochs one unpruned trial trains: the finals' schedule under ``schedule: full``."""
+    t = lp.spec.tuning
+    return final_epochs(lp) if t.schedule == "full" else t.epochs
+
+
+def samples_factor(lp: LoadedProtocol) -> float:
+    """An epoch's cost against the declared ``seconds_per_epoch`` (measured at the preset's
+    steps x batch): with ``budget.samples_per_epoch`` it is the samples' ratio whatever the
+    batch; else 1 (the batch factors of ``budget`` apply)."""
+    from benchmark.run.config import PRESETS
+    if not lp.spec.budget:
+        return 1.0
+    steps = PRESETS[lp.spec.preset].get("train", {}).get("steps_per_epoch")
+    if not steps:
+        return 1.0      # an epoch is a pass over the split: the declared figure is for that
+    return lp.spec.budget.samples_per_epoch / (steps * preset_batch(lp.spec.preset))
+
+
 def cell_batch_factor(lp: LoadedProtocol, c) -> float:
     """A cell's batch over the preset's: what one of its epochs costs against the preset's (an
-    epoch is a fixed number of steps, so a tuned batch of 16 costs twice the preset's 8)."""
+    epoch is a fixed number of steps, so a tuned batch of 16 costs twice the preset's 8). Under
+    a samples budget (``budget.samples_per_epoch``) an epoch is a fixed number of samples
+    whatever the batch: the samples' ratio (``samples_factor``)."""
+    if lp.spec.budget:
+        return samples_factor(lp)
     return c.cfg.train.batch_size / preset_batch(lp.spec.preset)
+
+
+def trial_batch_factor(lp: LoadedProtocol, which: Literal["mean", "max"] = "mean") -> float:
+    """``tuning_batch_factor`` of the protocol's preset, or under a samples budget the samples'
+    ratio (an epoch's cost no longer grows with the batch drawn)."""
+    if lp.spec.budget:
+        return samples_factor(lp)
+    return tuning_batch_factor(lp.spec.preset, which)
 
 
 def tuning_batch_factor(preset: str, which: Literal["mean", "max"] = "mean") -> float:
@@ -98,8 +129,21 @@ def measured_seconds_per_epoch(lp: LoadedProtocol, arch: str, experiment: Option
             continue
         m, batch = r.data.metrics, r.data.params.get("train.batch_size")
         if m.get("train_seconds") and m.get("epochs_completed") and batch:
-            rates.append(m["train_seconds"] / m["epochs_completed"] / (float(batch) / base))
+            rates.append(m["train_seconds"] / m["epochs_completed"] / _epoch_scale(r.data.params, float(batch), base,
+                                                                                  preset))
     return statistics.median(rates) if rates else None
+
+
+def _epoch_scale(params: dict, batch: float, base: int, preset: str) -> float:
+    """A logged run's epoch against the preset's (the declared figures' unit): its batch over the
+    preset's when an epoch is a number of steps; its samples over the preset's steps x batch when
+    it trained to ``train.samples_per_epoch``."""
+    from benchmark.run.config import PRESETS
+    samples = params.get("train.samples_per_epoch")
+    steps = PRESETS[preset].get("train", {}).get("steps_per_epoch")
+    if samples in (None, "None") or not steps:
+        return batch / base
+    return float(samples) / (steps * base)
 
 
 @dataclass
@@ -154,7 +198,7 @@ class TimeLimit:
         163-184 s at 8, up to 2.3x the mean batch's estimate and 1.35x the largest's: a nearer
         bound than the mean, not a strict one."""
         s = self.lp.spec
-        return self._refuse(f"a {arch} trial", self._cost(arch, s.tuning.epochs, tuning_batch_factor(s.preset, "max")))
+        return self._refuse(f"a {arch} trial", self._cost(arch, trial_epochs(self.lp), trial_batch_factor(self.lp, "max")))
 
     def cell(self, c, resume: Optional[str] = None) -> Optional[str]:
         """A final, default or loss run: its epochs left (``epochs_left``: all, or those after

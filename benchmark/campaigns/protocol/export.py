@@ -10,7 +10,7 @@ from benchmark.campaigns.protocol.spec import LoadedProtocol, load_protocol
 from benchmark.campaigns.protocol.status import finished_protocol_runs
 
 #: the runs an export carries (tuning trials travel inside their study documents)
-EXPORTED_PARTS = ("final", "default", "loss", "reference")
+EXPORTED_PARTS = ("final", "default", "loss", "reference", "rescore", "shared", "swap")
 #: the trials it carries: a RUNNING or WAITING trial belongs to a process on this machine, and
 #: the protocol there enqueues or runs it again
 FINISHED_TRIAL_STATES = ("COMPLETE", "PRUNED", "FAIL")
@@ -51,7 +51,10 @@ def export_protocol(path: str | Path, out: Optional[str | Path] = None, experime
             if r.data.tags.get("protocol.part") in EXPORTED_PARTS]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     present = set(optuna.get_all_study_names(open_storage(storage)[0]))
-    studies = export_studies([n for n in map(lp.study_name, s.architectures) if n in present], storage)
+    # each architecture's study and its second-sampler study (``-s<seed>``), where they exist
+    offset = s.tuning.second_sampler.seed if s.tuning.second_sampler else 0
+    names = [lp.study_name(a, o) for a in s.architectures for o in dict.fromkeys((0, offset))]
+    studies = export_studies([n for n in names if n in present], storage)
     for doc in studies:
         kept = [t for t in doc["trials"] if t["state"] in FINISHED_TRIAL_STATES]
         # numbered as the importing storage will number them (a running trial left out is a gap)

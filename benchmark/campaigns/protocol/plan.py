@@ -3,7 +3,7 @@ default and loss-study runs (``benchmark.campaigns.suite.Cell``), built from a s
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from benchmark.campaigns.protocol.budget import loss_study_affordable
@@ -13,15 +13,25 @@ from benchmark.campaigns.protocol.spec import BEST, LoadedProtocol, final_epochs
 # ---------------------------------------------------------------------------------------------
 # studies
 # ---------------------------------------------------------------------------------------------
-def study_meta(lp: LoadedProtocol, arch: str) -> dict:
-    """The study's identity (a rerun with different values is refused by ``open_study``)."""
+def study_meta(lp: LoadedProtocol, arch: str, offset: int = 0) -> dict:
+    """The study's identity (a rerun with different values is refused by ``open_study``).
+    ``offset``: a second-sampler study's seed offset (``tuning.second_sampler``). Keys added
+    with v7 appear only when set, so a v6 study's identity reads as it was recorded."""
     s = lp.spec
-    return {"arch": arch, "loss": s.tuning.loss, "preset": s.preset, "loss_space": False,
+    meta = {"arch": arch, "loss": s.tuning.loss, "preset": s.preset, "loss_space": False,
             "protocol": f"{s.name}/v{s.version}", "n_trials": s.tuning.n_trials, "epochs": s.tuning.epochs,
-            "pruner": s.tuning.pruner, "sampler": f"{s.tuning.sampler}:{s.tuning.sampler_seed}"
+            "pruner": s.tuning.pruner_name(), "sampler": f"{s.tuning.sampler}:{s.tuning.sampler_seed + offset}"
             + (f":{s.tuning.startup_trials}" if s.tuning.startup_trials is not None else ""),
             "first_trial": s.tuning.first_trial,
             "size": s.tuning.size, "metric": s.tuning.metric, "schedule": s.tuning.schedule}
+    if s.budget:
+        meta["samples_per_epoch"] = s.budget.samples_per_epoch
+    return meta
+
+
+def budget_overrides(lp: LoadedProtocol) -> list[str]:
+    """The protocol's data budget (``budget.samples_per_epoch``) as overrides; none up to v6."""
+    return lp.spec.budget.overrides() if lp.spec.budget else []
 
 
 def held_size(lp: LoadedProtocol, arch: str) -> dict:
@@ -38,9 +48,12 @@ def tuning_overrides(lp: LoadedProtocol) -> list[str]:
     """What every trial adds to its suggestions: the declared overrides and its epoch budget
     (its own schedule, or the first epochs of the final runs' schedule when truncated)."""
     t = lp.spec.tuning
+    base = budget_overrides(lp) + list(t.overrides)
     if t.schedule == "truncated":
-        return list(t.overrides) + [f"train.epochs={final_epochs(lp)}", f"train.stop_after_epochs={t.epochs}"]
-    return list(t.overrides) + [f"train.epochs={t.epochs}"]
+        return base + [f"train.epochs={final_epochs(lp)}", f"train.stop_after_epochs={t.epochs}"]
+    if t.schedule == "full":      # the finals' whole schedule; the pruner stops the weak trials
+        return base + [f"train.epochs={final_epochs(lp)}"]
+    return base + [f"train.epochs={t.epochs}"]
 
 
 @dataclass
@@ -51,24 +64,40 @@ class StudyState:
     n_trials: int
     best_trial: object = None     # optuna FrozenTrial of the best complete trial, once the study is done
     seconds: float = 0.0          # wall time of its trials so far
+    offset: int = 0               # sampler seed offset (a second-sampler study: name suffix -s<offset>)
+    trials: list = field(default_factory=list)   # its FrozenTrials
+    chosen: object = None         # the trial the finals train (``rescore.choose``; the best without rescoring)
+    rescored: dict = field(default_factory=dict)  # trial number -> mean of trial value and rescoring runs
+
+    def __post_init__(self):
+        if self.chosen is None:     # built with its best trial (no rescoring): that is the choice
+            self.chosen = self.best_trial
+
+    @property
+    def value(self) -> Optional[float]:
+        """What ranks the study's architecture: its chosen trial's rescored mean, else its best value."""
+        if self.chosen is not None and self.chosen.number in self.rescored:
+            return self.rescored[self.chosen.number]
+        return None if self.best_trial is None else self.best_trial.value
 
     @property
     def done(self) -> bool:
-        return self.finished >= self.n_trials and self.best_trial is not None
+        """Every trial finished and the configuration the finals train chosen."""
+        return self.finished >= self.n_trials and self.chosen is not None
 
 
-def study_state(lp: LoadedProtocol, arch: str, storage: Optional[str]) -> StudyState:
+def study_state(lp: LoadedProtocol, arch: str, storage: Optional[str], offset: int = 0) -> StudyState:
     import optuna
     from benchmark.core.optuna_storage import open_storage
-    name = lp.study_name(arch)
-    st = StudyState(arch, name, 0, lp.spec.tuning.n_trials)
+    name = lp.study_name(arch, offset)
+    st = StudyState(arch, name, 0, lp.spec.tuning.n_trials, offset=offset)
     storage_obj, _ = open_storage(storage)
     try:
         study = optuna.load_study(study_name=name, storage=storage_obj)
     except KeyError:
         return st
     S = optuna.trial.TrialState
-    trials = study.get_trials(deepcopy=False)
+    trials = st.trials = study.get_trials(deepcopy=False)
     st.finished = sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials)
     st.seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
                      if t.datetime_complete and t.datetime_start)
@@ -77,6 +106,8 @@ def study_state(lp: LoadedProtocol, arch: str, storage: Optional[str]) -> StudyS
             st.best_trial = study.best_trial
         except ValueError:
             st.best_trial = None   # every trial pruned or failed: nothing to train
+        if st.best_trial is not None and not lp.spec.tuning.rescore:
+            st.chosen = st.best_trial
     return st
 
 
@@ -88,7 +119,7 @@ def final_overrides(lp: LoadedProtocol, seed: int) -> list[str]:
     every epoch of it (a truncated trial stopped early), and the seed (later overrides win over
     the trial's own ``train.epochs`` and ``train.stop_after_epochs``)."""
     epochs = final_epochs(lp)
-    out = list(lp.spec.final.overrides)
+    out = budget_overrides(lp) + list(lp.spec.final.overrides)
     if epochs:
         out.append(f"train.epochs={epochs}")
     if lp.spec.tuning.schedule == "truncated":
@@ -97,16 +128,35 @@ def final_overrides(lp: LoadedProtocol, seed: int) -> list[str]:
 
 
 def tuned_cell(lp: LoadedProtocol, st: StudyState, loss: str, seed: int, part: str):
+    """A run of the study's chosen configuration (``st.chosen``: its best trial, or the rescored
+    choice), with the tuning tags; the rescored choice is tagged ``tuning.chosen_trial``,
+    ``tuning.rescored_value`` and ``tuning.rescored_candidates``."""
+    c = trial_cell(lp, st, st.chosen or st.best_trial, loss, seed, part)
+    if st.rescored and st.chosen is not None:
+        c.tags.update({"tuning.chosen_trial": str(st.chosen.number),
+                       "tuning.rescored_value": f"{st.rescored[st.chosen.number]:.6g}",
+                       # every candidate's mean, best first: "t2:0.44,t1:0.41,t0:0.3"
+                       "tuning.rescored_candidates": ",".join(
+                           f"t{n}:{v:.4g}" for n, v in sorted(st.rescored.items(), key=lambda kv: (-kv[1], kv[0])))})
+    return c
+
+
+def trial_cell(lp: LoadedProtocol, st: StudyState, trial, loss: str, seed: int, part: str,
+               extra: tuple[str, ...] = ()):
+    """A run of ``trial``'s exact configuration on the finals' schedule (``extra`` overrides win)."""
     from benchmark.run.run_args import validate_names
     from benchmark.campaigns.suite import Cell
     from benchmark.campaigns.search_space import config_from_overrides, replay_overrides
-    meta = study_meta(lp, st.arch)
-    overrides = replay_overrides(st.best_trial, meta) + final_overrides(lp, seed)
+    meta = study_meta(lp, st.arch, st.offset)
+    overrides = replay_overrides(trial, meta) + final_overrides(lp, seed) + list(extra)
     cfg = config_from_overrides({**meta, "loss": loss}, overrides)
     validate_names(cfg)
     t = lp.spec.tuning
-    epochs = f"first {t.epochs} of {final_epochs(lp)} epochs" if t.schedule == "truncated" else f"{t.epochs} epochs"
-    budget = f"{t.n_trials} trials x {epochs}, {t.pruner} pruner" + \
+    epochs = {"truncated": f"first {t.epochs} of {final_epochs(lp)} epochs",
+              "full": f"{final_epochs(lp)} epochs"}.get(t.schedule, f"{t.epochs} epochs")
+    pruner = t.pruner if t.pruner != "successive_halving" else \
+        f"successive halving (min {t.min_epochs} epochs, factor {t.reduction_factor})"
+    budget = f"{t.n_trials} trials x {epochs}, {pruner} pruner" + \
         (f", on {t.metric}" if t.metric != "val_dice" else "")
     tags = {**lp.tags, "protocol.part": part, "tuned": "true", "optuna.study": st.name, "tuning.metric": t.metric,
             "optuna.best_trial": str(st.best_trial.number), "tuning.budget": budget,
@@ -132,7 +182,9 @@ def default_cells(lp: LoadedProtocol) -> list:
     d = lp.spec.defaults
     if d.seeds < 1:
         return []
-    cells = plan_cells(lp.spec.preset, lp.spec.architectures, [lp.spec.tuning.loss], d.seeds, [], d.references)
+    # the data budget too: the default row is the default recipe trained as the tuned rows are
+    cells = plan_cells(lp.spec.preset, lp.spec.architectures, [lp.spec.tuning.loss], d.seeds, budget_overrides(lp),
+                       d.references)
     for c in cells:
         c.tags = {**lp.tags, "protocol.part": "reference" if c.reference else "default"}
         if not c.reference:
@@ -155,7 +207,7 @@ def loss_study_archs(lp: LoadedProtocol, states: dict[str, StudyState]) -> Optio
     candidates = [a for a in lp.spec.architectures if a not in fixed and loss_study_affordable(lp, a)]
     if not all(a in states and states[a].done for a in candidates):
         return None
-    ranked = sorted((states[a] for a in candidates), key=lambda s: (-s.best_trial.value, s.arch))
+    ranked = sorted((states[a] for a in candidates), key=lambda s: (-s.value, s.arch))
     return fixed + ([ranked[0].arch] if ranked else [])
 
 
@@ -174,6 +226,10 @@ def final_cells(lp: LoadedProtocol, st: StudyState) -> list:
         else:
             print(f"protocol: study {st.name} holds {st.finished}/{st.n_trials} trials; {st.arch} gets its "
                   f"final runs once it is complete (rerun the command)", file=sys.stderr)
+        return []
+    if st.chosen is None:
+        print(f"protocol: study {st.name} waits for its rescoring runs before its finals (rerun the command)",
+              file=sys.stderr)
         return []
     return [tuned_cell(lp, st, lp.spec.tuning.loss, seed, "final") for seed in range(lp.spec.final.seeds)]
 

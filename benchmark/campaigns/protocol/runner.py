@@ -11,6 +11,9 @@ from benchmark.campaigns.protocol.budget import TimeLimit
 from benchmark.campaigns.protocol.plan import (StudyState, default_cells, final_cells, held_size, loss_cells,
                                                loss_study_archs, study_meta, study_state, tuning_overrides,
                                                waiting_for_search)
+from benchmark.campaigns.protocol.controls import (second_final_cells, second_sampler_archs, shared_cells,
+                                                   swap_cells)
+from benchmark.campaigns.protocol.rescore import choose, rescore_cells
 from benchmark.campaigns.protocol.spec import BEST, LoadedProtocol, load_protocol
 from benchmark.campaigns.protocol.status import runs_on_other_data
 from benchmark.core.errors import UsageError
@@ -48,6 +51,8 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
         run.out.stopped = run.limit.stopped
         return run.out
     run.closing_stages(defaults)
+    if not (run.limit and run.limit.stopped):
+        run.control_stages()
     run.out.stopped = run.limit.stopped if run.limit else ""
     return run.out
 
@@ -97,11 +102,21 @@ class _ProtocolRun:
                                                 may_start=limit.cell if limit else None,
                                                 pause=limit.pause if limit and limit.pause_runs else None)))
 
+    def rescore(self, st: StudyState) -> None:
+        """A complete study's rescoring runs (``tuning.rescore``), then its chosen trial."""
+        cells = rescore_cells(self.lp, st) if st.finished >= st.n_trials else []
+        if cells:
+            self.stage(f"rescore {st.name}", cells, f"rescore [{st.name}]")
+        choose(self.lp, st, self.experiment)
+
     def tune_and_finals_on_cluster(self, ready: list[str]) -> None:
         _tune_on_cluster(self.lp, self.storage, self.executor, ready)
+        states = {a: study_state(self.lp, a, self.storage) for a in ready}
+        self.stage("rescore", [c for st in states.values() for c in rescore_cells(self.lp, st)], "rescore")
         finals = []
-        for arch in ready:
-            st = self.out.studies[arch] = study_state(self.lp, arch, self.storage)
+        for arch, st in states.items():
+            choose(self.lp, st, self.experiment)
+            self.out.studies[arch] = st
             finals += final_cells(self.lp, st)
         self.stage("final", finals, "final")
 
@@ -119,6 +134,7 @@ class _ProtocolRun:
                 tune_arch(self.lp, arch, self.storage, self.show_progress, self.limit)
                 st = study_state(self.lp, arch, self.storage)
             self.out.studies[arch] = st
+            self.rescore(st)
             self.trained_arch(i, st, defaults)
             if best_pending:
                 best_pending = not self.best_loss_study()
@@ -138,7 +154,7 @@ class _ProtocolRun:
             self.stage(f"defaults {arch}", mine, f"defaults [{arch}]")
         # an architecture the loss study names (not 'best', which waits for its candidates) has
         # its loss cells next, for the same reason; the loss stage below skips them as done
-        if s.loss_study and arch in s.loss_study.archs and st.best_trial is not None:
+        if s.loss_study and arch in s.loss_study.archs and st.chosen is not None:
             self.stage(f"loss study {arch}", loss_cells(self.lp, {arch: st}, [arch]), f"loss study [{arch}]")
 
     def best_loss_study(self) -> bool:
@@ -154,6 +170,32 @@ class _ProtocolRun:
                        f"loss study [{BEST}: {best[0]}]")
         return True
 
+    def control_stages(self) -> None:
+        """v7's controls once every first study has its chosen trial: the second-sampler studies
+        (each: study, rescoring, finals), then the shared-recipe and the recipe-swap runs."""
+        lp, first = self.lp, dict(self.out.studies)   # the first studies, by architecture
+        archs = second_sampler_archs(lp, first)
+        if archs is None:
+            print("protocol: the second-sampler studies, shared-recipe and swap runs wait for every study's "
+                  "chosen trial", file=sys.stderr)
+            return
+        offset = lp.spec.tuning.second_sampler.seed if lp.spec.tuning.second_sampler else 0
+        for arch in archs:
+            if self.limit and self.limit.stopped:
+                return
+            st = study_state(lp, arch, self.storage, offset)
+            if st.finished < st.n_trials and not (self.limit and self.limit.trial(arch)):
+                tune_arch(lp, arch, self.storage, self.show_progress, self.limit, offset)
+                st = study_state(lp, arch, self.storage, offset)
+            self.out.studies[st.name] = st
+            self.rescore(st)
+            cells = second_final_cells(lp, st)
+            if cells:
+                self.stage(f"final {st.name}", cells, f"final [{st.name}]")
+        for name, cells in (("shared recipe", shared_cells(lp, first)), ("recipe swap", swap_cells(lp, first))):
+            if cells:
+                self.stage(name, cells, name)
+
     def closing_stages(self, defaults: list) -> None:
         """Every default cell and every loss-study cell (those already done are skipped)."""
         s = self.lp.spec
@@ -165,7 +207,7 @@ class _ProtocolRun:
                   file=sys.stderr)
             archs = [a for a in s.loss_study.archs if a != BEST]   # the named ones need only their own study
         if archs:
-            done = {a: st for a, st in self.out.studies.items() if st.best_trial is not None}
+            done = {a: st for a, st in self.out.studies.items() if st.chosen is not None}
             self.stage("loss study", loss_cells(self.lp, done, [a for a in archs if a in done]), "loss study")
 
 
@@ -173,30 +215,34 @@ class _ProtocolRun:
 # studies
 # ---------------------------------------------------------------------------------------------
 def tune_arch(lp: LoadedProtocol, arch: str, storage: Optional[str], show_progress: bool,
-              limit: Optional[TimeLimit] = None) -> None:
-    """Run (or resume) the architecture's study until it holds ``n_trials`` finished trials (or
-    until the next trial would overrun ``limit``)."""
+              limit: Optional[TimeLimit] = None, offset: int = 0) -> None:
+    """Run (or resume) the architecture's study (``offset``: a second-sampler study) until it
+    holds ``n_trials`` finished trials (or until the next trial would overrun ``limit``)."""
     from benchmark.core.tracking import Tracker, client, load_settings
-    from benchmark.campaigns.search_space import default_optimiser_params
+    from benchmark.campaigns.search_space import NEVER_PRUNE_ATTR, RECIPE_ATTR, default_optimiser_params, default_recipe
     from benchmark.campaigns.tune import close_parent_run, ensure_parent_run, open_study, run_worker
     t = lp.spec.tuning
-    meta = study_meta(lp, arch)
-    study, _ = open_study(lp.study_name(arch), storage, 1, meta, t.pruner)
+    meta = study_meta(lp, arch, offset)
+    name = lp.study_name(arch, offset)
+    study, _ = open_study(name, storage, 1, meta, t.pruner_name())
     if t.first_trial == "default_optimiser" and not study.get_trials(deepcopy=False):
         study.enqueue_trial(default_optimiser_params(arch, lp.spec.preset))
+    if t.first_trial == "default_recipe" and not study.get_trials(deepcopy=False):
+        params, exact = default_recipe(arch, lp.spec.preset, held_size(lp, arch))
+        study.enqueue_trial(params, user_attrs={RECIPE_ATTR: exact, NEVER_PRUNE_ATTR: True})
     new_parent = "mlflow_parent_run_id" not in study.user_attrs
     parent = ensure_parent_run(study, {**meta, **lp.tags})
     if new_parent:
         settings = load_settings()
         Tracker(client(settings), parent, settings).log_artifact(lp.path, "protocol")
-    run_worker(lp.study_name(arch), storage, t.n_trials, meta, tuning_overrides(lp), held_size(lp, arch), {}, t.pruner,
-               show_progress=show_progress, sampler=(t.sampler, t.sampler_seed, t.startup_trials),
+    run_worker(name, storage, t.n_trials, meta, tuning_overrides(lp), held_size(lp, arch), {}, t.pruner_name(),
+               show_progress=show_progress, sampler=(t.sampler, t.sampler_seed + offset, t.startup_trials),
                may_start=(lambda: limit.trial(arch)) if limit else None)
     close_parent_run(parent)
-    _tag_trial_runs(lp, arch, storage)
+    _tag_trial_runs(lp, name, storage)
 
 
-def _tag_trial_runs(lp: LoadedProtocol, arch: str, storage: Optional[str]) -> None:
+def _tag_trial_runs(lp: LoadedProtocol, study_name: str, storage: Optional[str]) -> None:
     """Give the study's trial runs the protocol tags (their parent run holds the protocol file).
     Done after the study, so a trial run of an interrupted study gets them on the next run."""
     import optuna
@@ -204,7 +250,7 @@ def _tag_trial_runs(lp: LoadedProtocol, arch: str, storage: Optional[str]) -> No
     from benchmark.core.optuna_storage import open_storage
     settings = load_settings()
     cl = client(settings)
-    study = optuna.load_study(study_name=lp.study_name(arch), storage=open_storage(storage)[0])
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage)[0])
     for t in study.get_trials(deepcopy=False):
         rid = t.user_attrs.get("mlflow_run_id")
         if rid and _in_store(cl, rid):

@@ -22,10 +22,46 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class RescoreSpec(_Strict):
+    """After a study: its ``top_k`` complete trials each retrain with ``seeds`` new seeds (validation
+    only) and the best mean of trial value and retrainings is the configuration the finals train."""
+    top_k: int
+    seeds: int
+
+    @field_validator("top_k", "seeds")
+    @classmethod
+    def _positive(cls, v):
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+
+#: ``second_sampler.archs``: the three best architectures by rescored validation value and the comparator
+TOP3_AND_COMPARATOR = "top3_and_comparator"
+
+
+class SecondSamplerSpec(_Strict):
+    """The studies of ``archs`` run again with the sampler seed + ``seed`` (study name suffix
+    ``-s<seed>``), rescored and trained like the first: the spread the search itself adds."""
+    seed: int = 1
+    archs: Literal["top3_and_comparator"] | list[str] = TOP3_AND_COMPARATOR
+
+    @field_validator("seed")
+    @classmethod
+    def _nonzero(cls, v):
+        if v < 1:
+            raise ValueError("must be >= 1 (0 is the first study's sampler)")
+        return v
+
+
 class TuningSpec(_Strict):
     n_trials: int
     epochs: int
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    #: ``successive_halving``: Optuna's SuccessiveHalvingPruner, first rung after ``min_epochs``
+    #: epochs, each rung keeping 1/``reduction_factor`` of the trials
+    pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    min_epochs: int = 1
+    reduction_factor: int = 3
     sampler: Literal["tpe", "random"] = "tpe"
     sampler_seed: int = 0
     #: TPE's random start-up trials (None: Optuna's default, 10)
@@ -33,7 +69,10 @@ class TuningSpec(_Strict):
     #: "sampled": every trial is drawn; "default_optimiser": trial 0 is the preset's own optimiser
     #: settings (the default rows' optimiser, learning rate and batch; ``search_space.default_optimiser_params``),
     #: the architecture's knobs drawn, so a study has always tried what the default rows train
-    first_trial: Literal["sampled", "default_optimiser"] = "sampled"
+    #: "default_recipe": trial 0 is the architecture's default recipe in full: the default optimiser
+    #: settings and its own search parameters at their defaults (``search_space.default_recipe``),
+    #: never pruned (the default row's reference)
+    first_trial: Literal["sampled", "default_optimiser", "default_recipe"] = "sampled"
     #: loss trained during tuning (at its default settings)
     loss: str = "dice_bce"
     #: config overrides for every trial (after the suggestions: they win)
@@ -53,7 +92,27 @@ class TuningSpec(_Strict):
     #: is the beginning of the run the final seeds train and its learning rate is still high where
     #: it stops (a compressed 6-epoch cosine anneals before a U-Net at the default rate has learnt
     #: to predict anything; the same settings score 0.3 at epoch 6 of the 20-epoch schedule)
-    schedule: Literal["compressed", "truncated"] = "compressed"
+    #: "full": every trial trains the final runs' whole schedule (``tuning.epochs`` is then ignored
+    #: for the budget: a multi-fidelity pruner stops the weak trials early), so the chosen
+    #: configuration has trained as long as the finals will
+    schedule: Literal["compressed", "truncated", "full"] = "compressed"
+    #: top-k re-scoring of each study before its finals (None: the best trial, as before)
+    rescore: Optional[RescoreSpec] = None
+    #: a second study per chosen architecture with another sampler seed (None: none)
+    second_sampler: Optional[SecondSamplerSpec] = None
+
+    @field_validator("min_epochs", "reduction_factor")
+    @classmethod
+    def _rung(cls, v, info):
+        if v < (2 if info.field_name == "reduction_factor" else 1):
+            raise ValueError("must be >= 2" if info.field_name == "reduction_factor" else "must be >= 1")
+        return v
+
+    def pruner_name(self) -> str:
+        """The pruner as ``benchmark.campaigns.tune.make_pruner`` reads it."""
+        if self.pruner == "successive_halving":
+            return f"successive_halving:{self.min_epochs}:{self.reduction_factor}"
+        return self.pruner
 
     @field_validator("n_trials", "epochs")
     @classmethod
@@ -68,6 +127,38 @@ class FinalSpec(_Strict):
     #: training epochs of the final runs (default: the preset's)
     epochs: Optional[int] = None
     overrides: list[str] = []
+
+
+class BudgetSpec(_Strict):
+    """The training budget in data: ``train.samples_per_epoch`` for every trial, final, default,
+    rescore and recipe-control run of the protocol (steps per epoch follow the batch size)."""
+    samples_per_epoch: int
+
+    @field_validator("samples_per_epoch")
+    @classmethod
+    def _positive(cls, v):
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    def overrides(self) -> list[str]:
+        return ["train.steps_per_epoch=null", f"train.samples_per_epoch={self.samples_per_epoch}"]
+
+
+class RecipeControlSpec(_Strict):
+    """Controls for recipe luck: ``shared`` trains every architecture with the best shared-space
+    recipe across all studies (``final.seeds`` seeds); ``swap_top`` trains each of the top
+    architectures and the comparator with each other one's shared-space recipe (``swap_seeds``)."""
+    shared: bool = False
+    swap_top: int = 0
+    swap_seeds: int = 1
+
+    @field_validator("swap_top", "swap_seeds")
+    @classmethod
+    def _not_negative(cls, v):
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v
 
 
 class DefaultsSpec(_Strict):
@@ -99,6 +190,10 @@ class Protocol(_Strict):
     final: FinalSpec
     defaults: DefaultsSpec = DefaultsSpec()
     loss_study: Optional[LossStudySpec] = None
+    #: the epoch's budget in samples (None: the preset's steps per epoch, as up to v6)
+    budget: Optional[BudgetSpec] = None
+    #: shared-recipe and recipe-swap controls (None: none)
+    recipe_control: Optional[RecipeControlSpec] = None
     #: measured training seconds per epoch at the preset (for ``status``'s cost estimate only)
     seconds_per_epoch: dict[str, float] = {}
     #: where ``seconds_per_epoch`` was measured (machine, commit); shown by ``status``
@@ -134,6 +229,15 @@ class Protocol(_Strict):
             stray = [a for a in self.loss_study.archs if a != BEST and a not in self.architectures]
             if stray:
                 raise ValueError(f"loss_study.archs {stray} are not in architectures")
+        t = self.tuning
+        if (t.rescore or t.second_sampler or self.recipe_control) and t.schedule != "full":
+            raise ValueError("tuning.rescore, tuning.second_sampler and recipe_control need tuning.schedule: full "
+                             "(a rescored or swapped configuration trains the finals' schedule)")
+        ss = t.second_sampler
+        if ss and isinstance(ss.archs, list):
+            stray = [a for a in ss.archs if a not in self.architectures]
+            if stray:
+                raise ValueError(f"tuning.second_sampler.archs {stray} are not in architectures")
         return self
 
 
@@ -148,8 +252,9 @@ class LoadedProtocol:
         return {"protocol.name": self.spec.name, "protocol.version": str(self.spec.version),
                 "protocol.sha": self.sha, "protocol.comparator": self.spec.reference_arch}
 
-    def study_name(self, arch: str) -> str:
-        return f"{self.spec.name}-v{self.spec.version}-{arch}"
+    def study_name(self, arch: str, sampler_offset: int = 0) -> str:
+        """``<name>-v<version>-<arch>``; a second-sampler study adds ``-s<offset>``."""
+        return f"{self.spec.name}-v{self.spec.version}-{arch}" + (f"-s{sampler_offset}" if sampler_offset else "")
 
 
 def load_protocol(path: str | Path) -> LoadedProtocol:
@@ -175,6 +280,9 @@ def load_protocol(path: str | Path) -> LoadedProtocol:
         loc = ".".join(str(x) for x in err["loc"]) or "protocol"
         raise UsageError(f"protocol file {p}: {loc}: {err['msg']}") from None
     spec.architectures = list(dict.fromkeys(architecture_entry(a).name for a in spec.architectures))
+    ss = spec.tuning.second_sampler
+    if ss and isinstance(ss.archs, list):
+        ss.archs = list(dict.fromkeys(architecture_entry(a).name for a in ss.archs))
     spec.reference_arch = architecture_entry(spec.reference_arch).name
     spec.tuning.loss = loss_entry(spec.tuning.loss).name
     if spec.loss_study:

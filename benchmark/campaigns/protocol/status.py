@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 from benchmark.campaigns.protocol.budget import (cells_cost, declared_cost, loss_study_affordable, loss_study_hours,
-                                                 measured_seconds_per_epoch, tuning_batch_factor)
+                                                 measured_seconds_per_epoch, trial_batch_factor, trial_epochs)
+from benchmark.campaigns.protocol.estimate import part_table
 from benchmark.campaigns.protocol.plan import (StudyState, loss_cells, loss_study_archs, study_state, tuned_cell,
                                                waiting_for_search)
 from benchmark.campaigns.protocol.spec import BEST, LoadedProtocol, final_epochs, load_protocol
@@ -25,14 +26,37 @@ def protocol_status(path: str | Path, experiment: Optional[str] = None, storage:
     report.lines.append(f"{'architecture':16s} {'tuning':>10s} {'final':>7s} {'default':>8s}  {'spent (h)':>9s}  "
                         f"{'cost left (h)':>13s}  s/epoch declared, here")
     waiting = waiting_for_search(lp)
-    states = {arch: report.arch_row(study_state(lp, arch, storage), arch in waiting) for arch in s.architectures}
+    states = {arch: report.arch_row(_with_choice(lp, study_state(lp, arch, storage), experiment), arch in waiting)
+              for arch in s.architectures}
     if s.loss_study:
         report.loss_study_lines(states)
+    # v7's runs beside the rows' (their time counts in "spent so far")
+    report.spent_by.update({f"{part} {arch}": sec for (arch, part), sec in report.spent.items()
+                            if part in ("rescore", "shared", "swap")})
     report.closing_lines(waiting)
+    if _has_v7_parts(lp):
+        from benchmark.campaigns.protocol.status_v7 import control_lines
+        report.lines += control_lines(lp, states, storage, experiment)
+        report.lines += part_table(lp)
     note = runs_on_other_data(lp, experiment, runs)
     if note:
         report.lines.append(note)
     return "\n".join(report.lines)
+
+
+def _with_choice(lp: LoadedProtocol, st: StudyState, experiment: Optional[str]) -> StudyState:
+    """The study with its chosen trial, where its rescoring runs are all finished."""
+    from benchmark.campaigns.protocol.rescore import choose
+    if st.finished >= st.n_trials:
+        choose(lp, st, experiment)
+    return st
+
+
+def _has_v7_parts(lp: LoadedProtocol) -> bool:
+    """Whether the protocol uses a part up to v6 did not have (v6's status reads as it did)."""
+    s = lp.spec
+    return bool(s.budget or s.recipe_control or s.tuning.rescore or s.tuning.second_sampler
+                or s.tuning.pruner == "successive_halving")
 
 
 @dataclass
@@ -60,7 +84,7 @@ class _StatusReport:
         """An architecture's row: its trials, final and default runs done, time spent and cost left."""
         lp, s, arch = self.lp, self.lp.spec, st.arch
         trials_left = max(0, st.n_trials - st.finished)
-        left = declared_cost(lp, arch, trials_left * s.tuning.epochs, tuning_batch_factor(s.preset))
+        left = declared_cost(lp, arch, trials_left * trial_epochs(lp), trial_batch_factor(lp))
         if st.done:
             cells = [tuned_cell(lp, st, s.tuning.loss, seed, "final") for seed in range(s.final.seeds)]
             res = self.dry_run(cells)
@@ -143,7 +167,9 @@ class _StatusReport:
                               f"{top} {self.spent_by[top] / 3600:.1f} h of it ({100 * self.spent_by[top] / total:.0f} %)")
         self.lines.append(f"estimated cost left: {self.left_total / 3600:.1f} h on the machine the figures come from"
                           + (f" ({s.seconds_per_epoch_source})" if s.seconds_per_epoch_source else "")
-                          + "; tuning counted without pruning (an upper bound)")
+                          + "; tuning counted without pruning (an upper bound)"
+                          + ("; trials, finals, defaults and loss study only (every part: the table below)"
+                             if _has_v7_parts(self.lp) else ""))
         if self.unknown:
             self.lines.append(f"no seconds_per_epoch for: {', '.join(self.unknown)} (not counted)")
         for arch, why in waiting.items():
@@ -165,14 +191,14 @@ def finished_protocol_runs(lp: LoadedProtocol, experiment: Optional[str] = None)
 
 def spent_seconds(runs: list) -> dict[tuple[str, str], float]:
     """Training seconds of a protocol's finished runs (``finished_protocol_runs``), summed by
-    architecture and part (``final``, ``default``, ``loss``): what the protocol has cost so far
+    architecture and part (``final``, ``default``, ``loss``; v7's ``rescore``, ``shared``, ``swap``): what the protocol has cost so far
     beside its trials (whose wall time is ``StudyState.seconds``). Only what a protocol export
     carries is counted, so the figure reads the same after ``bench import``."""
     from collections import defaultdict
     spent: dict[tuple[str, str], float] = defaultdict(float)
     for r in runs:
         part = r.data.tags.get("protocol.part")
-        if part in ("final", "default", "loss"):
+        if part in ("final", "default", "loss", "rescore", "shared", "swap"):
             spent[(r.data.tags.get("arch", ""), part)] += r.data.metrics.get("train_seconds", 0.0)
     return dict(spent)
 
