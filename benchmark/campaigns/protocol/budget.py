@@ -197,7 +197,6 @@ class TimeLimit:
         once it has started. A swinunetr trial at batch 16 took 358-446 s per epoch against
         163-184 s at 8, up to 2.3x the mean batch's estimate and 1.35x the largest's: a nearer
         bound than the mean, not a strict one."""
-        s = self.lp.spec
         return self._refuse(f"a {arch} trial", self._cost(arch, trial_epochs(self.lp), trial_batch_factor(self.lp, "max")))
 
     def cell(self, c, resume: Optional[str] = None) -> Optional[str]:
