@@ -252,9 +252,18 @@ def test_patch_dataset_reproducible(smoke_store):
 
 def test_code_version_ignores_comments_not_code():
     from pathlib import Path
-    src = (Path(cache_mod.__file__).parent / "phantom.py").read_text()
+    src = (Path(cache_mod.__file__).parent / "phantom_anatomy.py").read_text()
     commented = src.replace("def _tube(", "# why, not what\ndef _tube(", 1)
     changed = src.replace("edge = 0.5 * float(", "edge = 0.6 * float(", 1)
     assert changed != src
     assert cache_mod._code_fingerprint(commented) == cache_mod._code_fingerprint(src)
     assert cache_mod._code_fingerprint(changed) != cache_mod._code_fingerprint(src)
+
+
+def test_every_phantom_module_is_in_the_cache_code_version():
+    """Editing any module that shapes the phantom's pixels must rebuild its caches."""
+    from pathlib import Path
+    from benchmark.data.datasets import get_dataset
+    files = {Path(p).name for p in get_dataset("lidc").code_files("phantom")}
+    here = Path(cache_mod.__file__).parent
+    assert {p.name for p in here.glob("phantom*.py")} <= files

@@ -33,7 +33,8 @@ __all__ = ["LidcDataset", "BUILTIN_NAME"]
 BUILTIN_NAME = "lidc"
 
 #: modules whose source shapes the pixels, per source (editing them invalidates that source's caches)
-_CODE_FILES = {"phantom": ("geometry.py", "ground_truth.py", "phantom.py", "true_shape.py"),
+_CODE_FILES = {"phantom": ("geometry.py", "ground_truth.py", "phantom.py", "phantom_anatomy.py", "phantom_params.py",
+                           "true_shape.py"),
                "dicom": ("geometry.py", "ground_truth.py", "dicom_source.py", "true_shape.py")}
 
 
