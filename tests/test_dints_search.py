@@ -116,6 +116,7 @@ def test_path_costs_are_monais_memory_estimate_term_by_term():
     assert (probs.detach().numpy() * costs).sum() == pytest.approx(float(space.get_ram_cost_usage(shape)), rel=1e-5)
 
 
+@pytest.mark.slow  # builds MONAI's DiNTS search space twice (~10 s)
 def test_decode_within_a_cost_target_prunes_paths_and_is_deterministic():
     """Probabilities that want every path: MONAI's decode keeps all 42; at a target of 0.5 the
     decode keeps fewer and meets it; the same probabilities decode the same, and a target the

@@ -52,6 +52,7 @@ def test_expected_losses_registered():
     assert EXPECTED <= set(ALL_LOSSES)
 
 
+@pytest.mark.slow  # a fresh interpreter per check (~8 s)
 def test_listing_the_losses_imports_no_loss_module_and_no_monai():
     """`bench losses` reads the declared table only: no loss module, MONAI or torch is imported
     (importing them cost `bench losses` 18-20 s); building a loss imports its module."""

@@ -26,6 +26,7 @@ def test_an_alias_says_which_variant_it_runs_in_the_output_the_tags_and_the_help
     assert "aliases: transfuse = transfuse_s" in " ".join(p.format_help().split())
 
 
+@pytest.mark.slow  # runs `bench archs`, which builds every network (~8 s)
 def test_bench_archs_names_what_each_alias_runs():
     from tests.conftest import ROOT
     out = subprocess.run([sys.executable, "-m", "benchmark.cli.main", "archs", "--no-cost"], cwd=ROOT,
