@@ -59,13 +59,14 @@ def _check_rescore_from_stored_predictions(cl, run_id):
     and a metric added afterwards is computed for this run without retraining (`bench rescore`)."""
     import pandas as pd
 
+    from benchmark.core.provenance import sha256_file
     from benchmark.run import evaluate
     from benchmark.cli.main import main
     from benchmark.run.rescore import rescore_run
     pred = cl.download_artifacts(run_id, "evaluation/predictions.npz")
     assert os.path.getsize(pred) < 50_000                       # bit-packed and compressed
     # evaluation recorded the file's digest; bench rescore checks it (tests/test_hardening_round3.py)
-    assert cl.get_run(run_id).data.tags[evaluate.PREDICTIONS_DIGEST_TAG] == evaluate.file_sha256(pred)
+    assert cl.get_run(run_id).data.tags[evaluate.PREDICTIONS_DIGEST_TAG] == sha256_file(pred)
     df, flat, logged = rescore_run(run_id)
     original = pd.read_csv(cl.download_artifacts(run_id, "evaluation/per_nodule.csv"))
     assert list(df["nodule_id"]) == list(original["nodule_id"])

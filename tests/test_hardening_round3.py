@@ -212,14 +212,15 @@ def _run_with_predictions(tmp_path, digest: bool):
     """A run as evaluation leaves it: config.yaml, evaluation/predictions.npz and (now) its digest."""
     from benchmark.core.tracking import client, experiment_id, load_settings
     from benchmark.run.config import build_config
-    from benchmark.run.evaluate import PREDICTIONS_DIGEST_TAG, file_sha256, save_predictions
+    from benchmark.core.provenance import sha256_file
+    from benchmark.run.evaluate import PREDICTIONS_DIGEST_TAG, save_predictions
     cl = client()
     run_id = cl.create_run(experiment_id(cl, load_settings())).info.run_id
     cl.log_text(run_id, build_config("smoke", []).to_yaml(), "config.yaml")
     pred = save_predictions(tmp_path / "predictions.npz", ["a", "b"], np.zeros((2, 4, 4, 4), bool))
     cl.log_artifact(run_id, str(pred), "evaluation")
     if digest:
-        cl.set_tag(run_id, PREDICTIONS_DIGEST_TAG, file_sha256(pred))
+        cl.set_tag(run_id, PREDICTIONS_DIGEST_TAG, sha256_file(pred))
     cl.set_terminated(run_id, "FINISHED")
     return cl, run_id
 

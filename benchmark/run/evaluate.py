@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 import yaml
 
+from benchmark.core.provenance import sha256_file
 from benchmark.core.errors import DataError
 from benchmark.run.config import RunConfig
 from benchmark.core.tracking import Tracker
@@ -219,15 +220,6 @@ def load_predictions(path: Path) -> tuple[list[str], np.ndarray]:
 PREDICTIONS_DIGEST_TAG = "evaluation.predictions_sha256"
 
 
-def file_sha256(path: Path) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def evaluate_run(model, store, cfg: RunConfig, device, tracker: Tracker, out_dir: Path, train_seconds: float) -> dict:
     """Score ``model`` on the test split and log what it scored: metrics, per-nodule table,
     summary, binary predictions and overlays (files in ``out_dir`` first). Publishing the model
@@ -240,7 +232,7 @@ def evaluate_run(model, store, cfg: RunConfig, device, tracker: Tracker, out_dir
     df.to_csv(csv, index=False)
     pred_file = save_predictions(out_dir / PREDICTIONS_FILE, store.table.iloc[rows]["nodule_id"], preds)
     tracker.log_artifact(pred_file, "evaluation")
-    tracker.set_tags({PREDICTIONS_DIGEST_TAG: file_sha256(pred_file)})
+    tracker.set_tags({PREDICTIONS_DIGEST_TAG: sha256_file(pred_file)})
     summary = summarize(df, dataset_strata(cfg))
     costs = cost_metrics(model, cfg, device)
     costs["train_seconds"] = train_seconds

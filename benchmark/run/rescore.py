@@ -74,7 +74,8 @@ def rescore_run(run_id: str, require_digest: bool = False) -> tuple[pd.DataFrame
 
 
 def _check_digest(run_id: str, tags: dict, pred_path: Path, require_digest: bool) -> None:
-    from benchmark.run.evaluate import PREDICTIONS_DIGEST_TAG, PREDICTIONS_FILE, file_sha256
+    from benchmark.core.provenance import sha256_file
+    from benchmark.run.evaluate import PREDICTIONS_DIGEST_TAG, PREDICTIONS_FILE
     recorded = tags.get(PREDICTIONS_DIGEST_TAG)
     if recorded is None:
         what = (f"run {run_id} predates prediction digests (no tag {PREDICTIONS_DIGEST_TAG}): its stored "
@@ -82,7 +83,7 @@ def _check_digest(run_id: str, tags: dict, pred_path: Path, require_digest: bool
         if require_digest:
             raise UsageError(f"{what}; add --accept-unverified to log its rescoring anyway")
         print(f"warning: {what}", file=sys.stderr)
-    elif file_sha256(pred_path) != recorded:
+    elif sha256_file(pred_path) != recorded:
         raise DataError(f"run {run_id}: evaluation/{PREDICTIONS_FILE} does not match the sha256 recorded when it "
                         f"was evaluated (tag {PREDICTIONS_DIGEST_TAG}): changed since; refused")
 
