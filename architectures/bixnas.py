@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.core.errors import BenchError, UsageError
+from benchmark.core.json_file import read_json
 
 from . import register_architecture
 from ._layers import PadToMultiple, plan_strides, total_stride
@@ -369,12 +370,7 @@ def save_genotype(g: Genotype, path, meta: dict | None = None) -> Path:
 def load_genotype(path) -> Genotype:
     """Read a genotype JSON written by :func:`save_genotype` (``meta`` included)."""
     path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"genotype file {path} does not exist") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"genotype file {path} is not readable JSON: {e}") from None
+    d = read_json(path, "genotype file")
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise UsageError(f"genotype file {path}: expected \"format\": \"{FORMAT}\"")
     try:

@@ -43,6 +43,7 @@ import numpy as np
 from monai.networks.nets import DiNTS, TopologyInstance
 
 from benchmark.core.errors import UsageError
+from benchmark.core.json_file import read_json
 
 from . import register_architecture
 from ._layers import PadToMultiple
@@ -128,12 +129,7 @@ def save_topology(topology: dict, path) -> Path:
 
 def load_topology(path) -> dict:
     path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"DiNTS topology file {path} does not exist") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"DiNTS topology file {path} is not readable JSON: {e}") from None
+    d = read_json(path, "DiNTS topology file")
     if not isinstance(d, dict) or d.get("format") != FORMAT or not all(k in d for k in ("node_a", "arch_code_a",
                                                                                          "arch_code_c")):
         raise UsageError(f"DiNTS topology file {path}: expected \"format\": \"{FORMAT}\" with node_a, "

@@ -39,6 +39,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from benchmark.core.errors import UsageError
+from benchmark.core.json_file import read_json
 
 
 def genotype_key(g) -> str:
@@ -141,12 +142,7 @@ def _save(record: dict, path: Path) -> None:
 
 def load_record(path) -> dict:
     path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"search record {path} does not exist") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise UsageError(f"search record {path} is not readable JSON: {e}") from None
+    record = read_json(path, "search record")
     if not isinstance(record, dict) or record.get("format") != "lidc-bench/bixnas-evolve/1":
         raise UsageError(f"{path} is not a bixnas-evolve search record")
     return record
