@@ -333,19 +333,22 @@ def declared_comparator(runs: list[RunRecord], protocols_dir: Optional[Path] = N
 
     A protocol records it on every run (``COMPARATOR_TAG``). Runs of a protocol that predates the
     tag (cpu v6) record the name and the sha of the protocol file's bytes: the committed file of
-    that name and sha (anywhere under ``protocols/``) is read for its ``reference_arch``. Runs of no protocol (``bench run``, ``bench suite``)
-    declare no comparator, so their page has no pre-declared test. Runs that name different
+    that name and sha (anywhere under ``protocols/``) is read for its ``reference_arch``. Runs of no
+    protocol (``bench run``, ``bench suite``) declare no comparator, so their page has no
+    pre-declared test. Runs that name different
     comparators are a usage error: one page answers one declared question.
     """
-    found = set()
+    found, untagged = set(), set()
     for r in runs:
         if r.reference:
             continue
         if COMPARATOR_TAG in r.tags:
             found.add(r.tags[COMPARATOR_TAG])
         elif "protocol.name" in r.tags and "protocol.sha" in r.tags:
-            found.add(_comparator_from_protocol_file(r.tags["protocol.name"], r.tags["protocol.sha"],
-                                                     protocols_dir or PROJECT_ROOT / "protocols"))
+            untagged.add((r.tags["protocol.name"], r.tags["protocol.sha"]))
+    # each protocol file is looked up once per (name, sha), not once per run (117 runs on v6's page)
+    found |= {_comparator_from_protocol_file(name, sha, protocols_dir or PROJECT_ROOT / "protocols")
+              for name, sha in untagged}
     found.discard("")
     if len(found) > 1:
         raise UsageError(f"the runs of this table declare different comparators ({', '.join(sorted(found))}); "

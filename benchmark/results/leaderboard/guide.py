@@ -48,8 +48,7 @@ def notes(lb: Leaderboard) -> list[str]:
         "Wilcoxon: two-sided paired signed-rank tests over the test nodules of per-nodule Dice (mean over "
         "seeds). 'vs #1' compares every row with the top-ranked model (a post-hoc comparison)"
         + (f"; 'vs {lb.comparator}' compares every model with the pre-declared reference architecture, "
-           + ("the seed paper's model" if lb.comparator == "unet3d" else "the comparator the runs' protocol declares")
-           if lb.reference_arch else "")
+           "the comparator the runs' protocol declares" if lb.reference_arch else "")
         + ". Each column of each table is one Holm-corrected family.",
         "Reference rows are not ranked and are deterministic (det.: their latest run is used). inter_reader = "
         "each radiologist's mask against the STAPLE of the other three, averaged over the four radiologists; "
