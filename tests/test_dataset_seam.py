@@ -258,6 +258,7 @@ def test_a_dataset_folder_is_found_by_name_and_validates(resplit):
     ("adapter: lidc\nimages: /data\n", "adapter lidc: got an unexpected keyword argument 'images'"),
     ("index: nodules.csv\n", "must be a mapping with 'adapter: <kind>'"),
     ("adapter: [lidc\n", "not a readable YAML file"),
+    ("adapter: lidc\nsplit: split.json\nsplit: other.json\n", "duplicate key 'split' on line 3"),
 ])
 def test_a_bad_dataset_file_is_one_line_naming_it(resplit, text, message):
     (resplit / "dataset.yaml").write_text(text)

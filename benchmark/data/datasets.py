@@ -9,7 +9,7 @@ adapter kind and the kind's arguments, e.g. a new split of LIDC::
     split: split.json
 
 after which ``bench run data.dataset=lidc_resplit`` works: adding the folder is all it takes.
-The file is read with ``yaml.safe_load`` and nothing in the folder is imported or executed; the
+The file is read with ``yaml.safe_load`` (a key written twice is refused) and nothing in the folder is imported or executed; the
 adapter kinds are the classes of :mod:`benchmark.data` (``@register_adapter_kind``). Folders
 are looked for in the project's ``datasets/`` and then in ``<LIDC_BENCH_HOME>/datasets/`` (a
 user's own datasets, beside their runs); the project's win a name found in both. LIDC-IDRI is
@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from benchmark.core.errors import UsageError
+from benchmark.core.yaml_strict import strict_safe_load
 from benchmark.data.adapter import ADAPTER_KINDS, DatasetAdapter
 from benchmark.data.lidc import BUILTIN_NAME
 
@@ -86,7 +87,7 @@ def _read_dataset_file(name: str, f: Path) -> DatasetAdapter:
     if cached is not None and cached[0] == stamp:
         return cached[1]
     try:
-        spec = yaml.safe_load(f.read_text())
+        spec = strict_safe_load(f.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise UsageError(f"{f}: not a readable YAML file ({str(e).splitlines()[0]})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("adapter"), str):
