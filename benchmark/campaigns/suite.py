@@ -476,8 +476,10 @@ def _run_cell(c: Cell, killed_run: Optional[str], experiment: Optional[str], on_
                 t.log_artifact(path, folder)
         if on_run_start:
             on_run_start(run_id)
+    # the tag by which a later run of the suite knows the validation-only cell is done (StoreView.validated)
+    tags = {**c.tags, **({} if c.evaluate_test else {"evaluation": "validation_only"})}
     return run_experiment(c.cfg, experiment=experiment, show_progress=False, on_run_start=started,
-                          tags=dict(c.tags) or None, pause=pause, evaluate_test=c.evaluate_test), False
+                          tags=tags or None, pause=pause, evaluate_test=c.evaluate_test), False
 
 
 # ---------------------------------------------------------------------------------------------

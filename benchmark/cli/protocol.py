@@ -10,7 +10,7 @@ from benchmark.campaigns.suite import SuiteFailed
 
 def register(sub) -> None:
     p = sub.add_parser("protocol", help="run or inspect a declared, tuned benchmark protocol (protocols/*.yaml)")
-    verbs = p.add_subparsers(dest="verb", required=True, metavar="{run,status,export}")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="{run,status,export,curves}")
     for verb, help_ in (("run", "tune every architecture, train the tuned seeds, defaults and the loss study; "
                                 "restartable"),
                         ("status", "what is done, what is left, and its estimated cost"),
@@ -37,6 +37,40 @@ def register(sub) -> None:
             v.add_argument("--out", help="export folder (default: protocols/progress/<name>-v<version>.runs "
                                          "beside the protocol file)")
         v.set_defaults(func=_cmd)
+    _register_curves(verbs)
+
+
+def _register_curves(verbs) -> None:
+    v = verbs.add_parser("curves", help="learning curves that set the final schedule: each architecture's default "
+                                        "recipe for several schedule lengths, validation only; restartable")
+    v.add_argument("file", help="protocol file, e.g. protocols/cpu-v7.yaml (its preset, data budget and loss)")
+    v.add_argument("--archs", nargs="+", default=[], help="architectures to measure")
+    v.add_argument("--epochs", nargs="+", type=int, default=[], metavar="N",
+                   help="schedule lengths, each trained as its own run (the cosine spans the whole run)")
+    v.add_argument("--seeds", type=int, default=2, help="seeds per cell (default 2)")
+    v.add_argument("--experiment", help="MLflow experiment (default: curves)")
+    v.add_argument("--out", help="write the summary JSON here and the figure beside it (.png), from the finished "
+                                 "runs, instead of training")
+    v.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    v.set_defaults(func=_cmd_curves)
+
+
+def _cmd_curves(args) -> None:
+    from benchmark.campaigns.protocol.curves import run_curves, write_curves
+    if args.out:
+        out, png, table = write_curves(args.file, args.out, args.experiment)
+        for arch, cells in sorted(table.items()):
+            for n, cell in sorted(cells.items(), key=lambda kv: int(kv[0])):
+                print(f"{arch:14s} {int(n):4d} epochs: best val Dice {cell['mean_best_val_dice']:.3f} "
+                      f"(sd {cell['sd_best_val_dice']}), best epoch {cell['mean_best_epoch']}, "
+                      f"{cell['still_improving']}/{len(cell['runs'])} still improving")
+        print(f"wrote {out} and {png}")
+        return
+    r = run_curves(args.file, args.archs, args.epochs, args.seeds, args.experiment, not args.no_progress)
+    print(f"curves: {len(r.planned)} runs: {len(r.ran)} ran, {len(r.resumed)} resumed, {len(r.skipped)} already "
+          f"done, {len(r.elsewhere)} with another process, {len(r.failed)} failed")
+    if r.failed:
+        raise SuiteFailed("; ".join(f"{label}: {msg}" for label, msg in r.failed))
 
 
 def _cmd(args) -> None:

@@ -38,7 +38,7 @@ def rescore_cells(lp: LoadedProtocol, st) -> list:
         for i in range(rs.seeds):
             c = trial_cell(lp, st, trial, lp.spec.tuning.loss, RESCORE_SEED + i, "rescore")
             c.evaluate_test = False
-            c.tags.update({"evaluation": "validation_only", "optuna.trial": str(trial.number)})
+            c.tags["optuna.trial"] = str(trial.number)     # (suite tags it evaluation=validation_only)
             cells.append(c)
     return cells
 
