@@ -292,3 +292,45 @@ def test_smoke_v7_runs_to_completion(bench_home):
     assert not any(r.ran for _, r in again.suites)
     text = protocol_status(path)
     assert "rescore smoke-v7-unet3d: chosen trial" in text and "shared recipe: 4/4 runs done" in text
+
+
+@pytest.mark.slow
+def test_a_pruned_trial_says_how_many_samples_it_saw(bench_home):
+    """A pruned trial's run stops before training closes, where the engine tags the samples
+    seen; the tuning objective tags it instead (epochs trained x the epoch's samples)."""
+    from benchmark.campaigns.tune import objective_factory
+    from benchmark.core.tracking import client
+
+    class PruneAtOnce(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            return True
+
+    meta = {"arch": "unet3d", "loss": "dice_bce", "preset": "smoke"}
+    overrides = ["train.samples_per_epoch=8", "train.batch_size=2", "train.epochs=3", "eval.overlays=false"]
+    study = optuna.create_study(direction="maximize", pruner=PruneAtOnce())
+    study.optimize(objective_factory(overrides, meta, {}, {}, None), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    run = client().get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.data.tags["budget.samples_seen"] == "8" and run.data.tags["pruned_at_epoch"] == "1"
+
+
+def test_bench_tune_offers_successive_halving_and_hands_it_to_its_workers():
+    import argparse
+
+    from benchmark.campaigns.tune import _pruner_arguments, make_pruner
+    from benchmark.cli import tune as cli_tune
+    from benchmark.core.errors import UsageError
+    parser = argparse.ArgumentParser()
+    cli_tune.register(parser.add_subparsers())
+    args = parser.parse_args(["tune", "--pruner", "successive_halving", "--min-epochs", "5", "--reduction-factor", "3"])
+    name = cli_tune.pruner_name(args)
+    pruner = make_pruner(name)
+    assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
+    assert (pruner._min_resource, pruner._reduction_factor) == (5, 3)
+    # a worker process started by `bench tune --workers K` parses the same pruner back
+    again = parser.parse_args(["tune", *_pruner_arguments(name)])
+    assert cli_tune.pruner_name(again) == name
+    assert cli_tune.pruner_name(parser.parse_args(["tune"])) == "median"
+    with pytest.raises(UsageError, match="reduction-factor"):
+        cli_tune.pruner_name(parser.parse_args(["tune", "--pruner", "successive_halving", "--reduction-factor", "1"]))

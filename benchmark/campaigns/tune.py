@@ -1,7 +1,7 @@
 """``bench tune``: Optuna studies on the validation split, tracked as MLflow parent/child runs.
 
     bench tune --arch unet3d --trials 20 --study unet3d-cpu [--loss dice_bce] [--preset cpu]
-               [--storage URL] [--workers K] [--pruner median|hyperband]
+               [--storage URL] [--workers K] [--pruner median|hyperband|successive_halving]
                [--fix optim.optimizer=adam] [--narrow optim.lr=1e-4:1e-3] [key=value ...]
     bench tune --report unet3d-cpu
     bench run --arch unet3d --params-from unet3d-cpu
@@ -268,8 +268,10 @@ def objective_factory(base_overrides: list[str], meta: dict, fixed: dict, narrow
         cfg.name = f"{trial.study.study_name}-t{trial.number:03d}"
 
         best = {"value": -math.inf}
+        seen = {"epochs": 0, "run_id": None}
 
         def report(epoch: int, metrics: dict):
+            seen["epochs"] = epoch + 1
             if metric in metrics:
                 value = metrics[metric]
                 best["value"] = max(best["value"], value)
@@ -278,17 +280,35 @@ def objective_factory(base_overrides: list[str], meta: dict, fixed: dict, narrow
                     raise optuna.TrialPruned(f"pruned at epoch {epoch + 1}")
 
         def started(run_id: str):
+            seen["run_id"] = run_id
             trial.set_user_attr("mlflow_run_id", run_id)
 
-        res = run_experiment(cfg, parent_run_id=parent_run_id, evaluate_test=False, on_epoch_end=report,
-                             on_run_start=started, show_progress=False, discard_checkpoints=True,
-                             tags={"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number)})
+        try:
+            res = run_experiment(cfg, parent_run_id=parent_run_id, evaluate_test=False, on_epoch_end=report,
+                                 on_run_start=started, show_progress=False, discard_checkpoints=True,
+                                 tags={"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number)})
+        except optuna.TrialPruned:
+            _tag_pruned_budget(seen["run_id"], cfg, seen["epochs"])
+            raise
         value = res.best_val_dice if metric == "val_dice" else best["value"]
         if not math.isfinite(value):
             raise optuna.TrialPruned(f"non-finite {metric}")
         return value
 
     return objective
+
+
+def _tag_pruned_budget(run_id: Optional[str], cfg, epochs: int) -> None:
+    """A pruned trial's run ends before the engine tags the training patches it saw
+    (``budget.samples_seen``, set when training closes); tag it here, so every trial of a
+    samples-budget study says what it cost. Exact while an epoch's step cap is under one pass
+    over the training split (the cpu preset's 160 patches are), which is when the cap applies."""
+    if run_id is None or cfg.train.samples_per_epoch is None or not epochs:
+        return
+    from benchmark.core.tracking import client, log_batch
+    with contextlib.suppress(Exception):       # bookkeeping: never turn a pruned trial into a failed one
+        log_batch(client(), run_id, tags={"budget.samples_seen": epochs * cfg.train.max_steps() * cfg.train.batch_size,
+                                          "pruned_at_epoch": epochs})
 
 
 def run_worker(study_name: str, storage_url: Optional[str], n_trials: int, meta: dict, base_overrides: list[str],
@@ -376,7 +396,7 @@ def tune_study(study_name: str, storage: Optional[str], meta: dict, n_trials: in
     else:
         cmd = [sys.executable, "-m", "benchmark.cli.main", "tune", "--arch", meta["arch"], "--loss", meta["loss"],
                "--preset", meta["preset"], "--trials", str(n_trials), "--study", study_name,
-               "--pruner", pruner, "--workers", "1", "--no-progress", "--max-failures", str(max_failures),
+               *_pruner_arguments(pruner), "--workers", "1", "--no-progress", "--max-failures", str(max_failures),
                *overrides]
         if storage:
             cmd += ["--storage", storage]
@@ -394,6 +414,14 @@ def tune_study(study_name: str, storage: Optional[str], meta: dict, n_trials: in
     study, _ = open_study(study_name, storage, 1, None, pruner, create=False)
     close_parent_run(parent)
     print_summary(study)
+
+
+def _pruner_arguments(pruner: str) -> list[str]:
+    """``bench tune``'s arguments for a pruner name (``successive_halving:<min>:<factor>`` included)."""
+    name, *rest = pruner.split(":")
+    if name == "successive_halving" and rest:
+        return ["--pruner", name, "--min-epochs", rest[0], "--reduction-factor", rest[1]]
+    return ["--pruner", name]
 
 
 def print_summary(study):
