@@ -54,7 +54,11 @@ def test_dints_control_files_rebuild_and_say_what_they_are(tmp_path):
     net = create_architecture("dints", spatial_size=(8, 16, 16), channel_mul=0.25, **kwargs).eval()
     with torch.no_grad():
         assert net(torch.zeros(1, 1, 8, 16, 16)).shape == (1, 1, 8, 16, 16)
-    assert control_genotype("dints", "searched") == ({}, "dints_genotype.json")
+    # the searched network's genotype is written into the config too (its fingerprint holds it)
+    from architectures.dints import GENOTYPE_PATH
+    searched, name = control_genotype("dints", "searched")
+    assert name == "dints_genotype.json"
+    assert searched["topology"]["arch_code_a"] == load_topology(GENOTYPE_PATH)["arch_code_a"]
     with pytest.raises(UsageError):
         control_genotype("dints", "../x")
     with pytest.raises(UsageError):
@@ -133,3 +137,24 @@ def test_random_control_runs_stay_out_of_the_main_table_and_get_their_section():
     assert "## Search against random architectures" in render_markdown(lb)
     plain = build_sections(table_key(runs[-1]), runs[-2:], n_boot=200)
     assert plain.search_controls == [] and "random architectures" not in render_markdown(plain)
+
+
+def test_control_cells_cover_the_searched_network_and_every_sample_per_seed(tmp_path):
+    """``bench nas controls``: one restartable campaign per space; every cell's config holds its
+    genotype, so the searched network and each sample are told apart by fingerprint."""
+    import shutil
+
+    from architectures.bixnas import GENOTYPE_PATH
+    from benchmark.campaigns.nas_control import control_cells
+    for k in (0, 1):
+        shutil.copy(GENOTYPE_PATH, tmp_path / f"sample-{k:02d}.json")
+    cells = control_cells("bixnas", "smoke", 2, ["train.epochs=1"], tmp_path)
+    assert [(c.tags["nas.sample"], c.seed) for c in cells] == [("searched", 0), ("0", 0), ("1", 0),
+                                                              ("searched", 1), ("0", 1), ("1", 1)]
+    assert {c.tags["nas.kind"] for c in cells[1:3]} == {"random"} and cells[0].tags["nas.kind"] == "searched"
+    assert all("genotype" in c.cfg.model.kwargs and c.cfg.train.epochs == 1 for c in cells)
+    assert len({c.label for c in cells}) == 6
+    # the same genotype as sample 0 and 1 here: same network, same fingerprint for one seed
+    assert cells[0].cfg.fingerprint() == cells[1].cfg.fingerprint() == cells[2].cfg.fingerprint()
+    with pytest.raises(UsageError, match="bench nas random bixnas"):
+        control_cells("bixnas", "smoke", 1, [], tmp_path / "empty")

@@ -138,7 +138,15 @@ def control_genotype(space: str, sample: str, folder: Optional[Path] = None) -> 
     if space not in SPACES:
         raise UsageError(f"unknown search space {space!r} (choose from {', '.join(SPACES)})")
     if sample == "searched":
-        return {}, f"{space}_genotype.json"           # the registered network's own committed genotype
+        # the registered network's committed genotype, written into the run's config (as a random
+        # sample's is), so its fingerprint changes with a new search and the run replays alone
+        if space == "dints":
+            from architectures.dints import GENOTYPE_PATH, load_topology
+            d = load_topology(GENOTYPE_PATH)
+            return {"topology": {k: d[k] for k in ("node_a", "arch_code_a", "arch_code_c")}}, GENOTYPE_PATH.name
+        from architectures.bixnas import GENOTYPE_PATH, load_genotype
+        g = load_genotype(GENOTYPE_PATH)
+        return {"genotype": {k: v for k, v in g.to_dict().items() if k != "meta"}}, GENOTYPE_PATH.name
     if not sample.isdigit():
         raise UsageError(f"--sample must be a sample number or 'searched', got {sample!r}")
     path = (Path(folder) if folder else control_dir(space)) / f"sample-{int(sample):02d}.json"
@@ -151,16 +159,57 @@ def control_genotype(space: str, sample: str, folder: Optional[Path] = None) -> 
     return {"genotype": {k: v for k, v in g.to_dict().items() if k != "meta"}}, path.name
 
 
-def train_control(space: str, sample: str, preset: str, seed: int, overrides: list[str],
-                  folder: Optional[Path] = None, show_progress: bool = True):
-    """Train and test one architecture of the control (or the searched one) through the normal
-    run pipeline, tagged for the leaderboard's search-vs-random section."""
+def control_config(space: str, sample: str, preset: str, seed: int, overrides: list[str],
+                   folder: Optional[Path] = None):
+    """(config, tags) of one control run: the space's registered network at the preset with the
+    sample's genotype (or the searched one) in its kwargs, tagged for the search-vs-random section."""
     from benchmark.run.config import build_config
-    from benchmark.run.train import run_experiment
     kwargs, name = control_genotype(space, sample, folder)
     cfg = build_config(preset, [f"train.seed={seed}", *overrides], **{"model.arch": space})
     cfg.model.kwargs = {**cfg.model.kwargs, **kwargs}
     kind = "searched" if sample == "searched" else "random"
     cfg.name = f"{space}-{kind}-{sample}-s{seed}"
-    tags = {"nas.space": space, "nas.kind": kind, "nas.sample": sample, "nas.genotype_file": name}
+    return cfg, {"nas.space": space, "nas.kind": kind, "nas.sample": sample, "nas.genotype_file": name}
+
+
+def train_control(space: str, sample: str, preset: str, seed: int, overrides: list[str],
+                  folder: Optional[Path] = None, show_progress: bool = True):
+    """Train and test one architecture of the control (or the searched one) through the normal
+    run pipeline, tagged for the leaderboard's search-vs-random section."""
+    from benchmark.run.train import run_experiment
+    cfg, tags = control_config(space, sample, preset, seed, overrides, folder)
     return run_experiment(cfg, tags=tags, show_progress=show_progress)
+
+
+def control_samples(space: str, folder: Optional[Path] = None) -> list[str]:
+    """The random samples drawn for a space (``sample-<k>.json`` in its folder), as sample numbers."""
+    d = Path(folder) if folder else control_dir(space)
+    return [str(int(p.stem.split("-")[1])) for p in sorted(d.glob("sample-*.json"))]
+
+
+def control_cells(space: str, preset: str, seeds: int, overrides: list[str], folder: Optional[Path] = None) -> list:
+    """The whole control of one space as suite cells: the searched network and every random
+    sample, each for ``seeds`` seeds (seed outermost, so a stopped campaign has every network at
+    the lowest seeds). Restartable like ``bench suite``: finished cells are skipped by their
+    config fingerprint, which holds the genotype."""
+    from benchmark.campaigns.suite import Cell
+    samples = control_samples(space, folder)
+    if len(samples) < 1:
+        raise UsageError(f"no random samples of {space} in {Path(folder) if folder else control_dir(space)}; "
+                         f"draw them first: bench nas random {space} --n 5 --seed 0")
+    if seeds < 1:
+        raise UsageError("--seeds must be at least 1")
+    cells = []
+    for seed in range(seeds):
+        for sample in ["searched", *samples]:
+            cfg, tags = control_config(space, sample, preset, seed, overrides, folder)
+            cells.append(Cell(space, cfg.loss.name, seed, cfg, tags=tags, title=cfg.name))
+    return cells
+
+
+def run_controls(space: str, preset: str, seeds: int, overrides: list[str], folder: Optional[Path] = None,
+                 experiment: Optional[str] = None, show_progress: bool = True):
+    """Train (or skip, or resume) every cell of a space's control; returns the suite result."""
+    from benchmark.campaigns.suite import run_cells
+    return run_cells(control_cells(space, preset, seeds, overrides, folder), f"control {space}",
+                     experiment=experiment, show_progress=show_progress)

@@ -71,12 +71,15 @@ class Cell:
     #: False: a validation-only run, never scored on the test split (a protocol's rescoring runs,
     #: which choose a configuration and so must not see the test split); done once it finished
     evaluate_test: bool = True
+    #: the cell's name in progress and failure lines when arch/loss/seed do not tell cells apart
+    #: (the random architectures of one search space)
+    title: Optional[str] = None
 
     @property
     def label(self) -> str:
         if self.reference:
             return self.reference
-        return f"{self.arch}/{self.loss}/s{self.seed}"
+        return self.title or f"{self.arch}/{self.loss}/s{self.seed}"
 
 
 @dataclass

@@ -4,6 +4,7 @@
     bench nas bixnas-rank --record PATH [--top 5] [--epochs 20]
     bench nas random dints|bixnas --n 5 --seed 0 [--target X] [--band B] [--out-dir DIR]
     bench nas train-control dints|bixnas --sample K|searched [--preset cpu] [--seed 0] [key=value ...]
+    bench nas controls dints|bixnas [--preset cpu] [--seeds 3] [--experiment NAME]   # all of them, restartable
 
 (``bench search bixnas|dints`` is the older command: the NSGA-II phase two and the DiNTS search.)
 The commands and their cost at the cpu preset: docs/nas.md.
@@ -19,7 +20,7 @@ from benchmark.core.errors import UsageError
 def register(sub) -> None:
     p = sub.add_parser("nas", help="architecture search: BiX-NAS evolutionary phase two, its rank check, and the "
                                    "random-search controls (docs/nas.md)")
-    nas = p.add_subparsers(dest="nas_cmd", metavar="{bixnas-evolve,bixnas-rank,random,train-control}")
+    nas = p.add_subparsers(dest="nas_cmd", metavar="{bixnas-evolve,bixnas-rank,random,train-control,controls}")
     e = nas.add_parser("bixnas-evolve", help="BiX-NAS phase one + progressive evolutionary phase two; resumable")
     e.add_argument("--preset", default="cpu", help="smoke or cpu")
     e.add_argument("--phase1-epochs", type=int, default=6)
@@ -62,6 +63,16 @@ def register(sub) -> None:
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("overrides", nargs="*", metavar="key=value")
     t.set_defaults(func=_train_control)
+    c = nas.add_parser("controls", help="train the searched network and every random sample of a space for each "
+                                        "seed; restartable (finished runs are skipped, an interrupted one resumes)")
+    c.add_argument("space", help="dints or bixnas")
+    c.add_argument("--preset", default="cpu")
+    c.add_argument("--seeds", type=int, default=3)
+    c.add_argument("--folder", help="where the samples are (default architectures/searches/random/<space>/)")
+    c.add_argument("--experiment", help="MLflow experiment (default: mlflow.yaml's)")
+    c.add_argument("--no-progress", action="store_true")
+    c.add_argument("overrides", nargs="*", metavar="key=value")
+    c.set_defaults(func=_controls)
     p.set_defaults(func=lambda args: (p.print_help(), None)[1])
 
 
@@ -93,6 +104,17 @@ def _random(args) -> None:
                               3 if args.band is None else int(args.band), args.preset, out)
     for p in paths:
         print(p)
+
+
+def _controls(args) -> None:
+    from benchmark.campaigns.nas_control import run_controls
+    from benchmark.campaigns.suite import SuiteFailed
+    r = run_controls(args.space, args.preset, args.seeds, args.overrides, Path(args.folder) if args.folder else None,
+                     args.experiment, show_progress=not args.no_progress)
+    print(f"control {args.space}: {len(r.planned)} runs: {len(r.ran)} ran, {len(r.resumed)} resumed, "
+          f"{len(r.skipped)} already done, {len(r.elsewhere)} with another process, {len(r.failed)} failed")
+    if r.failed:
+        raise SuiteFailed("; ".join(f"{label}: {msg}" for label, msg in r.failed))
 
 
 def _train_control(args) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from benchmark import PROJECT_ROOT
 #: the files whose code decides what a run trains and how it is scored (relative to the project)
 TRAINING_CODE = ("architectures/*.py", "benchmark/run/train.py", "benchmark/run/evaluate.py", "benchmark/run/metrics.py",
                  "benchmark/run/config.py", "benchmark/losses/*.py", "benchmark/data/*.py")
+#: the committed search results a registered network is built from (``dints``: its topology,
+#: ``bixnas``: its genotype): a new search changes the network without touching a line of code
+TRAINING_DATA = ("architectures/*.json",)
 TAG = "code.training_sha"
 
 
@@ -49,4 +53,20 @@ def training_code_sha() -> str:
     for path in files:
         h.update(path.relative_to(PROJECT_ROOT).as_posix().encode())
         h.update(code_fingerprint(path.read_text(encoding="utf-8")).encode())
+    for path in sorted({p for pattern in TRAINING_DATA for p in Path(PROJECT_ROOT).glob(pattern)}):
+        h.update(path.relative_to(PROJECT_ROOT).as_posix().encode())
+        h.update(genotype_fingerprint(path.read_text(encoding="utf-8")).encode())
     return h.hexdigest()[:12]
+
+
+def genotype_fingerprint(text: str) -> str:
+    """A genotype file's content without its ``meta`` (the search's record: run ids, budget,
+    timings), in canonical JSON: what the network is built from, not how it was found. A file
+    that is not a JSON object is hashed as its bytes."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return hashlib.sha256(text.encode()).hexdigest()
+    if isinstance(doc, dict):
+        doc = {k: v for k, v in doc.items() if k != "meta"}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
