@@ -36,6 +36,24 @@ def test_dints_random_topologies_are_feasible_uniform_draws_in_the_band_and_seed
         assert d["node_a"] == node_activation(space, code_a).tolist()
 
 
+def test_dints_random_chains_keep_the_searched_structure_and_stay_feasible():
+    """A decode that kept one path per block is matched by random single-path chains (same cost
+    class), every one feasible and the draws spread over several chains."""
+    from benchmark.campaigns.dints_space import child_transitions, random_topologies
+    space = _space()
+    draws = random_topologies(space, 8, 0.5, 0.5, (2, 1, 32, 64, 64), seed=1, paths_per_block=1)
+    trans = child_transitions(space)
+    index = {str(np.asarray(c)): i for i, c in enumerate(space.child_list)}
+    for d in draws:
+        code_a = np.asarray(d["arch_code_a"])
+        assert (code_a.sum(axis=1) == 1).all()
+        children = [index[str(row)] for row in code_a]
+        assert all(trans[a, b] for a, b in zip(children, children[1:]))
+    assert len({str(d["arch_code_a"]) for d in draws}) > 1
+    with pytest.raises(UsageError, match="8 active paths"):
+        random_topologies(space, 1, 0.5, 0.5, (2, 1, 32, 64, 64), seed=1, paths_per_block=8)
+
+
 @pytest.mark.slow
 def test_dints_control_files_rebuild_and_say_what_they_are(tmp_path):
     import torch

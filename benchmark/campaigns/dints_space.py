@@ -25,6 +25,8 @@ the target is found by bisection: the cost of a Lagrangian optimum never rises w
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from benchmark.core.errors import UsageError
@@ -140,11 +142,21 @@ def child_transitions(space) -> np.ndarray:
     return out
 
 
-def sample_topology(space, trans: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sample_topology(space, trans: np.ndarray, rng: np.random.Generator,
+                    paths_per_block: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """One feasible (path code, op code) drawn uniformly: every feasible chain of children equally
-    likely (counted backwards, drawn forwards), every op uniform among the five."""
+    likely (counted backwards, drawn forwards), every op uniform among the five.
+    ``paths_per_block``: only children with that many active paths (the structure a decode gave,
+    e.g. 1: a single chain of cells), uniform among the feasible chains of those."""
     nb, nc = space.num_blocks, len(space.child_list)
-    completions = np.ones((nb, nc))            # feasible ways to finish the chain from child c at block b
+    if paths_per_block is not None:
+        allowed = np.asarray(space.child_list).sum(axis=1) == paths_per_block
+        if not allowed.any():
+            raise UsageError(f"no DiNTS child has {paths_per_block} active paths")
+        trans = trans & allowed[None, :] & allowed[:, None]
+    else:
+        allowed = np.ones(nc, dtype=bool)
+    completions = np.tile(allowed.astype(float), (nb, 1))   # feasible ways to finish the chain from child c at block b
     for b in range(nb - 2, -1, -1):
         completions[b] = trans.astype(float) @ completions[b + 1]
         completions[b] /= completions[b].max()   # only ratios matter; keeps the numbers finite
@@ -158,16 +170,17 @@ def sample_topology(space, trans: np.ndarray, rng: np.random.Generator) -> tuple
 
 
 def random_topologies(space, n: int, target: float, band: float, in_size, seed: int,
-                      max_draws: int = 100_000) -> list[dict]:
+                      max_draws: int = 100_000, paths_per_block: Optional[int] = None) -> list[dict]:
     """``n`` uniform feasible topologies whose cost ratio lies in [target - band, target]
-    (rejection sampling), each with its draw number and seed."""
+    (rejection sampling), each with its draw number and seed; ``paths_per_block`` as
+    :func:`sample_topology`."""
     if n < 1 or band <= 0:
         raise UsageError("random DiNTS control: n must be >= 1 and the band > 0")
     rng = np.random.default_rng(seed)
     trans = child_transitions(space)
     out = []
     for draw in range(max_draws):
-        code_a, code_c = sample_topology(space, trans, rng)
+        code_a, code_c = sample_topology(space, trans, rng, paths_per_block)
         ratio = cost_ratio(path_costs(space, in_size, code_c), code_a)
         if target - band <= ratio <= target:
             out.append({"node_a": node_activation(space, code_a).tolist(), "arch_code_a": code_a.tolist(),

@@ -51,9 +51,19 @@ def _in_size(preset: str) -> tuple:
     return (cfg.train.batch_size, 1, *cfg.data.patch_zyx)
 
 
-def sample_dints(n: int, seed: int, target: Optional[float] = None, band: float = 0.1, preset: str = "cpu",
+def sample_dints(n: int, seed: int, target: Optional[float] = None, band: Optional[float] = None, preset: str = "cpu",
                  out_dir: Optional[Path] = None, num_blocks: int = 6, num_depths: int = 3) -> list[Path]:
-    """``n`` random DiNTS topologies at the cost target, written as genotype files."""
+    """``n`` random DiNTS topologies at the cost target, written as genotype files.
+
+    Default target: the searched topology's own cost and structure. The searched network meets
+    its declared ``ram_target`` as a ceiling, and MONAI's decode can keep far less (the cpu search:
+    one path per block, 6 of 42, cost ratio 0.014 under a target of 0.4: its path probabilities
+    ended below one half, and the most probable child of a block is then the one with the fewest
+    paths), so random networks drawn at the declared target would be twenty times larger and the
+    control would compare sizes. So the default draws, uniformly, feasible topologies with as many
+    paths per block as the searched one (when that is the same in every block) whose cost ratio
+    is within [0.5, 1.5] x the searched one's. A genotype without ``cost_ratio`` falls back to its
+    ``ram_target`` with a band of 0.1 below it, any number of paths."""
     import torch
     from monai.networks.nets import TopologySearch
 
@@ -61,18 +71,30 @@ def sample_dints(n: int, seed: int, target: Optional[float] = None, band: float 
     from benchmark.campaigns.dints_search import RAM_TARGET
     from benchmark.campaigns.dints_space import random_topologies
     from benchmark.campaigns.search_cost import macs_at_preset
+    paths_per_block = None
     if target is None:
-        target = float(default_topology().get("meta", {}).get("ram_target", RAM_TARGET))
+        searched = default_topology()
+        meta = searched.get("meta", {})
+        if meta.get("cost_ratio"):
+            target = 1.5 * float(meta["cost_ratio"])
+            band = float(meta["cost_ratio"]) if band is None else band
+            per_block = {int(sum(row)) for row in searched["arch_code_a"]}
+            paths_per_block = per_block.pop() if len(per_block) == 1 else None
+        else:
+            target = float(meta.get("ram_target", RAM_TARGET))
+    band = 0.1 if band is None else band
     torch.manual_seed(seed)   # the space's own (unused) parameters; the draws come from ``seed``
     space = TopologySearch(channel_mul=0.25, num_blocks=num_blocks, num_depths=num_depths, use_downsample=True,
                            spatial_dims=3)
     out_dir = Path(out_dir) if out_dir else control_dir("dints")
     paths = []
-    for k, t in enumerate(random_topologies(space, n, target, band, _in_size(preset), seed)):
+    for k, t in enumerate(random_topologies(space, n, target, band, _in_size(preset), seed,
+                                            paths_per_block=paths_per_block)):
         genotype = {key: t[key] for key in ("node_a", "arch_code_a", "arch_code_c")}
         kept = int(np.asarray(t["arch_code_a"]).sum())
         meta = {"source": "bench nas random", "nas.space": "dints", "sample": k, "seed": seed, "draw": t["draw"],
-                "ram_target": target, "band": band, "cost_ratio": round(t["cost_ratio"], 4), "paths_kept": kept,
+                "ram_target": target, "band": band, "paths_per_block": paths_per_block,
+                "cost_ratio": round(t["cost_ratio"], 4), "paths_kept": kept,
                 "paths_total": int(np.asarray(t["arch_code_a"]).size), "preset": preset,
                 "macs_per_patch": macs_at_preset(preset, "dints", topology=genotype)}
         paths.append(save_topology({**genotype, "meta": meta}, out_dir / f"sample-{k:02d}.json"))

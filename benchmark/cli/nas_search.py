@@ -46,9 +46,11 @@ def register(sub) -> None:
     s.add_argument("space", help="dints or bixnas")
     s.add_argument("--n", type=int, default=5)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--target", type=float, help="dints: memory ratio (default: the searched genotype's ram_target); "
-                                                "bixnas: skips kept (default: the searched genotype's)")
-    s.add_argument("--band", type=float, help="accepted below the target: dints 0.1 (ratio), bixnas 3 (skips)")
+    s.add_argument("--target", type=float, help="dints: the highest memory ratio accepted (default: 1.25 x the "
+                                                "searched topology's cost ratio); bixnas: skips kept (default: the "
+                                                "searched genotype's)")
+    s.add_argument("--band", type=float, help="accepted below the target: dints 0.5 x the searched cost ratio "
+                                              "(0.1 with --target), bixnas 3 (skips)")
     s.add_argument("--within", help="bixnas: the phase-one genotype whose inputs are drawn (default: the search's)")
     s.add_argument("--preset", default="cpu", help="preset whose patch sizes the costs")
     s.add_argument("--out-dir", help="default architectures/searches/random/<space>/")
@@ -98,7 +100,7 @@ def _random(args) -> None:
         print(f"note: {args.n} random architectures; the control needs at least 5 to say much", file=sys.stderr)
     out = Path(args.out_dir) if args.out_dir else None
     if args.space == "dints":
-        paths = sample_dints(args.n, args.seed, args.target, 0.1 if args.band is None else args.band, args.preset, out)
+        paths = sample_dints(args.n, args.seed, args.target, args.band, args.preset, out)
     else:
         paths = sample_bixnas(args.n, args.seed, args.within, None if args.target is None else int(args.target),
                               3 if args.band is None else int(args.band), args.preset, out)
