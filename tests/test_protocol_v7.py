@@ -166,12 +166,12 @@ def test_rescoring_cells_are_the_top_trials_on_new_seeds_validation_only():
     from benchmark.campaigns.protocol.rescore import RESCORE_SEED, rescore_cells, top_trials
     lp = _lp("cpu-v7")
     st = _study(lp, "unet3d", [0.3, 0.5, 0.4, 0.1], batch=8)
-    assert [t.number for t in top_trials(lp, st)] == [1, 2, 0]
+    assert [t.number for t in top_trials(lp, st)] == [1, 2]          # rescore: {top_k: 2, seeds: 1}
     cells = rescore_cells(lp, st)
-    assert len(cells) == 3 * 2 and {c.cfg.train.seed for c in cells} == {RESCORE_SEED, RESCORE_SEED + 1}
+    assert len(cells) == 2 * 1 and {c.cfg.train.seed for c in cells} == {RESCORE_SEED}
     assert all(not c.evaluate_test and c.tags["protocol.part"] == "rescore" for c in cells)
-    assert all(c.cfg.train.epochs == 40 and c.cfg.train.samples_per_epoch == 160 for c in cells)
-    assert [c.tags["optuna.trial"] for c in cells[::2]] == ["1", "2", "0"]
+    assert all(c.cfg.train.epochs == 30 and c.cfg.train.samples_per_epoch == 160 for c in cells)
+    assert [c.tags["optuna.trial"] for c in cells] == ["1", "2"]
     assert cells[0].cfg.optim.lr == pytest.approx(2e-3)
 
 
@@ -221,7 +221,7 @@ def test_second_sampler_takes_the_top_three_and_the_comparator():
     states = {a: _study(lp, a, [v], batch=8) for a, v in values.items()}
     assert second_sampler_archs(lp, states) == ["mctrans", "transfuse_s", "nnunet_plain", "unet3d"]
     assert lp.study_name("mctrans", 1) == "cpu-v7-mctrans-s1"
-    assert study_meta(lp, "mctrans", 1)["sampler"] == "tpe:1:5"
+    assert study_meta(lp, "mctrans", 1)["sampler"] == "tpe:1:4"
     st = _study(lp, "mctrans", [0.5, 0.55], offset=1, batch=8)
     cells = second_final_cells(lp, st)
     assert [c.cfg.train.seed for c in cells] == [SECOND_SAMPLER_SEED + i for i in range(3)]
@@ -246,12 +246,13 @@ def test_part_estimate_of_cpu_v7():
     from benchmark.campaigns.protocol.estimate import expected_trial_epochs, part_costs
     lp = _lp("cpu-v7")
     assert samples_factor(lp) == 1.0
-    assert expected_trial_epochs(lp) == pytest.approx(5 + 10 / 3 + 25 / 9)
+    assert expected_trial_epochs(lp) == pytest.approx(5 + 10 / 3 + 15 / 9)   # rungs at 5 and 15 of 30
     pc = part_costs(lp)
     sec = lp.spec.seconds_per_epoch["unet3d"]
-    assert pc.hours["tuning (upper bound)"]["unet3d"] == pytest.approx(12 * 40 * sec / 3600)
-    assert pc.hours["rescore"]["unet3d"] == pytest.approx(6 * 40 * sec / 3600)
-    assert pc.hours["final"]["unet3d"] == pc.hours["default"]["unet3d"] == pc.hours["shared recipe"]["unet3d"]
+    assert pc.hours["tuning (upper bound)"]["unet3d"] == pytest.approx(10 * 30 * sec / 3600)
+    assert pc.hours["rescore"]["unet3d"] == pytest.approx(2 * 30 * sec / 3600)
+    assert pc.hours["final"]["unet3d"] == pc.hours["shared recipe"]["unet3d"] == pytest.approx(3 * 30 * sec / 3600)
+    assert pc.hours["default"]["unet3d"] == pytest.approx(2 * 30 * sec / 3600)
 
 
 @pytest.mark.slow
