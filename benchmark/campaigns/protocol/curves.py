@@ -140,7 +140,7 @@ def curves_figure(runs: list[CurveRun]) -> bytes:
             if mine:
                 steps = sorted({e for r in mine for e, _ in r.val_dice})
                 mean = [statistics.fmean(v for r in mine for e, v in r.val_dice if e == s) for s in steps]
-                ax.plot(steps, mean, color=colour, lw=2, label=f"{n} epochs ({len(mine)} seeds)")
+                ax.plot(steps, mean, color=colour, lw=2, label=f"{n} epochs ({len(mine)} seed{'s' if len(mine) > 1 else ''})")
         ax.set_title(arch)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
