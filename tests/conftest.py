@@ -36,14 +36,22 @@ except ImportError:  # pragma: no cover
 
 
 @pytest.fixture(scope="session")
-def migrated_store_template(tmp_path_factory) -> Path:
+def migrated_store_template() -> Path:
     """An empty MLflow SQLite store whose schema is already created (no experiment in it yet:
     each home creates its own, with its own artifact folder). Creating the schema runs about a
     hundred alembic migrations, 3-15 s on two cores; nearly every test starts from an empty
-    store, so each copies this file instead."""
+    store, so each copies this file instead. It is kept per MLflow version beside the crop cache
+    (``.cache/test-stores/``, out of git), so a test session, and each of its workers, starts
+    from it rather than migrating again; written whole and renamed, so a reader never sees half."""
+    import mlflow
+
     from benchmark.core.tracking import create_or_migrate_sqlite
-    db = tmp_path_factory.mktemp("store-template") / "mlflow.db"
-    create_or_migrate_sqlite(f"sqlite:///{db}")
+    db = ROOT / ".cache" / "test-stores" / f"mlflow-{mlflow.__version__}.db"
+    if not db.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        tmp = db.with_name(f"{db.name}.{os.getpid()}.tmp")
+        create_or_migrate_sqlite(f"sqlite:///{tmp}")
+        os.replace(tmp, db)
     return db
 
 

@@ -96,7 +96,12 @@ def test_smoke_patch_trains(name):
     assert losses[-1] < losses[0], losses
 
 
-@pytest.mark.parametrize("name", NAMES)
+#: the two whose cpu-size training step takes seconds run in the full suite only
+HEAVY_AT_CPU_SIZE = ("nnunet_resenc", "swinunetr")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_AT_CPU_SIZE else n
+                                  for n in NAMES])
 def test_cpu_patch_train_output(name):
     model = _build(name, CPU).train()
     out = model(torch.randn(1, 1, *CPU))

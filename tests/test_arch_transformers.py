@@ -55,7 +55,7 @@ def test_train_outputs_match_input(name, size):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("size", [SMOKE, CPU, PAPER])
+@pytest.mark.parametrize("size", [SMOKE, CPU, pytest.param(PAPER, marks=pytest.mark.slow)])   # the paper size: ~3 s each
 def test_eval_output_matches_input(name, size):
     model = _build(name, size).eval()
     batch = 1 if size == PAPER else 2

@@ -44,6 +44,7 @@ def test_reference_rows_do_not_vote_and_two_comparators_are_refused():
         declared_comparator([_run("a", **{COMPARATOR_TAG: "unet3d"}), _run("b", **{COMPARATOR_TAG: "mctrans"})])
 
 
+@pytest.mark.slow
 def test_the_committed_v6_page_names_unet3d_from_its_runs():
     from pathlib import Path
 

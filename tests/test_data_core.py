@@ -237,6 +237,7 @@ def test_random_window_identical_for_image_and_mask():
     assert len(seen_flip) == 4
 
 
+@pytest.mark.slow
 def test_patch_dataset_reproducible(smoke_store):
     cfg, store = smoke_store
     ds = PatchDataset(store, store.indices("train"), cfg.data.patch_zyx, train=True, seed=3)

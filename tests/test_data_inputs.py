@@ -58,6 +58,7 @@ def _rc(env, path):
     (env / "pylidcrc").write_text(f"[dicom]\npath = {path}\n")
 
 
+@pytest.mark.slow
 def test_dicom_series_end_to_end(env, row):
     root = env / "LIDC-IDRI"
     folder, k0, k1 = _write_dicom(root, row)
@@ -104,6 +105,7 @@ def test_corrupt_dicom_file(env, row):
                               progress=False)
 
 
+@pytest.mark.slow
 def test_truncated_pixel_data(env, row):
     root = env / "LIDC-IDRI"
     folder, _, _ = _write_dicom(root, row)
@@ -148,6 +150,7 @@ def test_missing_or_unreadable_database(env, monkeypatch, kind):
     assert len(pla.scan_ids()) == 1018        # back on the real database
 
 
+@pytest.mark.slow
 def test_interrupted_build_leaves_no_trusted_cache(env, monkeypatch):
     ids = list(ix.load_index()["nodule_id"].iloc[[0, 5, 9]])
     real = cache_mod.crop_one_scan

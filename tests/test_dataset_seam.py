@@ -109,6 +109,7 @@ def test_second_dataset_config_is_its_own(synth):
     assert dataset_of_config(lidc.model_dump(mode="json")) == dataset_of_config({}) == "lidc"
 
 
+@pytest.mark.slow
 def test_second_dataset_crops(synth):
     """The cache of the second dataset: built by spawned workers from the adapter each task
     carries, named and validated by the adapter, with its two readers and its true shapes."""

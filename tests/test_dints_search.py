@@ -34,6 +34,7 @@ def test_building_dints_prints_no_patch_size_advice(capsys):
     assert "recommended to be a multiple" not in out.out + out.err and out.out == "something else\n"
 
 
+@pytest.mark.slow
 def test_smoke_dints_search_needs_an_explicit_out(bench_home):
     from conftest import run_cli
     r = run_cli("search", "dints", "--preset", "smoke", env={"LIDC_BENCH_HOME": str(bench_home)})

@@ -251,6 +251,7 @@ def test_missing_journal_is_a_warning_not_a_crash(bench_home, capsys):
 COMMITTED_EXPORTS = sorted((Path(__file__).resolve().parent.parent / "leaderboards").rglob("*.runs"))
 
 
+@pytest.mark.slow   # ~10 s per export of a hundred runs: the full suite's work, not the fast subset's
 @pytest.mark.parametrize("export", COMMITTED_EXPORTS, ids=lambda p: str(p.parent.name + "/" + p.name))
 def test_committed_leaderboard_is_recomputed_byte_for_byte_from_its_export(export, tmp_path):
     """Every leaderboard committed with its run export (`bench leaderboard --export`) is what

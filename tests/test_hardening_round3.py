@@ -82,6 +82,7 @@ def test_a_per_nodule_csv_linking_out_of_the_export_is_refused(tmp_path):
         read_export(out)
 
 
+@pytest.mark.slow
 def test_an_import_failing_after_creating_a_run_leaves_nothing_and_a_later_import_works(bench_home, tmp_path,
                                                                                          monkeypatch):
     import benchmark.core.tracking as tracking
@@ -193,6 +194,7 @@ def test_predict_refuses_a_location_outside_the_scan_naming_it_and_the_extent():
         predict_at(standin(), ct, [centres[0], (5000.0, 0.0, 0.0)])
 
 
+@pytest.mark.slow
 def test_predict_labels_more_than_255_locations_and_refuses_above_the_maximum():
     import SimpleITK as sitk
     from test_predict import make_ct, standin
@@ -368,6 +370,7 @@ class _Tiny(torch.nn.Module):
         return self.conv(x)
 
 
+@pytest.mark.slow
 def test_publishing_a_model_twice_logs_one_and_registering_twice_makes_one_version(bench_home, capsys):
     from benchmark.core.tracking import (MODEL_ARTIFACT, Tracker, client, experiment_id, load_settings,
                                          log_pytorch_model, register_model)
@@ -429,6 +432,7 @@ def test_sync_refuses_a_value_of_the_wrong_type_before_sending_anything(bench_ho
 # ---------------------------------------------------------------------------------------------
 # 9 a killed `bench data build --force` leaves no folder for ever
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_next_build_removes_temporary_folders_of_dead_builds(index, tmp_cache):
     import subprocess
     import sys

@@ -7,6 +7,7 @@ replaced without the other). A cycle in that graph is a design error this test n
 from __future__ import annotations
 
 import ast
+from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +29,14 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def import_graph() -> dict[str, set[str]]:
+@lru_cache(maxsize=None)
+def _parse(path: Path) -> ast.Module:
+    """A module's syntax tree, parsed once per test process (several tests walk all ~120 files)."""
+    return ast.parse(path.read_text())
+
+
+@lru_cache(maxsize=1)
+def import_graph() -> dict[str, frozenset[str]]:
     files = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")]
     modules = {_module_name(p): p for p in files}
     graph: dict[str, set[str]] = {m: set() for m in modules}
@@ -41,7 +49,7 @@ def import_graph() -> dict[str, set[str]]:
 
     for mod, path in modules.items():
         is_pkg = path.name == "__init__.py"
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(_parse(path)):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -53,7 +61,7 @@ def import_graph() -> dict[str, set[str]]:
                 # a package's __init__ re-exporting its own submodules is not a cycle with them
                 if dep and dep != mod and not dep.startswith(mod + ".") and not mod.startswith(dep + "."):
                     graph[mod].add(dep)
-    return graph
+    return {m: frozenset(deps) for m, deps in graph.items()}   # shared between tests: read-only
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -147,7 +155,7 @@ def test_no_import_cycles():
 
 def _external_imports(path: Path) -> set[str]:
     out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(_parse(path)):
         if isinstance(node, ast.Import):
             out.update(a.name.split(".")[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

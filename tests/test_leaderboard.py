@@ -638,6 +638,7 @@ def test_export_keeps_the_studies_behind_tuned_rows(store_home, bench_home, tmp_
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), suffix
 
 
+@pytest.mark.slow
 def test_a_metric_the_specification_marks_as_a_column_reaches_every_table(monkeypatch):
     """Adding a leaderboard column is one entry in ``benchmark.run.metrics.METRIC_SPECS``: ASSD made a
     column (with a median, and in the loss study) shows up in the main and loss tables and the CSV

@@ -205,6 +205,7 @@ def test_validation_only_runs_never_reach_the_page():
     assert "segresnet" not in md and "rescore0" not in md
 
 
+@pytest.mark.slow
 def test_the_run_export_carries_each_runs_validation_history():
     from benchmark import PROJECT_ROOT
     from benchmark.results.leaderboard import records_from_export

@@ -130,6 +130,7 @@ def test_committed_genotype_comes_from_a_recorded_cpu_search():
     assert [r[0] for r in front_rows if r[3] == "1"] == [str(meta["trial"])]
 
 
+@pytest.mark.slow
 def test_unknown_searcher_is_one_line(bench_home):
     r = run_cli("search", "bixnaz", "--trials", "1", env={"LIDC_BENCH_HOME": str(bench_home)})
     assert r.returncode == 2 and "did you mean bixnas" in r.stderr

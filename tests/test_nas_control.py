@@ -16,6 +16,7 @@ def _space(num_blocks=6):
     return TopologySearch(channel_mul=0.25, num_blocks=num_blocks, num_depths=3, use_downsample=True, spatial_dims=3)
 
 
+@pytest.mark.slow
 def test_dints_random_topologies_are_feasible_uniform_draws_in_the_band_and_seeded():
     from benchmark.campaigns.dints_space import (child_transitions, cost_ratio, node_activation, path_costs,
                                                  random_topologies)
@@ -36,6 +37,7 @@ def test_dints_random_topologies_are_feasible_uniform_draws_in_the_band_and_seed
         assert d["node_a"] == node_activation(space, code_a).tolist()
 
 
+@pytest.mark.slow
 def test_dints_random_chains_keep_the_searched_structure_and_stay_feasible():
     """A decode that kept one path per block is matched by random single-path chains (same cost
     class), every one feasible and the draws spread over several chains."""
@@ -83,6 +85,7 @@ def test_dints_control_files_rebuild_and_say_what_they_are(tmp_path):
         control_genotype("unet3d", "0")
 
 
+@pytest.mark.slow
 def test_bixnas_random_genotypes_stay_in_phase_twos_space_at_the_skip_target(tmp_path):
     from architectures.bixnas import GENOTYPE_PATH, load_genotype
     from architectures._bixnas_supernet import skip_count

@@ -270,6 +270,7 @@ def test_a_named_loss_study_architecture_does_not_wait_for_best(tmp_path, monkey
     assert not any(arch == "dints" for _, cells in submitted for arch, _, _ in cells)
 
 
+@pytest.mark.slow
 def test_status_builds_no_crop_cache(bench_home, tmp_path, monkeypatch):
     """`bench protocol status` is a look at the store: on a machine without the crop cache it
     reports the cells as not done and builds nothing (it once spent 7 minutes building crops)."""
@@ -593,6 +594,7 @@ def test_status_says_when_the_protocols_runs_were_made_on_other_data(bench_home,
     assert "warning" not in protocol_status(lp.path)
 
 
+@pytest.mark.slow
 def test_export_carries_the_finished_runs_and_trials_to_a_fresh_store(bench_home, tmp_path, monkeypatch,
                                                                        migrated_store_template):
     """`bench protocol export` then `bench import` elsewhere: the protocol's scored runs (under

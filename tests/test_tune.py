@@ -159,6 +159,7 @@ def test_a_constraint_on_a_parameter_no_trial_uses_is_refused(empty_home, capsys
     assert not (empty_home / "runs").exists()           # neither a journal nor a tracking store was created
 
 
+@pytest.mark.slow
 def test_declared_parameters_cover_every_branch_of_every_space():
     """The names `--fix`/`--narrow` accept are exactly those real trials suggest: every branch of
     the categoricals is visited (SGD's own learning rate is behind the optimiser's third choice)."""
