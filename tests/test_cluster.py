@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, free_port, run_cli
 
 SMOKE = ["--preset", "smoke", "--archs", "unet3d", "--seeds", "2", "--no-references", "--no-progress",
-         "train.epochs=6", "train.early_stopping_patience=50"]
+         "train.epochs=6", "train.early_stopping_patience=50", "eval.overlays=false"]
 
 
 def _start(args, env, log):
@@ -153,7 +153,7 @@ version: 1
 preset: smoke
 architectures: [unet3d, transfuse_s]
 tuning: {n_trials: 1, epochs: 1, pruner: none}
-final: {seeds: 2}
+final: {seeds: 2, overrides: [eval.overlays=false]}
 """
 
 

@@ -22,8 +22,9 @@ from benchmark.core.errors import UsageError
 
 ARCH_LOSSES = [("unet3d", "dice_bce"), ("unet3d", "dice")]
 SEEDS = 2
-#: small models and few epochs; the smoke preset's nodule subset
-SMALL = ["model.kwargs.base_channels=4", "train.epochs=1"]
+#: small models and few epochs; the smoke preset's nodule subset; no test overlays (nothing here
+#: looks at them: tests/test_engine.py checks that a run draws them)
+SMALL = ["model.kwargs.base_channels=4", "train.epochs=1", "eval.overlays=false"]
 
 
 def _client():

@@ -172,6 +172,11 @@ def test_control_cells_cover_the_searched_network_and_every_sample_per_seed(tmp_
     for k in (0, 1):
         shutil.copy(GENOTYPE_PATH, tmp_path / f"sample-{k:02d}.json")
     cells = control_cells("bixnas", "smoke", 2, ["train.epochs=1"], tmp_path)
+    # the reference runs come first (one set for the campaign's one data config), untagged as NAS runs
+    refs = [c for c in cells if c.reference]
+    assert [c.reference for c in refs] == ["threshold_baseline", "inter_reader", "phantom_ceiling"]
+    assert cells[:3] == refs and not any("nas.kind" in c.tags for c in refs)
+    cells = cells[3:]
     assert [(c.tags["nas.sample"], c.seed) for c in cells] == [("searched", 0), ("0", 0), ("1", 0),
                                                               ("searched", 1), ("0", 1), ("1", 1)]
     assert {c.tags["nas.kind"] for c in cells[1:3]} == {"random"} and cells[0].tags["nas.kind"] == "searched"

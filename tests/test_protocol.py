@@ -355,16 +355,21 @@ def test_a_preset_without_batch_or_epochs_is_costed_at_the_run_configs_defaults(
 
 
 def test_time_limit_goes_by_this_machines_speed_once_it_has_one(bench_home, tmp_path):
-    """The declared 1000 s per epoch came from another machine; two finished transfuse_s runs
-    here took 0.5 and 1.5 s per epoch at the preset's batch: the limit goes by their median."""
+    """The declared 1000 s per epoch came from another machine; two finished transfuse_s runs of
+    the protocol here took 0.5 and 1.5 s per epoch at the preset's batch: the limit goes by their
+    median. A run of the architecture from another campaign (no protocol tags) does not count."""
     from benchmark.campaigns.protocol.budget import TimeLimit, measured_seconds_per_epoch
     from benchmark.campaigns.protocol import load_protocol
     from benchmark.core.tracking import client, experiment_id, load_settings
     lp = load_protocol(_write(tmp_path, GOOD + "seconds_per_epoch: {unet3d: 10, transfuse_s: 1000}\n"))
     cl = client()
     exp = experiment_id(cl, load_settings())
+    other = _fake_run(cl, exp, {"arch": "transfuse_s", "preset": "cpu"}, tmp_path)   # a search's candidate, say
+    cl.log_metric(other, "train_seconds", 900.0)
+    cl.log_metric(other, "epochs_completed", 1)
+    cl.log_param(other, "train.batch_size", 8)
     for seconds, batch in ((20.0, 16), (30.0, 8)):       # 20 epochs each: 0.5 and 1.5 s per epoch at batch 8
-        rid = _fake_run(cl, exp, {"arch": "transfuse_s", "preset": "cpu"}, tmp_path)
+        rid = _fake_run(cl, exp, {"arch": "transfuse_s", "preset": "cpu", **lp.tags}, tmp_path)
         cl.log_metric(rid, "train_seconds", seconds)
         cl.log_metric(rid, "epochs_completed", 20)
         cl.log_param(rid, "train.batch_size", batch)
@@ -500,15 +505,15 @@ def test_a_paused_run_is_resumed_by_the_next_protocol_run_from_its_epoch(bench_h
 
 
 def _smoke_unet3d_protocol(tmp_path, n_trials: int, final_epochs: int, seconds_per_epoch: float) -> Path:
-    """unet3d alone on the smoke preset: trials of 1 epoch, 2 final seeds, 1 default run, no
-    references; the time limit goes by ``seconds_per_epoch``."""
+    """unet3d alone on the smoke preset: trials of 1 epoch, 2 final seeds (no test overlays), 1
+    default run, no references; the time limit goes by ``seconds_per_epoch``."""
     return _write(tmp_path, f"""
 name: t
 version: 1
 preset: smoke
 architectures: [unet3d]
 tuning: {{n_trials: {n_trials}, epochs: 1}}
-final: {{seeds: 2, epochs: {final_epochs}}}
+final: {{seeds: 2, epochs: {final_epochs}, overrides: [eval.overlays=false]}}
 defaults: {{seeds: 1, references: false}}
 seconds_per_epoch: {{unet3d: {seconds_per_epoch}}}
 """)
@@ -648,8 +653,9 @@ def test_export_carries_the_finished_runs_and_trials_to_a_fresh_store(bench_home
     assert {r.run_id for r in read_export(again.path)} == keep and again.trials == done.trials
 
 
-# about 2.5 CPU-minutes (16 smoke runs, then a rerun); on two cores shared with other work its wall
-# time has passed the project's 900 s per-test limit, hence the larger limit here
+# 12 smoke runs (2 trials, 4 finals, 2 default runs, 4 loss-study runs; only the default runs draw
+# test overlays), then a rerun; on two cores shared with other work its wall time has passed the
+# project's 900 s per-test limit, hence the larger limit here
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypatch, tmp_path, migrated_store_template):
@@ -663,16 +669,16 @@ def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypa
     res = run_protocol(path, show_progress=False)
     stages = dict(res.suites)
     assert not any(r.failed for r in stages.values()), [r.failed for r in stages.values()]
-    assert all(st.finished == 2 and st.best_trial is not None for st in res.studies.values())
+    assert all(st.finished == 1 and st.best_trial is not None for st in res.studies.values())
     # in this process each architecture's stages come in turn; a named loss-study architecture's
     # loss cells follow its defaults, and 'best''s follow the defaults of the last candidate for it
     assert [name for name, _ in res.suites] == [
         "final unet3d", "defaults unet3d", "loss study unet3d", "final transfuse_s", "defaults transfuse_s",
         "loss study transfuse_s", "defaults", "loss study"]
     assert all(len(stages[f"final {a}"].ran) == 2 for a in ("unet3d", "transfuse_s"))
-    # each architecture's default runs come right after its tuned ones; the last stage finds them done
-    assert len(stages["defaults unet3d"].ran) == len(stages["defaults transfuse_s"].ran) == 2
-    assert not stages["defaults"].ran and len(stages["defaults"].skipped) == 4
+    # each architecture's default run (one seed) comes right after its tuned ones; the last stage finds them done
+    assert len(stages["defaults unet3d"].ran) == len(stages["defaults transfuse_s"].ran) == 1
+    assert not stages["defaults"].ran and len(stages["defaults"].skipped) == 2
     # loss study: unet3d and best (transfuse_s) x 2 losses x 2 seeds; the dice_bce cells are the
     # final runs, and each architecture's own cells were trained in its turn
     for a in ("unet3d", "transfuse_s"):
@@ -688,6 +694,10 @@ def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypa
     assert run.data.tags["protocol.part"] == "final" and run.data.tags["optuna.study"] == "smoke-v1-unet3d"
     assert "protocol/smoke.yaml" in {a.path for a in cl.list_artifacts(final_id, "protocol")}
     assert "test_dice" in run.data.metrics
+    # final.overrides reach the finals (no test overlays drawn); a default run keeps the preset's
+    assert "plots/test_overlays.png" not in {a.path for a in cl.list_artifacts(final_id, "plots")}
+    default_id = stages["defaults unet3d"].ran[0][1]
+    assert "plots/test_overlays.png" in {a.path for a in cl.list_artifacts(default_id, "plots")}
     study = optuna.load_study(study_name="smoke-v1-unet3d", storage=open_storage(None)[0])
     parent = study.user_attrs["mlflow_parent_run_id"]
     assert "protocol/smoke.yaml" in {a.path for a in cl.list_artifacts(parent, "protocol")}
@@ -698,14 +708,14 @@ def test_smoke_protocol_end_to_end_and_rerun_trains_nothing(bench_home, monkeypa
     out = generate(preset="smoke", out_dir=tmp_path / "lb", log_to_mlflow=False)[0]
     md = out.markdown
     assert md.index("## Tuned protocol") < md.index("## Default settings") < md.index("## Loss study")
-    assert "smoke-v1-unet3d: 2 trials x 1 epochs, median pruner" in md
+    assert "smoke-v1-unet3d: 1 trials x 1 epochs, median pruner" in md
     assert "Gain from tuning" in md and "dice_bce_rm" in md
     tuned = out.leaderboard.table
     assert set(tuned[tuned["reference"] == ""]["row"]) == {"unet3d / dice_bce", "transfuse_s / dice_bce"}
 
     again = run_protocol(path, show_progress=False)
     assert all(not r.ran and not r.resumed and not r.failed for _, r in again.suites)
-    assert all(st.finished == 2 for st in again.studies.values())
+    assert all(st.finished == 1 for st in again.studies.values())
     status = protocol_status(path)
     assert "estimated cost left: 0.0 h" in status and len(re.findall(r"loss study \w+: 4 done, 0 left", status)) == 2
 

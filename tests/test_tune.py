@@ -124,6 +124,7 @@ def test_a_study_on_soft_dice_reports_and_maximises_it(monkeypatch):
         objective_factory([], {**meta, "metric": "val_iou"}, {}, {}, "p" * 32)
 
 
+@pytest.mark.slow   # two tuning workers in a subprocess (~50 s on CI, where PostgreSQL runs; skipped elsewhere)
 def test_postgres_storage(bench_home):
     url = os.environ.get("LIDC_BENCH_TEST_POSTGRES_URL")
     if not url:

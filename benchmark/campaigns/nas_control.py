@@ -212,9 +212,10 @@ def control_samples(space: str, folder: Optional[Path] = None) -> list[str]:
 def control_cells(space: str, preset: str, seeds: int, overrides: list[str], folder: Optional[Path] = None) -> list:
     """The whole control of one space as suite cells: the searched network and every random
     sample, each for ``seeds`` seeds (seed outermost, so a stopped campaign has every network at
-    the lowest seeds). Restartable like ``bench suite``: finished cells are skipped by their
-    config fingerprint, which holds the genotype."""
-    from benchmark.campaigns.suite import Cell
+    the lowest seeds), after the reference runs (threshold baseline, inter-reader agreement,
+    phantom ceiling) every score on the page is read against. Restartable like ``bench suite``:
+    finished cells are skipped by their config fingerprint, which holds the genotype."""
+    from benchmark.campaigns.suite import Cell, reference_cells
     samples = control_samples(space, folder)
     if len(samples) < 1:
         raise UsageError(f"no random samples of {space} in {Path(folder) if folder else control_dir(space)}; "
@@ -226,7 +227,7 @@ def control_cells(space: str, preset: str, seeds: int, overrides: list[str], fol
         for sample in ["searched", *samples]:
             cfg, tags = control_config(space, sample, preset, seed, overrides, folder)
             cells.append(Cell(space, cfg.loss.name, seed, cfg, tags=tags, title=cfg.name))
-    return cells
+    return reference_cells(cells) + cells
 
 
 def run_controls(space: str, preset: str, seeds: int, overrides: list[str], folder: Optional[Path] = None,

@@ -127,7 +127,6 @@ def plan_cells(preset: str, archs: Optional[list[str]] = None, losses: Optional[
     from architectures import architecture_entry, list_architectures
 
     from benchmark.losses import loss_entry
-    from benchmark.run.reference_rows import INTER_READER, PHANTOM_CEILING, reference_fingerprint
     if seeds < 1:
         raise UsageError("--seeds must be at least 1")
     archs = list(archs) if archs else list_architectures()
@@ -152,10 +151,15 @@ def plan_cells(preset: str, archs: Optional[list[str]] = None, losses: Optional[
                 if fp not in seen:
                     seen.add(fp)
                     cells.append(Cell(arch, loss, seed, cfg))
-    if not references:
-        return cells
-    # one set of reference runs per distinct data config (per-arch overrides may change it);
-    # they go first: quick, and they check the data path before hours of training
+    return (reference_cells(cells) + cells) if references else cells
+
+
+def reference_cells(cells: list[Cell]) -> list[Cell]:
+    """The reference runs (threshold baseline, inter-reader agreement and, on a phantom, its
+    ceiling) that put the cells' scores in proportion: one set per distinct data config (per-arch
+    overrides may change it). They go first: quick, and they check the data path before hours of
+    training."""
+    from benchmark.run.reference_rows import INTER_READER, PHANTOM_CEILING, reference_fingerprint
     refs, done = [], set()
     for c in cells:
         key = reference_fingerprint(c.cfg)
@@ -165,7 +169,7 @@ def plan_cells(preset: str, archs: Optional[list[str]] = None, losses: Optional[
                      Cell(INTER_READER, "none", None, c.cfg, INTER_READER)]
             if get_dataset(c.cfg.data.dataset).has_truth(c.cfg.data.source):   # only a phantom knows the true shape
                 refs.append(Cell(PHANTOM_CEILING, "none", None, c.cfg, PHANTOM_CEILING))
-    return refs + cells
+    return refs
 
 
 @dataclass

@@ -25,8 +25,12 @@ TRAINING_DATA = ("architectures/*.json",)
 TAG = "code.training_sha"
 
 
+@lru_cache(maxsize=128)
 def code_fingerprint(source_text: str) -> str:
-    """A module's syntax tree without docstrings: comment and doc edits keep the fingerprint."""
+    """A module's syntax tree without docstrings: comment and doc edits keep the fingerprint.
+    Memoised on the text (a pure function of it): every crop-cache lookup fingerprints the same
+    few modules again (``benchmark.data.cache.code_version``, several times per run), and parsing
+    them was the largest share of a protocol rerun's work."""
     tree = ast.parse(source_text)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)

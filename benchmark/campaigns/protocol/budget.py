@@ -109,7 +109,9 @@ def loss_study_affordable(lp: LoadedProtocol, arch: str) -> bool:
 
 def measured_seconds_per_epoch(lp: LoadedProtocol, arch: str, experiment: Optional[str] = None,
                                trials: bool = True) -> Optional[float]:
-    """Median seconds per epoch of ``arch``'s finished runs at the protocol's preset in the
+    """Median seconds per epoch of the protocol's own finished runs of ``arch`` (tags
+    ``protocol.name`` and ``protocol.version``: another campaign's runs of the architecture, say a
+    search's candidates trained beside other jobs, say nothing of what this protocol's take) in the
     tracking store (tuning trials included unless ``trials`` is False), each scaled to the preset's
     batch (an epoch is a fixed number of steps): what this machine takes, where the declared
     ``seconds_per_epoch`` comes from another. None without such a run. Without trials, the figure
@@ -122,7 +124,8 @@ def measured_seconds_per_epoch(lp: LoadedProtocol, arch: str, experiment: Option
     cl = client(settings)
     preset = lp.spec.preset
     base = preset_batch(preset)
-    where = f"attributes.status = 'FINISHED' and tags.arch = '{arch}' and tags.preset = '{preset}'"
+    where = (f"attributes.status = 'FINISHED' and tags.arch = '{arch}' and tags.preset = '{preset}' "
+             f"and tags.`protocol.name` = '{lp.spec.name}' and tags.`protocol.version` = '{lp.spec.version}'")
     rates = []
     for r in search_all_runs(cl, [experiment_id(cl, settings, experiment)], where):
         if not trials and r.data.tags.get("protocol.part") == "tuning":
