@@ -256,9 +256,12 @@ def test_part_estimate_of_cpu_v7():
 
 
 @pytest.mark.slow
-def test_smoke_v7_runs_to_completion(bench_home):
+def test_smoke_v7_runs_to_completion(bench_home, tmp_path, monkeypatch, migrated_store_template):
     """Every part of smoke-v7 trains, with its tags; a second run trains nothing; the status
-    reports the choices."""
+    reports the choices. Exported (`bench protocol export`) and imported into a fresh store, as
+    `tools/protocol-session` carries a protocol from one machine to the next, every v7 part
+    (rescoring, shared recipe, swap, the second sampler's study) arrives: a run there trains
+    nothing either."""
     from benchmark.core.tracking import client, experiment_id, load_settings, search_all_runs
     from benchmark.campaigns.protocol import protocol_status, run_protocol
     from benchmark.campaigns.protocol.rescore import rescore_cells
@@ -293,6 +296,26 @@ def test_smoke_v7_runs_to_completion(bench_home):
     assert not any(r.ran for _, r in again.suites)
     text = protocol_status(path)
     assert "rescore smoke-v7-unet3d: chosen trial" in text and "shared recipe: 4/4 runs done" in text
+
+    import shutil
+
+    from benchmark.campaigns.protocol import export_protocol
+    from benchmark.cli.main import main
+    done = export_protocol(path, tmp_path / "carry.runs")
+    assert set(done.trials) == {"smoke-v7-unet3d", "smoke-v7-transfuse_s", "smoke-v7-unet3d-s1"}
+    fresh = tmp_path / "next-machine"
+    (fresh / "runs").mkdir(parents=True)
+    shutil.copy(migrated_store_template, fresh / "runs" / "mlflow.db")
+    monkeypatch.setenv("LIDC_BENCH_HOME", str(fresh))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["import", str(done.path)]) == 0
+    there = run_protocol(path, show_progress=False)
+    assert not any(r.ran or r.resumed or r.failed for _, r in there.suites), \
+        [(name, r.ran) for name, r in there.suites if r.ran]
+    def choices(result):
+        return {a: (st.chosen.number, st.chosen.params) for a, st in result.studies.items()}
+    assert choices(there) == choices(again)
+    assert "shared recipe: 4/4 runs done" in protocol_status(path)
 
 
 @pytest.mark.slow
