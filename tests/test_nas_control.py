@@ -118,7 +118,8 @@ def _record(run_id, seed, dice, kind=None, sample=None, arch="dints"):
         tags.update({"nas.space": "dints", "nas.kind": kind, "nas.sample": sample or kind})
     config = {"model": {"arch": arch, "kwargs": {"topology": sample or "searched"}}, "loss": {"name": "dice_bce"},
               "train": {"seed": seed}}
-    return RunRecord(run_id, tags, {"test_dice": 0.0, "train_seconds": 10.0}, config, seed, df)
+    macs = 66e6 if kind == "searched" else 60e6 + 2e6 * int(sample or 0)
+    return RunRecord(run_id, tags, {"test_dice": 0.0, "train_seconds": 10.0, "macs_per_patch": macs}, config, seed, df)
 
 
 def _control_runs(gain):
@@ -141,8 +142,11 @@ def test_search_vs_random_rank_and_paired_difference_to_the_random_median():
     assert c.diff == pytest.approx(0.1, abs=0.01) and 0 < c.diff_low < c.diff < c.diff_high
     assert c.n_seeds == {"searched": 2, **{f"random {k}": 2 for k in range(5)}} and c.n_nodules == 40
     assert "beats the random median" in c.verdict()
-    md = "\n".join(markdown_section(better))
+    md = "\n".join(markdown_section(better, {"phantom_ceiling": 0.908}))
     assert "## Search against random architectures" in md and "| 1 of 6 |" in md
+    # what each side costs (the control is one only at equal cost) and what the scores are read against
+    assert c.macs["searched"] == 66e6 and c.median_random_macs == 64e6 and "| 66 M, 64 M | 2 per entry |" in md
+    assert "For scale, on the same test nodules: phantom_ceiling 0.908." in md
     same = search_controls(_control_runs(0.0), n_boot=500)[0]
     assert same.rank == 3 and same.diff_low < 0 < same.diff_high and "cannot be told" in same.verdict()
     worse = search_controls(_control_runs(-0.1), n_boot=500)[0]
@@ -157,7 +161,13 @@ def test_random_control_runs_stay_out_of_the_main_table_and_get_their_section():
     members = {r.run_id for row in lb.rows for r in row.runs}
     assert members == {"s0", "s1", "u0", "u1"}            # the searched run is a normal row, the random ones not
     assert len(lb.search_controls) == 1 and lb.search_controls[0].rank == 1
-    assert "## Search against random architectures" in render_markdown(lb)
+    md = render_markdown(lb)
+    assert "## Search against random architectures" in md
+    # the page's opening lines say whether the search beat its control
+    assert "Search against random architectures: dints search (dice_bce): the search beats the random median" \
+        in md.split("## Summary")[0]
+    from benchmark.results.leaderboard import render_html
+    assert "<h2>Search against random architectures</h2>" in render_html(lb, {})
     plain = build_sections(table_key(runs[-1]), runs[-2:], n_boot=200)
     assert plain.search_controls == [] and "random architectures" not in render_markdown(plain)
 

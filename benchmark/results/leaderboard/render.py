@@ -17,6 +17,7 @@ import pandas as pd
 
 from benchmark.run.metrics import leaderboard_columns, leaderboard_metrics, metric_spec
 from benchmark.results.leaderboard.plots import CAPTIONS as PLOT_CAPTIONS
+from benchmark.results.leaderboard import search_control
 from benchmark.results.leaderboard.search_control import markdown_section as search_control_markdown
 from benchmark.results.leaderboard.sections import page_runs
 from benchmark.results.leaderboard.statistics import Leaderboard, Row, all_rows
@@ -301,6 +302,12 @@ def provenance(row: Row) -> tuple[str, bool]:
     return ", ".join(commits), len(code) > 1
 
 
+def reference_scale(lb: Leaderboard) -> dict:
+    """The page's reference rows with a test Dice (label -> mean Dice): what a score is read against."""
+    return {r.label: r.stats["dice_mean"] for r in lb.rows
+            if r.reference and not math.isnan(r.stats.get("dice_mean", float("nan")))}
+
+
 def render_markdown(lb: Leaderboard, tracking_url: str = "") -> str:
     """The Markdown page; ``tracking_url``: the MLflow server the run ids link to (plain ids without)."""
     out = [f"# {title(lb)}", ""]
@@ -319,7 +326,7 @@ def render_markdown(lb: Leaderboard, tracking_url: str = "") -> str:
         out += ["", f"### {COMPARISON_TITLE}", ""] + _markdown_rows(*comparison_cells(lb))
     if lb.tuning_signal:
         out += ["", f"### {SIGNAL_TITLE}", ""] + [x for line in signal_lines(lb) for x in (line, "")][:-1]
-    out += search_control_markdown(lb.search_controls)
+    out += search_control_markdown(lb.search_controls, reference_scale(lb))
     out += ["", "## How to read this table", ""]
     out += [f"- **{term}**: {text}" for term, text in reading_guide(lb, "after")]
     out += ["", "## Notes", ""] + [f"- {n}" for n in notes(lb)]
@@ -401,7 +408,7 @@ def render_html(lb: Leaderboard, plots: dict[str, bytes], tracking_url: str = ""
              f"<title>{e(title(lb))}</title><style>{_CSS}</style></head><body>",
              f"<h1>{e(title(lb))}</h1>", "<div class='verdict'>",
              f"<p class='headline'>{e(v.headline)}</p>"]
-    parts += [f"<p>{e(line)}</p>" for line in (v.ranking, v.question) if line]
+    parts += [f"<p>{e(line)}</p>" for line in (v.ranking, v.search, v.question) if line]
     parts += [f"<p class='caveat'>{e(v.caveat)}</p>", "</div>", f"<h2>{SUMMARY_TITLE}</h2>"]
     parts += _html_table(*summary_cells(lb), _row_classes(lb))
     parts += [f"<p>{e(_generated_line(lb)).replace('`', '')}</p>", f"<h2>{DETAILS_TITLE}</h2>"]
@@ -419,6 +426,12 @@ def render_html(lb: Leaderboard, plots: dict[str, bytes], tracking_url: str = ""
         parts += _html_table(header, body, classes)
     if lb.tuning_signal:
         parts += [f"<h3>{SIGNAL_TITLE}</h3>"] + [f"<p>{e(line)}</p>" for line in signal_lines(lb)]
+    if lb.search_controls:
+        header, body = search_control.cells(lb.search_controls)
+        parts += [f"<h2>{e(search_control.TITLE)}</h2>"] + _html_table(header, [_cells(row) for row in body],
+                                                                       ["model"] * len(body))
+        parts += [f"<p>{e(line).replace('`', '')}</p>"
+                  for line in (search_control.NOTE, search_control.scale_line(reference_scale(lb))) if line]
     parts.append("<h2>How to read this table</h2><ul>")
     parts += [f"<li><b>{e(term)}</b>: {e(text)}</li>" for term, text in reading_guide(lb, "under")]
     parts.append("</ul><h2>Notes</h2><ul>")

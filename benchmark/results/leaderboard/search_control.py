@@ -18,6 +18,7 @@ tables, where they would be rows of no interest on their own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -41,10 +42,24 @@ class SearchControl:
     diff_high: float
     n_seeds: dict = field(default_factory=dict)   # "searched" / sample -> seeds
     n_nodules: int = 0
+    #: MACs per patch (the runs' ``macs_per_patch``): "searched" / sample -> MACs; the control is
+    #: only a control if the random networks cost what the searched one does
+    macs: dict = field(default_factory=dict)
 
     @property
     def median_random(self) -> float:
         return float(np.median(list(self.random_dice.values())))
+
+    @property
+    def median_random_macs(self) -> float:
+        vals = [v for k, v in self.macs.items() if k != "searched"]
+        return float(np.median(vals)) if vals else float("nan")
+
+    def headline(self) -> str:
+        """One sentence for the page's opening lines."""
+        return (f"{self.space} search ({self.loss}): {self.verdict()}: searched {self.searched_dice:.3f}, random "
+                f"median {self.median_random:.3f}, difference {self.diff:+.3f} [{self.diff_low:+.3f}, "
+                f"{self.diff_high:+.3f}], rank {self.rank} of {len(self.random_dice) + 1}")
 
     def verdict(self) -> str:
         if self.diff_low > 0:
@@ -108,23 +123,51 @@ def search_controls(runs, n_boot: int = 2000, boot_seed: int = 0) -> list[Search
         rank = 1 + sum(dice[label] >= dice["searched"] for label in randoms)
         by_sample = {label.split(" ", 1)[1]: dice[label] for label in randoms}
         seeds = {label: len(rs) for label, rs in entries.items()}
-        out.append(SearchControl(space, loss, dice["searched"], by_sample, rank, diff, lo, hi, seeds, len(nodules)))
+        macs = {("searched" if label == "searched" else label.split(" ", 1)[1]):
+                float(np.mean([r.metrics["macs_per_patch"] for r in rs]))
+                for label, rs in entries.items() if all("macs_per_patch" in r.metrics for r in rs)}
+        out.append(SearchControl(space, loss, dice["searched"], by_sample, rank, diff, lo, hi, seeds, len(nodules),
+                                 macs))
     return out
 
 
-def markdown_section(controls: list[SearchControl]) -> list[str]:
+def _mmacs(v: float) -> str:
+    return "–" if v is None or np.isnan(v) else f"{v / 1e6:.0f} M"
+
+
+HEADER = ["Space", "Loss", "Searched Dice", "Random Dice: median [min, max] (samples)", "Rank of searched",
+          "Searched − random median", "MACs/patch: searched, random median", "Seeds", "Reading"]
+NOTE = ("Random architectures are drawn uniformly from the searched space at the search's resource target and "
+        "trained like the searched one (`bench nas random`, `bench nas controls`; docs/nas.md). The interval is the "
+        "paired two-level bootstrap's (nodules shared, seeds per entry), 95 %.")
+
+
+def cells(controls: list[SearchControl]) -> tuple[list[str], list[list[str]]]:
+    """The section's table: header and one row per (space, loss)."""
+    body = []
+    for c in controls:
+        r = list(c.random_dice.values())
+        seeds = sorted(set(c.n_seeds.values()))
+        body.append([c.space, c.loss, f"{c.searched_dice:.3f}",
+                     f"{c.median_random:.3f} [{min(r):.3f}, {max(r):.3f}] ({len(r)})", f"{c.rank} of {len(r) + 1}",
+                     f"{c.diff:+.3f} [{c.diff_low:+.3f}, {c.diff_high:+.3f}]",
+                     f"{_mmacs(c.macs.get('searched'))}, {_mmacs(c.median_random_macs)}",
+                     f"{seeds[0] if len(seeds) == 1 else f'{seeds[0]}-{seeds[-1]}'} per entry", c.verdict()])
+    return HEADER, body
+
+
+def scale_line(scale: Optional[dict]) -> str:
+    """``scale``: the page's reference rows (label -> Dice on the same test set), to read the scores against."""
+    return ("For scale, on the same test nodules: " + ", ".join(f"{k} {v:.3f}" for k, v in scale.items()) + ".") \
+        if scale else ""
+
+
+def markdown_section(controls: list[SearchControl], scale: Optional[dict] = None) -> list[str]:
     """The section's markdown lines (none when no run of the page is a search control)."""
     if not controls:
         return []
-    lines = ["", f"## {TITLE}", "",
-             "| Space | Loss | Searched Dice | Random Dice: median [min, max] (samples) | Rank of searched | "
-             "Searched − random median | Reading |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for c in controls:
-        r = list(c.random_dice.values())
-        lines.append(f"| {c.space} | {c.loss} | {c.searched_dice:.3f} | {c.median_random:.3f} [{min(r):.3f}, "
-                     f"{max(r):.3f}] ({len(r)}) | {c.rank} of {len(r) + 1} | {c.diff:+.3f} [{c.diff_low:+.3f}, "
-                     f"{c.diff_high:+.3f}] | {c.verdict()} |")
-    lines += ["", "Random architectures are drawn uniformly from the searched space at the search's resource target "
-              "and trained like the searched one (`bench nas random`, `bench nas train-control`; docs/nas.md). The "
-              "interval is the paired two-level bootstrap's (nodules shared, seeds per entry), 95 %."]
+    header, body = cells(controls)
+    lines = ["", f"## {TITLE}", "", "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    lines += ["", NOTE] + (["", scale_line(scale)] if scale else [])
     return lines

@@ -10,7 +10,9 @@
     intervals mean another test set or other seeds could swap them;
   * the project's question (``QUESTION_ARCH_PREFIX``): does any TransFuse row beat the comparator,
     with the paired bootstrap difference of mean Dice and the Holm p of each TransFuse row;
-  * the caveat: the data source (phantom or real scans), preset, seeds and epochs behind it.
+  * the caveat: the data source (phantom or real scans), preset, seeds and epochs behind it;
+  * where the page holds an architecture search's random control (``search_control``), whether
+    each search beats the median random network of its space.
 
 With a shared-recipe section (protocol v7: every architecture trained with one recipe), a ranking
 under each architecture's own tuned recipe could reflect how well each was tuned. The winner is
@@ -21,7 +23,7 @@ separate them, and says so when the two tables order the architectures different
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from benchmark.results.leaderboard.statistics import Leaderboard, Row
 
@@ -37,9 +39,10 @@ class Verdict:
     ranking: str           # the numbers behind it
     question: str          # the project's question and its answer ("" when the table cannot say)
     caveat: str            # what the numbers rest on
+    search: str = ""       # each architecture search against its random control, when the page has one
 
     def lines(self) -> list[str]:
-        return [x for x in (self.headline, self.ranking, self.question, self.caveat) if x]
+        return [x for x in (self.headline, self.ranking, self.search, self.question, self.caveat) if x]
 
 
 def _p(p: float) -> str:
@@ -61,6 +64,14 @@ def separates(top: Row, runner_up: Row) -> bool:
 
 
 def verdict(lb: Leaderboard) -> Verdict:
+    v = _ranking_verdict(lb)
+    if lb.search_controls:
+        v = replace(v, search="Search against random architectures: "
+                    + "; ".join(c.headline() for c in lb.search_controls) + ".")
+    return v
+
+
+def _ranking_verdict(lb: Leaderboard) -> Verdict:
     models = [r for r in lb.rows if not r.reference]
     if not models:
         return Verdict("No model row: this table has reference rows only.", "", "", caveat(lb))
