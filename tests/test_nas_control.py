@@ -168,6 +168,10 @@ def test_random_control_runs_stay_out_of_the_main_table_and_get_their_section():
         in md.split("## Summary")[0]
     from benchmark.results.leaderboard import render_html
     assert "<h2>Search against random architectures</h2>" in render_html(lb, {})
+    # every random run is named on the page and travels in its run export, though in no table
+    from benchmark.results.leaderboard.sections import exported_runs
+    assert {x.run_id for x in exported_runs(lb)} == {r.run_id for r in runs}
+    assert "- Search against random architectures: dints random sample 0 / dice_bce: seed 0: `r00`, seed 1: `r01`" in md
     plain = build_sections(table_key(runs[-1]), runs[-2:], n_boot=200)
     assert plain.search_controls == [] and "random architectures" not in render_markdown(plain)
 

@@ -16,7 +16,7 @@ from benchmark.core.errors import UsageError
 from benchmark.results.leaderboard.collect import collect_runs, group_runs, mixed_groups_message, mlflow_filter, records_from_export
 from benchmark.results.leaderboard.plots import make_plots
 from benchmark.results.leaderboard.render import render_csv, render_html, render_markdown, table_cells, title
-from benchmark.results.leaderboard.sections import build_sections, page_runs
+from benchmark.results.leaderboard.sections import build_sections, exported_runs, page_runs
 from benchmark.results.leaderboard.statistics import RANKINGS, Leaderboard
 
 
@@ -102,7 +102,7 @@ def generate(preset: Optional[str] = None, ranking: str = "aggregate", out_dir: 
         if export:
             from benchmark.results.run_export import export_runs
             from benchmark.results.study_export import export_studies
-            runs_of_table = page_runs(lb)
+            runs_of_table = exported_runs(lb)
             studies = export_studies({x.tags["optuna.study"] for x in runs_of_table if x.tags.get("optuna.study")},
                                      study_storage)
             files.append(export_runs(cl, {x.local_id for x in runs_of_table}, out_dir / f"{lb.key.name}.runs",

@@ -342,7 +342,23 @@ def render_markdown(lb: Leaderboard, tracking_url: str = "") -> str:
     for (arch, source), swapped in sorted(lb.swap.runs.items()) if lb.swap is not None else ():
         runs = ", ".join(f"seed {x.seed}: " + _markdown_run_id(x, tracking_url) for x in swapped)
         out.append(f"- {SWAP_TITLE}: {arch} with the recipe of {source}: {runs}")
+    for label, control_runs in _random_control_runs(lb):
+        runs = ", ".join(f"seed {x.seed}: " + _markdown_run_id(x, tracking_url) for x in control_runs)
+        out.append(f"- {label}: {runs}")
     return "\n".join(out) + "\n"
+
+
+def _random_control_runs(lb: Leaderboard) -> list[tuple[str, list]]:
+    """(label, runs) of each random architecture of the search-against-random section, in no table."""
+    out = []
+    for c in lb.search_controls:
+        by_sample: dict = {}
+        for x in c.runs:
+            if search_control.is_random_control(x):
+                by_sample.setdefault(x.tags.get(search_control.TAG_SAMPLE, "?"), []).append(x)
+        out += [(f"{search_control.TITLE}: {c.space} random sample {k} / {c.loss}", sorted(v, key=lambda x: x.seed))
+                for k, v in sorted(by_sample.items())]
+    return out
 
 
 def _markdown_run_id(run, tracking_url: str) -> str:
@@ -449,6 +465,9 @@ def render_html(lb: Leaderboard, plots: dict[str, bytes], tracking_url: str = ""
     for (arch, source), swapped in sorted(lb.swap.runs.items()) if lb.swap is not None else ():
         ids = ", ".join(f"seed {e(x.seed)}: " + _html_run_id(x, tracking_url) for x in swapped)
         parts.append(f"<li>{e(f'{SWAP_TITLE}: {arch} with the recipe of {source}')}: {ids}</li>")
+    for label, control_runs in _random_control_runs(lb):
+        ids = ", ".join(f"seed {e(x.seed)}: " + _html_run_id(x, tracking_url) for x in control_runs)
+        parts.append(f"<li>{e(label)}: {ids}</li>")
     parts.append("</ul></body></html>")
     return "\n".join(parts) + "\n"
 

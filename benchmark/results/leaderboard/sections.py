@@ -139,6 +139,12 @@ def build_sections(key: TableKey, runs: list[RunRecord], ranking: str = "aggrega
 
 
 def page_runs(lb: Leaderboard) -> list[RunRecord]:
-    """Every run the page rests on: those of its rows and those of its recipe-swap matrix."""
+    """Every run the page's tables rest on: those of its rows and those of its recipe-swap matrix."""
     swap = [x for runs in lb.swap.runs.values() for x in runs] if lb.swap is not None else []
     return [x for r in all_rows(lb) for x in r.runs] + swap
+
+
+def exported_runs(lb: Leaderboard) -> list[RunRecord]:
+    """What the page's run export carries: its tables' runs and the random architectures of its
+    search-against-random section (in no table), so ``--from`` recomputes every line of it."""
+    return page_runs(lb) + [x for c in lb.search_controls for x in c.runs]
