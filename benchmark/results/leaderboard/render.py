@@ -350,15 +350,8 @@ def render_markdown(lb: Leaderboard, tracking_url: str = "") -> str:
 
 def _random_control_runs(lb: Leaderboard) -> list[tuple[str, list]]:
     """(label, runs) of each random architecture of the search-against-random section, in no table."""
-    out = []
-    for c in lb.search_controls:
-        by_sample: dict = {}
-        for x in c.runs:
-            if search_control.is_random_control(x):
-                by_sample.setdefault(x.tags.get(search_control.TAG_SAMPLE, "?"), []).append(x)
-        out += [(f"{search_control.TITLE}: {c.space} random sample {k} / {c.loss}", sorted(v, key=lambda x: x.seed))
-                for k, v in sorted(by_sample.items())]
-    return out
+    return [(f"{search_control.TITLE}: {c.space} random sample {k} / {c.loss}", runs)
+            for c in lb.search_controls for k, runs in sorted(c.runs.items()) if k != "searched"]
 
 
 def _markdown_run_id(run, tracking_url: str) -> str:

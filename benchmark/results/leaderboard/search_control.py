@@ -45,9 +45,9 @@ class SearchControl:
     #: MACs per patch (the runs' ``macs_per_patch``): "searched" / sample -> MACs; the control is
     #: only a control if the random networks cost what the searched one does
     macs: dict = field(default_factory=dict)
-    #: every run the entry's Dice rests on (the searched network's and the random samples'), for
-    #: the page's run export: the random ones are in no table of the page
-    runs: list = field(default_factory=list, repr=False)
+    #: "searched" / sample -> the runs its Dice rests on (one per seed), for the page's run export
+    #: and run list: the random ones are in no table of the page
+    runs: dict = field(default_factory=dict, repr=False)
 
     @property
     def median_random(self) -> float:
@@ -126,11 +126,11 @@ def search_controls(runs, n_boot: int = 2000, boot_seed: int = 0) -> list[Search
         rank = 1 + sum(dice[label] >= dice["searched"] for label in randoms)
         by_sample = {label.split(" ", 1)[1]: dice[label] for label in randoms}
         seeds = {label: len(rs) for label, rs in entries.items()}
-        macs = {("searched" if label == "searched" else label.split(" ", 1)[1]):
-                float(np.mean([r.metrics["macs_per_patch"] for r in rs]))
-                for label, rs in entries.items() if all("macs_per_patch" in r.metrics for r in rs)}
+        by_key = {("searched" if label == "searched" else label.split(" ", 1)[1]): rs for label, rs in entries.items()}
+        macs = {k: float(np.mean([r.metrics["macs_per_patch"] for r in rs]))
+                for k, rs in by_key.items() if all("macs_per_patch" in r.metrics for r in rs)}
         out.append(SearchControl(space, loss, dice["searched"], by_sample, rank, diff, lo, hi, seeds, len(nodules),
-                                 macs, [r for rs in entries.values() for r in rs]))
+                                 macs, by_key))
     return out
 
 

@@ -147,4 +147,4 @@ def page_runs(lb: Leaderboard) -> list[RunRecord]:
 def exported_runs(lb: Leaderboard) -> list[RunRecord]:
     """What the page's run export carries: its tables' runs and the random architectures of its
     search-against-random section (in no table), so ``--from`` recomputes every line of it."""
-    return page_runs(lb) + [x for c in lb.search_controls for x in c.runs]
+    return page_runs(lb) + [x for c in lb.search_controls for runs in c.runs.values() for x in runs]
