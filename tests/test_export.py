@@ -267,3 +267,20 @@ def test_committed_leaderboard_is_recomputed_byte_for_byte_from_its_export(expor
     for suffix in (".md", ".csv", ".html"):
         committed = export.with_name(stem + suffix)
         assert (tmp_path / committed.name).read_bytes() == committed.read_bytes(), committed
+
+
+def test_a_page_recomputed_from_an_export_is_written_beside_that_export(monkeypatch, tmp_path):
+    """`bench leaderboard --from leaderboards/nas-control/x.runs` must not overwrite the main
+    leaderboards/x.md of the same name: without --out the page goes to the export's folder."""
+    import argparse
+
+    import benchmark.cli.leaderboard as cli
+    seen = []
+    monkeypatch.setattr(cli, "generate", lambda **kw: seen.append(kw["out_dir"]) or [])
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    export = tmp_path / "nas-control" / "lidc-phantom-cpu.runs"
+    cli._cmd(parser.parse_args(["leaderboard", "--from", str(export)]))
+    cli._cmd(parser.parse_args(["leaderboard", "--from", str(export), "--out", str(tmp_path / "elsewhere")]))
+    cli._cmd(parser.parse_args(["leaderboard"]))
+    assert seen == [str(tmp_path / "nas-control"), str(tmp_path / "elsewhere"), None]

@@ -134,7 +134,8 @@ def _control_runs(gain):
 
 
 def test_search_vs_random_rank_and_paired_difference_to_the_random_median():
-    from benchmark.results.leaderboard.search_control import markdown_section, search_controls
+    from benchmark.results.leaderboard.render import _search_control_markdown as markdown_section
+    from benchmark.results.leaderboard.search_control import search_controls
     better = search_controls(_control_runs(0.1), n_boot=500)
     assert len(better) == 1
     c = better[0]

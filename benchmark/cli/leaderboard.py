@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from benchmark.results.leaderboard.generate import generate
 from benchmark.results.leaderboard.statistics import RANKINGS
@@ -12,7 +13,8 @@ def register(sub) -> None:
     p.add_argument("--preset", help="only runs of this preset (default: every preset found, one table each)")
     p.add_argument("--ranking", default="aggregate", choices=RANKINGS,
                    help="aggregate-then-rank (default) or rank-then-aggregate over test nodules")
-    p.add_argument("--out", help="output folder (default: leaderboards/ in the project home)")
+    p.add_argument("--out", help="output folder (default: leaderboards/ in the project home; with --from, the "
+                                 "export's own folder, where the page it was exported with lives)")
     p.add_argument("--experiment", help="MLflow experiment (default: mlflow.yaml's)")
     p.add_argument("--source", help="only this data source (phantom | dicom)")
     p.add_argument("--ground-truth", help="only this ground truth (staple | consensus)")
@@ -39,7 +41,10 @@ def register(sub) -> None:
 
 
 def _cmd(args) -> None:
-    results = generate(preset=args.preset, ranking=args.ranking, out_dir=args.out, experiment=args.experiment,
+    # a page recomputed from its export goes back beside that export: recomputing
+    # leaderboards/nas-control/x.runs must not overwrite the main leaderboards/x.md of the same name
+    out = args.out or (str(Path(args.from_export).parent) if args.from_export else None)
+    results = generate(preset=args.preset, ranking=args.ranking, out_dir=out, experiment=args.experiment,
                        source=args.source, ground_truth=args.ground_truth, split_hash=args.split_hash,
                        data_hash=args.data_hash, run_filter=args.run_filter, n_boot=args.n_boot,
                        boot_seed=args.boot_seed, log_to_mlflow=not args.no_log,

@@ -18,7 +18,6 @@ import pandas as pd
 from benchmark.run.metrics import leaderboard_columns, leaderboard_metrics, metric_spec
 from benchmark.results.leaderboard.plots import CAPTIONS as PLOT_CAPTIONS
 from benchmark.results.leaderboard import search_control
-from benchmark.results.leaderboard.search_control import markdown_section as search_control_markdown
 from benchmark.results.leaderboard.sections import page_runs
 from benchmark.results.leaderboard.statistics import Leaderboard, Row, all_rows
 from benchmark.results.leaderboard.guide import COMPARISON_TITLE, notes, reading_guide
@@ -277,6 +276,16 @@ def _markdown_rows(header: list[str], body: list[list[Cell]]) -> list[str]:
         ["| " + " | ".join(row) + " |" for row in esc]
 
 
+def _search_control_markdown(controls: list, scale: dict | None = None) -> list[str]:
+    """The search-vs-random section (none when no run of the page is a search control); its HTML
+    twin is in ``render_html``."""
+    if not controls:
+        return []
+    note = [search_control.NOTE] + ([search_control.scale_line(scale)] if scale else [])
+    return ["", f"## {search_control.TITLE}", ""] + _markdown_rows(*search_control.cells(controls)) + \
+        [x for line in note for x in ("", line)]
+
+
 def _versions(lb: Leaderboard) -> str:
     """The phantom and protocol versions the page's runs came from (from their tags)."""
     runs = page_runs(lb)
@@ -326,7 +335,7 @@ def render_markdown(lb: Leaderboard, tracking_url: str = "") -> str:
         out += ["", f"### {COMPARISON_TITLE}", ""] + _markdown_rows(*comparison_cells(lb))
     if lb.tuning_signal:
         out += ["", f"### {SIGNAL_TITLE}", ""] + [x for line in signal_lines(lb) for x in (line, "")][:-1]
-    out += search_control_markdown(lb.search_controls, reference_scale(lb))
+    out += _search_control_markdown(lb.search_controls, reference_scale(lb))
     out += ["", "## How to read this table", ""]
     out += [f"- **{term}**: {text}" for term, text in reading_guide(lb, "after")]
     out += ["", "## Notes", ""] + [f"- {n}" for n in notes(lb)]

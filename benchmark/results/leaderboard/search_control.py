@@ -163,14 +163,3 @@ def scale_line(scale: Optional[dict]) -> str:
     """``scale``: the page's reference rows (label -> Dice on the same test set), to read the scores against."""
     return ("For scale, on the same test nodules: " + ", ".join(f"{k} {v:.3f}" for k, v in scale.items()) + ".") \
         if scale else ""
-
-
-def markdown_section(controls: list[SearchControl], scale: Optional[dict] = None) -> list[str]:
-    """The section's markdown lines (none when no run of the page is a search control)."""
-    if not controls:
-        return []
-    header, body = cells(controls)
-    lines = ["", f"## {TITLE}", "", "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    lines += ["", NOTE] + (["", scale_line(scale)] if scale else [])
-    return lines

@@ -1,6 +1,6 @@
 """Training-step time of registered architectures, side by side in one process (like for like).
 
-    OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python tools/time_train_steps.py [--preset cpu] [--threads 1] \
+    OMP_WAIT_POLICY=PASSIVE python perf/time_train_steps.py [--preset cpu] [--threads 1] \
         [--steps 4] [--rounds 3] ARCH [ARCH ...]
 
 Each architecture is built as `bench run` builds it (``build_model``, with the committed genotype

@@ -1,6 +1,6 @@
 """Seconds per architecture-search step at the cpu preset, on synthetic tensors (no data needed).
 
-    OMP_WAIT_POLICY=PASSIVE PYTHONPATH=. python tools/time_nas_steps.py [STEPS]
+    OMP_WAIT_POLICY=PASSIVE python perf/time_nas_steps.py [STEPS]
 
 A DiNTS search step (one weight step and one architecture step of the 6 x 3 TopologySearch at
 channel_mul 0.25) and a BiX-Net candidate training step, batch and patch of the cpu preset.
