@@ -80,16 +80,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_command(db: Path, artifacts: Path, port: int) -> list[str]:
+    """`mlflow server` on 127.0.0.1 with one worker; ``db``: a copy of ``migrated_store_template``
+    where the test does not need the migrations themselves (they take 3-15 s)."""
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
+            "--default-artifact-root", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+
+
+def server_env() -> dict:
+    """The tests' servers run without MLflow's GenAI job runner (seven processes importing
+    MLflow, ~14 CPU s a start), as `bench ui` does (perf/bench_ui_start.py)."""
+    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1 (SQLite backend, local artifact root)."""
+def mlflow_server(tmp_path_factory, migrated_store_template):
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend, local artifact root), started as
+    ``server_command`` says."""
+    import shutil
     d = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{d}/server.db",
-         "--default-artifact-root", str(d / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT)
+    shutil.copy(migrated_store_template, d / "server.db")
+    proc = subprocess.Popen(server_command(d / "server.db", d / "artifacts", port), env=server_env(),
+                            stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, free_port, run_cli
+from conftest import ROOT, free_port, run_cli, server_command, server_env
 
 from benchmark.run.config import build_config
 from benchmark.core.errors import TrainingError
@@ -142,14 +142,14 @@ def test_disk_full_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_tracking_server_lost_mid_run_buffers_and_syncs(bench_home, tmp_path):
+def test_tracking_server_lost_mid_run_buffers_and_syncs(bench_home, tmp_path, migrated_store_template):
+    import shutil
     port = free_port()
     db = tmp_path / "srv.db"
+    shutil.copy(migrated_store_template, db)
 
     def start_server():
-        p = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
-                              "--default-artifact-root", str(tmp_path / "art"), "--host", "127.0.0.1",
-                              "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
+        p = subprocess.Popen(server_command(db, tmp_path / "art", port), env=server_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
         import urllib.request
         for _ in range(180):

@@ -234,6 +234,7 @@ def test_bench_ui_leaves_nothing_behind_after_sigterm(tmp_path):
     env = {**os.environ, "LIDC_BENCH_HOME": str(tmp_path)}
     env.pop("LIDC_BENCH_TRACKING_URI", None)
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", None)
     proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli.main", "ui", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
@@ -249,6 +250,9 @@ def test_bench_ui_leaves_nothing_behind_after_sigterm(tmp_path):
         pytest.fail("bench ui did not serve in 240 s: " + proc.stderr.read()[-1000:])
     server_pids = _descendants(proc.pid)
     assert server_pids, "the UI runs in child processes"
+    # without MLflow's GenAI job runner (seven processes importing MLflow, for jobs no run queues)
+    commands = [_cmdline(p) for p in server_pids]
+    assert not [c for c in commands if "huey" in c or "_job_runner" in c], commands
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
     time.sleep(1)
@@ -257,6 +261,14 @@ def test_bench_ui_leaves_nothing_behind_after_sigterm(tmp_path):
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))          # the port is free again
+
+
+def _cmdline(pid: int) -> str:
+    from pathlib import Path
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def _descendants(pid: int) -> list[int]:

@@ -4,7 +4,7 @@
   listens there, one line says so and a free port is used instead, so the address printed never
   shows someone else's store. Two ``bench ui`` on one machine each serve their own store.
 * The address is printed once the server answers (``/health``), not before it starts.
-* The server (``mlflow ui``: a uvicorn process, its workers and a job runner) runs in a process
+* The server (``mlflow ui``: a uvicorn process and its workers) runs in a process
   group of its own. It stops with ``bench ui``: on Ctrl-C or SIGTERM ``bench ui`` stops the group
   itself; if ``bench ui`` is killed outright (SIGKILL, a crash), a small watchdog process, which
   only waits for ``bench ui`` to go, stops the group. ``prctl(PR_SET_PDEATHSIG)`` alone would not
@@ -74,9 +74,15 @@ def serve(host: str, port: int, workers: int) -> None:
     if s.artifact_location:
         cmd += ["--default-artifact-root", s.artifact_location]
     print(" ".join(cmd), file=sys.stderr)
+    # MLflow 3's server also starts a job runner (a process and seven huey consumers, each
+    # importing MLflow) for GenAI jobs this store never queues: without it the UI answers in
+    # about half the time (perf/bench_ui_start.py). MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true in
+    # the environment brings it back.
+    env = {**os.environ}
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     # its own session: a signal to `bench ui` reaches the server only through us, and we can
-    # stop the server's whole group (uvicorn workers, huey job runner) in one call
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    # stop the server's whole group (uvicorn workers, any job runner) in one call
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
     start_watchdog(proc.pid)
     try:
         local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
