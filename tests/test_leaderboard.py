@@ -684,3 +684,33 @@ def test_metric_specification_names_every_metric_once():
     assert metric_spec("nsd").heading(2.0) == "NSD@2mm"
     with pytest.raises(ValueError, match="unknown metric column 'dsc'"):
         metric_spec("dsc")
+
+
+@pytest.mark.slow
+def test_a_cells_own_look_at_the_store_settles_it_as_the_full_scan_does(store_home, bench_home):
+    """`run_cell` reads only the runs that bear on its cell (by config and by budget
+    fingerprint, or by reference fingerprint); for every cell of the module's suite, under its own
+    patience and a larger one, with one run interrupted and one older run without the budget tag,
+    that narrow look decides as the scan of the whole experiment does."""
+    from benchmark.campaigns.suite import _existing_runs, plan_cells
+    from benchmark.data.store import built_data_hash
+    _copy_store(store_home, bench_home)
+    held = _interrupted_run()
+    cl = _client()
+    untagged = next(r for r in _all_runs(cl) if "config.budget_fingerprint" in r.data.tags)
+    cl.delete_tag(untagged.info.run_id, "config.budget_fingerprint")   # as logged by an older version
+    exp = cl.get_experiment_by_name("lidc-bench").experiment_id
+    decided = []
+    for patience in ([], ["train.early_stopping_patience=9"]):
+        cells = plan_cells("smoke", ["unet3d"], ["dice_bce", "dice"], SEEDS + 1, [*SMALL, *patience], True)
+        data = built_data_hash(cells[0].cfg.data)
+        full = _existing_runs(cl, exp, data)
+        for c in cells:
+            narrow = _existing_runs(cl, exp, data, only=c)
+            assert (narrow.done_for(c), narrow.interrupted(c), narrow.held_elsewhere(c)) == \
+                (full.done_for(c), full.interrupted(c), full.held_elsewhere(c)), c.label
+            decided.append((c.reference, bool(full.done_for(c)), full.interrupted(c)))
+    # the comparison covered done, interrupted and to-start cells, and done reference rows
+    assert any(done for _, done, _ in decided) and any(i == held for _, _, i in decided)
+    assert any(not done and i is None for _, done, i in decided)
+    assert any(ref and done for ref, done, _ in decided)

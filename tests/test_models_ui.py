@@ -179,7 +179,15 @@ def test_logged_mlflow_model_reproduces_the_run(smoke_run):
     assert info.signature is not None and info.metadata["spacing_mm"] == cfg.data.spacing_mm
     # filed with its run, in the project's store: not in experiment 0 under ./mlruns of the cwd
     model = client().get_logged_model(uri.rsplit("/", 1)[1])
-    assert model.experiment_id == client().get_run(run_id).info.experiment_id
+    run = client().get_run(run_id)
+    assert model.experiment_id == run.info.experiment_id
+    # linked both ways, as MLflow's log_model(run_id=...) links them: the model names its run and
+    # carries the run's step-0 metrics; the run lists the model among its outputs
+    assert model.source_run_id == run_id and str(model.status).endswith("READY")
+    assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
+    on_model = {m.key: m.value for m in model.metrics}
+    assert on_model["test_dice"] == run.data.metrics["test_dice"] and "train_loss" not in on_model
+    assert model.params == run.data.params and "mlflow.user" in model.tags
     assert str(smoke_run["home"]) in model.artifact_location, model.artifact_location
 
 

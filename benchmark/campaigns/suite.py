@@ -261,10 +261,26 @@ def _budget_fingerprint_from_config(cl, run) -> Optional[str]:
 OwnerCheck = Callable[[dict], Optional[bool]]   # a run's tags -> owner dead? (None: cannot tell)
 
 
+def _cell_filters(c: Cell) -> list[str]:
+    """MLflow filters that together find every run able to settle or resume ``c`` (see
+    ``StoreView``): a reference row by its reference fingerprint; a model cell by its config
+    fingerprint (finished, validated) and by its budget fingerprint (complete under another
+    patience, interrupted, live). Runs logged before the budget tag existed are found by the
+    first filter when they are this very config; the full scan of ``run_cells`` gives them the
+    tag otherwise."""
+    from benchmark.run.reference_rows import reference_fingerprint
+    if c.reference:
+        return [f"tags.`reference.fingerprint` = '{reference_fingerprint(c.cfg)}'"]
+    return [f"tags.`config.fingerprint` = '{c.cfg.fingerprint()}'",
+            f"tags.`config.budget_fingerprint` = '{c.cfg.budget_fingerprint()}'"]
+
+
 def _existing_runs(cl, experiment_id: Optional[str], content_hash: Optional[str],
-                   is_dead: OwnerCheck = owner_is_dead) -> StoreView:
+                   is_dead: OwnerCheck = owner_is_dead, only: Optional[Cell] = None) -> StoreView:
     """The runs of this experiment on these data (every run when ``content_hash`` is None),
-    sorted into a ``StoreView``.
+    sorted into a ``StoreView``; with ``only``, just the runs that bear on that cell (a cell's
+    look at the store just before it starts: the whole experiment, read again for each of a
+    protocol's hundreds of cells, grew with every run).
 
     Interrupted means KILLED (Ctrl-C, SIGTERM) or still RUNNING although the process that ran
     it has exited (SIGKILL, OOM, reboot), as ``is_dead`` judges from the run's owner tags (by
@@ -274,38 +290,53 @@ def _existing_runs(cl, experiment_id: Optional[str], content_hash: Optional[str]
     view = StoreView()
     if experiment_id is None:
         return view
+    data = [f"tags.`data.content_hash` = '{content_hash}'"] if content_hash else []
+    found = {}                  # run id -> run: a run two filters match is sorted in once
+    for extra in (_cell_filters(only) if only is not None else [None]):
+        for run in _search_all(cl, experiment_id, " and ".join(data + ([extra] if extra else []))):
+            found[run.info.run_id] = run
+    # oldest first, as one search would give them: the latest interrupted run is the one resumed
+    for run in sorted(found.values(), key=lambda r: (r.info.start_time or 0, r.info.run_id)):
+        _sort_into(view, cl, run, is_dead)
+    return view
+
+
+def _search_all(cl, experiment_id: str, where: str):
     token = None
     while True:
-        where = f"tags.`data.content_hash` = '{content_hash}'" if content_hash else ""
         page = cl.search_runs([experiment_id], where, max_results=1000,
                               page_token=token, order_by=["attributes.start_time ASC"])
-        for run in page:
-            tags, status, rid = run.data.tags, run.info.status, run.info.run_id
-            fp = tags.get("config.fingerprint")
-            if status == "FINISHED" and tags.get("reference.fingerprint") and tags.get("arch"):
-                view.refs[(tags["arch"], tags["reference.fingerprint"])] = rid
-                continue
-            if not fp or tags.get("reference"):
-                continue
-            if status == "FINISHED" and "test_dice" in run.data.metrics:
-                view.finished[fp] = rid
-                cut_short = not ran_full_budget(tags.get("stopped_early"), run.data.metrics.get("epochs_completed"),
-                                                run.data.params.get("train.epochs"))
-                budget = None if cut_short else _budget_of(cl, run)
-                if budget:
-                    view.complete.setdefault(budget[0], []).append((rid, budget[1]))
-            elif status == "FINISHED" and tags.get("evaluation") == "validation_only":
-                view.validated[fp] = rid
-            elif status in ("KILLED", "RUNNING"):
-                dead = status == "KILLED" or is_dead(tags)   # None: RUNNING elsewhere, unknown
-                budget = _budget_of(cl, run) if dead is not None else None
-                if budget and dead:
-                    view.killed.setdefault(budget[0], []).append((rid, budget[1]))
-                elif budget:
-                    view.live[budget[0]] = rid
+        yield from page
         token = page.token
         if not token:
-            return view
+            return
+
+
+def _sort_into(view: StoreView, cl, run, is_dead: OwnerCheck) -> None:
+    """One run into its place in ``view`` (see ``StoreView``), or nowhere."""
+    tags, status, rid = run.data.tags, run.info.status, run.info.run_id
+    fp = tags.get("config.fingerprint")
+    if status == "FINISHED" and tags.get("reference.fingerprint") and tags.get("arch"):
+        view.refs[(tags["arch"], tags["reference.fingerprint"])] = rid
+        return
+    if not fp or tags.get("reference"):
+        return
+    if status == "FINISHED" and "test_dice" in run.data.metrics:
+        view.finished[fp] = rid
+        cut_short = not ran_full_budget(tags.get("stopped_early"), run.data.metrics.get("epochs_completed"),
+                                        run.data.params.get("train.epochs"))
+        budget = None if cut_short else _budget_of(cl, run)
+        if budget:
+            view.complete.setdefault(budget[0], []).append((rid, budget[1]))
+    elif status == "FINISHED" and tags.get("evaluation") == "validation_only":
+        view.validated[fp] = rid
+    elif status in ("KILLED", "RUNNING"):
+        dead = status == "KILLED" or is_dead(tags)   # None: RUNNING elsewhere, unknown
+        budget = _budget_of(cl, run) if dead is not None else None
+        if budget and dead:
+            view.killed.setdefault(budget[0], []).append((rid, budget[1]))
+        elif budget:
+            view.live[budget[0]] = rid
 
 
 def run_suite(preset: str, archs: Optional[list[str]] = None, losses: Optional[list[str]] = None, seeds: int = 3,
@@ -432,7 +463,7 @@ def run_cell(c: Cell, *, store, claim, experiment: Optional[str] = None,
     settings = load_settings()
     cl = client(settings)
     exp = cl.get_experiment_by_name(experiment or settings.experiment)
-    view = _existing_runs(cl, exp.experiment_id if exp is not None else None, store.data_hash, is_dead)
+    view = _existing_runs(cl, exp.experiment_id if exp is not None else None, store.data_hash, is_dead, only=c)
     settled = view.settled(c)
     if settled:
         return settled

@@ -47,6 +47,7 @@ def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict |
     """
     import copy
 
+    import mlflow
     import mlflow.pytorch
     import numpy as np
     import torch
@@ -74,10 +75,18 @@ def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict |
     # none set that is experiment 0, whose artifacts go to ./mlruns of whatever folder the
     # process started in, outside the project's store. The run's own experiment keeps it there.
     try:
-        run_experiment = tracker.client.get_run(tracker.run_id).info.experiment_id
-        with _temporary_env("MLFLOW_EXPERIMENT_ID", run_experiment):
+        run = tracker.client.get_run(tracker.run_id)
+        # The LoggedModel is created here, with the run as its source and the run's params, as
+        # log_model(run_id=...) would; given the model id, log_model skips its own linking, which
+        # read the whole history of each of the run's ~180 metrics, one query each, to find the
+        # step-0 values (about a third of a smoke run's time past training). ``_link_to_run``
+        # links the same values in one call.
+        logged = mlflow.initialize_logged_model(
+            name=MODEL_ARTIFACT, source_run_id=tracker.run_id, experiment_id=run.info.experiment_id,
+            params={k: str(v) for k, v in run.data.params.items()})
+        with _temporary_env("MLFLOW_EXPERIMENT_ID", run.info.experiment_id):
             info = mlflow.pytorch.log_model(
-                cpu_model, name=MODEL_ARTIFACT, run_id=tracker.run_id, signature=signature,
+                cpu_model, name=MODEL_ARTIFACT, model_id=logged.model_id, signature=signature,
                 input_example=example, metadata=metadata or {},
                 # the flavour's default in MLflow 3.17 is torch.export ("pt2"): it returned a graph
                 # with the batch size fixed to the example's (seen on unet3d), and export cannot
@@ -95,10 +104,29 @@ def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict |
         flavour_log.setLevel(level)
     # MLflow 3 stores a model as a LoggedModel of its own (``models:/<model_id>``); that URI is
     # what load_model and the registry resolve reliably
-    model_id = getattr(info, "model_id", None)
-    uri = f"models:/{model_id}" if model_id else info.model_uri
-    tracker.set_tags({"model_uri": uri, "model_id": model_id or ""})
+    model_id = getattr(info, "model_id", None) or logged.model_id
+    _link_to_run(tracker.client, run, model_id)
+    uri = f"models:/{model_id}"
+    tracker.set_tags({"model_uri": uri, "model_id": model_id})
     return uri
+
+
+def _link_to_run(cl, run, model_id: str) -> None:
+    """What ``log_model(run_id=...)`` does after saving: the model becomes an output of the run
+    (the run page lists it), and the run's step-0 metrics (the test metrics, the cost) are
+    logged again with the model's id (the model page shows them). ``run``: fetched after the
+    metrics were logged; its latest values are the step-0 values for metrics logged once."""
+    from mlflow.entities import LoggedModelOutput, Metric
+    cl.log_outputs(run.info.run_id, [LoggedModelOutput(model_id, step=0)])
+    # RunData keeps the Metric objects (step, timestamp) behind its ``metrics`` dict of values
+    latest = getattr(run.data, "_metric_objs", None)
+    if latest is None:      # another MLflow: the one slow path that knows the steps
+        latest = [m for key in run.data.metrics for m in cl.get_metric_history(run.info.run_id, key)]
+    linked = [Metric(m.key, m.value, m.timestamp, m.step, dataset_name=getattr(m, "dataset_name", None),
+                     dataset_digest=getattr(m, "dataset_digest", None), run_id=run.info.run_id, model_id=model_id)
+              for m in latest if m.step == 0 and getattr(m, "model_id", None) is None]
+    for i in range(0, len(linked), 1000):       # MLflow's limit per batch
+        cl.log_batch(run.info.run_id, metrics=linked[i:i + 1000])
 
 
 def load_pytorch_model(uri: str):
