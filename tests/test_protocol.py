@@ -744,3 +744,42 @@ def test_a_protocol_with_a_key_written_twice_is_refused(tmp_path):
     p.write_text(text + "\nversion: 99\n")
     with pytest.raises(UsageError, match="duplicate key 'version'"):
         load_protocol(p)
+
+
+@pytest.mark.slow
+def test_a_study_another_process_is_tuning_is_left_to_it(bench_home, tmp_path, capsys):
+    """Two `bench protocol run` processes share a protocol's studies: a study whose claim
+    another process holds is not tuned here (one process per study, trial after trial, as the
+    sampler's seed assumes); the other architecture's study, finals and defaults go ahead; once
+    the claim is let go, the next run tunes the study it left."""
+    from benchmark.campaigns.protocol import load_protocol, run_protocol
+    from benchmark.core.liveness import HostLock
+    from benchmark.core.paths import runs_dir
+    path = _write(tmp_path, """
+name: t
+version: 1
+preset: smoke
+architectures: [unet3d, transfuse_s]
+tuning: {n_trials: 1, epochs: 1}
+final: {seeds: 2, epochs: 1, overrides: [eval.overlays=false]}
+defaults: {seeds: 0, references: false}
+seconds_per_epoch: {unet3d: 1.0, transfuse_s: 1.0}
+""")
+    lp = load_protocol(path)
+    other = HostLock(runs_dir() / "protocol-studies" / f"{lp.study_name('unet3d')}.lock")
+    assert other.try_acquire()                       # as a second process would hold it
+    try:
+        res = run_protocol(path, show_progress=False)
+    finally:
+        other.release()
+    assert res.studies["unet3d"].finished == 0 and res.studies["transfuse_s"].finished == 1
+    assert "study t-v1-unet3d is being tuned by another process on this host" in capsys.readouterr().err
+    stages = dict(res.suites)
+    assert "final unet3d" not in stages and [label for label, _ in stages["final transfuse_s"].ran] == \
+        ["transfuse_s/dice_bce/s0", "transfuse_s/dice_bce/s1"]
+    again = run_protocol(path, show_progress=False)
+    assert again.studies["unet3d"].finished == 1
+    assert [label for label, _ in dict(again.suites)["final unet3d"].ran] == ["unet3d/dice_bce/s0", "unet3d/dice_bce/s1"]
+    # the claim is free again once its holder let it go
+    assert other.try_acquire()
+    other.release()

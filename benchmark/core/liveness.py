@@ -78,6 +78,22 @@ class HostLock:
         fcntl.flock(self._f, fcntl.LOCK_EX)
         return self
 
+    def try_acquire(self) -> bool:
+        """Take the lock if no other process holds it, without waiting; False if one does (the
+        lock then stays free here: ``release`` is a no-op). The kernel lets go of it when the
+        holding process ends, however it ends."""
+        import fcntl
+        from pathlib import Path
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return False
+        self._f = f
+        return True
+
     def release(self, *_args) -> None:
         import fcntl
         if self._f is not None:

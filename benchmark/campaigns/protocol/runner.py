@@ -131,13 +131,34 @@ class _ProtocolRun:
                 self.out.studies[arch] = st
                 continue
             if st.finished < st.n_trials and not (self.limit and self.limit.trial(arch)):
-                tune_arch(self.lp, arch, self.storage, self.show_progress, self.limit)
+                self.tune_unless_elsewhere(arch)
                 st = study_state(self.lp, arch, self.storage)
             self.out.studies[arch] = st
             self.rescore(st)
             self.trained_arch(i, st, defaults)
             if best_pending:
                 best_pending = not self.best_loss_study()
+
+    def tune_unless_elsewhere(self, arch: str, offset: int = 0) -> bool:
+        """Tune the study here unless another process on this host is tuning it: two `bench
+        protocol run` processes (one thread each) then share a protocol's studies, each study
+        still tuned by one process at a time, trial after trial, as the sampler's seed assumes.
+        The other process's study is left for it; this one goes on with the next architecture
+        (a study it finds incomplete waits for the next run, as under a time limit). Cells are
+        shared as `bench suite` workers share them. False when the study was left."""
+        from benchmark.core.liveness import HostLock
+        from benchmark.core.paths import runs_dir
+        name = self.lp.study_name(arch, offset)
+        claim = HostLock(runs_dir() / "protocol-studies" / f"{name}.lock")
+        if not claim.try_acquire():
+            print(f"protocol: study {name} is being tuned by another process on this host; "
+                  f"going on without it", file=sys.stderr)
+            return False
+        try:
+            tune_arch(self.lp, arch, self.storage, self.show_progress, self.limit, offset)
+        finally:
+            claim.release()
+        return True
 
     def trained_arch(self, i: int, st: StudyState, defaults: list) -> None:
         """The runs of the ``i``-th architecture once its study is as far as it gets this time."""
@@ -185,7 +206,7 @@ class _ProtocolRun:
                 return
             st = study_state(lp, arch, self.storage, offset)
             if st.finished < st.n_trials and not (self.limit and self.limit.trial(arch)):
-                tune_arch(lp, arch, self.storage, self.show_progress, self.limit, offset)
+                self.tune_unless_elsewhere(arch, offset)
                 st = study_state(lp, arch, self.storage, offset)
             self.out.studies[st.name] = st
             self.rescore(st)
