@@ -57,10 +57,12 @@ class _Parser(argparse.ArgumentParser):
 
 # ------------------------------------------------------------------------------------------
 def cmd_run(args):
-    from benchmark.run.train import run_experiment
+    # the training code (torch, MLflow, MONAI: seconds to import) only once the arguments are
+    # known to be good: a mistyped option is answered at once
     if args.resume:
         if args.arch or args.overrides or args.config or args.params_from:
             raise UsageError("--resume takes no other config: the run's own config is used")
+        from benchmark.run.train import run_experiment
         result = run_experiment(None, resume_run_id=args.resume, show_progress=not args.no_progress)
     else:
         tags = {}
@@ -77,6 +79,7 @@ def cmd_run(args):
         if args.name:
             cfg.name = args.name
         tags = {**tags, **alias_tags(args.arch)}
+        from benchmark.run.train import run_experiment
         result = run_experiment(cfg, tags=tags, show_progress=not args.no_progress)
     t = result.test_summary
     line = f"run {result.run_id}: best val Dice {result.best_val_dice:.4f} (epoch {result.best_epoch})"
