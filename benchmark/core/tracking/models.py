@@ -105,7 +105,11 @@ def log_pytorch_model(tracker: "Tracker", model, input_example, metadata: dict |
     # MLflow 3 stores a model as a LoggedModel of its own (``models:/<model_id>``); that URI is
     # what load_model and the registry resolve reliably
     model_id = getattr(info, "model_id", None) or logged.model_id
-    _link_to_run(tracker.client, run, model_id)
+    try:
+        _link_to_run(tracker.client, run, model_id)
+    except Exception as e:  # noqa: BLE001 - the model is saved and loads; only the UI's cross-links are missing
+        print(f"warning: the MLflow model {model_id} is saved but could not be linked to run {tracker.run_id} "
+              f"({type(e).__name__}: {str(e)[:160]})", file=sys.stderr)
     uri = f"models:/{model_id}"
     tracker.set_tags({"model_uri": uri, "model_id": model_id})
     return uri
