@@ -155,6 +155,42 @@ def test_search_vs_random_rank_and_paired_difference_to_the_random_median():
     assert markdown_section([]) == [] and search_controls([r for r in _control_runs(0.1) if r.run_id[0] == "s"]) == []
 
 
+def test_ranking_reliability_on_a_table_worked_by_hand():
+    """Three networks x two seeds, worked by hand: network mean square 0.015, residual 0.005
+    (F 3, p 1/(1+F) for F(2, 2)), ICC(3,1) 0.5, so 4 seeds for 0.8; the seeds' rankings
+    (1,2,3) and (2,1,3) give Spearman 0.5."""
+    from benchmark.results.leaderboard.search_control import ranking_reliability
+    r = ranking_reliability({"a": {0: 0.1, 1: 0.3}, "b": {0: 0.2, 1: 0.2}, "c": {0: 0.3, 1: 0.4}})
+    assert (r.n_entries, r.seeds) == (3, (0, 1))
+    assert r.f == pytest.approx(3.0) and r.p == pytest.approx(0.25) and r.icc == pytest.approx(0.5)
+    assert r.sd_between == pytest.approx(0.005 ** 0.5) and r.sd_within == pytest.approx(0.005 ** 0.5)
+    assert r.spearman == pytest.approx(0.5) and r.seeds_for(0.8) == pytest.approx(4.0)
+    # networks that differ by less than runs of one network do: no number of seeds ranks them
+    noise = ranking_reliability({"a": {0: 0.1, 1: 0.3}, "b": {0: 0.3, 1: 0.1}, "c": {0: 0.2, 1: 0.2}})
+    assert noise.icc < 0 and noise.seeds_for(0.8) is None and noise.sd_between == 0.0
+    # only seeds every network has count; fewer than two such seeds, or two networks, say nothing
+    assert ranking_reliability({"a": {0: 0.1, 1: 0.3}, "b": {0: 0.2, 1: 0.2}, "c": {0: 0.3, 2: 0.4}}) is None
+    assert ranking_reliability({"a": {0: 0.1, 1: 0.3}, "b": {0: 0.2, 1: 0.2}}) is None
+    with pytest.raises(ValueError, match="reliability"):
+        r.seeds_for(1.0)
+
+
+def test_the_section_says_whether_the_spaces_networks_can_be_ranked():
+    from benchmark.results.leaderboard.render import _search_control_markdown as markdown_section
+    from benchmark.results.leaderboard.search_control import search_controls
+    runs = _control_runs(0.0)
+    assert search_controls(runs, n_boot=100)[0].reliability is None      # runs without a validation score
+    g = np.random.default_rng(1)
+    for r in runs:                     # well-separated networks: sample k scores 0.1 k, the searched 0.6
+        net = 0.6 if r.tags["nas.kind"] == "searched" else 0.1 * int(r.tags["nas.sample"])
+        r.metrics["best_val_dice"] = net + g.normal(0, 0.01)
+    c = search_controls(runs, n_boot=100)[0]
+    assert c.reliability.n_entries == 6 and c.reliability.spearman == pytest.approx(1.0) and c.reliability.icc > 0.95
+    md = "\n".join(markdown_section([c]))
+    assert "Can the dints space's networks be ranked at this schedule?" in md and "Spearman rho 1.00" in md
+    assert "one run per network already ranks them with reliability 0.8 or more" in md
+
+
 def test_random_control_runs_stay_out_of_the_main_table_and_get_their_section():
     from benchmark.results.leaderboard import build_sections, render_markdown, table_key
     runs = _control_runs(0.1) + [_record(f"u{s}", s, np.full(40, 0.5), arch="unet3d") for s in range(2)]

@@ -10,13 +10,17 @@ sample's number). Per space and loss, with the searched network and at least one
   * the searched Dice minus the median of the random samples' Dice, with a paired two-level
     bootstrap interval (``benchmark.results.resampling``): in each resample every entry is scored
     on the same resampled nodules and its own resampled seeds, and the difference is taken to the
-    median of the random entries in that resample.
+    median of the random entries in that resample;
+  * whether the space's networks can be ranked at all at this schedule (``RankingReliability``):
+    a search ranks candidates by validation Dice, and if two seeds of the same networks rank them
+    differently, no candidate budget can rank them as the final schedule does.
 
 Random-control runs are only read here: ``sections.build_sections`` keeps them out of the main
 tables, where they would be rows of no interest on their own.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -48,6 +52,8 @@ class SearchControl:
     #: "searched" / sample -> the runs its Dice rests on (one per seed), for the page's run export
     #: and run list: the random ones are in no table of the page
     runs: dict = field(default_factory=dict, repr=False)
+    #: how reproducible a ranking of these networks is across seeds (None: too few seeds or entries)
+    reliability: Optional["RankingReliability"] = None
 
     @property
     def median_random(self) -> float:
@@ -70,6 +76,64 @@ class SearchControl:
         if self.diff_high < 0:
             return "the search is worse than the random median (interval below 0)"
         return "the search cannot be told from the random median (interval includes 0)"
+
+
+@dataclass
+class RankingReliability:
+    """Can one training run per network rank the networks of a space? From the best validation
+    Dice (what a search ranks by) of every entry on the seeds all entries share, as a two-way
+    layout (network x seed; the seed is a block: a seed that is bad for every network, as a
+    collapsed run, says nothing about which network is better):
+
+    * ``spearman``: mean Spearman correlation between the rankings two seeds give, over the
+      pairs of seeds;
+    * ``f``, ``p``: the F test of a network effect against the network x seed residual;
+    * ``sd_between``, ``sd_within``: the networks' spread (from the mean squares, 0 when the
+      network mean square is below the residual's) and the residual spread of one run;
+    * ``icc``: ICC(3,1), the reliability of one seed's scores (the share of their variance that is
+      the network's); ``seeds_for(0.8)`` is how many seeds per network a mean needs for a
+      reliability of 0.8 (Spearman-Brown), None when ``icc`` <= 0 (no number of seeds would do).
+    """
+    n_entries: int
+    seeds: tuple
+    spearman: float
+    f: float
+    p: float
+    sd_between: float
+    sd_within: float
+    icc: float
+
+    def seeds_for(self, reliability: float = 0.8) -> Optional[float]:
+        if not 0 < reliability < 1:
+            raise ValueError(f"reliability must be in (0, 1), got {reliability}")
+        if self.icc <= 0:
+            return None
+        return reliability / (1 - reliability) * (1 - self.icc) / self.icc
+
+
+def ranking_reliability(scores: dict) -> Optional[RankingReliability]:
+    """``scores``: entry -> {seed: best validation Dice}. None with fewer than 3 entries or 2
+    seeds that every entry has."""
+    from itertools import combinations
+
+    from scipy.stats import f as f_dist
+    from scipy.stats import spearmanr
+    seeds = sorted(set.intersection(*(set(v) for v in scores.values())), key=str) if scores else []
+    if len(scores) < 3 or len(seeds) < 2:
+        return None
+    m = np.array([[scores[e][s] for s in seeds] for e in sorted(scores)], dtype=float)
+    g, k = m.shape
+    grand = m.mean()
+    resid = m - m.mean(axis=1, keepdims=True) - m.mean(axis=0, keepdims=True) + grand
+    ms_net = k * ((m.mean(axis=1) - grand) ** 2).sum() / (g - 1)
+    ms_err = (resid ** 2).sum() / ((g - 1) * (k - 1))
+    f = ms_net / ms_err if ms_err > 0 else float("inf")
+    rhos = [spearmanr(m[:, a], m[:, b]).statistic for a, b in combinations(range(k), 2)]
+    return RankingReliability(
+        n_entries=g, seeds=tuple(seeds), spearman=float(np.nanmean(rhos)) if rhos else float("nan"),
+        f=float(f), p=float(f_dist.sf(f, g - 1, (g - 1) * (k - 1))) if np.isfinite(f) else 0.0,
+        sd_between=float(np.sqrt(max(ms_net - ms_err, 0.0) / k)), sd_within=float(np.sqrt(ms_err)),
+        icc=float((ms_net - ms_err) / (ms_net + (k - 1) * ms_err)) if ms_net + (k - 1) * ms_err > 0 else float("nan"))
 
 
 def _latest_per_seed(runs) -> list:
@@ -129,8 +193,10 @@ def search_controls(runs, n_boot: int = 2000, boot_seed: int = 0) -> list[Search
         by_key = {("searched" if label == "searched" else label.split(" ", 1)[1]): rs for label, rs in entries.items()}
         macs = {k: float(np.mean([r.metrics["macs_per_patch"] for r in rs]))
                 for k, rs in by_key.items() if all("macs_per_patch" in r.metrics for r in rs)}
+        val = {k: {r.tags.get("seed", ""): r.metrics["best_val_dice"] for r in rs}
+               for k, rs in by_key.items() if all("best_val_dice" in r.metrics for r in rs)}
         out.append(SearchControl(space, loss, dice["searched"], by_sample, rank, diff, lo, hi, seeds, len(nodules),
-                                 macs, by_key))
+                                 macs, by_key, ranking_reliability(val) if len(val) == len(by_key) else None))
     return out
 
 
@@ -157,6 +223,25 @@ def cells(controls: list[SearchControl]) -> tuple[list[str], list[list[str]]]:
                      f"{_mmacs(c.macs.get('searched'))}, {_mmacs(c.median_random_macs)}",
                      f"{seeds[0] if len(seeds) == 1 else f'{seeds[0]}-{seeds[-1]}'} per entry", c.verdict()])
     return HEADER, body
+
+
+def reliability_line(c: SearchControl) -> str:
+    """Whether a search could have ranked this space's networks, in one sentence ('' without the numbers)."""
+    r = c.reliability
+    if r is None:
+        return ""
+    need = r.seeds_for(0.8)
+    if need is None:
+        tail = "no number of seeds would make it reliable: the networks' differences do not exceed the run-to-run variation"
+    elif need <= 1:
+        tail = "one run per network already ranks them with reliability 0.8 or more"
+    else:
+        tail = f"a mean over about {math.ceil(need)} seeds per network would rank them with reliability 0.8"
+    return (f"Can the {c.space} space's networks be ranked at this schedule? On best validation Dice (what a search "
+            f"ranks by), two seeds rank these {r.n_entries} networks alike with Spearman rho {r.spearman:.2f} on "
+            f"average (seeds {', '.join(map(str, r.seeds))}); the networks differ by SD {r.sd_between:.3f} against "
+            f"{r.sd_within:.3f} between runs of one network (network x seed, F {r.f:.2f}, p {r.p:.2f}); one run's "
+            f"score has reliability ICC(3,1) {r.icc:.2f}, so {tail}.")
 
 
 def scale_line(scale: Optional[dict]) -> str:
