@@ -255,6 +255,31 @@ def test_part_estimate_of_cpu_v7():
     assert pc.hours["default"]["unet3d"] == pytest.approx(2 * 30 * sec / 3600)
 
 
+def test_the_status_looks_for_the_default_runs_the_runner_trains(bench_home, tmp_path, monkeypatch):
+    """v7's default rows train with the protocol's data budget (``plan.default_cells``); the
+    status looked for them without it, so cpu v7's two finished default runs read 0/2 and were
+    counted as cost left (seen 2026-12-07). Every default cell the runner would train is one the
+    status asks the store about."""
+    from benchmark.campaigns.protocol import load_protocol, protocol_status
+    from benchmark.campaigns.protocol import status as status_mod
+    from benchmark.campaigns.protocol.plan import default_cells
+    text = (PROTOCOLS / "smoke-v7.yaml").read_text()
+    assert "\n  seeds: 0  " in text
+    path = tmp_path / "smoke-v7.yaml"
+    path.write_text(text.replace("\n  seeds: 0  ", "\n  seeds: 2  "))
+    asked: set = set()
+    real = status_mod._StatusReport.dry_run
+
+    def recording(self, cells):
+        asked.update(c.cfg.fingerprint() for c in cells)
+        return real(self, cells)
+    monkeypatch.setattr(status_mod._StatusReport, "dry_run", recording)
+    protocol_status(path)
+    lp = load_protocol(path)
+    trained = {c.cfg.fingerprint() for c in default_cells(lp) if not c.reference}
+    assert len(trained) == 2 * len(lp.spec.architectures) and trained <= asked
+
+
 @pytest.mark.slow
 def test_smoke_v7_runs_to_completion(bench_home, tmp_path, monkeypatch, migrated_store_template):
     """Every part of smoke-v7 trains, with its tags; a second run trains nothing; the status

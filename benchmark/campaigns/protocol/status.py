@@ -9,8 +9,8 @@ from typing import Optional
 from benchmark.campaigns.protocol.budget import (cells_cost, declared_cost, loss_study_affordable, loss_study_hours,
                                                  measured_seconds_per_epoch, trial_batch_factor, trial_epochs)
 from benchmark.campaigns.protocol.estimate import part_table
-from benchmark.campaigns.protocol.plan import (StudyState, loss_cells, loss_study_archs, study_state, tuned_cell,
-                                               waiting_for_search)
+from benchmark.campaigns.protocol.plan import (StudyState, default_cells, loss_cells, loss_study_archs, study_state,
+                                               tuned_cell, waiting_for_search)
 from benchmark.campaigns.protocol.spec import BEST, LoadedProtocol, final_epochs, load_protocol
 
 
@@ -96,8 +96,8 @@ class _StatusReport:
         left = None if left is None or c is None else left + c
         d_done = 0
         if s.defaults.seeds:
-            from benchmark.campaigns.suite import plan_cells
-            cells = plan_cells(s.preset, [arch], [s.tuning.loss], s.defaults.seeds, [], references=False)
+            # the cells the runner trains (with v7's data budget), so that a done one is found
+            cells = [c for c in default_cells(lp) if c.arch == arch and not c.reference]
             res = self.dry_run(cells)
             d_done = len(res.skipped)
             c = cells_cost(lp, cells, res)
