@@ -278,6 +278,10 @@ def test_the_status_looks_for_the_default_runs_the_runner_trains(bench_home, tmp
     lp = load_protocol(path)
     trained = {c.cfg.fingerprint() for c in default_cells(lp) if not c.reference}
     assert len(trained) == 2 * len(lp.spec.architectures) and trained <= asked
+    # and the runner trains them as the tuned rows: v7's default rows on the finals' 30 epochs
+    # (up to 2026-12-07 they trained the preset's 20), v6's on the preset's 20 as before
+    assert {c.cfg.train.epochs for c in default_cells(_lp("cpu-v7")) if not c.reference} == {30}
+    assert {c.cfg.train.epochs for c in default_cells(_lp("cpu")) if not c.reference} == {20}
 
 
 @pytest.mark.slow

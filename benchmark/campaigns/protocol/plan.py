@@ -182,9 +182,14 @@ def default_cells(lp: LoadedProtocol) -> list:
     d = lp.spec.defaults
     if d.seeds < 1:
         return []
-    # the data budget too: the default row is the default recipe trained as the tuned rows are
-    cells = plan_cells(lp.spec.preset, lp.spec.architectures, [lp.spec.tuning.loss], d.seeds, budget_overrides(lp),
-                       d.references)
+    # the default row is the default recipe trained as the tuned rows are: the data budget, and
+    # under v7's full schedule the finals' epochs too (the preset's 20 would make "gain from
+    # tuning" partly a gain from 10 more epochs; up to 2026-12-07 cpu v7's first two default runs
+    # trained 20). v6 (truncated schedule) trains its finals at the preset's epochs: unchanged.
+    overrides = budget_overrides(lp)
+    if lp.spec.tuning.schedule == "full":
+        overrides = overrides + [f"train.epochs={final_epochs(lp)}"]
+    cells = plan_cells(lp.spec.preset, lp.spec.architectures, [lp.spec.tuning.loss], d.seeds, overrides, d.references)
     for c in cells:
         c.tags = {**lp.tags, "protocol.part": "reference" if c.reference else "default"}
         if not c.reference:
