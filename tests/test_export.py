@@ -115,6 +115,35 @@ def test_an_imported_run_keeps_its_first_id_and_its_commit_wherever_it_goes(benc
     assert back.tags["mlflow.source.git.commit"] == "a" * 40 and back.metrics["test_dice"] == pytest.approx(0.7)
 
 
+def test_a_store_importing_its_own_export_keeps_one_copy_of_each_run(bench_home, tmp_path):
+    """A protocol session imports the committed progress before it trains; on the machine that
+    trained those runs the store holds them already, under their own ids. The import must not add
+    a second copy (the next export then listed two runs twice and a leaderboard read from it
+    counted two finals twice); an export or a manifest that holds a run twice yields it once."""
+    from benchmark.core.tracking import client, experiment_id, load_settings, search_all_runs
+    from benchmark.results.run_export import export_runs, import_export
+    settings = load_settings()
+    cl = client(settings)
+    exp = experiment_id(cl, settings, None)
+    native = cl.create_run(exp, tags={"arch": "unet3d", "seed": "0"}).info.run_id
+    cl.log_metric(native, "test_dice", 0.7)
+    cl.set_terminated(native)
+    out = export_runs(cl, [native], tmp_path / "progress.runs")
+    done = import_export(out)
+    assert done.runs == {native: native}
+    assert [r.info.run_id for r in search_all_runs(cl, [exp])] == [native]
+    # the same run arriving in another export maps to it as well
+    copy = import_export(write_export([(_doc(rid=native), None)], tmp_path / "other.runs"))
+    assert copy.runs == {native: native}
+    twice = write_export([(_doc(), PER_NODULE), (_doc(), PER_NODULE)], tmp_path / "twice.runs")
+    assert json.loads((twice / "manifest.json").read_text())["runs"] == [_doc()["run_id"]]
+    # and an older export whose manifest lists a run twice is read as one run
+    manifest = json.loads((twice / "manifest.json").read_text())
+    manifest["runs"] = manifest["runs"] * 2
+    (twice / "manifest.json").write_text(json.dumps(manifest))
+    assert [r.run_id for r in read_export(twice)] == [_doc()["run_id"]]
+
+
 # ---------------------------------------------------------------------------------------------
 # Optuna studies behind the tuned rows
 # ---------------------------------------------------------------------------------------------

@@ -169,6 +169,10 @@ def write_export(payloads: Iterable[tuple[dict, Optional[str]]], dest: Path, exp
     ids = []
     for doc, csv_text in payloads:
         rid = _valid_run_id(doc["run_id"])
+        if rid in ids:
+            # one run held twice by a store (trained there, and imported back from its own
+            # export) is one run: filed once, listed once, so a leaderboard counts it once
+            continue
         ids.append(rid)
         put(f"runs/{rid}.json", _dump_json(doc))
         if csv_text is not None:
@@ -311,7 +315,7 @@ def read_export(path: Path) -> list[ExportedRun]:
     manifest = _checked_manifest(path)
     runs, files = manifest["runs"], manifest["files"]
     out = []
-    for rid in runs:
+    for rid in dict.fromkeys(runs):     # an older export could list a run twice: read it once
         rid = _valid_run_id(rid)
         rel = f"runs/{rid}.json"
         if rel not in files:
@@ -358,7 +362,8 @@ def import_export(path: Path, experiment: Optional[str] = None, storage: Optiona
     """Load an export's runs into the configured tracking store and its Optuna studies into
     ``storage`` (default: the project's journal).
 
-    Runs already imported from the same original id are kept, not duplicated, and a study that
+    Runs already imported from the same original id, or trained in this store under that id
+    (a machine importing its own export), are kept, not duplicated, and a study that
     already holds the export's trials is left alone, so importing twice is harmless. New runs keep
     every tag, param, metric history and time of the original and carry its id in the tag
     ``import.original_run_id``. A study of the same name holding other trials stops the import
@@ -382,9 +387,23 @@ def import_export(path: Path, experiment: Optional[str] = None, storage: Optiona
             continue
         mapping[r.data.tags[ORIGINAL_ID_TAG]] = r.info.run_id
     for run in runs:
-        if run.run_id not in mapping:
+        if run.run_id in mapping:
+            continue
+        if _trained_here(cl, run.run_id):
+            # the store the run was trained in, importing its own export (a protocol's
+            # progress, on the machine that made it): the run is there already, under its id
+            mapping[run.run_id] = run.run_id
+        else:
             mapping[run.run_id] = _import_run(cl, exp_id, run, Path(path).name)
     return Imported(mapping, studies)
+
+
+def _trained_here(cl, run_id: str) -> bool:
+    """Whether this store holds the run under its own id and has not deleted it."""
+    try:
+        return cl.get_run(run_id).info.lifecycle_stage == "active"
+    except Exception:  # noqa: BLE001 - MLflow raises its own error for an unknown id
+        return False
 
 
 def _half_imported(run) -> bool:

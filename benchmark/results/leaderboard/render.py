@@ -281,10 +281,8 @@ def _search_control_markdown(controls: list, scale: dict | None = None) -> list[
     twin is in ``render_html``."""
     if not controls:
         return []
-    note = [search_control.NOTE] + [line for line in map(search_control.reliability_line, controls) if line] + \
-        ([search_control.scale_line(scale)] if scale else [])
     return ["", f"## {search_control.TITLE}", ""] + _markdown_rows(*search_control.cells(controls)) + \
-        [x for line in note for x in ("", line)]
+        [x for line in search_control.note_lines(controls, scale) for x in ("", line)]
 
 
 def _versions(lb: Leaderboard) -> str:
@@ -450,8 +448,7 @@ def render_html(lb: Leaderboard, plots: dict[str, bytes], tracking_url: str = ""
         parts += [f"<h2>{e(search_control.TITLE)}</h2>"] + _html_table(header, [_cells(row) for row in body],
                                                                        ["model"] * len(body))
         parts += [f"<p>{e(line).replace('`', '')}</p>"
-                  for line in (search_control.NOTE, *map(search_control.reliability_line, lb.search_controls),
-                               search_control.scale_line(reference_scale(lb))) if line]
+                  for line in search_control.note_lines(lb.search_controls, reference_scale(lb))]
     parts.append("<h2>How to read this table</h2><ul>")
     parts += [f"<li><b>{e(term)}</b>: {e(text)}</li>" for term, text in reading_guide(lb, "under")]
     parts.append("</ul><h2>Notes</h2><ul>")

@@ -248,3 +248,11 @@ def scale_line(scale: Optional[dict]) -> str:
     """``scale``: the page's reference rows (label -> Dice on the same test set), to read the scores against."""
     return ("For scale, on the same test nodules: " + ", ".join(f"{k} {v:.3f}" for k, v in scale.items()) + ".") \
         if scale else ""
+
+
+def note_lines(controls: list[SearchControl], scale: Optional[dict]) -> list[str]:
+    """The paragraphs under the section's table, in order (the Markdown and HTML pages both print
+    these): how the random networks were drawn, whether each space's networks can be ranked at
+    all, and the page's reference rows for scale."""
+    lines = [NOTE, *map(reliability_line, controls), scale_line(scale)]
+    return [line for line in lines if line]
