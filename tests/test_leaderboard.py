@@ -365,6 +365,25 @@ def test_leaderboard_merges_runs_that_differ_only_in_an_unused_patience():
     assert sorted(r.seed for r in main.runs) == ["0", "1"]
 
 
+def test_seeds_of_one_config_stay_one_row_when_early_stopping_fires_in_one_of_them():
+    """cpu-v7's loss study: focal seed 1 collapsed and early stopping (patience 20) ended it at
+    epoch 21 of 30, while seed 0 trained all 30 epochs under the same config. They are one
+    declared experiment and one row; a run that ran in full under a larger patience (30) may have
+    been stopped under 20, so it is another experiment and keeps its own row."""
+    from benchmark.results.leaderboard import RunRecord, make_rows
+
+    def record(rid, seed, patience, stopped):
+        cfg = {"name": None, "train": {"seed": seed, "epochs": 30, "early_stopping_patience": patience}}
+        return RunRecord(rid, {"arch": "unet3d", "loss": "focal", "seed": str(seed), "stopped_early": str(stopped)},
+                         {"epochs_completed": 21.0 if stopped else 30.0}, cfg, 0, pd.DataFrame())
+
+    rows = make_rows([record("s0", 0, 20, False), record("s1", 1, 20, True), record("s2", 2, 20, False)])
+    assert [sorted(r.run_id for r in row.runs) for row in rows] == [["s0", "s1", "s2"]]
+    assert rows[0].label == "unet3d / focal"
+    rows = make_rows([record("s0", 0, 20, False), record("s1", 1, 20, True), record("x2", 2, 30, False)])
+    assert sorted(sorted(r.run_id for r in row.runs) for row in rows) == [["s0", "s1"], ["x2"]]
+
+
 def _synthetic_record(run_id, arch, loss, seed, dice, part=None, empty=None, variant=0):
     """A RunRecord with a made-up per-nodule table (no MLflow, no training)."""
     from benchmark.results.leaderboard import RunRecord

@@ -148,6 +148,47 @@ def _config_without_seed(run: RunRecord) -> dict:
     return flat
 
 
+def _declared_patience(run: RunRecord):
+    """The early-stopping patience the run was configured with (None: not recorded or off)."""
+    return (run.config.get("train") or {}).get("early_stopping_patience") if run.config else None
+
+
+def _joined_patience(flats: dict[str, dict], declared: dict[str, object]) -> dict[str, dict]:
+    """The runs' configs (run id -> ``_config_without_seed``) with each run that early stopping
+    left alone placed beside the runs it did stop. A run stopped early keeps its patience in its
+    config; one that ran its full budget with patience P had it dropped, and is the same
+    experiment as a run with any patience >= P (``RunConfig.budget_fingerprint``). So such a run
+    takes the smallest patience >= P among the stopped runs of its otherwise equal config, and the
+    seeds of one declared config stay one row whether or not early stopping fired in each of them
+    (a loss-study cell whose seed 1 collapsed and stopped at epoch 21 of 30 had become two rows)."""
+    key = "train.early_stopping_patience"
+
+    def rest(flat: dict) -> str:
+        return json.dumps({k: v for k, v in flat.items() if k != key}, sort_keys=True)
+
+    stopped: dict[str, set] = {}
+    for rid, flat in flats.items():
+        if key in flat:
+            stopped.setdefault(rest(flat), set()).add(flat[key])
+    out = {}
+    for rid, flat in flats.items():
+        p = declared.get(rid)
+        if key in flat or p is None or rest(flat) not in stopped:
+            out[rid] = flat
+            continue
+        larger = sorted((q for q in stopped[rest(flat)] if _as_number(json.loads(q)) >= _as_number(p)),
+                        key=lambda q: _as_number(json.loads(q)))
+        out[rid] = {**flat, key: larger[0]} if larger else flat
+    return out
+
+
+def _as_number(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("inf")
+
+
 def make_rows(runs: list[RunRecord]) -> list[Row]:
     """(arch, loss[, config variant]) rows; re-runs of one configuration and seed count once."""
     latest: dict[tuple, RunRecord] = {}
@@ -163,7 +204,8 @@ def make_rows(runs: list[RunRecord]) -> list[Row]:
     rows = []
     for (arch, loss), group in sorted(by_pair.items()):
         reference = REFERENCE_ARCHS.get(arch)
-        flats = {r.run_id: _config_without_seed(r) for r in group}
+        flats = _joined_patience({r.run_id: _config_without_seed(r) for r in group},
+                                 {r.run_id: _declared_patience(r) for r in group})
         variants: dict[str, list[RunRecord]] = {}
         for r in group:
             variants.setdefault(json.dumps(flats[r.run_id], sort_keys=True), []).append(r)
