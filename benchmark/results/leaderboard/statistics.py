@@ -162,23 +162,20 @@ def _joined_patience(flats: dict[str, dict], declared: dict[str, object]) -> dic
     seeds of one declared config stay one row whether or not early stopping fired in each of them
     (a loss-study cell whose seed 1 collapsed and stopped at epoch 21 of 30 had become two rows)."""
     key = "train.early_stopping_patience"
-
-    def rest(flat: dict) -> str:
-        return json.dumps({k: v for k, v in flat.items() if k != key}, sort_keys=True)
-
-    stopped: dict[str, set] = {}
+    rest = {rid: json.dumps({k: v for k, v in flat.items() if k != key}, sort_keys=True)
+            for rid, flat in flats.items()}
+    stopped: dict[str, list[str]] = {}        # otherwise equal config -> its stopped runs' patiences
     for rid, flat in flats.items():
         if key in flat:
-            stopped.setdefault(rest(flat), set()).add(flat[key])
-    out = {}
+            stopped.setdefault(rest[rid], []).append(flat[key])
+    out = dict(flats)
     for rid, flat in flats.items():
         p = declared.get(rid)
-        if key in flat or p is None or rest(flat) not in stopped:
-            out[rid] = flat
+        if key in flat or p is None:
             continue
-        larger = sorted((q for q in stopped[rest(flat)] if _as_number(json.loads(q)) >= _as_number(p)),
-                        key=lambda q: _as_number(json.loads(q)))
-        out[rid] = {**flat, key: larger[0]} if larger else flat
+        larger = [q for q in stopped.get(rest[rid], []) if _as_number(json.loads(q)) >= _as_number(p)]
+        if larger:
+            out[rid] = {**flat, key: min(larger, key=lambda q: _as_number(json.loads(q)))}
     return out
 
 
