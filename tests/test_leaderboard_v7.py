@@ -183,6 +183,23 @@ def test_tuning_signal_uses_the_rescored_value_and_never_test():
     assert "which does not reach 0.8" in render_markdown(_build(runs))
 
 
+def test_a_tuning_signal_of_exactly_the_threshold_reaches_it():
+    """Five rows whose orders differ by two adjacent swaps: rho is exactly 1 - 6*4/120 = 0.8, which
+    scipy returns as 0.7999999999999999; the page must say it reaches 0.8 (cpu v7 after five rows)."""
+    from benchmark.results.leaderboard import render_markdown
+    rng = np.random.default_rng(6)
+    base = rng.uniform(0.3, 0.7, N_NODULES)
+    scores = {"a1": (0.5, 0.61), "a2": (0.4, 0.52), "a3": (0.3, 0.56), "a4": (0.2, 0.35), "a5": (0.1, 0.40)}
+    runs = [_record(f"{arch}{s}", arch, s, _dice(rng, base, 0.0), val=val,
+                    tags={"tuning.rescored_value": str(score)})
+            for arch, (score, val) in scores.items() for s in range(3)]
+    lb = _build(runs)
+    assert lb.tuning_signal["cpu v7"] == (0.8, 5)
+    md = render_markdown(lb)
+    assert "Spearman rank correlation 0.80 (n = 5 tuned rows)" in md and "it reaches 0.8" in md
+    assert "below 0.8" not in md and "which reaches 0.8." in md
+
+
 def test_verdict_names_a_winner_only_when_it_wins_under_both_recipes():
     from benchmark.results.leaderboard.verdict import verdict
     both = _build(_runs({"mctrans": .25, "unet3d": 0.0}, shared={"mctrans": .25, "unet3d": 0.0}))

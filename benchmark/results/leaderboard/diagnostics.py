@@ -87,6 +87,10 @@ def tuning_signal(rows: list[Row]) -> dict[str, tuple[float, int]]:
         x, y = zip(*pairs)
         rho = float(spearmanr(x, y).statistic) if len(pairs) >= 3 and len(set(x)) > 1 and len(set(y)) > 1 \
             else float("nan")
+        # Spearman's rho over n rows is a ratio of small integers (1 - 6 sum d^2 / (n^3 - n) without ties);
+        # scipy computes it as a Pearson correlation of ranks, which lands an exact 0.8 at 0.7999999999999999
+        # and would read "below 0.8". Rounding to 12 places removes only that float noise.
+        rho = round(rho, 12) if not math.isnan(rho) else rho
         out[name] = (rho, len(pairs))
     return out
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from benchmark.run.metrics import leaderboard_columns, metric_spec
+from benchmark.results.leaderboard.diagnostics import SIGNAL_THRESHOLD
 from benchmark.results.leaderboard.statistics import Leaderboard
 
 #: the heading of the searched-vs-parent table on both pages
@@ -81,8 +82,8 @@ def notes(lb: Leaderboard) -> list[str]:
         notes.append(f"Tuning signal, {name}: " + (f"too few tuned rows ({n}) for a rank correlation."
                                                    if math.isnan(rho) else
                                                    f"Spearman {rho:.2f} over {n} tuned rows, "
-                                                   + ("which reaches 0.8." if rho >= 0.8 else
-                                                      "which does not reach 0.8.")))
+                                                   + (f"which reaches {SIGNAL_THRESHOLD:g}." if rho >= SIGNAL_THRESHOLD
+                                                      else f"which does not reach {SIGNAL_THRESHOLD:g}.")))
     if any(x.section == "loss" for x in sections):
         notes.append(
             "Loss study: on the listed architectures, each loss trained with that architecture's tuned "
