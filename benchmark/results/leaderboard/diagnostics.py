@@ -90,9 +90,14 @@ def tuning_signal(rows: list[Row]) -> dict[str, tuple[float, int]]:
         # Spearman's rho over n rows is a ratio of small integers (1 - 6 sum d^2 / (n^3 - n) without ties);
         # scipy computes it as a Pearson correlation of ranks, which lands an exact 0.8 at 0.7999999999999999
         # and would read "below 0.8". Rounding to 12 places removes only that float noise.
-        rho = round(rho, 12) if not math.isnan(rho) else rho
+        rho = round(rho, 12)                  # NaN stays NaN
         out[name] = (rho, len(pairs))
     return out
+
+
+def signal_reached(rho: float) -> bool:
+    """Whether a tuning-signal correlation meets the issue's bar (False for NaN)."""
+    return rho >= SIGNAL_THRESHOLD
 
 
 def signal_line(name: str, rho: float, n: int) -> str:
@@ -100,7 +105,7 @@ def signal_line(name: str, rho: float, n: int) -> str:
     if math.isnan(rho):
         return f"{name}: too few tuned rows with a tuning score and a validation Dice (n = {n}) for a rank correlation."
     reach = (f"it reaches {SIGNAL_THRESHOLD:g}: the tuning score orders the architectures as their final "
-             "validation does" if rho >= SIGNAL_THRESHOLD else
+             "validation does" if signal_reached(rho) else
              f"below {SIGNAL_THRESHOLD:g}: the tuning score orders the architectures only loosely as their "
              "final validation does, so a tuned ranking partly reflects which tuning run got lucky")
     return (f"{name}: Spearman rank correlation {rho:.2f} (n = {n} tuned rows) between each row's tuning score "

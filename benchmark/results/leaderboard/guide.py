@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from benchmark.run.metrics import leaderboard_columns, metric_spec
-from benchmark.results.leaderboard.diagnostics import SIGNAL_THRESHOLD
+from benchmark.results.leaderboard.diagnostics import SIGNAL_THRESHOLD, signal_reached
 from benchmark.results.leaderboard.statistics import Leaderboard
 
 #: the heading of the searched-vs-parent table on both pages
@@ -82,7 +82,7 @@ def notes(lb: Leaderboard) -> list[str]:
         notes.append(f"Tuning signal, {name}: " + (f"too few tuned rows ({n}) for a rank correlation."
                                                    if math.isnan(rho) else
                                                    f"Spearman {rho:.2f} over {n} tuned rows, "
-                                                   + (f"which reaches {SIGNAL_THRESHOLD:g}." if rho >= SIGNAL_THRESHOLD
+                                                   + (f"which reaches {SIGNAL_THRESHOLD:g}." if signal_reached(rho)
                                                       else f"which does not reach {SIGNAL_THRESHOLD:g}.")))
     if any(x.section == "loss" for x in sections):
         notes.append(
