@@ -333,6 +333,8 @@ def test_pause_runs_needs_hours(bench_home, tmp_path):
     from benchmark.cli.main import main
     path = _write(tmp_path, GOOD.replace("preset: cpu", "preset: smoke"))
     assert main(["protocol", "run", str(path), "--pause-runs", "--no-progress"]) == 2
+    # --wait likewise: without --hours it would wait for ever
+    assert main(["protocol", "run", str(path), "--wait", "--no-progress"]) == 2
 
 
 def test_a_preset_without_batch_or_epochs_is_costed_at_the_run_configs_defaults(tmp_path, monkeypatch):
@@ -784,3 +786,78 @@ seconds_per_epoch: {unet3d: 1.0, transfuse_s: 1.0}
     theirs = HostLock(runs_dir() / "protocol-studies" / f"{lp.study_name('transfuse_s')}.lock")
     assert theirs.try_acquire()
     theirs.release()
+
+
+def test_a_waiting_worker_takes_up_the_study_once_its_holder_lets_go(bench_home, tmp_path, monkeypatch, capsys):
+    """`bench protocol run --hours H --wait`: a worker that finds what is left held by another
+    process (here the only study) does not end; it looks again after a wait, and once the holder
+    has let go (here: during the wait) it tunes the study and trains its finals. A pass that
+    leaves nothing to another process ends the loop without waiting."""
+    from benchmark.campaigns.protocol import load_protocol
+    from benchmark.campaigns.protocol import runner
+    from benchmark.core.liveness import HostLock
+    from benchmark.core.paths import runs_dir
+    path = _write(tmp_path, """
+name: t
+version: 1
+preset: smoke
+architectures: [unet3d]
+tuning: {n_trials: 1, epochs: 1}
+final: {seeds: 2, epochs: 1, overrides: [eval.overlays=false]}
+defaults: {seeds: 0, references: false}
+seconds_per_epoch: {unet3d: 1.0}
+""")
+    other = HostLock(runs_dir() / "protocol-studies" / f"{load_protocol(path).study_name('unet3d')}.lock")
+    assert other.try_acquire()
+    waits = []
+
+    def holder_ends_while_we_wait(seconds: float) -> None:
+        waits.append(seconds)
+        other.release()
+    monkeypatch.setattr(runner, "_wait", holder_ends_while_we_wait)
+    passes = runner.run_protocol_waiting(path, hours=1.0, poll_seconds=2.0, show_progress=False)
+    assert waits == [2.0] and len(passes) == 2
+    assert passes[0].elsewhere == ["study t-v1-unet3d"] and passes[0].studies["unet3d"].finished == 0
+    assert not passes[1].elsewhere and passes[1].studies["unet3d"].finished == 1
+    assert [label for label, _ in dict(passes[1].suites)["final unet3d"].ran] == ["unet3d/dice_bce/s0",
+                                                                              "unet3d/dice_bce/s1"]
+    assert "waiting for another process (study t-v1-unet3d); looking again in" in capsys.readouterr().err
+    # everything done: one pass, no wait
+    assert len(runner.run_protocol_waiting(path, hours=1.0, poll_seconds=2.0, show_progress=False)) == 1
+    assert waits == [2.0]
+
+
+def test_a_waiting_worker_stops_when_no_look_fits_in_its_hours(bench_home, tmp_path, monkeypatch, capsys):
+    """With less time left than one wait, the worker stops at its time limit and says why,
+    instead of sleeping past it."""
+    from benchmark.cli.main import main
+    from benchmark.campaigns.protocol import load_protocol
+    from benchmark.campaigns.protocol import runner
+    from benchmark.core.liveness import HostLock
+    from benchmark.core.paths import runs_dir
+    path = _write(tmp_path, """
+name: t
+version: 1
+preset: smoke
+architectures: [unet3d]
+tuning: {n_trials: 1, epochs: 1}
+final: {seeds: 2, epochs: 1, overrides: [eval.overlays=false]}
+defaults: {seeds: 0, references: false}
+seconds_per_epoch: {unet3d: 1.0}
+""")
+    other = HostLock(runs_dir() / "protocol-studies" / f"{load_protocol(path).study_name('unet3d')}.lock")
+    assert other.try_acquire()
+    monkeypatch.setattr(runner, "_wait", lambda s: pytest.fail("slept past the time limit"))
+    try:
+        passes = runner.run_protocol_waiting(path, hours=0.5, poll_seconds=3600.0, show_progress=False)
+        # without --wait the run ends at once, and its last line says it is not done (not "next: ...")
+        capsys.readouterr()
+        assert main(["protocol", "run", str(path), "--no-progress"]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            "another process on this host holds study t-v1-unet3d: rerun the same command once it ends (or add "
+            "--wait with --hours)")
+    finally:
+        other.release()
+    assert len(passes) == 1
+    assert passes[0].stopped == "another process still holds study t-v1-unet3d, and less than 60 min is left to " \
+                                "wait for it"

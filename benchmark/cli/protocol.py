@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 
 from benchmark.campaigns.protocol import export_protocol, load_protocol, protocol_status, run_protocol
+from benchmark.campaigns.protocol.runner import listed, run_protocol_waiting
 from benchmark.campaigns.suite import SuiteFailed
+from benchmark.core.errors import UsageError
 
 
 def register(sub) -> None:
@@ -33,6 +35,11 @@ def register(sub) -> None:
                            help="with --hours: start a run if its next epoch fits, and pause it after the last "
                                 "epoch that does (KILLED, checkpoint kept); the next protocol run resumes it. "
                                 "For a machine whose runs/ folder stays")
+            v.add_argument("--wait", action="store_true",
+                           help="with --hours: while another process on this host holds part of what is left "
+                                "(a study it tunes, a run it trains), look again every 5 minutes until the "
+                                "time limit instead of ending, and take up what it unlocks (two workers side "
+                                "by side: tools/protocol-session)")
         if verb == "export":
             v.add_argument("--out", help="export folder (default: protocols/progress/<name>-v<version>.runs "
                                          "beside the protocol file)")
@@ -83,24 +90,41 @@ def _cmd(args) -> None:
         print(f"{done.runs} finished runs and the studies' finished trials ({trials}) are in {done.path}; "
               f"elsewhere: bench import {done.path}, then bench protocol run {args.file}")
         return
+    if args.wait and (args.hours is None or args.scheduler):
+        raise UsageError("--wait needs --hours (how long to wait at most) and runs in this process, not with "
+                         "--scheduler")
     with contextlib.ExitStack() as stack:
         executor = None
         if args.scheduler:
             from benchmark.campaigns.cluster import DaskExecutor
             executor = stack.enter_context(DaskExecutor.connect(args.scheduler))
-        res = run_protocol(args.file, args.experiment, args.storage, show_progress=not args.no_progress,
-                           executor=executor, hours=args.hours, pause_runs=args.pause_runs)
+        if args.wait:
+            passes = run_protocol_waiting(args.file, args.hours, experiment=args.experiment, storage=args.storage,
+                                          show_progress=not args.no_progress, pause_runs=args.pause_runs)
+        else:
+            passes = [run_protocol(args.file, args.experiment, args.storage, show_progress=not args.no_progress,
+                                   executor=executor, hours=args.hours, pause_runs=args.pause_runs)]
     failed = []
-    for stage, r in res.suites:
-        print(f"{stage}: {len(r.planned)} runs: {len(r.ran)} ran, {len(r.resumed)} resumed, "
-              f"{len(r.skipped)} already done, {len(r.failed)} failed"
-              + (f", {len(r.paused)} paused" if r.paused else "")
-              + (f", {len(r.deferred)} left for the next run" if r.deferred else ""))
-        failed += [f"{stage} {label}: {msg}" for label, msg in r.failed]
+    for res in passes:
+        for stage, r in res.suites:
+            if not (r.ran or r.resumed or r.failed or r.paused) and len(passes) > 1:
+                continue            # a later pass's stages that found everything done or held elsewhere
+            print(f"{stage}: {len(r.planned)} runs: {len(r.ran)} ran, {len(r.resumed)} resumed, "
+                  f"{len(r.skipped)} already done, {len(r.failed)} failed"
+                  + (f", {len(r.elsewhere)} with another process" if r.elsewhere else "")
+                  + (f", {len(r.paused)} paused" if r.paused else "")
+                  + (f", {len(r.deferred)} left for the next run" if r.deferred else ""))
+            failed += [f"{stage} {label}: {msg}" for label, msg in r.failed]
     if failed:
         raise SuiteFailed(f"{len(failed)} protocol runs failed ({'; '.join(failed)}); rerun the same command to "
                           f"retry them")
+    res = passes[-1]
     if res.stopped:
         print(f"stopped at the time limit: {res.stopped}; rerun the same command to continue")
+        return
+    if res.elsewhere:
+        # not finished: what is left is another process's, and what waits for it has not run
+        print(f"another process on this host holds {listed(res.elsewhere)}: rerun the same command once it "
+              f"ends (or add --wait with --hours)")
         return
     print(f"next: bench leaderboard --preset {load_protocol(args.file).spec.preset}")

@@ -57,7 +57,9 @@ On a machine lent for a fixed time (a batch job's wall time, a session that ends
 process), ``--hours H`` starts no trial or cell that would not end within H hours of the start,
 by this machine's measured speed or else the protocol's ``seconds_per_epoch`` (``TimeLimit``),
 and stops there: a run cut off at the end would be lost
-with the machine, or begun again from its last checkpoint.
+with the machine, or begun again from its last checkpoint. With ``--wait`` (``run_protocol_waiting``)
+a process that finds what is left held by another process on the host looks again every few
+minutes within its hours, instead of ending.
 
 A protocol outlives the machine it started on: ``bench protocol export`` writes what it has
 finished (its scored runs and its studies' finished trials) as a run export, ``bench import`` of

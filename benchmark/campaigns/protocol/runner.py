@@ -3,6 +3,7 @@ stage, in the order the package docstring gives; restartable, and bounded by ``-
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -24,6 +25,7 @@ class ProtocolResult:
     studies: dict = field(default_factory=dict)
     suites: list = field(default_factory=list)    # (stage, SuiteResult)
     stopped: str = ""                             # why it stopped at its time limit ("" if it did not)
+    elsewhere: list = field(default_factory=list)  # studies and runs left to another live process
 
 
 def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Optional[str] = None,
@@ -55,6 +57,44 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
         run.control_stages()
     run.out.stopped = run.limit.stopped if run.limit else ""
     return run.out
+
+
+def run_protocol_waiting(path: str | Path, hours: float, poll_seconds: float = 300.0, **kwargs) -> list:
+    """``run_protocol`` again and again within ``hours`` while another process on this host holds
+    part of what is left (a study it tunes, a run it trains), looking again every ``poll_seconds``:
+    a second worker that would otherwise end as soon as it finds nothing to start (the last
+    study is tuned by one process at a time) takes up what that work unlocks (the study's
+    rescoring, its finals, the controls that wait for it) when it can. Ends when a pass leaves
+    nothing to another process, stops at the time limit, or when less than one look is left.
+    Returns every pass's ``ProtocolResult``; ``kwargs`` as ``run_protocol`` takes them."""
+    deadline = time.monotonic() + hours * 3600
+    passes = []
+    while True:
+        res = run_protocol(path, hours=max(1e-6, (deadline - time.monotonic()) / 3600), **kwargs)
+        passes.append(res)
+        if res.stopped or not res.elsewhere or _failed(res):
+            return passes
+        if deadline - time.monotonic() < poll_seconds:
+            res.stopped = (f"another process still holds {listed(res.elsewhere)}, and less than "
+                           f"{poll_seconds / 60:g} min is left to wait for it")
+            return passes
+        print(f"protocol: waiting for another process ({listed(res.elsewhere)}); looking again in "
+              f"{poll_seconds / 60:g} min", file=sys.stderr, flush=True)
+        _wait(poll_seconds)
+
+
+def _wait(seconds: float) -> None:
+    """The pause between two passes (one name, so a test can stand in for the other process)."""
+    time.sleep(seconds)
+
+
+def _failed(res: ProtocolResult) -> bool:
+    return any(r.failed for _, r in res.suites)
+
+
+def listed(items: list[str], most: int = 3) -> str:
+    shown = ", ".join(items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
 def _time_limit(lp: LoadedProtocol, experiment: Optional[str], executor, hours: Optional[float],
@@ -97,10 +137,11 @@ class _ProtocolRun:
         """Run ``cells`` as one stage of the result, started and paused by the time limit (if any)."""
         from benchmark.campaigns.suite import run_cells
         limit = self.limit
-        self.out.suites.append((name, run_cells(cells, desc, self.experiment, self.show_progress,
-                                                executor=self.executor,
-                                                may_start=limit.cell if limit else None,
-                                                pause=limit.pause if limit and limit.pause_runs else None)))
+        r = run_cells(cells, desc, self.experiment, self.show_progress, executor=self.executor,
+                      may_start=limit.cell if limit else None,
+                      pause=limit.pause if limit and limit.pause_runs else None)
+        self.out.suites.append((name, r))
+        self.out.elsewhere += [label for label, _ in r.elsewhere]
 
     def rescore(self, st: StudyState) -> None:
         """A complete study's rescoring runs (``tuning.rescore``), then its chosen trial."""
@@ -153,6 +194,7 @@ class _ProtocolRun:
         if not claim.try_acquire():
             print(f"protocol: study {name} is being tuned by another process on this host; "
                   f"going on without it", file=sys.stderr)
+            self.out.elsewhere.append(f"study {name}")
             return False
         try:
             tune_arch(self.lp, arch, self.storage, self.show_progress, self.limit, offset)
