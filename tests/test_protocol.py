@@ -788,6 +788,7 @@ seconds_per_epoch: {unet3d: 1.0, transfuse_s: 1.0}
     theirs.release()
 
 
+@pytest.mark.slow
 def test_a_waiting_worker_takes_up_the_study_once_its_holder_lets_go(bench_home, tmp_path, monkeypatch, capsys):
     """`bench protocol run --hours H --wait`: a worker that finds what is left held by another
     process (here the only study) does not end; it looks again after a wait, and once the holder
