@@ -19,6 +19,19 @@ def _write(tmp_path, text: str) -> Path:
     return p
 
 
+# one architecture, one trial, two 1-epoch finals: the smallest protocol that tunes and trains
+ONE_STUDY = """
+name: t
+version: 1
+preset: smoke
+architectures: [unet3d]
+tuning: {n_trials: 1, epochs: 1}
+final: {seeds: 2, epochs: 1, overrides: [eval.overlays=false]}
+defaults: {seeds: 0, references: false}
+seconds_per_epoch: {unet3d: 1.0}
+"""
+
+
 GOOD = """
 name: t
 version: 1
@@ -755,8 +768,7 @@ def test_a_study_another_process_is_tuning_is_left_to_it(bench_home, tmp_path, c
     sampler's seed assumes) while the other architecture's study and finals go ahead; this run
     lets go of the claim it took, so the next run, of either process, can take either study."""
     from benchmark.campaigns.protocol import load_protocol, run_protocol
-    from benchmark.core.liveness import HostLock
-    from benchmark.core.paths import runs_dir
+    from benchmark.campaigns.protocol.runner import study_claim
     path = _write(tmp_path, """
 name: t
 version: 1
@@ -768,7 +780,7 @@ defaults: {seeds: 0, references: false}
 seconds_per_epoch: {unet3d: 1.0, transfuse_s: 1.0}
 """)
     lp = load_protocol(path)
-    other = HostLock(runs_dir() / "protocol-studies" / f"{lp.study_name('unet3d')}.lock")
+    other = study_claim(lp.study_name("unet3d"))
     assert other.try_acquire()                       # as a second process would hold it
     try:
         res = run_protocol(path, show_progress=False)
@@ -783,7 +795,7 @@ seconds_per_epoch: {unet3d: 1.0, transfuse_s: 1.0}
     # the next run tunes the study it left, as any run tunes an incomplete study
     assert other.try_acquire()
     other.release()
-    theirs = HostLock(runs_dir() / "protocol-studies" / f"{lp.study_name('transfuse_s')}.lock")
+    theirs = study_claim(lp.study_name("transfuse_s"))
     assert theirs.try_acquire()
     theirs.release()
 
@@ -796,19 +808,9 @@ def test_a_waiting_worker_takes_up_the_study_once_its_holder_lets_go(bench_home,
     leaves nothing to another process ends the loop without waiting."""
     from benchmark.campaigns.protocol import load_protocol
     from benchmark.campaigns.protocol import runner
-    from benchmark.core.liveness import HostLock
-    from benchmark.core.paths import runs_dir
-    path = _write(tmp_path, """
-name: t
-version: 1
-preset: smoke
-architectures: [unet3d]
-tuning: {n_trials: 1, epochs: 1}
-final: {seeds: 2, epochs: 1, overrides: [eval.overlays=false]}
-defaults: {seeds: 0, references: false}
-seconds_per_epoch: {unet3d: 1.0}
-""")
-    other = HostLock(runs_dir() / "protocol-studies" / f"{load_protocol(path).study_name('unet3d')}.lock")
+    from benchmark.campaigns.protocol.runner import study_claim
+    path = _write(tmp_path, ONE_STUDY)
+    other = study_claim(load_protocol(path).study_name("unet3d"))
     assert other.try_acquire()
     waits = []
 
@@ -834,19 +836,9 @@ def test_a_waiting_worker_stops_when_no_look_fits_in_its_hours(bench_home, tmp_p
     from benchmark.cli.main import main
     from benchmark.campaigns.protocol import load_protocol
     from benchmark.campaigns.protocol import runner
-    from benchmark.core.liveness import HostLock
-    from benchmark.core.paths import runs_dir
-    path = _write(tmp_path, """
-name: t
-version: 1
-preset: smoke
-architectures: [unet3d]
-tuning: {n_trials: 1, epochs: 1}
-final: {seeds: 2, epochs: 1, overrides: [eval.overlays=false]}
-defaults: {seeds: 0, references: false}
-seconds_per_epoch: {unet3d: 1.0}
-""")
-    other = HostLock(runs_dir() / "protocol-studies" / f"{load_protocol(path).study_name('unet3d')}.lock")
+    from benchmark.campaigns.protocol.runner import study_claim
+    path = _write(tmp_path, ONE_STUDY)
+    other = study_claim(load_protocol(path).study_name("unet3d"))
     assert other.try_acquire()
     monkeypatch.setattr(runner, "_wait", lambda s: pytest.fail("slept past the time limit"))
     try:

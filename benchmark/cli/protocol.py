@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 
 from benchmark.campaigns.protocol import export_protocol, load_protocol, protocol_status, run_protocol
-from benchmark.campaigns.protocol.runner import listed, run_protocol_waiting
+from benchmark.campaigns.protocol.runner import WAIT_SECONDS, listed, run_protocol_waiting
 from benchmark.campaigns.suite import SuiteFailed
 from benchmark.core.errors import UsageError
 
@@ -37,8 +37,8 @@ def register(sub) -> None:
                                 "For a machine whose runs/ folder stays")
             v.add_argument("--wait", action="store_true",
                            help="with --hours: while another process on this host holds part of what is left "
-                                "(a study it tunes, a run it trains), look again every 5 minutes until the "
-                                "time limit instead of ending, and take up what it unlocks (two workers side "
+                                f"(a study it tunes, a run it trains), look again every {WAIT_SECONDS / 60:g} "
+                                "minutes until the time limit instead of ending, and take up what it unlocks (two workers side "
                                 "by side: tools/protocol-session)")
         if verb == "export":
             v.add_argument("--out", help="export folder (default: protocols/progress/<name>-v<version>.runs "

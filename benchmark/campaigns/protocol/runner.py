@@ -59,7 +59,17 @@ def run_protocol(path: str | Path, experiment: Optional[str] = None, storage: Op
     return run.out
 
 
-def run_protocol_waiting(path: str | Path, hours: float, poll_seconds: float = 300.0, **kwargs) -> list:
+def study_claim(study_name: str):
+    """The host lock a process holds while it tunes the study (``_ProtocolRun.tune_unless_elsewhere``)."""
+    from benchmark.core.liveness import HostLock
+    from benchmark.core.paths import runs_dir
+    return HostLock(runs_dir() / "protocol-studies" / f"{study_name}.lock")
+
+
+WAIT_SECONDS = 300.0     # how long a --wait worker sleeps before it looks again
+
+
+def run_protocol_waiting(path: str | Path, hours: float, poll_seconds: float = WAIT_SECONDS, **kwargs) -> list:
     """``run_protocol`` again and again within ``hours`` while another process on this host holds
     part of what is left (a study it tunes, a run it trains), looking again every ``poll_seconds``:
     a second worker that would otherwise end as soon as it finds nothing to start (the last
@@ -187,10 +197,8 @@ class _ProtocolRun:
         The other process's study is left for it; this one goes on with the next architecture
         (a study it finds incomplete waits for the next run, as under a time limit). Cells are
         shared as `bench suite` workers share them. False when the study was left."""
-        from benchmark.core.liveness import HostLock
-        from benchmark.core.paths import runs_dir
         name = self.lp.study_name(arch, offset)
-        claim = HostLock(runs_dir() / "protocol-studies" / f"{name}.lock")
+        claim = study_claim(name)
         if not claim.try_acquire():
             print(f"protocol: study {name} is being tuned by another process on this host; "
                   f"going on without it", file=sys.stderr)
